@@ -1,0 +1,69 @@
+"""Padding images to a multiple of 8 (done outside the network) and undoing it on the flow.
+
+The two official modes (``InputPadder`` in princeton-vl/RAFT):
+
+- ``sintel``: pad height and width up to the next multiple of 8, split between both sides with
+  the odd pixel at the bottom / right.
+- ``kitti``: split the width padding the same way, put all the height padding at the top.
+
+Padding replicates the border pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+PadMode = Literal["sintel", "kitti"]
+PAD_MODES: tuple[str, ...] = ("sintel", "kitti")
+
+
+@dataclass(frozen=True)
+class Padder:
+    """Pads ``(..., H, W)`` tensors so that H and W are multiples of ``multiple``.
+
+    ``pads`` is ``(left, right, top, bottom)`` in pixels, the order ``F.pad`` expects.
+    """
+
+    height: int
+    width: int
+    mode: PadMode = "sintel"
+    multiple: int = 8
+
+    def __post_init__(self) -> None:
+        if self.mode not in PAD_MODES:
+            raise ValueError(f"unknown pad mode {self.mode!r}; expected one of {PAD_MODES}")
+        if self.height < 1 or self.width < 1:
+            raise ValueError(f"image size must be positive, got {self.height}x{self.width}")
+
+    @property
+    def pads(self) -> tuple[int, int, int, int]:
+        pad_h = -self.height % self.multiple
+        pad_w = -self.width % self.multiple
+        left, right = pad_w // 2, pad_w - pad_w // 2
+        if self.mode == "sintel":
+            return left, right, pad_h // 2, pad_h - pad_h // 2
+        return left, right, pad_h, 0
+
+    @property
+    def padded_size(self) -> tuple[int, int]:
+        left, right, top, bottom = self.pads
+        return self.height + top + bottom, self.width + left + right
+
+    def pad(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` -> ``(B, C, H', W')`` with replicated borders."""
+        if images.shape[-2:] != (self.height, self.width):
+            raise ValueError(
+                f"padder built for {self.height}x{self.width}, got images {tuple(images.shape)}"
+            )
+        if not any(self.pads):
+            return images
+        return F.pad(images, self.pads, mode="replicate")
+
+    def unpad(self, flow: torch.Tensor) -> torch.Tensor:
+        """``(..., H', W')`` -> ``(..., H, W)``: crops what :meth:`pad` added."""
+        left, _, top, _ = self.pads
+        return flow[..., top : top + self.height, left : left + self.width]

@@ -1,0 +1,423 @@
+"""RAFT, RAFT-small and GMA optical flow networks, pure PyTorch.
+
+Contracts:
+
+- Images in: float32 ``(B, 3, H, W)`` RGB with values in 0..255, as the official checkpoints
+  expect; :func:`normalize_images` maps them to [-1, 1] as the first step of each encoder call.
+- Flow out: float32 ``(B, 2, H, W)`` in pixels of the input resolution, channel 0 = x (right),
+  channel 1 = y (down), from image 1 to image 2.
+- :meth:`RAFT.forward` takes images whose sides are multiples of 8 (pad them with
+  :class:`models.padding.Padder`); :meth:`RAFT.estimate_flow` pads and crops for you.
+
+The network is split into its three parts so that a video path can encode each frame once:
+:meth:`RAFT.encode_features` (per frame), :meth:`RAFT.encode_context` (per source frame) and
+:meth:`RAFT.refine` (per pair).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .corr import CorrKind, build_correlation
+from .encoders import Encoder, NormKind
+from .gma import Aggregate, Attention, AttentionMode
+from .padding import Padder, PadMode
+from .update import ConvGRU, FlowHead, MotionEncoder, SepConvGRU, UpdateBlock
+
+Arch = Literal["raft-large", "raft-small", "gma"]
+ARCHS: tuple[str, ...] = ("raft-large", "raft-small", "gma")
+
+
+@dataclass(frozen=True)
+class FlowOutput:
+    """What a flow network returns.
+
+    Attributes:
+        flow: ``(B, 2, H, W)`` float32 full-resolution flow in pixels.
+        flow_low: ``(B, 2, H'/8, W'/8)`` float32 flow on the 1/8 grid of the *padded* input, in
+            1/8-resolution pixels (what ``flow_init`` / warm start expects).
+    """
+
+    flow: torch.Tensor
+    flow_low: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Context:
+    """Per-source-frame context: GRU initial state, context features, GMA attention.
+
+    ``net`` ``(B, hidden_dim, h, w)``, ``inp`` ``(B, context_dim, h, w)``, ``attention``
+    ``(B, heads, h*w, h*w)`` or ``None`` (RAFT).
+    """
+
+    net: torch.Tensor
+    inp: torch.Tensor
+    attention: torch.Tensor | None = None
+
+    def select(self, index: torch.Tensor | slice | list[int]) -> Context:
+        """The context of a subset of the batch."""
+        attention = None if self.attention is None else self.attention[index]
+        return Context(self.net[index], self.inp[index], attention)
+
+
+def normalize_images(images: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, H, W)`` 0..255 -> [-1, 1], exactly as the official code does it."""
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
+    return (2 * (images / 255.0) - 1.0).contiguous()
+
+
+def coords_grid(batch: int, height: int, width: int, device: torch.device) -> torch.Tensor:
+    """``(B, 2, h, w)`` float32 pixel coordinates, channel 0 = x, channel 1 = y."""
+    ys, xs = torch.meshgrid(
+        torch.arange(height, device=device, dtype=torch.float32),
+        torch.arange(width, device=device, dtype=torch.float32),
+        indexing="ij",
+    )
+    return torch.stack([xs, ys])[None].repeat(batch, 1, 1, 1)
+
+
+def convex_upsample(flow: torch.Tensor, mask: torch.Tensor, factor: int = 8) -> torch.Tensor:
+    """Convex upsampling (RAFT, Sec. 3.3).
+
+    Args:
+        flow: ``(B, 2, h, w)`` in 1/8-resolution pixels.
+        mask: ``(B, 9 * factor^2, h, w)`` logits of the 3x3 convex weights per sub-pixel.
+
+    Returns:
+        ``(B, 2, factor*h, factor*w)`` in full-resolution pixels.
+    """
+    b, _, h, w = flow.shape
+    weights = torch.softmax(mask.view(b, 1, 9, factor, factor, h, w), dim=2)
+    neighbours = F.unfold(factor * flow, [3, 3], padding=1).view(b, 2, 9, 1, 1, h, w)
+    up = torch.sum(weights * neighbours, dim=2)  # (B, 2, f, f, h, w)
+    up = up.permute(0, 1, 4, 2, 5, 3)  # (B, 2, h, f, w, f)
+    return up.reshape(b, 2, factor * h, factor * w)
+
+
+def bilinear_upsample(flow: torch.Tensor, factor: int = 8) -> torch.Tensor:
+    """``(B, 2, h, w)`` -> ``(B, 2, factor*h, factor*w)``, values scaled to full-res pixels."""
+    h, w = flow.shape[-2:]
+    size = (factor * h, factor * w)
+    return factor * F.interpolate(flow, size=size, mode="bilinear", align_corners=True)
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class RAFT(nn.Module):
+    """Recurrent All-Pairs Field Transforms, with the GMA variant as an option.
+
+    Build it with :func:`raft_large`, :func:`raft_small` or :func:`gma` (or
+    :func:`models.create_model`). Submodules: ``fnet`` (feature encoder), ``cnet`` (context
+    encoder), ``update_block``, and for GMA ``att`` (attention over context features).
+    """
+
+    def __init__(
+        self,
+        *,
+        arch: Arch,
+        fnet: Encoder,
+        cnet: Encoder,
+        update_block: UpdateBlock,
+        hidden_dim: int,
+        context_dim: int,
+        corr_levels: int,
+        corr_radius: int,
+        att: Attention | None = None,
+    ) -> None:
+        super().__init__()
+        self.arch = arch
+        self.fnet = fnet
+        self.cnet = cnet
+        self.update_block = update_block
+        self.att = att
+        self.hidden_dim = hidden_dim
+        self.context_dim = context_dim
+        self.corr_levels = corr_levels
+        self.corr_radius = corr_radius
+
+    @property
+    def min_input_size(self) -> int:
+        """Smallest padded side (pixels) the correlation pyramid accepts."""
+        return 8 * 2 ** (self.corr_levels - 1)
+
+    def encode_features(
+        self, images: torch.Tensor, *, autocast: torch.dtype | None = None
+    ) -> torch.Tensor:
+        """Feature encoder: ``(B, 3, H, W)`` 0..255 -> ``(B, C, H/8, W/8)`` float32."""
+        with _autocast(images.device, autocast):
+            fmap = self.fnet(normalize_images(images))
+        return fmap.float()
+
+    def encode_context(
+        self, images: torch.Tensor, *, autocast: torch.dtype | None = None
+    ) -> Context:
+        """Context encoder (and GMA attention) of the source frames ``(B, 3, H, W)`` 0..255."""
+        with _autocast(images.device, autocast):
+            net, inp = torch.split(
+                self.cnet(normalize_images(images)), [self.hidden_dim, self.context_dim], dim=1
+            )
+            net, inp = torch.tanh(net), torch.relu(inp)
+            attention = self.att(inp) if self.att is not None else None
+        return Context(net, inp, attention)
+
+    def refine(
+        self,
+        fmap1: torch.Tensor,
+        fmap2: torch.Tensor,
+        context: Context,
+        *,
+        iters: int = 12,
+        flow_init: torch.Tensor | None = None,
+        corr: CorrKind = "all-pairs",
+        autocast: torch.dtype | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The recurrent refinement for a batch of pairs.
+
+        Args:
+            fmap1, fmap2: ``(B, C, h, w)`` float32 features from :meth:`encode_features`.
+            context: :meth:`encode_context` of the frame-1 images.
+            iters: refinement iterations.
+            flow_init: optional ``(B, 2, h, w)`` initial flow on the 1/8 grid.
+            corr: ``all-pairs`` (official) or ``on-demand`` (memory linear in pixels).
+            autocast: dtype for the update block under autocast (CUDA fp16/bf16, CPU bf16);
+                the correlation always runs in float32.
+
+        Returns:
+            ``(flow_low (B, 2, h, w), flow_up (B, 2, 8h, 8w))`` on the padded grid.
+        """
+        if iters < 1:
+            raise ValueError(f"iters must be >= 1, got {iters}")
+        b, _, h, w = fmap1.shape
+        if context.net.shape[0] != b or context.net.shape[-2:] != (h, w):
+            raise ValueError(
+                f"context {tuple(context.net.shape)} does not match features {tuple(fmap1.shape)}"
+            )
+        corr_fn = build_correlation(
+            corr, fmap1, fmap2, num_levels=self.corr_levels, radius=self.corr_radius
+        )
+        coords0 = coords_grid(b, h, w, fmap1.device)
+        coords1 = coords0.clone()
+        if flow_init is not None:
+            if flow_init.shape != coords0.shape:
+                raise ValueError(
+                    f"flow_init must be (B, 2, h, w) = {tuple(coords0.shape)} on the 1/8 grid "
+                    f"of the padded input, got {tuple(flow_init.shape)}"
+                )
+            coords1 = coords1 + flow_init
+        net, mask = context.net, None
+        for itr in range(iters):
+            lookup = corr_fn(coords1)
+            flow = coords1 - coords0
+            with _autocast(fmap1.device, autocast):
+                net, mask, delta = self.update_block(
+                    net, context.inp, lookup, flow, context.attention,
+                    compute_mask=itr == iters - 1,
+                )  # fmt: skip
+            coords1 = coords1 + delta.float()
+        flow_low = coords1 - coords0
+        if mask is None:
+            flow_up = bilinear_upsample(flow_low)
+        else:
+            flow_up = convex_upsample(flow_low, mask.float())
+        return flow_low, flow_up
+
+    def forward(
+        self,
+        image1: torch.Tensor,
+        image2: torch.Tensor,
+        *,
+        iters: int = 12,
+        flow_init: torch.Tensor | None = None,
+        corr: CorrKind = "all-pairs",
+        autocast: torch.dtype | None = None,
+    ) -> FlowOutput:
+        """Flow for a batch of *padded* pairs ``(B, 3, H, W)`` 0..255 (H, W multiples of 8)."""
+        if image1.shape != image2.shape:
+            raise ValueError(
+                f"image pairs must have equal shapes, got {tuple(image1.shape)} and "
+                f"{tuple(image2.shape)}"
+            )
+        height, width = image1.shape[-2:]
+        if height % 8 or width % 8:
+            raise ValueError(
+                f"forward() needs sides that are multiples of 8, got {height}x{width}; "
+                "use estimate_flow() or models.padding.Padder"
+            )
+        fmaps = self.encode_features(torch.cat([image1, image2]), autocast=autocast)
+        fmap1, fmap2 = fmaps.chunk(2)
+        context = self.encode_context(image1, autocast=autocast)
+        flow_low, flow_up = self.refine(
+            fmap1, fmap2, context, iters=iters, flow_init=flow_init, corr=corr, autocast=autocast
+        )
+        return FlowOutput(flow=flow_up, flow_low=flow_low)
+
+    @torch.inference_mode()
+    def estimate_flow(
+        self,
+        image1: torch.Tensor,
+        image2: torch.Tensor,
+        *,
+        iters: int = 12,
+        pad_mode: PadMode = "sintel",
+        flow_init: torch.Tensor | None = None,
+        corr: CorrKind = "all-pairs",
+        autocast: torch.dtype | None = None,
+    ) -> FlowOutput:
+        """Flow for a batch of pairs of any size ``(B, 3, H, W)`` float 0..255 RGB.
+
+        Pads to a multiple of 8 (``sintel`` or ``kitti`` mode), runs the network in inference
+        mode and crops ``flow`` back to ``(B, 2, H, W)``. ``flow_low`` stays on the padded 1/8
+        grid so that it can be fed back as ``flow_init`` (see
+        :func:`models.warm_start.forward_interpolate`).
+        """
+        if image1.ndim != 4 or image1.shape[1] != 3:
+            raise ValueError(f"images must be (B, 3, H, W) float 0..255, got {tuple(image1.shape)}")
+        padder = Padder(image1.shape[-2], image1.shape[-1], mode=pad_mode)
+        padded_h, padded_w = padder.padded_size
+        if min(padded_h, padded_w) < self.min_input_size:
+            raise ValueError(
+                f"{self.arch} needs inputs of at least {self.min_input_size}x"
+                f"{self.min_input_size} pixels after padding, got {padded_h}x{padded_w}; "
+                "upscale the frames first"
+            )
+        out = self.forward(
+            padder.pad(image1.float()),
+            padder.pad(image2.float()),
+            iters=iters,
+            flow_init=flow_init,
+            corr=corr,
+            autocast=autocast,
+        )
+        return FlowOutput(flow=padder.unpad(out.flow), flow_low=out.flow_low)
+
+
+def _build_raft(
+    *,
+    arch: Arch,
+    encoder_widths: tuple[int, int, int, int],
+    bottleneck: bool,
+    feature_dim: int,
+    context_norm: NormKind,
+    hidden_dim: int,
+    context_dim: int,
+    corr_levels: int,
+    corr_radius: int,
+    motion_corr_widths: tuple[int, ...],
+    motion_flow_widths: tuple[int, int],
+    motion_dim: int,
+    separable_gru: bool,
+    flow_head_dim: int,
+    convex_upsampling: bool,
+    gma_heads: int | None = None,
+    gma_mode: AttentionMode = "content",
+) -> RAFT:
+    fnet = Encoder(
+        output_dim=feature_dim, norm="instance", widths=encoder_widths, bottleneck=bottleneck
+    )
+    cnet = Encoder(
+        output_dim=hidden_dim + context_dim,
+        norm=context_norm,
+        widths=encoder_widths,
+        bottleneck=bottleneck,
+    )
+    gru_input = context_dim + motion_dim + (motion_dim if gma_heads else 0)
+    gru_cls = SepConvGRU if separable_gru else ConvGRU
+    update_block = UpdateBlock(
+        encoder=MotionEncoder(
+            corr_planes=corr_levels * (2 * corr_radius + 1) ** 2,
+            corr_widths=motion_corr_widths,
+            flow_widths=motion_flow_widths,
+            out_dim=motion_dim,
+        ),
+        gru=gru_cls(hidden_dim=hidden_dim, input_dim=gru_input),
+        flow_head=FlowHead(hidden_dim, flow_head_dim),
+        hidden_dim=hidden_dim,
+        with_mask=convex_upsampling,
+        aggregator=(
+            Aggregate(dim=motion_dim, heads=gma_heads, dim_head=context_dim) if gma_heads else None
+        ),
+    )
+    att = (
+        Attention(
+            dim=context_dim, heads=gma_heads, dim_head=context_dim, max_pos_size=160, mode=gma_mode
+        )
+        if gma_heads
+        else None
+    )
+    return RAFT(
+        arch=arch,
+        fnet=fnet,
+        cnet=cnet,
+        update_block=update_block,
+        hidden_dim=hidden_dim,
+        context_dim=context_dim,
+        corr_levels=corr_levels,
+        corr_radius=corr_radius,
+        att=att,
+    )
+
+
+_LARGE = {
+    "encoder_widths": (64, 64, 96, 128),
+    "bottleneck": False,
+    "feature_dim": 256,
+    "context_norm": "batch",
+    "hidden_dim": 128,
+    "context_dim": 128,
+    "corr_levels": 4,
+    "corr_radius": 4,
+    "motion_corr_widths": (256, 192),
+    "motion_flow_widths": (128, 64),
+    "motion_dim": 128,
+    "separable_gru": True,
+    "flow_head_dim": 256,
+    "convex_upsampling": True,
+}
+
+
+def raft_large() -> RAFT:
+    """RAFT (large): 5.3 M parameters, convex upsampling, radius-4 lookup."""
+    return _build_raft(arch="raft-large", **_LARGE)
+
+
+def raft_small() -> RAFT:
+    """RAFT-small: 1.0 M parameters, bottleneck encoders, radius-3 lookup, bilinear x8 output."""
+    return _build_raft(
+        arch="raft-small",
+        encoder_widths=(32, 32, 64, 96),
+        bottleneck=True,
+        feature_dim=128,
+        context_norm="none",
+        hidden_dim=96,
+        context_dim=64,
+        corr_levels=4,
+        corr_radius=3,
+        motion_corr_widths=(96,),
+        motion_flow_widths=(64, 32),
+        motion_dim=82,
+        separable_gru=False,
+        flow_head_dim=128,
+        convex_upsampling=False,
+    )
+
+
+def gma(*, heads: int = 1, attention_mode: AttentionMode = "content") -> RAFT:
+    """GMA: RAFT (large) plus global motion aggregation over context-feature attention.
+
+    ``heads=1, attention_mode="content"`` is the official default and what the released
+    checkpoints use.
+    """
+    if heads < 1:
+        raise ValueError(f"heads must be >= 1, got {heads}")
+    return _build_raft(arch="gma", gma_heads=heads, gma_mode=attention_mode, **_LARGE)

@@ -1,0 +1,84 @@
+"""The stage contract and the unit of work that flows between stages.
+
+A video is decoded into *chunks*: ``N + k`` consecutive decoded frames that overlap the previous
+chunk by ``k`` frames (``k`` = the pair gap, 1 for consecutive pairs), so that every pair
+``(t, t + k)`` lies wholly inside exactly one chunk and no pair is lost or duplicated at a
+border. Memory is bounded by the chunk size, never by the video length.
+
+Stages attach their results to ``chunk.artifacts`` under documented keys and return the chunk.
+A stage never prints, never decides skipping and never touches global state; the runner in
+``pipeline/`` owns ordering, progress, error policy and the manifest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import numpy as np
+
+
+@dataclass
+class FrameChunk:
+    """Consecutive decoded frames of one video plus what stages computed from them.
+
+    Attributes:
+        video_id: stable identifier of the video (its path relative to the input root).
+        frames: ``(T, H, W, 3)`` uint8 RGB, C-contiguous.
+        indices: ``(T,)`` int64 index of each frame in the decoded (post stride / fps
+            resampling) sequence, starting at 0 for the first decoded frame of the video.
+        pts: ``(T,)`` float64 presentation timestamps in seconds, read from the stream.
+        overlap: how many leading frames repeat the tail of the previous chunk
+            (0 for the first chunk).
+        is_last: True for the final chunk of the video.
+        artifacts: stage outputs keyed by name (see each stage's docstring).
+    """
+
+    video_id: str
+    frames: np.ndarray
+    indices: np.ndarray
+    pts: np.ndarray
+    overlap: int = 0
+    is_last: bool = False
+    artifacts: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.frames.ndim != 4 or self.frames.shape[-1] != 3 or self.frames.dtype != np.uint8:
+            raise ValueError(
+                f"frames must be (T, H, W, 3) uint8 RGB, got {self.frames.shape} {self.frames.dtype}"
+            )
+        if len(self.indices) != len(self.frames) or len(self.pts) != len(self.frames):
+            raise ValueError(
+                f"indices ({len(self.indices)}) and pts ({len(self.pts)}) must match "
+                f"the number of frames ({len(self.frames)})"
+            )
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.frames.shape[0])
+
+    @property
+    def height(self) -> int:
+        return int(self.frames.shape[1])
+
+    @property
+    def width(self) -> int:
+        return int(self.frames.shape[2])
+
+
+@runtime_checkable
+class Stage(Protocol):
+    """One processing step. Implementations are dataclasses whose fields are their config.
+
+    ``setup()`` loads heavy resources (models) once per worker, ``process()`` is called once per
+    chunk in order, ``finish()`` once per video after its last chunk (to flush per-video outputs),
+    ``teardown()`` once per worker.
+    """
+
+    name: ClassVar[str]
+
+    def setup(self) -> None: ...
+
+    def process(self, chunk: FrameChunk) -> FrameChunk: ...
+
+    def teardown(self) -> None: ...
