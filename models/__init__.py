@@ -1,0 +1,47 @@
+"""Pure-PyTorch optical flow (RAFT, RAFT-small, GMA) and MotionSqueeze modules.
+
+No I/O beyond reading checkpoint files, no configuration objects, no global device.
+See README for the API; every tensor layout is documented where it is produced.
+"""
+
+from .corr import CORR_KINDS, AllPairsCorrelation, OnDemandCorrelation
+from .motionsqueeze import (
+    MotionSqueeze,
+    MotionSqueezeOutput,
+    local_correlation,
+    soft_argmax_displacement,
+    strip_training_prefix,
+)
+from .padding import PAD_MODES, Padder
+from .raft import ARCHS, RAFT, Context, FlowOutput, gma, raft_large, raft_small
+from .registry import CheckpointInfo, create_model, find_cached_checkpoint
+from .warm_start import forward_interpolate
+from .weights import WEIGHTS, CheckpointError, WeightSpec, list_weights
+
+__all__ = [
+    "ARCHS",
+    "CORR_KINDS",
+    "PAD_MODES",
+    "RAFT",
+    "WEIGHTS",
+    "AllPairsCorrelation",
+    "CheckpointError",
+    "CheckpointInfo",
+    "Context",
+    "FlowOutput",
+    "MotionSqueeze",
+    "MotionSqueezeOutput",
+    "OnDemandCorrelation",
+    "Padder",
+    "WeightSpec",
+    "create_model",
+    "find_cached_checkpoint",
+    "forward_interpolate",
+    "gma",
+    "list_weights",
+    "local_correlation",
+    "raft_large",
+    "raft_small",
+    "soft_argmax_displacement",
+    "strip_training_prefix",
+]

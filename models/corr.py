@@ -11,8 +11,9 @@ depends on it: within a level, channel ``a * (2r+1) + b`` holds offset ``dx = a 
 ``meshgrid(dy, dx)`` and adds it to ``(x, y)`` coordinates, which transposes the window; any
 checkpoint trained with it expects this order.)
 
-Levels whose pooled map has a side of length 1 contribute zeros, as they do in the official
-implementation (its grid normalisation divides by ``side - 1``).
+Levels whose pooled map has a side of length 1 (padded inputs of 64 to 127 pixels on a side)
+contribute zeros. The official implementation divides by ``side - 1`` when it normalises the
+sampling grid there and returns NaN flow for such inputs; zeros keep the other levels usable.
 
 - :class:`AllPairsCorrelation`: the official pyramid of all-pairs volumes,
   ``h*w * (h*w) * (1 + 1/4 + 1/16 + 1/64)`` floats (4.2 GB for level 0 at 1080p).
@@ -104,15 +105,22 @@ class OnDemandCorrelation:
     """Window-only correlation with memory linear in the number of positions.
 
     Numerically equal to :class:`AllPairsCorrelation` up to float32 rounding. All ``(2r+1)^2``
-    samples of a window share the same fractional position, so each window is computed from the
-    ``(2r+2)^2`` integer-position dot products around it and four bilinear weights.
+    samples of a window share one fractional position, so each window is the bilinear blend of
+    the ``(2r+2)^2`` integer-position dot products around it.
+
+    The dot products are computed per square tile of query positions: one box of frame-2
+    features that covers every window of the tile, one matrix product, then each query's
+    ``(2r+2)^2`` dots are picked out of it. A tile whose windows spread wider than the box (large
+    flow variation inside the tile) falls back to gathering each query's window directly.
 
     Args:
         fmap1, fmap2: ``(B, C, h, w)`` float32 features of frame 1 and frame 2.
         num_levels: pyramid levels (4).
         radius: lookup radius ``r``.
-        chunk_size: query positions processed at once; bounds the working memory to about
-            ``chunk_size * (2r+2)^2 * C * 4`` bytes.
+        tile: side of a query tile on the 1/8 grid.
+        box_slack: extra box side beyond ``tile + 2r + 1`` that absorbs flow variation
+            inside a tile before the fallback is needed.
+        max_chunk_bytes: bound on the working memory of one batch of tiles.
     """
 
     def __init__(
@@ -122,78 +130,142 @@ class OnDemandCorrelation:
         *,
         num_levels: int = 4,
         radius: int = 4,
-        chunk_size: int = 2048,
+        tile: int = 8,
+        box_slack: int = 8,
+        max_chunk_bytes: int = 64 << 20,
     ) -> None:
         _check_fmaps(fmap1, fmap2, num_levels)
         self.num_levels = num_levels
         self.radius = radius
-        self.chunk_size = chunk_size
+        self.tile = tile
+        self.box = tile + 2 * radius + 1 + box_slack
         b, c, h, w = fmap1.shape
-        self.query = (fmap1 / math.sqrt(c)).reshape(b, c, h * w).transpose(1, 2)  # (B, hw, C)
+        self.batch, self.channels, self.height, self.width = b, c, h, w
+        pad_h, pad_w = -h % tile, -w % tile
+        self.tiles_y, self.tiles_x = (h + pad_h) // tile, (w + pad_w) // tile
+        query = F.pad(fmap1 / math.sqrt(c), (0, pad_w, 0, pad_h))  # zeros: results are cropped
+        query = query.view(b, c, self.tiles_y, tile, self.tiles_x, tile)
+        # (B * tiles, tile*tile, C): one row per query position, tiles in row-major order.
+        self.query = query.permute(0, 2, 4, 3, 5, 1).reshape(-1, tile * tile, c)
+        per_tile_bytes = 4 * (
+            self.box**2 * c + tile**2 * self.box**2 + tile**2 * (2 * radius + 2) ** 2
+        )
+        self.tiles_per_chunk = max(1, max_chunk_bytes // per_tile_bytes)
         self.levels: list[tuple[torch.Tensor, int, int]] = []
         f2 = fmap2
         for level in range(num_levels):
             if level > 0:
                 f2 = F.avg_pool2d(f2, 2, stride=2)
             h2, w2 = f2.shape[-2:]
-            # (B, h2*w2 + 1, C): one trailing zero row stands for every out-of-image position.
-            flat = torch.cat([f2.reshape(b, c, h2 * w2).transpose(1, 2), f2.new_zeros(b, 1, c)], 1)
-            self.levels.append((flat, h2, w2))
+            # (B * (h2*w2 + 1), C): a trailing zero row per batch item stands for every
+            # out-of-image position.
+            rows = torch.cat([f2.reshape(b, c, h2 * w2).transpose(1, 2), f2.new_zeros(b, 1, c)], 1)
+            self.levels.append((rows.reshape(-1, c), h2, w2))
 
     def __call__(self, coords: torch.Tensor) -> torch.Tensor:
         """``coords`` ``(B, 2, h, w)`` (x, y on the 1/8 grid) -> ``(B, levels*(2r+1)^2, h, w)``."""
-        b, _, h, w = coords.shape
-        r = self.radius
-        k = 2 * r + 1
-        centres = coords.permute(0, 2, 3, 1).reshape(b, h * w, 2)
-        out = coords.new_empty(b, h * w, self.num_levels, k, k)
-        step = torch.arange(-r, r + 2, device=coords.device)  # 2r+2 integer positions per axis
-        for level, (flat, h2, w2) in enumerate(self.levels):
+        if coords.shape != (self.batch, 2, self.height, self.width):
+            raise ValueError(
+                f"coords must be {(self.batch, 2, self.height, self.width)}, "
+                f"got {tuple(coords.shape)}"
+            )
+        b, h, w, t = self.batch, self.height, self.width, self.tile
+        k = 2 * self.radius + 1
+        # Replicate padding keeps a ragged tile's windows as compact as its neighbours'.
+        padded = F.pad(coords, (0, self.tiles_x * t - w, 0, self.tiles_y * t - h), mode="replicate")
+        tiled = padded.view(b, 2, self.tiles_y, t, self.tiles_x, t)
+        tiled = tiled.permute(0, 2, 4, 3, 5, 1).reshape(-1, t * t, 2)  # (B*tiles, t*t, 2)
+        levels = []
+        for level, (rows, h2, w2) in enumerate(self.levels):
             if h2 == 1 or w2 == 1:
-                out[:, :, level] = 0
+                levels.append(tiled.new_zeros(tiled.shape[0], t * t, k, k))
                 continue
-            scaled = centres / 2**level
-            base = torch.floor(scaled)
-            frac = scaled - base  # (B, hw, 2) shared by the whole window
-            base = base.long()
-            for start in range(0, h * w, self.chunk_size):
-                stop = min(start + self.chunk_size, h * w)
-                out[:, start:stop, level] = self._window(
-                    flat, h2, w2, self.query[:, start:stop], base[:, start:stop],
-                    frac[:, start:stop], step,
-                )  # fmt: skip
-        # (B, hw, L, k_dx, k_dy) -> (B, L*k*k, h, w)
-        return out.reshape(b, h, w, self.num_levels * k * k).permute(0, 3, 1, 2).contiguous()
+            levels.append(self._level(tiled / 2**level, rows, h2, w2))
+        out = torch.stack(levels, dim=2)  # (B*tiles, t*t, L, k_dx, k_dy)
+        out = out.view(b, self.tiles_y, self.tiles_x, t, t, self.num_levels * k * k)
+        out = out.permute(0, 5, 1, 3, 2, 4).reshape(b, -1, self.tiles_y * t, self.tiles_x * t)
+        return out[:, :, :h, :w].contiguous()
 
-    @staticmethod
-    def _window(
-        flat: torch.Tensor,
-        h2: int,
-        w2: int,
-        query: torch.Tensor,
-        base: torch.Tensor,
-        frac: torch.Tensor,
-        step: torch.Tensor,
-    ) -> torch.Tensor:
-        """Bilinear window of one level for a chunk of positions -> ``(B, n, k_dx, k_dy)``."""
-        b, n, c = query.shape
-        m = step.numel()  # 2r + 2
-        xs = base[..., 0, None] + step  # (B, n, m)
-        ys = base[..., 1, None] + step
-        inside_x = (xs >= 0) & (xs < w2)
-        inside_y = (ys >= 0) & (ys < h2)
-        index = ys[:, :, :, None] * w2 + xs[:, :, None, :]  # (B, n, m_y, m_x)
-        index = torch.where(inside_y[:, :, :, None] & inside_x[:, :, None, :], index, h2 * w2)
-        gathered = torch.gather(
-            flat, 1, index.reshape(b, n * m * m, 1).expand(b, n * m * m, c)
-        ).view(b * n, m * m, c)
-        dots = torch.bmm(gathered, query.reshape(b * n, c, 1)).view(b, n, m, m)  # [y, x]
+    def _level(self, centres: torch.Tensor, rows: torch.Tensor, h2: int, w2: int) -> torch.Tensor:
+        """Windows of one level for every tile: ``(B*tiles, t*t, k_dx, k_dy)``."""
+        r, box = self.radius, self.box
+        m = 2 * r + 2
+        base_f = torch.floor(centres)
+        frac = centres - base_f  # (B*tiles, t*t, 2), shared by the whole window
+        base = base_f.long()
+        low = base.amin(dim=1) - r  # (B*tiles, 2): top-left corner of the tile's box
+        spread = base.amax(dim=1) + r + 1 - low + 1
+        fits = (spread <= box).all(dim=1)
+        tiles_per_batch = self.tiles_y * self.tiles_x
+        item = torch.arange(base.shape[0], device=base.device) // tiles_per_batch
+        row_offset = item * (h2 * w2 + 1)  # first row of each tile's batch item in ``rows``
+        dots = centres.new_empty(base.shape[0], base.shape[1], m, m)  # [.., y, x]
+        boxed = torch.nonzero(fits).flatten()
+        for start in range(0, boxed.numel(), self.tiles_per_chunk):
+            ids = boxed[start : start + self.tiles_per_chunk]
+            dots[ids] = self._boxed_dots(ids, rows, h2, w2, base[ids], low[ids], row_offset[ids])
+        spread_out = torch.nonzero(~fits).flatten()
+        if spread_out.numel():
+            dots[spread_out] = self._gathered_dots(
+                spread_out, rows, h2, w2, base[spread_out], row_offset[spread_out]
+            )
         fx = frac[..., 0, None, None]
         fy = frac[..., 1, None, None]
-        window = (1 - fy) * ((1 - fx) * dots[:, :, :-1, :-1] + fx * dots[:, :, :-1, 1:]) + fy * (
-            (1 - fx) * dots[:, :, 1:, :-1] + fx * dots[:, :, 1:, 1:]
-        )  # (B, n, k_y, k_x)
-        return window.transpose(-1, -2)  # (B, n, k_x, k_y): channel a*k + b <-> (dx_a, dy_b)
+        window = (1 - fy) * ((1 - fx) * dots[..., :-1, :-1] + fx * dots[..., :-1, 1:]) + fy * (
+            (1 - fx) * dots[..., 1:, :-1] + fx * dots[..., 1:, 1:]
+        )  # (B*tiles, t*t, k_y, k_x)
+        return window.transpose(-1, -2)  # channel a*k + b <-> (dx_a, dy_b)
+
+    @staticmethod
+    def _row_index(
+        xs: torch.Tensor, ys: torch.Tensor, h2: int, w2: int, row_offset: torch.Tensor
+    ) -> torch.Tensor:
+        """Row of ``rows`` for integer positions ``ys[..., :, None]``, ``xs[..., None, :]``."""
+        inside = ((ys >= 0) & (ys < h2))[..., :, None] & ((xs >= 0) & (xs < w2))[..., None, :]
+        index = torch.where(inside, ys[..., :, None] * w2 + xs[..., None, :], h2 * w2)
+        return index + row_offset.view(-1, *([1] * (index.ndim - 1)))
+
+    def _boxed_dots(
+        self,
+        ids: torch.Tensor,
+        rows: torch.Tensor,
+        h2: int,
+        w2: int,
+        base: torch.Tensor,
+        low: torch.Tensor,
+        row_offset: torch.Tensor,
+    ) -> torch.Tensor:
+        """Dots via one box per tile: ``(n, t*t, m, m)`` indexed ``[y, x]``."""
+        n, c, box, m = ids.numel(), self.channels, self.box, 2 * self.radius + 2
+        span = torch.arange(box, device=base.device)
+        index = self._row_index(low[:, 0, None] + span, low[:, 1, None] + span, h2, w2, row_offset)
+        boxes = rows.index_select(0, index.reshape(-1)).view(n, box * box, c)
+        products = torch.bmm(self.query[ids], boxes.transpose(1, 2))  # (n, t*t, box*box)
+        step = torch.arange(m, device=base.device)
+        local = base - low[:, None, :] - self.radius  # window origin inside the box
+        xs = local[..., 0, None] + step  # (n, t*t, m)
+        ys = local[..., 1, None] + step
+        pick = (ys[..., :, None] * box + xs[..., None, :]).reshape(n, -1, m * m)
+        return torch.gather(products, 2, pick).view(n, -1, m, m)
+
+    def _gathered_dots(
+        self,
+        ids: torch.Tensor,
+        rows: torch.Tensor,
+        h2: int,
+        w2: int,
+        base: torch.Tensor,
+        row_offset: torch.Tensor,
+    ) -> torch.Tensor:
+        """Dots by gathering each query's window: ``(n, t*t, m, m)`` indexed ``[y, x]``."""
+        n, c, m = ids.numel(), self.channels, 2 * self.radius + 2
+        step = torch.arange(-self.radius, self.radius + 2, device=base.device)
+        index = self._row_index(
+            base[..., 0, None] + step, base[..., 1, None] + step, h2, w2, row_offset
+        )  # (n, t*t, m, m)
+        windows = rows.index_select(0, index.reshape(-1)).view(-1, m * m, c)
+        queries = self.query[ids].reshape(-1, c, 1)
+        return torch.bmm(windows, queries).view(n, -1, m, m)
 
 
 def build_correlation(

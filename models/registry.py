@@ -1,0 +1,113 @@
+"""One entry point to build a flow network by name, with or without weights.
+
+>>> model = create_model("raft-large", checkpoint="raft-things")       # doctest: +SKIP
+>>> model = create_model("gma", checkpoint="/path/to/gma-sintel.pth")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .gma import AttentionMode
+from .raft import ARCHS, RAFT, gma, raft_large, raft_small
+from .weights import (
+    CheckpointError,
+    gma_num_heads,
+    load_checkpoint,
+    load_into,
+    resolve_checkpoint,
+    sha256_file,
+)
+
+logger = logging.getLogger(__name__)
+
+#: The checkpoint a bare architecture name loads in :func:`pretrained_names`' order of preference.
+DEFAULT_CHECKPOINTS: dict[str, tuple[str, ...]] = {
+    "raft-large": ("raft-things", "tv-raft-large-c-t-v2", "raft-sintel"),
+    "raft-small": ("raft-small", "tv-raft-small-c-t-v2"),
+    "gma": ("gma-things", "gma-sintel"),
+}
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """Where a model's weights came from (recorded in run metadata)."""
+
+    source: str
+    path: str
+    sha256: str
+
+
+def model_builders() -> dict[str, Callable[..., RAFT]]:
+    return {"raft-large": raft_large, "raft-small": raft_small, "gma": gma}
+
+
+def create_model(
+    name: str,
+    *,
+    checkpoint: str | os.PathLike[str] | None = None,
+    device: str | torch.device = "cpu",
+    cache_dir: str | os.PathLike[str] | None = None,
+    download: bool = True,
+    gma_heads: int | None = None,
+    gma_attention_mode: AttentionMode = "content",
+) -> RAFT:
+    """Builds ``raft-large``, ``raft-small`` or ``gma``, loads weights, returns it in eval mode.
+
+    Args:
+        name: architecture name.
+        checkpoint: a registry name (see :data:`models.weights.WEIGHTS`), a local ``.pth``
+            path (official, ``module.``-prefixed or torchvision layout), or ``None`` for
+            randomly initialised weights.
+        device: where to put the model.
+        cache_dir: checkpoint cache (default :func:`models.weights.default_cache_dir`).
+        download: allow downloading registry checkpoints that are not cached.
+        gma_heads: GMA attention heads; by default read from the checkpoint (1 otherwise).
+        gma_attention_mode: ``content`` (official default), ``position`` or
+            ``position-and-content``. Checkpoints do not record it; it must match training.
+
+    The model's ``checkpoint_info`` attribute is a :class:`CheckpointInfo` or ``None``.
+    """
+    if name not in ARCHS:
+        raise ValueError(f"unknown model {name!r}; expected one of {', '.join(ARCHS)}")
+    state = None
+    info = None
+    if checkpoint is not None:
+        path = resolve_checkpoint(checkpoint, cache_dir=cache_dir, download=download)
+        state = load_checkpoint(path)
+        info = CheckpointInfo(source=str(checkpoint), path=str(path), sha256=sha256_file(path))
+    if name == "gma":
+        heads = gma_heads
+        if state is not None and "att.to_qk.weight" in state:
+            found = gma_num_heads(state)
+            if heads is not None and heads != found:
+                raise CheckpointError(
+                    f"the checkpoint has {found} GMA attention head(s) but {heads} were requested"
+                )
+            heads = found
+        model = gma(heads=heads or 1, attention_mode=gma_attention_mode)
+    else:
+        model = model_builders()[name]()
+    if state is not None:
+        load_into(model, state, arch=name)
+        logger.info("loaded %s weights from %s", name, info.path if info else checkpoint)
+    model.checkpoint_info = info
+    return model.to(device).eval()
+
+
+def find_cached_checkpoint(
+    name: str, *, cache_dir: str | os.PathLike[str] | None = None
+) -> Path | None:
+    """The first default checkpoint of architecture ``name`` already in the cache, if any."""
+    for candidate in DEFAULT_CHECKPOINTS.get(name, ()):
+        try:
+            return resolve_checkpoint(candidate, cache_dir=cache_dir, download=False)
+        except CheckpointError:
+            continue
+    return None

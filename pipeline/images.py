@@ -1,0 +1,27 @@
+"""Reading still images for the ``pair`` command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """``(H, W, 3)`` uint8 RGB, decoded by PIL like the official demos (gray / RGBA converted)."""
+    try:
+        with Image.open(path) as image:
+            if image.mode != "RGB":
+                image = image.convert("RGB")
+            return np.asarray(image, dtype=np.uint8).copy()
+    except FileNotFoundError:
+        raise ValueError(f"cannot read image '{path}': file not found") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ValueError(f"cannot read image '{path}': {exc}") from None
+
+
+def to_model_input(rgb: np.ndarray, device: torch.device) -> torch.Tensor:
+    """``(H, W, 3)`` uint8 -> ``(1, 3, H, W)`` float32 0..255 on ``device``."""
+    return torch.from_numpy(rgb).permute(2, 0, 1)[None].to(device=device, dtype=torch.float32)

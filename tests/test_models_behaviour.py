@@ -1,0 +1,187 @@
+"""Model behaviour beyond the fixtures: padding, odd sizes, batches, warm start, options."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models import CheckpointError, Padder, create_model, forward_interpolate, gma
+from models.corr import AllPairsCorrelation, OnDemandCorrelation
+
+
+@pytest.fixture(scope="module")
+def frames(parity_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    data = np.load(parity_dir / "raft_small_demo_pair.npz")
+    as_input = lambda rgb: torch.from_numpy(rgb).permute(2, 0, 1)[None].float()  # noqa: E731
+    return as_input(data["image1"]), as_input(data["image2"])
+
+
+@pytest.fixture(scope="module")
+def small_model(parity_dir: Path):
+    return create_model("raft-small", checkpoint=parity_dir / "raft_small_random.pth")
+
+
+@pytest.fixture(scope="module")
+def large_model(parity_dir: Path):
+    return create_model("raft-large", checkpoint=parity_dir / "raft_large_random.pth")
+
+
+@pytest.mark.parametrize(
+    ("size", "mode", "pads"),
+    [
+        ((436, 1024), "sintel", (0, 0, 2, 2)),
+        ((375, 1242), "kitti", (3, 3, 1, 0)),
+        ((375, 1242), "sintel", (3, 3, 0, 1)),
+        ((131, 203), "sintel", (2, 3, 2, 3)),
+        ((131, 203), "kitti", (2, 3, 5, 0)),
+        ((128, 256), "sintel", (0, 0, 0, 0)),
+    ],
+)
+def test_padder_matches_official_modes(size, mode, pads) -> None:
+    padder = Padder(*size, mode=mode)
+    assert padder.pads == pads
+    image = torch.arange(size[0] * size[1], dtype=torch.float32).view(1, 1, *size)
+    padded = padder.pad(image)
+    assert padded.shape[-2] % 8 == 0 and padded.shape[-1] % 8 == 0
+    assert torch.equal(padder.unpad(padded), image)
+    # replicate padding: the first padded row repeats the first image row
+    if pads[2]:
+        assert torch.equal(padded[..., 0, pads[0] : pads[0] + size[1]], image[..., 0, :])
+
+
+@pytest.mark.parametrize("mode", ["sintel", "kitti"])
+def test_odd_size_equals_manual_pad_forward_crop(small_model, frames, mode) -> None:
+    image1, image2 = frames[0][..., 13:144, 21:224], frames[1][..., 13:144, 21:224]  # 131x203
+    out = small_model.estimate_flow(image1, image2, iters=6, pad_mode=mode)
+    assert out.flow.shape == (1, 2, 131, 203)
+    padder = Padder(131, 203, mode=mode)
+    with torch.inference_mode():
+        manual = small_model(padder.pad(image1), padder.pad(image2), iters=6)
+    assert out.flow_low.shape == (1, 2, 136 // 8, 208 // 8)
+    assert torch.allclose(out.flow, padder.unpad(manual.flow), atol=1e-5)
+    assert torch.isfinite(out.flow).all()
+
+
+def test_pad_modes_differ(small_model, frames) -> None:
+    image1, image2 = frames[0][..., :131, :203], frames[1][..., :131, :203]
+    sintel = small_model.estimate_flow(image1, image2, iters=3, pad_mode="sintel")
+    kitti = small_model.estimate_flow(image1, image2, iters=3, pad_mode="kitti")
+    assert (sintel.flow - kitti.flow).abs().max() > 1e-3
+
+
+def test_batch_equals_single_pairs(large_model, frames) -> None:
+    image1, image2 = frames[0][..., :160, :256], frames[1][..., :160, :256]
+    flipped1, flipped2 = image2.flip(-1), image1.flip(-1)
+    batch = large_model.estimate_flow(
+        torch.cat([image1, flipped1]), torch.cat([image2, flipped2]), iters=4
+    )
+    single_a = large_model.estimate_flow(image1, image2, iters=4)
+    single_b = large_model.estimate_flow(flipped1, flipped2, iters=4)
+    assert (batch.flow[:1] - single_a.flow).abs().max() <= 1e-4
+    assert (batch.flow[1:] - single_b.flow).abs().max() <= 1e-4
+
+
+def test_zero_flow_init_equals_no_init_and_warm_start_runs(small_model, frames) -> None:
+    image1, image2 = frames[0][..., :160, :256], frames[1][..., :160, :256]
+    cold = small_model.estimate_flow(image1, image2, iters=3)
+    zero = small_model.estimate_flow(
+        image1, image2, iters=3, flow_init=torch.zeros_like(cold.flow_low)
+    )
+    assert torch.equal(cold.flow, zero.flow)
+    warm = small_model.estimate_flow(
+        image1, image2, iters=3, flow_init=forward_interpolate(cold.flow_low)
+    )
+    assert warm.flow.shape == cold.flow.shape and torch.isfinite(warm.flow).all()
+    with pytest.raises(ValueError, match="1/8 grid"):
+        small_model.estimate_flow(image1, image2, iters=1, flow_init=torch.zeros(1, 2, 5, 5))
+
+
+def test_32_iterations(small_model, frames) -> None:
+    image1, image2 = frames[0][..., :128, :192], frames[1][..., :128, :192]
+    out12 = small_model.estimate_flow(image1, image2, iters=12)
+    out32 = small_model.estimate_flow(image1, image2, iters=32)
+    assert torch.isfinite(out32.flow).all()
+    assert (out12.flow - out32.flow).abs().max() > 0
+
+
+def test_small_inputs(small_model, frames) -> None:
+    # 64..127 px: the coarsest level is a single row; the official code returns NaN here.
+    out = small_model.estimate_flow(frames[0][..., :70, :90], frames[1][..., :70, :90], iters=2)
+    assert out.flow.shape == (1, 2, 70, 90) and torch.isfinite(out.flow).all()
+    with pytest.raises(ValueError, match="at least 64x64"):
+        small_model.estimate_flow(frames[0][..., :40, :90], frames[1][..., :40, :90])
+
+
+@pytest.mark.parametrize("radius", [3, 4])
+def test_on_demand_lookup_equals_all_pairs_under_large_flow(radius: int) -> None:
+    torch.manual_seed(0)
+    f1, f2 = torch.randn(2, 32, 24, 40), torch.randn(2, 32, 24, 40)
+    ys, xs = torch.meshgrid(torch.arange(24.0), torch.arange(40.0), indexing="ij")
+    coords = torch.stack([xs, ys])[None].repeat(2, 1, 1, 1)
+    # smooth flow, per-pixel noise (forces the gather fallback), and flow leaving the image
+    coords = coords + torch.randn(2, 2, 24, 40) * torch.tensor([0.2, 6.0]).view(2, 1, 1, 1)
+    coords[:, :, :4] += 30
+    dense = AllPairsCorrelation(f1, f2, radius=radius)(coords)
+    lazy = OnDemandCorrelation(f1, f2, radius=radius, tile=4, box_slack=2)(coords)
+    assert dense.shape == lazy.shape == (2, 4 * (2 * radius + 1) ** 2, 24, 40)
+    assert (dense - lazy).abs().max() <= 1e-5 * dense.abs().max()
+
+
+def test_lookup_channel_order_is_official() -> None:
+    # One feature vector matches only at (x=5, y=2): the peak must be at channel a*k + b with
+    # a indexing dx and b indexing dy, the official (transposed) window order.
+    f1 = torch.zeros(1, 4, 16, 16)
+    f2 = torch.zeros(1, 4, 16, 16)
+    f1[0, 0, 3, 3] = 1.0
+    f2[0, 0, 2, 5] = 1.0
+    ys, xs = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+    coords = torch.stack([xs, ys])[None]
+    for corr in (AllPairsCorrelation(f1, f2), OnDemandCorrelation(f1, f2)):
+        window = corr(coords)[0, :81, 3, 3]
+        a, b = divmod(int(window.argmax()), 9)
+        assert (a - 4, b - 4) == (2, -1)
+
+
+def test_forward_interpolate_matches_scipy_griddata() -> None:
+    interpolate = pytest.importorskip("scipy.interpolate")
+    rng = np.random.default_rng(0)
+    h, w = 11, 17
+    flow = (rng.normal(size=(2, h, w)) * 3).astype(np.float32)
+    flow[:, :2] += 30  # some points leave the grid
+    x0, y0 = np.meshgrid(np.arange(w), np.arange(h))
+    x1, y1 = (x0 + flow[0]).ravel(), (y0 + flow[1]).ravel()
+    valid = (x1 > 0) & (x1 < w) & (y1 > 0) & (y1 < h)
+    expected = np.stack(
+        [
+            interpolate.griddata(
+                (x1[valid], y1[valid]), flow[c].ravel()[valid], (x0, y0), method="nearest"
+            )
+            for c in range(2)
+        ]
+    )
+    ours = forward_interpolate(torch.from_numpy(flow)).numpy()
+    np.testing.assert_allclose(ours, expected, atol=1e-6)
+    batched = forward_interpolate(torch.from_numpy(np.stack([flow, flow])))
+    assert torch.equal(batched[0], batched[1])
+
+
+def test_gma_heads_and_modes(parity_dir: Path) -> None:
+    with pytest.raises(CheckpointError, match="1 GMA attention head"):
+        create_model("gma", checkpoint=parity_dir / "gma_random.pth", gma_heads=2)
+    two_heads = gma(heads=2, attention_mode="position-and-content").eval()
+    image = torch.rand(1, 3, 128, 128) * 255
+    with torch.inference_mode():
+        assert torch.isfinite(two_heads(image, image, iters=2).flow).all()
+    with pytest.raises(ValueError, match="attention mode"):
+        gma(attention_mode="bogus")
+
+
+def test_bf16_autocast_on_cpu_runs(small_model, frames) -> None:
+    image1, image2 = frames[0][..., :128, :192], frames[1][..., :128, :192]
+    fp32 = small_model.estimate_flow(image1, image2, iters=4)
+    bf16 = small_model.estimate_flow(image1, image2, iters=4, autocast=torch.bfloat16)
+    assert bf16.flow.dtype == torch.float32 and torch.isfinite(bf16.flow).all()
+    assert (fp32.flow - bf16.flow).abs().mean() < 1.0
