@@ -1,0 +1,22 @@
+"""Video decoding stage: files in, upright RGB frames with stream timestamps out.
+
+``open_video(path, DecodeOptions(...))`` returns a :class:`VideoReader` whose ``frames()``
+yields :class:`DecodedFrame` s; ``iter_chunks`` groups them into overlapping
+:class:`stages.base.FrameChunk` s. Backends: decord (default), PyAV (reference and fallback),
+OpenCV; all deliver the same frames and pts for the same file.
+"""
+
+from stages.decoding.chunks import iter_chunks
+from stages.decoding.reader import VideoReader, open_video
+from stages.decoding.types import BACKENDS, DecodedFrame, DecodeError, DecodeOptions, VideoInfo
+
+__all__ = [
+    "BACKENDS",
+    "DecodeError",
+    "DecodeOptions",
+    "DecodedFrame",
+    "VideoInfo",
+    "VideoReader",
+    "iter_chunks",
+    "open_video",
+]

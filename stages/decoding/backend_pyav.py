@@ -1,0 +1,119 @@
+"""PyAV (FFmpeg) backend: the reference decoder and the fallback for the others."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import av
+import numpy as np
+from av.video.reformatter import VideoReformatter
+
+from stages.decoding.backend_base import DecodeState
+from stages.decoding.probe import StreamProbe
+from stages.decoding.selection import EPS, select_frames
+from stages.decoding.types import DecodeOptions
+
+logger = logging.getLogger(__name__)
+
+
+class PyAVBackend:
+    """Decodes with ``container.decode(stream)`` and converts to ``rgb24`` with one reusable
+    ``VideoReformatter`` (equivalent to ``frame.to_ndarray(format="rgb24")``, much faster).
+
+    Conversion is FFmpeg's swscale, honouring the stream's colour range (``yuvj*`` full range)
+    and colour matrix tags; gray and 10-bit formats come out as 8-bit RGB. Timestamps are the
+    frames' own pts. Frames the decoder flags as corrupt (errors it concealed) are delivered and
+    listed in a warning. A ``start`` time is reached by seeking to the keyframe before it; should
+    the container seek past it, the file is reopened and decoded from the beginning instead.
+    """
+
+    name = "pyav"
+    applied_rotation = 0
+
+    def __init__(self, probe: StreamProbe, options: DecodeOptions, state: DecodeState) -> None:
+        self._probe = probe
+        self._threads = options.threads
+        self._state = state
+        self._container, self._stream = self._open()
+
+    def _open(self) -> tuple[av.container.InputContainer, av.VideoStream]:
+        container = av.open(self._probe.path, metadata_errors="replace")
+        stream = container.streams.video[0]
+        for candidate in container.streams.video:
+            if candidate.index == self._probe.stream_index:
+                stream = candidate
+        stream.thread_type = "AUTO"
+        if self._threads:
+            stream.codec_context.thread_count = self._threads
+        return container, stream
+
+    def close(self) -> None:
+        self._container.close()
+
+    def frames(self, options: DecodeOptions) -> Iterator[tuple[float, np.ndarray]]:
+        # One reformatter for the whole stream: ``frame.to_ndarray(format=...)`` builds a new
+        # swscale context per frame, which is several times slower than decoding.
+        reformatter = VideoReformatter()
+        for pts, frame in select_frames(self._timed_frames(options), options):
+            yield pts, reformatter.reformat(frame, format="rgb24").to_ndarray()
+
+    def _timed_frames(self, options: DecodeOptions) -> Iterator[tuple[float, av.VideoFrame]]:
+        decoded_before = self._state.decoded
+        start = options.start
+        if start is None or start <= self._probe.first_pts + EPS:
+            yield from self._decode()
+            return
+        clock = self._probe.clock
+        target = clock.start_ticks + int(start / clock.time_base)
+        try:
+            self._container.seek(target, stream=self._stream, backward=True)
+        except av.FFmpegError as exc:
+            logger.debug("%s: seek failed (%s); decoding from the start", self._probe.path, exc)
+            yield from self._decode()
+            return
+        decoded = self._decode()
+        first = next(decoded, None)
+        if first is not None and first[0] <= start + EPS:
+            yield first
+            yield from decoded
+            return
+        logger.debug("%s: seek overshot %.3f s; decoding from the start", self._probe.path, start)
+        decoded.close()
+        self._container.close()
+        self._state.decoded = decoded_before
+        self._container, self._stream = self._open()
+        yield from self._decode()
+
+    def _decode(self) -> Iterator[tuple[float, av.VideoFrame]]:
+        clock = self._probe.clock
+        fps = self._probe.fps
+        step = max(1, round(1 / (fps * clock.time_base))) if fps > 0 else 1
+        last_ticks: int | None = None
+        pts: float | None = None
+        corrupt: list[float] = []
+        try:
+            for frame in self._container.decode(self._stream):
+                self._state.decoded += 1
+                ticks = frame.pts
+                if ticks is None:
+                    ticks = clock.start_ticks if last_ticks is None else last_ticks + step
+                    self._state.warn("frames without a timestamp: pts extrapolated from the fps")
+                last_ticks = int(ticks)
+                pts = clock.seconds(last_ticks)
+                if frame.is_corrupt:
+                    corrupt.append(pts)
+                yield pts, frame
+        except av.FFmpegError as exc:
+            where = (
+                "before the first frame" if pts is None else f"after the frame at pts {pts:.3f} s"
+            )
+            self._state.warn(f"decoding stopped {where}: {exc}")
+        finally:
+            if corrupt:
+                shown = ", ".join(f"{t:.3f}" for t in corrupt[:5])
+                more = ", ..." if len(corrupt) > 5 else ""
+                self._state.warn(
+                    f"{len(corrupt)} frames decoded with errors (concealed by the decoder) "
+                    f"at pts {shown}{more} s"
+                )

@@ -1,0 +1,184 @@
+"""``open_video``: probe a file, pick a backend (with fallback to PyAV) and deliver frames.
+
+Every backend yields the same frames for the same file and options: the same selection (a pure
+function of the pts, see :mod:`stages.decoding.selection`), the same pts (stream timestamps,
+relative to the stream start, snapped to the stream time base), the same upright orientation
+and the same resize. Pixel values agree exactly for 8-bit sources; for 10-bit 4:2:0 sources the
+backends' FFmpeg versions convert chroma differently (a few levels on average, more at sharp
+colour edges).
+
+Corrupt streams: when the decoder fails after at least one frame, the frames decoded so far
+are delivered, the iteration ends and :attr:`VideoReader.warnings` says why. Frames after the
+fault are not recovered (backends disagree on what follows a fault). A stream that yields no
+frame at all raises :class:`DecodeError` from :func:`open_video`.
+
+Decoding runs in-process; decord (and, rarely, FFmpeg) can abort the interpreter on some broken
+files, so the batch runner isolates each video in a subprocess.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from types import TracebackType
+
+from stages.decoding.backend_base import Backend, BackendUnsupported, DecodeState
+from stages.decoding.backend_decord import DecordBackend
+from stages.decoding.backend_opencv import OpenCVBackend
+from stages.decoding.backend_pyav import PyAVBackend
+from stages.decoding.probe import StreamProbe, probe_video
+from stages.decoding.transform import FrameTransform, fit_max_side
+from stages.decoding.types import DecodedFrame, DecodeError, DecodeOptions, VideoInfo
+
+logger = logging.getLogger(__name__)
+
+_fallback_warned: set[str] = set()
+
+
+def _warn_fallback(backend: str, reason: str) -> None:
+    """Log the first fallback from each backend as a warning, later ones at debug level."""
+    level = logging.DEBUG if backend in _fallback_warned else logging.WARNING
+    _fallback_warned.add(backend)
+    logger.log(level, "%s unavailable: %s; falling back to PyAV", backend, reason)
+
+
+def _make_backend(probe: StreamProbe, options: DecodeOptions, state: DecodeState) -> Backend:
+    try:
+        if options.backend == "decord":
+            return DecordBackend(probe, options, state)
+        if options.backend == "opencv":
+            return OpenCVBackend(probe, options, state)
+    except Exception as exc:  # BackendUnsupported, or an unexpected library error
+        reason = str(exc) if isinstance(exc, BackendUnsupported) else f"{type(exc).__name__}: {exc}"
+        _warn_fallback(options.backend, reason)
+        state.warn(f"{options.backend} unavailable: {reason}; decoded with PyAV")
+    try:
+        return PyAVBackend(probe, options, state)
+    except Exception as exc:  # the probe opened it a moment ago: only a vanished/changed file
+        raise DecodeError(probe.path, f"PyAV cannot reopen the file ({exc})") from exc
+
+
+class VideoReader:
+    """An opened video. Use as a context manager; :meth:`frames` may be iterated once.
+
+    Attributes:
+        info: stream facts (:class:`VideoInfo`), ``info.backend`` is the backend in use.
+        options: the :class:`DecodeOptions` it was opened with.
+        warnings: problems met so far (fallbacks, early end of a corrupt stream, resolution
+            changes, ...); complete once :meth:`frames` is exhausted.
+    """
+
+    def __init__(self, path: str, options: DecodeOptions) -> None:
+        self.options = options
+        self._state = DecodeState()
+        self.warnings: list[str] = self._state.warnings
+        probe = probe_video(path)
+        self._backend = _make_backend(probe, options, self._state)
+        self._header_frame_count = probe.header_frame_count
+
+        if probe.rotation % 180:
+            upright = (probe.source_height, probe.source_width)
+        else:
+            upright = (probe.source_width, probe.source_height)
+        width, height = fit_max_side(*upright, options.max_side)
+        applied = self._backend.applied_rotation
+        source = (probe.source_width, probe.source_height)
+        decoder_size = source[::-1] if applied % 180 else source
+        self._transform = FrameTransform(
+            decoder_size, (probe.rotation - applied) % 360, (width, height)
+        )
+        self.info = VideoInfo(
+            path=path,
+            width=width,
+            height=height,
+            source_width=probe.source_width,
+            source_height=probe.source_height,
+            rotation=probe.rotation,
+            fps=probe.fps,
+            header_frame_count=probe.header_frame_count,
+            codec=probe.codec,
+            pix_fmt=probe.pix_fmt,
+            duration=probe.duration,
+            stream_start=probe.clock.start_seconds,
+            backend=self._backend.name,
+        )
+        self.frames_delivered = 0
+        self._started = False
+        self._closed = False
+        logger.debug("opened %s: %s", path, self.info)
+
+    @property
+    def frames_decoded(self) -> int:
+        """Frames the decoder produced so far (before selection; excludes frames skipped by a
+        seek, and for decord only the frames it was asked for)."""
+        return self._state.decoded
+
+    def frames(self) -> Iterator[DecodedFrame]:
+        """Iterate the selected frames as :class:`DecodedFrame` (upright, resized, RGB uint8).
+
+        Raises:
+            RuntimeError: when called a second time or after :meth:`close`.
+        """
+        if self._closed:
+            raise RuntimeError("reader is closed")
+        if self._started:
+            raise RuntimeError("frames() can be called only once per reader")
+        self._started = True
+        return self._iterate()
+
+    def _iterate(self) -> Iterator[DecodedFrame]:
+        previous: float | None = None
+        for pts, rgb in self._backend.frames(self.options):
+            if previous is not None and pts <= previous:
+                self._state.warn("timestamps are not strictly increasing")
+            previous = pts
+            yield DecodedFrame(index=self.frames_delivered, pts=pts, rgb=self._transform(rgb))
+            self.frames_delivered += 1
+        self._check_after_end()
+
+    def _check_after_end(self) -> None:
+        if self._transform.size_changes:
+            width, height = self._transform.input_size
+            self._state.warn(
+                f"{self._transform.size_changes} frames differ from the stream size {width}x{height}"
+                " (resolution change); they were resized"
+            )
+        opts = self.options
+        unselected = opts.stride == 1 and opts.target_fps is None
+        unselected = unselected and opts.start is None and opts.end is None
+        header = self._header_frame_count
+        if unselected and header is not None and self.frames_delivered < header:
+            self._state.warn(
+                f"decoded {self.frames_delivered} frames, fewer than the {header} the header "
+                "declares"
+            )
+        if self.frames_delivered == 0:
+            self._state.warn("no frame in the selected range")
+
+    def close(self) -> None:
+        """Release the decoder. Safe to call more than once."""
+        if not self._closed:
+            self._closed = True
+            self._backend.close()
+
+    def __enter__(self) -> VideoReader:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def open_video(path: str | os.PathLike[str], options: DecodeOptions | None = None) -> VideoReader:
+    """Probe ``path`` and open it for decoding with ``options`` (defaults: decord, all frames).
+
+    Raises:
+        DecodeError: the file is missing, empty, not a media file, has no video stream or no
+            decodable frame.
+    """
+    return VideoReader(os.fspath(path), options or DecodeOptions())

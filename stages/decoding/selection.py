@@ -1,0 +1,92 @@
+"""Which decoded frames to deliver: time range, then target-fps resampling, then stride.
+
+The selection is a pure function of the sequence of frame timestamps, applied as a stream with
+one frame of look-ahead, so every backend selects exactly the same frames from the same pts.
+Payloads (undecoded frames, arrays or indices) travel alongside the pts untouched.
+
+Resampling: frame ``k`` of the time range is shown during ``[pts_k, pts_{k+1})``; the last one
+until the range's stop time, which is ``end`` when frames continue past it, else the last pts
+plus the interval before it (the stream's last frame lasts as long as the previous one). Target
+times are ``t0 + i / target_fps`` below the stop time, ``t0`` being the first frame's pts, and a
+frame is kept, once, when at least one target time falls in its interval.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Generic, TypeVar
+
+from stages.decoding.types import DecodeOptions
+
+T = TypeVar("T")
+
+EPS = 1e-6
+"""Tolerance (seconds) for comparing pts with range bounds and target times."""
+
+
+class _TimeRange(Generic[T]):
+    """Iterates the frames with ``start <= pts < end``; afterwards :attr:`stop` holds the time
+    the last of them stops being shown (see the module docstring), None if there was no frame."""
+
+    def __init__(self, items: Iterable[tuple[float, T]], options: DecodeOptions) -> None:
+        self._items = items
+        self._start = options.start
+        self._end = options.end
+        self.stop: float | None = None
+
+    def __iter__(self) -> Iterator[tuple[float, T]]:
+        last: float | None = None
+        before_last: float | None = None
+        for pts, payload in self._items:
+            if self._end is not None and pts >= self._end - EPS:
+                # Frames arrive in presentation order: nothing later is in range.
+                self.stop = self._end
+                return
+            if self._start is None or pts >= self._start - EPS:
+                yield pts, payload
+            before_last, last = last, pts
+        if last is not None:
+            self.stop = last if before_last is None else last + (last - before_last)
+
+
+def _resample(frames: _TimeRange[T], fps: float) -> Iterator[tuple[float, T]]:
+    """Keep each frame whose display interval contains a target time ``t0 + i / fps``."""
+    pending: tuple[float, T] | None = None
+    t0 = 0.0
+    i = 0
+
+    def owns_target(begin: float, until: float) -> bool:
+        nonlocal i
+        hit = False
+        while t0 + i / fps < until - EPS:
+            hit = hit or t0 + i / fps >= begin - EPS
+            i += 1
+        return hit
+
+    for item in frames:
+        if pending is None:
+            t0 = item[0]
+        elif owns_target(pending[0], item[0]):
+            yield pending
+        pending = item
+    if pending is not None:
+        stop = frames.stop if frames.stop is not None else pending[0]
+        # The first target is t0 itself, so a lone frame is always kept.
+        if owns_target(pending[0], max(stop, pending[0] + 2 * EPS)):
+            yield pending
+
+
+def select_frames(
+    items: Iterable[tuple[float, T]], options: DecodeOptions
+) -> Iterator[tuple[float, T]]:
+    """Filter ``(pts_seconds, payload)`` pairs, given in presentation order, per ``options``.
+
+    Stops consuming ``items`` as soon as a pts at or past ``options.end`` is seen.
+    """
+    in_range = _TimeRange(items, options)
+    selected: Iterable[tuple[float, T]] = in_range
+    if options.target_fps is not None:
+        selected = _resample(in_range, float(options.target_fps))
+    for n, item in enumerate(selected):
+        if n % options.stride == 0:
+            yield item

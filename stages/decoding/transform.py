@@ -1,0 +1,61 @@
+"""Geometry applied to every decoded frame: resize (``max_side``) and upright rotation."""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+
+def fit_max_side(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+    """Size ``(w, h)`` after shrinking so the longer side is at most ``max_side``.
+
+    Each side is ``round(side * max_side / longer)`` (halves round up), at least 1; the size is
+    unchanged when ``max_side`` is None or already satisfied. Symmetric in its two sides, so it
+    commutes with a 90-degree rotation.
+    """
+    longer = max(width, height)
+    if max_side is None or longer <= max_side:
+        return width, height
+    scale = max_side / longer
+    return (
+        max(1, math.floor(width * scale + 0.5)),
+        max(1, math.floor(height * scale + 0.5)),
+    )
+
+
+class FrameTransform:
+    """Turns a decoded ``(h, w, 3)`` uint8 RGB frame into the delivered upright, resized frame.
+
+    Args:
+        input_size: ``(w, h)`` the decoder is expected to produce.
+        clockwise: degrees (multiple of 90) still to rotate the decoder output clockwise.
+        output_size: ``(w, h)`` of the delivered frame (after rotation).
+
+    Frames are resized (``cv2.INTER_AREA``) before rotating, which is cheaper and gives the same
+    size. A frame whose size differs from ``input_size`` (a mid-stream resolution change) is
+    resized to the output size too, and :attr:`size_changes` counts such frames.
+    """
+
+    def __init__(
+        self, input_size: tuple[int, int], clockwise: int, output_size: tuple[int, int]
+    ) -> None:
+        if clockwise % 90:
+            raise ValueError(f"rotation must be a multiple of 90, got {clockwise}")
+        self.input_size = input_size
+        self.quarter_turns = (clockwise // 90) % 4
+        out_w, out_h = output_size
+        self.pre_rotation_size = (out_h, out_w) if self.quarter_turns % 2 else (out_w, out_h)
+        self.output_size = output_size
+        self.size_changes = 0
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        height, width = rgb.shape[:2]
+        if (width, height) != self.input_size:
+            self.size_changes += 1
+        if (width, height) != self.pre_rotation_size:
+            rgb = cv2.resize(rgb, self.pre_rotation_size, interpolation=cv2.INTER_AREA)
+        if self.quarter_turns:
+            rgb = np.rot90(rgb, k=-self.quarter_turns)  # negative k turns clockwise
+        return np.ascontiguousarray(rgb, dtype=np.uint8)

@@ -1,0 +1,636 @@
+"""Tests of the decoding stage with real decoders on tiny generated videos and the shared clips."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import pickle
+import sys
+from collections.abc import Callable
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from stages.base import FrameChunk
+from stages.decode import (
+    BACKENDS,
+    DecodedFrame,
+    DecodeError,
+    DecodeOptions,
+    VideoInfo,
+    iter_chunks,
+    open_video,
+)
+from stages.decoding import reader as reader_module
+from tests.media import (
+    corrupt_copy,
+    default_suffix,
+    garble_packets,
+    pattern_frame,
+    read_frame_index,
+    write_audio_only,
+    write_garbage_packets,
+    write_no_frames,
+    write_video,
+)
+
+W, H = 64, 48
+
+
+def decode_all(path: Path, **kwargs: object) -> tuple[VideoInfo, list[DecodedFrame], list[str]]:
+    with open_video(path, DecodeOptions(**kwargs)) as reader:  # type: ignore[arg-type]
+        frames = list(reader.frames())
+        return reader.info, frames, list(reader.warnings)
+
+
+def stack(frames: list[DecodedFrame]) -> np.ndarray:
+    return np.stack([f.rgb for f in frames]).astype(np.int16)
+
+
+def pattern_ids(frames: list[DecodedFrame]) -> list[int]:
+    return [read_frame_index(f.rgb) for f in frames]
+
+
+def expected_resample(pts: list[float], fps: float) -> list[int]:
+    """Brute force of the documented rule: target times t0 + i/fps before the end of the last
+    frame (its pts plus the previous interval); for each, the last frame with pts <= target;
+    each frame once."""
+    stop = pts[-1] + (pts[-1] - pts[-2])
+    kept: list[int] = []
+    i = 0
+    while pts[0] + i / fps < stop - 1e-9:
+        target = pts[0] + i / fps
+        k = max(j for j, p in enumerate(pts) if p <= target + 1e-9)
+        if k not in kept:
+            kept.append(k)
+        i += 1
+    return kept
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """Factory writing (once per module) a pattern video with the given write_video kwargs."""
+    folder = tmp_path_factory.mktemp("media")
+    cache: dict[str, Path] = {}
+
+    def make(suffix: str | None = None, **kwargs: object) -> Path:
+        key = repr(sorted(kwargs.items())) + str(suffix)
+        if key not in cache:
+            codec = str(kwargs.get("codec", "libx264"))
+            path = folder / f"v{len(cache)}{suffix or default_suffix(codec)}"
+            cache[key] = write_video(path, **kwargs)  # type: ignore[arg-type]
+        return cache[key]
+
+    return make
+
+
+# --------------------------------------------------------------------------- options
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"backend": "ffmpeg"},
+        {"stride": 0},
+        {"stride": 1.5},
+        {"stride": True},
+        {"target_fps": 0},
+        {"target_fps": float("nan")},
+        {"start": -1.0},
+        {"end": 0.0},
+        {"start": 2.0, "end": 1.0},
+        {"max_side": 0},
+        {"max_side": 10.5},
+        {"threads": -1},
+    ],
+)
+def test_options_are_validated(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        DecodeOptions(**kwargs)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- backend agreement
+
+
+@pytest.mark.parametrize(
+    ("codec", "pix_fmt"), [("libx264", "yuv444p"), ("ffv1", "yuv444p"), ("libx264", "yuv420p")]
+)
+def test_backends_agree_exactly_on_lossless_video(
+    media: Callable[..., Path], codec: str, pix_fmt: str
+) -> None:
+    path = media(codec=codec, pix_fmt=pix_fmt, num_frames=24)
+    results = {backend: decode_all(path, backend=backend) for backend in BACKENDS}
+    reference = stack(results["pyav"][1])
+    for backend, (info, frames, warnings) in results.items():
+        assert info.backend == backend
+        assert warnings == []
+        assert [f.index for f in frames] == list(range(24))
+        assert pattern_ids(frames) == list(range(24))
+        np.testing.assert_allclose([f.pts for f in frames], np.arange(24) / 30, atol=1e-3)
+        assert [f.pts for f in frames] == [f.pts for f in results["pyav"][1]]
+        # Same FFmpeg conversion in every backend: bit-identical RGB for 8-bit sources.
+        assert np.array_equal(stack(frames), reference)
+        for f in frames:
+            assert f.rgb.dtype == np.uint8 and f.rgb.shape == (H, W, 3)
+            assert f.rgb.flags.c_contiguous
+    source = np.stack([pattern_frame(i) for i in range(24)]).astype(np.int16)
+    limit = 1.0 if pix_fmt == "yuv444p" else 4.0  # RGB->YUV rounding (and 4:2:0 chroma)
+    assert np.abs(reference - source).mean() < limit
+
+
+@pytest.mark.parametrize(
+    ("codec", "pix_fmt"),
+    [("mjpeg", "yuv420p"), ("libvpx-vp9", "yuv420p"), ("mpeg4", "yuv420p")],
+)
+def test_backends_agree_on_common_codecs(
+    media: Callable[..., Path], codec: str, pix_fmt: str
+) -> None:
+    path = media(codec=codec, pix_fmt=pix_fmt, num_frames=15)
+    results = {backend: decode_all(path, backend=backend) for backend in BACKENDS}
+    reference = results["pyav"][1]
+    for backend, (info, frames, _) in results.items():
+        assert info.backend == backend, "decord 0.6 decodes MJPEG, VP9 and MPEG-4 itself"
+        assert pattern_ids(frames) == list(range(15))
+        np.testing.assert_allclose(
+            [f.pts for f in frames], [f.pts for f in reference], rtol=0, atol=1e-6
+        )
+        assert np.abs(stack(frames) - stack(reference)).max() <= 2
+
+
+def test_video_info(media: Callable[..., Path]) -> None:
+    path = media(suffix=".mp4", num_frames=12, fps=25)
+    for backend in BACKENDS:
+        info, frames, _ = decode_all(path, backend=backend)
+        assert info.path == str(path)
+        assert (info.width, info.height) == (W, H)
+        assert (info.source_width, info.source_height) == (W, H)
+        assert info.rotation == 0
+        assert info.fps == pytest.approx(25.0)
+        assert info.header_frame_count == 12
+        assert info.codec == "h264"
+        assert info.pix_fmt == "yuv420p"
+        assert info.duration == pytest.approx(12 / 25, abs=0.05)
+        assert info.stream_start == 0.0
+        assert len(frames) == 12
+
+
+# --------------------------------------------------------------------------- frame count, pts
+
+
+def test_real_frame_count_not_header(media: Callable[..., Path], tmp_path: Path) -> None:
+    mkv = media(num_frames=17)
+    for backend in BACKENDS:
+        info, frames, warnings = decode_all(mkv, backend=backend)
+        assert info.header_frame_count is None  # Matroska stores no frame count
+        assert len(frames) == 17 and warnings == []
+    mp4 = media(suffix=".mp4", num_frames=30, gop_size=10)
+    broken = garble_packets(mp4, tmp_path / "broken.mp4", first=12)
+    for backend in BACKENDS:
+        info, frames, warnings = decode_all(broken, backend=backend)
+        assert info.backend == backend
+        assert info.header_frame_count == 30
+        assert pattern_ids(frames) == list(range(12))
+        assert "decoded 12 frames, fewer than the 30 the header declares" in warnings
+
+
+@pytest.mark.parametrize(
+    ("codec", "suffix"),
+    [("libx264", ".mkv"), ("libx264", ".mp4"), ("mpeg4", ".avi"), ("mjpeg", ".avi"),
+     ("ffv1", ".mkv")],
+)  # fmt: skip
+def test_decoder_error_mid_stream_keeps_the_frames_before_it(
+    media: Callable[..., Path], tmp_path: Path, codec: str, suffix: str
+) -> None:
+    good = media(suffix=suffix, codec=codec, num_frames=30, gop_size=10)
+    bad = garble_packets(good, tmp_path / f"bad{suffix}", first=12)
+    for backend in BACKENDS:
+        info, frames, warnings = decode_all(bad, backend=backend)
+        # Every backend stops at the same frame. decord's decoder thread runs ahead and reports
+        # the error early, even while opening: PyAV then decodes the rest, or all.
+        assert pattern_ids(frames) == list(range(12))
+        np.testing.assert_allclose([f.pts for f in frames], np.arange(12) / 30, atol=1e-3)
+        if backend != "opencv":  # OpenCV reports no decoder errors
+            assert any("decoding stopped after the frame at pts 0.367 s" in w for w in warnings)
+        if backend == "decord":
+            assert any(w.startswith(("decord failed", "decord unavailable")) for w in warnings)
+        else:
+            assert info.backend == backend
+
+
+def test_concealed_corruption_is_delivered_and_reported(
+    media: Callable[..., Path], tmp_path: Path
+) -> None:
+    good = media(suffix=".mp4", num_frames=60, width=128, height=96, gop_size=10)
+    bad = corrupt_copy(good, tmp_path / "concealed.mp4", at=0.5, length=2000)
+    results = {backend: decode_all(bad, backend=backend) for backend in BACKENDS}
+    for _, frames, _ in results.values():
+        assert [f.pts for f in frames] == [f.pts for f in results["pyav"][1]]
+        assert len(frames) == 60
+    # Only PyAV sees the decoder's corruption flag.
+    assert any("decoded with errors (concealed" in w for w in results["pyav"][2])
+
+
+def test_truncated_file_decodes_its_complete_frames(
+    media: Callable[..., Path], tmp_path: Path
+) -> None:
+    full = media(num_frames=40, width=128, height=96, options={"crf": "10"})
+    cut = corrupt_copy(full, tmp_path / "cut.mkv", at=0.6, truncate=True)
+    counts = set()
+    for backend in BACKENDS:
+        _, frames, _ = decode_all(cut, backend=backend)
+        assert 0 < len(frames) < 40
+        assert pattern_ids(frames) == list(range(len(frames)))
+        counts.add(len(frames))
+    assert len(counts) == 1
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".mp4"])
+def test_variable_frame_rate_pts_come_from_the_stream(
+    media: Callable[..., Path], suffix: str
+) -> None:
+    ms = [0, 40, 45, 100, 130, 200, 400, 410, 420, 500, 533, 600]
+    path = media(suffix=suffix, num_frames=len(ms), pts=ms, time_base=Fraction(1, 1000))
+    for backend in BACKENDS:
+        _, frames, _ = decode_all(path, backend=backend)
+        assert pattern_ids(frames) == list(range(len(ms)))
+        np.testing.assert_allclose([f.pts for f in frames], np.array(ms) / 1000, atol=1e-6)
+
+
+def test_pts_are_relative_to_the_stream_start(media: Callable[..., Path]) -> None:
+    ms = [500, 533, 567, 600, 633]
+    path = media(num_frames=5, pts=ms, time_base=Fraction(1, 1000))
+    for backend in BACKENDS:
+        info, frames, _ = decode_all(path, backend=backend)
+        assert info.stream_start == pytest.approx(0.5)
+        np.testing.assert_allclose([f.pts for f in frames], (np.array(ms) - 500) / 1000, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- selection
+
+
+def test_stride(media: Callable[..., Path]) -> None:
+    path = media(num_frames=20)
+    for backend in BACKENDS:
+        _, frames, _ = decode_all(path, backend=backend, stride=3)
+        assert [f.index for f in frames] == list(range(7))
+        assert pattern_ids(frames) == list(range(0, 20, 3))
+        np.testing.assert_allclose([f.pts for f in frames], np.arange(0, 20, 3) / 30, atol=1e-3)
+
+
+def test_target_fps_picks_frames_by_timestamp(media: Callable[..., Path]) -> None:
+    path = media(suffix=".mp4", num_frames=30)
+    for backend in BACKENDS:
+        _, frames, _ = decode_all(path, backend=backend, target_fps=10)
+        assert pattern_ids(frames) == list(range(0, 30, 3))
+        assert [f.index for f in frames] == list(range(10))
+        _, frames, _ = decode_all(path, backend=backend, target_fps=7)
+        assert pattern_ids(frames) == expected_resample([i / 30 for i in range(30)], 7)
+        # Above the source rate: every frame once, nothing invented.
+        _, frames, _ = decode_all(path, backend=backend, target_fps=100)
+        assert pattern_ids(frames) == list(range(30))
+
+
+def test_target_fps_on_variable_frame_rate(media: Callable[..., Path]) -> None:
+    ms = [0, 40, 45, 100, 130, 200, 400, 410, 420, 500, 533, 600]
+    path = media(num_frames=len(ms), pts=ms, time_base=Fraction(1, 1000))
+    expected = expected_resample([m / 1000 for m in ms], 10)
+    assert expected == [0, 3, 5, 6, 9, 11]  # 0.3 s falls on frame 5 again
+    for backend in BACKENDS:
+        _, frames, _ = decode_all(path, backend=backend, target_fps=10)
+        assert pattern_ids(frames) == expected
+
+
+def test_stride_applies_after_target_fps(media: Callable[..., Path]) -> None:
+    path = media(suffix=".mp4", num_frames=30)
+    for backend in BACKENDS:
+        _, frames, _ = decode_all(path, backend=backend, target_fps=10, stride=2)
+        assert pattern_ids(frames) == [0, 6, 12, 18, 24]
+
+
+def test_time_range_is_half_open(media: Callable[..., Path]) -> None:
+    path = media(suffix=".mp4", num_frames=30)
+    for backend in BACKENDS:
+        _, frames, _ = decode_all(path, backend=backend, start=0.2, end=0.5)
+        assert pattern_ids(frames) == list(range(6, 15))  # pts 0.2 kept, pts 0.5 excluded
+        assert [f.index for f in frames] == list(range(9))
+        assert frames[0].pts == pytest.approx(0.2)
+        _, frames, _ = decode_all(path, backend=backend, start=0.2, end=0.5, target_fps=10)
+        assert pattern_ids(frames) == [6, 9, 12]
+        _, frames, warnings = decode_all(path, backend=backend, start=5.0)
+        assert frames == [] and "no frame in the selected range" in warnings
+
+
+def test_start_seeks_to_the_same_frames(media: Callable[..., Path]) -> None:
+    path = media(num_frames=90, gop_size=10)
+    _, everything, _ = decode_all(path, backend="pyav")
+    for start in (1.0, 1.51, 2.95):
+        expected = [f.rgb for f in everything if f.pts >= start - 1e-6]
+        for backend in BACKENDS:
+            with open_video(path, DecodeOptions(backend=backend, start=start)) as reader:
+                frames = list(reader.frames())
+                if backend == "pyav":  # seeks to the keyframe before start (one every 10 frames)
+                    assert reader.frames_decoded <= len(expected) + 10
+            assert len(frames) == len(expected)
+            assert all(np.array_equal(a.rgb, b) for a, b in zip(frames, expected, strict=True))
+
+
+# --------------------------------------------------------------------------- pixels
+
+
+@pytest.mark.parametrize(("max_side", "size"), [(32, (32, 24)), (50, (50, 38)), (64, (64, 48))])
+def test_max_side_resizes_with_inter_area(
+    media: Callable[..., Path], max_side: int, size: tuple[int, int]
+) -> None:
+    path = media(codec="ffv1", pix_fmt="yuv444p", num_frames=5)
+    _, full, _ = decode_all(path, backend="pyav")
+    for backend in BACKENDS:
+        info, frames, _ = decode_all(path, backend=backend, max_side=max_side)
+        assert (info.width, info.height) == size
+        assert (info.source_width, info.source_height) == (W, H)
+        for small, big in zip(frames, full, strict=True):
+            assert small.rgb.shape == (size[1], size[0], 3) and small.rgb.flags.c_contiguous
+            resized = cv2.resize(big.rgb, size, interpolation=cv2.INTER_AREA)
+            assert np.array_equal(small.rgb, resized)
+
+
+def test_odd_frame_size(media: Callable[..., Path]) -> None:
+    path = media(codec="ffv1", pix_fmt="yuv444p", num_frames=4, width=65, height=49)
+    reference = decode_all(path, backend="pyav")[1]
+    for backend in BACKENDS:
+        info, frames, _ = decode_all(path, backend=backend)
+        assert (info.width, info.height) == (65, 49)
+        assert np.array_equal(stack(frames), stack(reference))
+        info, frames, _ = decode_all(path, backend=backend, max_side=33)
+        assert (info.width, info.height) == (33, 25)  # 49 * 33 / 65 = 24.9
+        assert frames[0].rgb.shape == (25, 33, 3)
+
+
+def test_gray_becomes_uint8_rgb(media: Callable[..., Path]) -> None:
+    path = media(codec="ffv1", pix_fmt="gray", num_frames=6)
+    for backend in BACKENDS:
+        info, frames, _ = decode_all(path, backend=backend)
+        assert info.pix_fmt == "gray"
+        rgb = stack(frames)
+        assert rgb.shape == (6, H, W, 3)
+        assert np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])
+        source = np.stack([pattern_frame(i) for i in range(6)]).astype(np.float64)
+        luma = source @ np.array([0.299, 0.587, 0.114])
+        assert np.abs(rgb[..., 0] - luma).mean() < 3
+        assert pattern_ids(frames) == list(range(6))
+
+
+def test_ten_bit_becomes_uint8_rgb(media: Callable[..., Path]) -> None:
+    path = media(pix_fmt="yuv420p10le", num_frames=8)
+    results = {}
+    for backend in BACKENDS:
+        info, frames, _ = decode_all(path, backend=backend)
+        assert info.pix_fmt == "yuv420p10le" and info.backend == backend
+        assert all(f.rgb.dtype == np.uint8 for f in frames)
+        assert pattern_ids(frames) == list(range(8))
+        results[backend] = stack(frames)
+    source = np.stack([pattern_frame(i) for i in range(8)]).astype(np.int16)
+    for rgb in results.values():
+        assert np.abs(rgb - source).mean() < 4
+    # 10-bit 4:2:0 -> RGB differs between the backends' FFmpeg versions (chroma upsampling and
+    # dithering): about 1.5 levels on average, up to ~10 at sharp edges.
+    for backend in ("decord", "opencv"):
+        diff = np.abs(results[backend] - results["pyav"])
+        assert diff.mean() < 2.5 and diff.max() <= 16
+
+
+# --------------------------------------------------------------------------- rotation
+
+
+@pytest.mark.parametrize(
+    ("suffix", "rotation", "as_tag"),
+    [(".mp4", 90, False), (".mp4", 180, False), (".mp4", 270, False), (".mkv", 90, False),
+     (".mkv", 270, True)],
+)  # fmt: skip
+def test_rotation_is_honoured_by_all_backends(
+    media: Callable[..., Path], suffix: str, rotation: int, as_tag: bool
+) -> None:
+    path = media(
+        suffix=suffix, pix_fmt="yuv444p", num_frames=6, rotation=rotation, rotation_as_tag=as_tag
+    )
+    source = np.stack([pattern_frame(i) for i in range(6)]).astype(np.int16)
+    stored = (H, W) if rotation == 180 else (W, H)
+    for backend in BACKENDS:
+        info, frames, warnings = decode_all(path, backend=backend)
+        assert info.rotation == rotation
+        assert (info.source_width, info.source_height) == stored[::-1]
+        assert (info.width, info.height) == (W, H)
+        assert pattern_ids(frames) == list(range(6))
+        assert np.abs(stack(frames) - source).mean() < 1.0
+        if backend == "decord":
+            assert info.backend == "pyav"  # decord 0.6 mis-decodes rotated streams
+            assert any("decord unavailable" in w for w in warnings)
+        else:
+            assert info.backend == backend
+
+
+def test_rotation_then_max_side(media: Callable[..., Path]) -> None:
+    path = media(suffix=".mp4", pix_fmt="yuv444p", num_frames=3, rotation=90)
+    for backend in BACKENDS:
+        info, frames, _ = decode_all(path, backend=backend, max_side=32)
+        assert (info.width, info.height) == (32, 24)
+        assert frames[0].rgb.shape == (24, 32, 3)
+        assert pattern_ids(frames) == [0, 1, 2]
+
+
+# --------------------------------------------------------------------------- errors, fallback
+
+
+def test_errors_name_the_file(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.mp4"
+    text.write_text("this is not a video\n" * 20)
+    cases = {
+        tmp_path / "missing.mp4": "file not found",
+        empty: "empty file",
+        text: "not a readable media file",
+        write_audio_only(tmp_path / "audio.m4a"): "no video stream (streams: audio)",
+        write_no_frames(tmp_path / "noframes.avi"): "no decodable frames",
+        write_garbage_packets(tmp_path / "garbage.mkv"): "no decodable frames",
+        tmp_path: "is a directory",
+    }
+    for path, reason in cases.items():
+        for backend in BACKENDS:
+            with pytest.raises(DecodeError) as caught:
+                open_video(path, DecodeOptions(backend=backend))
+            error = caught.value
+            assert error.path == str(path)
+            assert error.reason.startswith(reason)
+            assert str(error).startswith(f"cannot decode '{path}': {reason}")
+
+
+def test_decode_error_pickles() -> None:
+    error = pickle.loads(pickle.dumps(DecodeError("a.mp4", "empty file")))
+    assert (error.path, error.reason, str(error)) == (
+        "a.mp4",
+        "empty file",
+        "cannot decode 'a.mp4': empty file",
+    )
+
+
+@pytest.fixture
+def fresh_fallback_log(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reader_module, "_fallback_warned", set())
+
+
+@pytest.mark.usefixtures("fresh_fallback_log")
+@pytest.mark.skipif("libsvtav1" not in av.codecs_available, reason="no AV1 encoder")
+def test_undecodable_codec_falls_back_to_pyav_warning_once(
+    media: Callable[..., Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    path = media(codec="libsvtav1", num_frames=8, options={"preset": "12"})
+    caplog.set_level(logging.DEBUG, logger="stages.decoding.reader")
+    for backend in ("decord", "opencv"):  # neither bundled FFmpeg decodes AV1 in software
+        for _ in range(2):
+            info, frames, warnings = decode_all(path, backend=backend)
+            assert info.backend == "pyav"
+            assert pattern_ids(frames) == list(range(8))
+            assert any(w.startswith(f"{backend} unavailable") for w in warnings)
+        logged = [r for r in caplog.records if r.getMessage().startswith(f"{backend} unavailable")]
+        assert [r.levelno for r in logged] == [logging.WARNING, logging.DEBUG]
+        assert "falling back to PyAV" in logged[0].getMessage()
+
+
+@pytest.mark.usefixtures("fresh_fallback_log")
+def test_missing_decord_falls_back_to_pyav(
+    media: Callable[..., Path], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setitem(sys.modules, "decord", None)  # makes `import decord` raise ImportError
+    path = media(num_frames=5)
+    info, frames, warnings = decode_all(path)
+    assert info.backend == "pyav" and len(frames) == 5
+    assert any("decord is not installed" in w for w in warnings)
+    assert "decord unavailable: decord is not installed" in caplog.text
+
+
+def test_frames_can_be_iterated_once(media: Callable[..., Path]) -> None:
+    path = media(num_frames=5)
+    with open_video(path) as reader:
+        assert len(list(reader.frames())) == 5
+        assert reader.frames_delivered == 5 and reader.frames_decoded == 5
+        with pytest.raises(RuntimeError):
+            reader.frames()
+    with pytest.raises(RuntimeError):
+        reader.frames()
+
+
+# --------------------------------------------------------------------------- chunks
+
+
+def synthetic(count: int) -> list[DecodedFrame]:
+    return [
+        DecodedFrame(index=i, pts=i / 30, rgb=np.full((4, 6, 3), i % 256, np.uint8))
+        for i in range(count)
+    ]
+
+
+@pytest.mark.parametrize("chunk_size", [1, 2, 3, 5, 7])
+@pytest.mark.parametrize("overlap", [0, 1, 2, 3])
+@pytest.mark.parametrize("count", [0, 1, 2, 3, 4, 10, 11, 12, 23])
+def test_chunks_hold_every_pair_exactly_once(chunk_size: int, overlap: int, count: int) -> None:
+    chunks = list(iter_chunks(synthetic(count), "vid", chunk_size, overlap))
+    if count == 0:
+        assert chunks == []
+        return
+    assert all(isinstance(c, FrameChunk) and c.video_id == "vid" for c in chunks)
+    assert [c.is_last for c in chunks] == [False] * (len(chunks) - 1) + [True]
+    assert chunks[0].overlap == 0 and all(c.overlap == overlap for c in chunks[1:])
+    assert all(c.num_frames <= chunk_size + overlap for c in chunks)
+    if count <= overlap:
+        assert len(chunks) == 1 and chunks[0].indices.tolist() == list(range(count))
+        return
+    for previous, chunk in itertools.pairwise(chunks):
+        if overlap:
+            assert chunk.indices[:overlap].tolist() == previous.indices[-overlap:].tolist()
+        assert chunk.indices[overlap] == previous.indices[-1] + 1
+    pairs = []
+    for chunk in chunks:
+        start = chunk.indices[0]
+        for t in chunk.indices[: chunk.num_frames - overlap]:
+            # Pairs owned by a chunk: those starting before the next chunk's first frame.
+            if t < start + chunk_size:
+                pairs.append((int(t), int(t) + overlap))
+    assert sorted(pairs) == [(t, t + overlap) for t in range(count - overlap)]
+    within = [
+        (int(t), int(t) + overlap)
+        for chunk in chunks
+        for t in chunk.indices[: chunk.num_frames - overlap]
+    ]
+    assert sorted(set(within)) == sorted(pairs)
+    assert all(within.count(p) == 1 for p in pairs)
+    covered = np.concatenate([c.indices[c.overlap :] for c in chunks])
+    assert covered.tolist() == list(range(count))
+
+
+def test_chunk_arguments_are_validated() -> None:
+    with pytest.raises(ValueError):
+        list(iter_chunks(synthetic(3), "v", 0))
+    with pytest.raises(ValueError):
+        list(iter_chunks(synthetic(3), "v", 2, overlap=-1))
+
+
+def test_chunks_from_a_reader(media: Callable[..., Path]) -> None:
+    path = media(num_frames=23)
+    with open_video(path) as reader:
+        chunks = list(iter_chunks(reader, "clip.mkv", chunk_size=5, overlap=1))
+    assert [c.indices.tolist()[0] for c in chunks] == [0, 5, 10, 15, 20]
+    assert chunks[-1].indices.tolist() == [20, 21, 22] and chunks[-1].is_last
+    for chunk in chunks:
+        assert chunk.frames.dtype == np.uint8 and chunk.frames.flags.c_contiguous
+        assert chunk.frames.shape[1:] == (H, W, 3)
+        assert chunk.indices.dtype == np.int64 and chunk.pts.dtype == np.float64
+        assert [read_frame_index(f) for f in chunk.frames] == chunk.indices.tolist()
+        np.testing.assert_allclose(chunk.pts, chunk.indices / 30, atol=1e-3)
+
+
+# --------------------------------------------------------------------------- shared clips
+
+
+def test_shared_clip_without_frame_count_decodes_identically(videos_dir: Path) -> None:
+    path = videos_dir / "asl_bird.mkv"
+    results = {backend: decode_all(path, backend=backend) for backend in BACKENDS}
+    reference = results["pyav"][1]
+    assert len(reference) > 0
+    for backend, (info, frames, warnings) in results.items():
+        assert info.backend == backend and warnings == []
+        assert info.header_frame_count is None  # Matroska: no count in the container
+        assert info.pix_fmt == "yuvj420p" and (info.width, info.height) == (640, 480)
+        assert len(frames) == len(reference)
+        # The stream starts at 33 ms: pts are relative to it in every backend.
+        assert info.stream_start == pytest.approx(0.033)
+        assert frames[0].pts == 0.0
+        np.testing.assert_allclose(
+            [f.pts for f in frames], [f.pts for f in reference], rtol=0, atol=1e-6
+        )
+        for mine, theirs in zip(frames[::10], reference[::10], strict=False):
+            assert np.array_equal(mine.rgb, theirs.rgb)  # full-range YUV handled alike
+
+
+@pytest.mark.slow
+def test_shared_long_clip_decodes_identically(videos_dir: Path) -> None:
+    path = videos_dir / "bottle-detection.mp4"
+    results = {}
+    for backend in BACKENDS:
+        with open_video(path, DecodeOptions(backend=backend)) as reader:
+            pts, sample = [], []
+            for frame in reader.frames():
+                pts.append(frame.pts)
+                if frame.index % 100 == 0:
+                    sample.append(frame.rgb)
+            assert reader.info.backend == backend and reader.warnings == []
+            results[backend] = (reader.info.header_frame_count, pts, np.stack(sample))
+    header, pts, sample = results["pyav"]
+    assert len(pts) == header  # MP4 stores a (here accurate) frame count
+    for other_header, other_pts, other_sample in results.values():
+        assert other_header == header
+        assert other_pts == pts  # pts snapped to the stream time base: identical floats
+        assert np.array_equal(other_sample, sample)
