@@ -1,0 +1,288 @@
+"""The flow stage: optical flow for every pair ``(t, t + k)`` of a chunk.
+
+Artifacts attached to each chunk (``P`` = number of pairs that start in this chunk):
+
+- ``pairs``: ``(P, 2)`` int64 decoded-frame indices ``(t, t + k)``.
+- ``flow_fw``: ``(P, 2, H, W)`` float32 CPU tensor, pixels, channel 0 = x, t -> t + k.
+- ``flow_bw``: same for t + k -> t, when ``backward`` is on.
+- ``features``: ``(T, C, H'/8, W'/8)`` float32 CPU tensor of every frame's feature-encoder map
+  (network backends with ``keep_features``), on the padded 1/8 grid.
+
+Each frame's encoder outputs are computed once: within a chunk they serve both pairs the frame
+belongs to, and the last ``k`` frames' outputs are carried into the next chunk, whose first
+``k`` frames they are.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import cv2
+import numpy as np
+import torch
+
+from models import RAFT, Context, Padder, create_model, forward_interpolate
+
+from .base import FrameChunk
+
+logger = logging.getLogger(__name__)
+
+NETWORK_MODELS: tuple[str, ...] = ("raft-large", "raft-small", "gma")
+DIS_PRESETS = {
+    "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+    "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+    "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
+}
+
+
+def pair_starts(num_frames: int, gap: int) -> range:
+    """Chunk-local indices ``t`` of the pairs ``(t, t + gap)`` that a chunk owns."""
+    return range(max(num_frames - gap, 0))
+
+
+@dataclass
+class _Carry:
+    """Per-frame encoder outputs kept across a chunk border."""
+
+    video_id: str | None = None
+    features: dict[int, torch.Tensor] = field(default_factory=dict)
+    contexts: dict[int, Context] = field(default_factory=dict)
+    flow_low_fw: torch.Tensor | None = None
+    flow_low_bw: torch.Tensor | None = None
+
+
+@dataclass
+class FlowStage:
+    """Optical flow with RAFT / RAFT-small / GMA or OpenCV DIS.
+
+    Attributes:
+        model: ``raft-large``, ``raft-small``, ``gma`` or ``dis``.
+        checkpoint: registry name or file for network models (``None``: random weights, only
+            useful in tests).
+        iters: refinement iterations.
+        gap: pair gap ``k``: pairs ``(t, t + k)``.
+        backward: also compute ``t + k -> t``.
+        warm_start: initialise each pair from the previous pair's flow (RAFT's Sintel
+            submission procedure); pairs then run one at a time.
+        corr: ``all-pairs``, ``on-demand`` or ``auto`` (on-demand above
+            ``on_demand_above_pixels`` padded pixels).
+        pad_mode: ``sintel`` or ``kitti``.
+        device: torch device string.
+        autocast: ``None`` (float32) or an autocast dtype.
+        batch_pairs: pairs refined together.
+        encode_batch: frames encoded together (bounds encoder activation memory).
+        keep_features: attach the per-frame encoder maps (for the motion-feature stage).
+        dis_preset: OpenCV DIS preset for ``model="dis"``.
+    """
+
+    name: ClassVar[str] = "flow"
+
+    model: str = "raft-large"
+    checkpoint: str | None = None
+    iters: int = 12
+    gap: int = 1
+    backward: bool = False
+    warm_start: bool = False
+    corr: str = "auto"
+    on_demand_above_pixels: int = 1_000_000
+    pad_mode: str = "sintel"
+    device: str = "cpu"
+    autocast: torch.dtype | None = None
+    batch_pairs: int = 4
+    encode_batch: int = 4
+    keep_features: bool = False
+    dis_preset: str = "medium"
+    network: RAFT | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.model not in (*NETWORK_MODELS, "dis"):
+            raise ValueError(f"unknown flow model {self.model!r}")
+        if self.gap < 1 or self.iters < 1 or self.batch_pairs < 1 or self.encode_batch < 1:
+            raise ValueError("gap, iters, batch_pairs and encode_batch must be >= 1")
+        if self.model == "dis" and self.dis_preset not in DIS_PRESETS:
+            raise ValueError(f"unknown DIS preset {self.dis_preset!r}; expected {list(DIS_PRESETS)}")
+        self._carry = _Carry()
+        self._dis = None
+
+    @property
+    def is_network(self) -> bool:
+        return self.model in NETWORK_MODELS
+
+    def setup(self) -> None:
+        if self.is_network and self.network is None:
+            self.network = create_model(self.model, checkpoint=self.checkpoint, device=self.device)
+        if not self.is_network:
+            self._dis = cv2.DISOpticalFlow_create(DIS_PRESETS[self.dis_preset])
+
+    def teardown(self) -> None:
+        self.network = None
+        self._dis = None
+        self._carry = _Carry()
+
+    def process(self, chunk: FrameChunk) -> FrameChunk:
+        starts = pair_starts(chunk.num_frames, self.gap)
+        chunk.artifacts["pairs"] = np.stack(
+            [chunk.indices[list(starts)], chunk.indices[[t + self.gap for t in starts]]], axis=1
+        ).astype(np.int64).reshape(-1, 2)
+        if self.is_network:
+            self._process_network(chunk, starts)
+        else:
+            self._process_dis(chunk, starts)
+        return chunk
+
+    # -- classical backend -------------------------------------------------------------------
+
+    def _process_dis(self, chunk: FrameChunk, starts: range) -> None:
+        if self._dis is None:
+            self.setup()
+        gray = [cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) for frame in chunk.frames]
+        directions = [("flow_fw", False)] + ([("flow_bw", True)] if self.backward else [])
+        for key, reverse in directions:
+            flows = []
+            for t in starts:
+                a, b = gray[t], gray[t + self.gap]
+                flow = self._dis.calc(b, a, None) if reverse else self._dis.calc(a, b, None)
+                flows.append(torch.from_numpy(flow).permute(2, 0, 1))
+            chunk.artifacts[key] = _stack(flows, chunk)
+
+    # -- network backend ---------------------------------------------------------------------
+
+    def _process_network(self, chunk: FrameChunk, starts: range) -> None:
+        if self.network is None:
+            self.setup()
+        network = self.network
+        carry = self._fresh_carry(chunk)
+        padder = Padder(chunk.height, chunk.width, mode=self.pad_mode)
+        corr = self._corr_kind(padder)
+        device = next(network.parameters()).device
+        indices = [int(i) for i in chunk.indices]
+
+        features = self._encode_missing(chunk, padder, device, indices, carry)
+        sources = set(starts) | ({t + self.gap for t in starts} if self.backward else set())
+        self._contexts(chunk, padder, device, indices, carry, sorted(sources))
+
+        pairs_fw = [(t, t + self.gap) for t in starts]
+        chunk.artifacts["flow_fw"] = self._refine_pairs(
+            pairs_fw, indices, carry, padder, corr, direction="fw"
+        )
+        if self.backward:
+            pairs_bw = [(t + self.gap, t) for t in starts]
+            chunk.artifacts["flow_bw"] = self._refine_pairs(
+                pairs_bw, indices, carry, padder, corr, direction="bw"
+            )
+        if self.keep_features:
+            chunk.artifacts["features"] = torch.stack([features[i] for i in indices]).cpu()
+        # keep only what the next chunk's first frames need
+        keep = set(indices[len(indices) - self.gap :]) if not chunk.is_last else set()
+        carry.features = {i: f for i, f in carry.features.items() if i in keep}
+        carry.contexts = {i: c for i, c in carry.contexts.items() if i in keep}
+        if chunk.is_last:
+            self._carry = _Carry()
+
+    def _fresh_carry(self, chunk: FrameChunk) -> _Carry:
+        if self._carry.video_id != chunk.video_id or chunk.overlap == 0:
+            self._carry = _Carry(video_id=chunk.video_id)
+        return self._carry
+
+    def _corr_kind(self, padder: Padder) -> str:
+        if self.corr != "auto":
+            return self.corr
+        height, width = padder.padded_size
+        return "on-demand" if height * width > self.on_demand_above_pixels else "all-pairs"
+
+    def _images(self, chunk: FrameChunk, frames: list[int], padder: Padder, device) -> torch.Tensor:
+        """Chunk-local frames -> padded ``(n, 3, H', W')`` float32 0..255 on ``device``."""
+        batch = torch.from_numpy(chunk.frames[frames]).to(device)
+        return padder.pad(batch.permute(0, 3, 1, 2).float())
+
+    def _encode_missing(
+        self, chunk: FrameChunk, padder: Padder, device, indices: list[int], carry: _Carry
+    ) -> dict[int, torch.Tensor]:
+        missing = [t for t, i in enumerate(indices) if i not in carry.features]
+        with torch.inference_mode():
+            for start in range(0, len(missing), self.encode_batch):
+                group = missing[start : start + self.encode_batch]
+                fmaps = self.network.encode_features(
+                    self._images(chunk, group, padder, device), autocast=self.autocast
+                )
+                for t, fmap in zip(group, fmaps, strict=True):
+                    carry.features[indices[t]] = fmap
+        return carry.features
+
+    def _contexts(
+        self,
+        chunk: FrameChunk,
+        padder: Padder,
+        device,
+        indices: list[int],
+        carry: _Carry,
+        sources: list[int],
+    ) -> None:
+        missing = [t for t in sources if indices[t] not in carry.contexts]
+        with torch.inference_mode():
+            for start in range(0, len(missing), self.encode_batch):
+                group = missing[start : start + self.encode_batch]
+                context = self.network.encode_context(
+                    self._images(chunk, group, padder, device), autocast=self.autocast
+                )
+                for n, t in enumerate(group):
+                    carry.contexts[indices[t]] = context.select(slice(n, n + 1))
+
+    def _refine_pairs(
+        self,
+        pairs: list[tuple[int, int]],
+        indices: list[int],
+        carry: _Carry,
+        padder: Padder,
+        corr: str,
+        *,
+        direction: str,
+    ) -> torch.Tensor:
+        batch = 1 if self.warm_start else self.batch_pairs
+        flows = []
+        with torch.inference_mode():
+            for start in range(0, len(pairs), batch):
+                group = pairs[start : start + batch]
+                src = [indices[a] for a, _ in group]
+                dst = [indices[b] for _, b in group]
+                context = _cat_contexts([carry.contexts[i] for i in src])
+                flow_init = self._warm_start_init(carry, direction) if self.warm_start else None
+                flow_low, flow_up = self.network.refine(
+                    torch.stack([carry.features[i] for i in src]),
+                    torch.stack([carry.features[i] for i in dst]),
+                    context,
+                    iters=self.iters,
+                    flow_init=flow_init,
+                    corr=corr,
+                    autocast=self.autocast,
+                )
+                if self.warm_start:
+                    setattr(carry, f"flow_low_{direction}", flow_low)
+                flows.append(padder.unpad(flow_up).float().cpu())
+        if not flows:
+            return torch.zeros(0, 2, padder.height, padder.width)
+        return torch.cat(flows)
+
+    @staticmethod
+    def _warm_start_init(carry: _Carry, direction: str) -> torch.Tensor | None:
+        previous = getattr(carry, f"flow_low_{direction}")
+        return None if previous is None else forward_interpolate(previous)
+
+
+def _cat_contexts(contexts: list[Context]) -> Context:
+    attention = None
+    if contexts[0].attention is not None:
+        attention = torch.cat([c.attention for c in contexts])
+    return Context(
+        net=torch.cat([c.net for c in contexts]),
+        inp=torch.cat([c.inp for c in contexts]),
+        attention=attention,
+    )
+
+
+def _stack(flows: list[torch.Tensor], chunk: FrameChunk) -> torch.Tensor:
+    if not flows:
+        return torch.zeros(0, 2, chunk.height, chunk.width)
+    return torch.stack(flows).float()

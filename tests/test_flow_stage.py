@@ -1,0 +1,100 @@
+"""The chunked flow stage: borders, frame reuse, backward flow, warm start, DIS."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models import create_model, forward_interpolate
+from stages.decode import DecodedFrame, iter_chunks
+from stages.flow import FlowStage
+from tests.media import pattern_frame
+
+HEIGHT, WIDTH = 72, 96
+
+
+def _frames(count: int) -> list[DecodedFrame]:
+    return [
+        DecodedFrame(index=i, pts=i / 25, rgb=pattern_frame(i, WIDTH, HEIGHT)) for i in range(count)
+    ]
+
+
+@pytest.fixture(scope="module")
+def network(parity_dir: Path):
+    return create_model("raft-small", checkpoint=parity_dir / "raft_small_random.pth")
+
+
+def _run(stage: FlowStage, frames: list[DecodedFrame], chunk_size: int) -> dict[str, np.ndarray]:
+    stage.setup()
+    out: dict[str, list] = {"pairs": [], "flow_fw": [], "flow_bw": [], "features": []}
+    for chunk in iter_chunks(frames, "clip", chunk_size, overlap=stage.gap):
+        stage.process(chunk)
+        for key in out:
+            if key in chunk.artifacts:
+                out[key].append(np.asarray(chunk.artifacts[key]))
+    return {k: np.concatenate(v) for k, v in out.items() if v}
+
+
+@pytest.mark.parametrize(("count", "chunk_size", "gap"), [(11, 4, 1), (10, 3, 2), (3, 8, 1)])
+def test_chunked_equals_pair_by_pair(network, count, chunk_size, gap) -> None:
+    frames = _frames(count)
+    stage = FlowStage(model="raft-small", network=network, iters=3, gap=gap, backward=True)
+    result = _run(stage, frames, chunk_size)
+    expected_pairs = [(t, t + gap) for t in range(count - gap)]
+    assert [tuple(p) for p in result["pairs"]] == expected_pairs  # none lost, none duplicated
+    for n, (a, b) in enumerate(expected_pairs):
+        image = lambda i: torch.from_numpy(frames[i].rgb).permute(2, 0, 1)[None].float()  # noqa: E731
+        fw = network.estimate_flow(image(a), image(b), iters=3).flow[0].numpy()
+        bw = network.estimate_flow(image(b), image(a), iters=3).flow[0].numpy()
+        assert np.abs(result["flow_fw"][n] - fw).max() <= 1e-4
+        assert np.abs(result["flow_bw"][n] - bw).max() <= 1e-4
+
+
+def test_each_frame_is_encoded_once(network, monkeypatch) -> None:
+    calls = []
+    original = network.encode_features
+
+    def counting(images, **kwargs):
+        calls.append(images.shape[0])
+        return original(images, **kwargs)
+
+    monkeypatch.setattr(network, "encode_features", counting)
+    stage = FlowStage(model="raft-small", network=network, iters=1, keep_features=True)
+    result = _run(stage, _frames(9), chunk_size=3)
+    assert sum(calls) == 9
+    # features of overlapping frames are delivered with every chunk that holds them
+    assert result["features"].shape[0] == 9 + 2
+
+
+def test_warm_start_uses_previous_pair(network) -> None:
+    frames = _frames(4)
+    stage = FlowStage(model="raft-small", network=network, iters=2, warm_start=True)
+    result = _run(stage, frames, chunk_size=2)
+    image = lambda i: torch.from_numpy(frames[i].rgb).permute(2, 0, 1)[None].float()  # noqa: E731
+    previous = None
+    for n in range(3):
+        init = None if previous is None else forward_interpolate(previous)
+        out = network.estimate_flow(image(n), image(n + 1), iters=2, flow_init=init)
+        previous = out.flow_low
+        assert np.abs(result["flow_fw"][n] - out.flow[0].numpy()).max() <= 1e-4
+
+
+def test_dis_backend_recovers_translation() -> None:
+    frames = _frames(5)
+    stage = FlowStage(model="dis", backward=True)
+    result = _run(stage, frames, chunk_size=2)
+    assert result["flow_fw"].shape == (4, 2, HEIGHT, WIDTH)
+    centre = result["flow_fw"][:, :, 24:-12, 12:-12]  # below the frame-index band
+    assert np.allclose(np.median(centre, axis=(2, 3)), [[2.0, 1.0]], atol=0.25)  # pattern velocity
+    back = np.median(result["flow_bw"][:, :, 24:-12, 12:-12], axis=(2, 3))
+    assert np.allclose(back, [[-2.0, -1.0]], atol=0.25)
+
+
+def test_single_frame_video_gives_no_pairs(network) -> None:
+    stage = FlowStage(model="raft-small", network=network, iters=1)
+    result = _run(stage, _frames(1), chunk_size=4)
+    assert result["pairs"].shape == (0, 2)
+    assert result["flow_fw"].shape == (0, 2, HEIGHT, WIDTH)
