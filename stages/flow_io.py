@@ -112,6 +112,7 @@ def _atomic_open(path: PathLike) -> Iterator[IO[bytes]]:
     :func:`os.replace` is atomic). It is fsynced before the move and removed on any error.
     """
     target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
     handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed below, before the move
         mode="wb", dir=target.parent, prefix=f".{target.name}.", suffix=".tmp", delete=False
     )
@@ -129,7 +130,7 @@ def _atomic_open(path: PathLike) -> Iterator[IO[bytes]]:
     logger.debug("wrote %s", target)
 
 
-def _write_bytes_atomic(path: PathLike, data: bytes | np.ndarray) -> None:
+def write_bytes_atomic(path: PathLike, data: bytes | np.ndarray) -> None:
     """Write an encoded buffer (``bytes`` or a uint8 array from ``cv2.imencode``) atomically."""
     with _atomic_open(path) as handle:
         handle.write(memoryview(data))
@@ -286,7 +287,7 @@ def write_kitti_png(
     ok, buffer = cv2.imencode(".png", bgr)
     if not ok:
         raise OSError(f"{path}: OpenCV failed to encode the KITTI PNG")
-    _write_bytes_atomic(path, buffer)
+    write_bytes_atomic(path, buffer)
 
 
 def read_kitti_png(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -644,7 +645,7 @@ def write_flow_jpegs(
         ok, buffer = cv2.imencode(".jpg", levels, params)
         if not ok:
             raise OSError(f"{path}: OpenCV failed to encode the flow JPEG")
-        _write_bytes_atomic(path, buffer)
+        write_bytes_atomic(path, buffer)
     return paths
 
 
@@ -674,3 +675,22 @@ def read_flow_jpegs(
             f"x and y flow JPEGs differ in size: {components[0].shape} vs {components[1].shape}"
         )
     return np.stack(components, axis=-1)
+
+
+def write_image(path: PathLike, rgb: npt.ArrayLike, *, jpeg_quality: int = 95) -> None:
+    """Write an RGB ``(H, W, 3)`` or gray ``(H, W)`` uint8 image atomically.
+
+    The extension picks the encoder (``.png``, ``.jpg``); colour images are converted to the
+    BGR order OpenCV encodes.
+    """
+    image = np.asarray(rgb)
+    if image.dtype != np.uint8 or image.ndim not in (2, 3):
+        raise ValueError(f"image must be (H, W[, 3]) uint8, got {image.shape} {image.dtype}")
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    suffix = Path(path).suffix.lower()
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)] if suffix in (".jpg", ".jpeg") else []
+    ok, buffer = cv2.imencode(suffix, image, params)
+    if not ok:
+        raise OSError(f"OpenCV could not encode {path}")
+    write_bytes_atomic(path, buffer)

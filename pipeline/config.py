@@ -1,0 +1,246 @@
+"""Typed, frozen run configuration: YAML presets, CLI overrides, validation, hashing.
+
+A configuration is a tree of frozen dataclasses. :func:`load_config` reads a YAML preset (every
+key optional; unknown keys are errors that name the key and the valid ones), applies dotted
+overrides such as ``{"flow.iters": 20}`` and validates the result. :func:`dump_config` writes
+the resolved configuration next to the outputs, :func:`config_hash` identifies it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+FLOW_MODELS = ("auto", "dis", "raft-large", "raft-small", "gma")
+FLOW_FORMATS = ("flo", "npy", "npz", "kitti", "jpg", "viz")
+DECODERS = ("decord", "pyav", "opencv")
+CORR_CHOICES = ("auto", "all-pairs", "on-demand")
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message says which and why."""
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """How frames are read. See :class:`stages.decode.DecodeOptions` for the semantics."""
+
+    backend: str = "decord"
+    stride: int = 1
+    target_fps: float | None = None
+    start: float | None = None
+    end: float | None = None
+    max_side: int | None = None
+    chunk_size: int = 16
+
+    def __post_init__(self) -> None:
+        _require(self.backend in DECODERS, f"decode.backend must be one of {DECODERS}")
+        _require(self.stride >= 1, "decode.stride must be >= 1")
+        _require(self.chunk_size >= 1, "decode.chunk_size must be >= 1")
+        _require(self.target_fps is None or self.target_fps > 0, "decode.target_fps must be > 0")
+        _require(self.max_side is None or self.max_side >= 16, "decode.max_side must be >= 16")
+        _require(
+            self.start is None or self.end is None or self.end > self.start,
+            "decode.end must be after decode.start",
+        )
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    """Which flow estimator runs and how."""
+
+    model: str = "auto"
+    checkpoint: str | None = None
+    iters: int = 12
+    gap: int = 1
+    backward: bool = False
+    warm_start: bool = False
+    corr: str = "auto"
+    on_demand_above_pixels: int = 1_000_000
+    pad_mode: str = "sintel"
+    device: str = "auto"
+    precision: str = "fp32"
+    batch_pairs: int = 4
+    encode_batch: int = 4
+    dis_preset: str = "medium"
+    download: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.model in FLOW_MODELS, f"flow.model must be one of {FLOW_MODELS}")
+        _require(self.iters >= 1, "flow.iters must be >= 1")
+        _require(self.gap >= 1, "flow.gap must be >= 1")
+        _require(self.corr in CORR_CHOICES, f"flow.corr must be one of {CORR_CHOICES}")
+        _require(self.pad_mode in ("sintel", "kitti"), "flow.pad_mode must be sintel or kitti")
+        _require(self.precision in ("fp32", "fp16", "bf16"), "flow.precision: fp32, fp16 or bf16")
+        _require(self.batch_pairs >= 1 and self.encode_batch >= 1, "batch sizes must be >= 1")
+        _require(self.on_demand_above_pixels >= 0, "flow.on_demand_above_pixels must be >= 0")
+        _require(
+            self.dis_preset in ("ultrafast", "fast", "medium"),
+            "flow.dis_preset must be ultrafast, fast or medium",
+        )
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """What is written for every video (see README, "Output formats")."""
+
+    formats: tuple[str, ...] = ("npy",)
+    npy_dtype: str = "float32"
+    jpg_preset: str = "mmaction2"
+    jpg_bound: float | None = None
+    write_rgb: bool = False
+    viz_max_flow: float | None = None
+    viz_video: bool = True
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.formats) - set(FLOW_FORMATS))
+        _require(not unknown, f"output.formats: unknown {unknown}; choose from {FLOW_FORMATS}")
+        _require(self.npy_dtype in ("float16", "float32"), "output.npy_dtype: float16 or float32")
+        _require(self.jpg_bound is None or self.jpg_bound > 0, "output.jpg_bound must be > 0")
+        _require(self.viz_max_flow is None or self.viz_max_flow > 0, "viz_max_flow must be > 0")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a ``run`` needs besides its input and output paths."""
+
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Converts a YAML / CLI value to the field's annotated type, or raises ConfigError."""
+    hint = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if hint in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if hint is tuple:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        _require(isinstance(value, (list, tuple)), f"{key} must be a list, got {value!r}")
+        return tuple(_coerce(v, args[0], key) for v in value)
+    if annotation is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        _require(isinstance(value, bool), f"{key} must be true or false, got {value!r}")
+        return value
+    if annotation in (int, float):
+        try:
+            number = annotation(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key} must be a number, got {value!r}") from None
+        _require(
+            annotation is float or float(number) == float(value),
+            f"{key} must be an integer, got {value!r}",
+        )
+        return number
+    if annotation is str:
+        _require(isinstance(value, (str, int, float)), f"{key} must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {', '.join(prefix + k for k in unknown)}; "
+            f"valid: {', '.join(prefix + k for k in fields)}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        annotation = hints[name]
+        if dataclasses.is_dataclass(annotation):
+            kwargs[name] = _build(annotation, value or {}, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, annotation, prefix + name)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> RunConfig:
+    """Builds and validates a :class:`RunConfig` from nested dicts (missing keys: defaults)."""
+    return _build(RunConfig, data, "")
+
+
+def config_to_dict(config: RunConfig) -> dict[str, Any]:
+    def plain(value: Any) -> Any:
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(dataclasses.asdict(config))
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Sets dotted keys (``"flow.iters"``) in a nested dict copy; ``None`` values are skipped."""
+    merged = json.loads(json.dumps(data))
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        node = merged
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"cannot set {dotted}: {part} is not a section")
+        node[leaf] = value
+    return merged
+
+
+def load_config(
+    path: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> RunConfig:
+    """Reads a YAML preset (or defaults when ``path`` is None) and applies dotted overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"cannot parse {path}: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} must hold a mapping of sections, got {type(data).__name__}")
+    try:
+        return config_from_dict(apply_overrides(data, overrides or {}))
+    except ConfigError as exc:
+        where = f" (in {path})" if path is not None else ""
+        raise ConfigError(f"{exc}{where}") from None
+
+
+def dump_config(config: RunConfig, path: str | Path) -> None:
+    """Writes the resolved configuration as YAML (atomically)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    tmp.replace(target)
+
+
+def config_hash(config: RunConfig) -> str:
+    """Short stable hash of the resolved configuration (first 12 hex digits of SHA-256)."""
+    canonical = json.dumps(config_to_dict(config), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]

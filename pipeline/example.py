@@ -1,0 +1,52 @@
+"""The bundled example clip: generated on the spot, so the repository ships no media.
+
+A textured background drifting right by 1 px/frame and a textured square moving by
+(+3, +2) px/frame, encoded as H.264 MP4 with PyAV. Deterministic (fixed seed).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from stages.streaming import Mp4Writer
+
+BACKGROUND_VELOCITY = (1.0, 0.0)
+SQUARE_VELOCITY = (3.0, 2.0)
+
+
+def _texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    noise = rng.random((height // 8 + 2, width // 8 + 2, 3)).astype(np.float32)
+    smooth = cv2.resize(noise, (width + 16, height + 16), interpolation=cv2.INTER_CUBIC)
+    detail = cv2.GaussianBlur(
+        rng.random((height + 16, width + 16, 3)).astype(np.float32), (0, 0), 1.5
+    )
+    return np.clip((0.7 * smooth + 0.6 * detail - 0.15) * 255, 0, 255).astype(np.uint8)
+
+
+def example_frames(num_frames: int = 48, width: int = 320, height: int = 240) -> list[np.ndarray]:
+    """``num_frames`` RGB frames ``(height, width, 3)`` uint8 of the example scene."""
+    rng = np.random.default_rng(2020)
+    pad = 4 * num_frames
+    background = _texture(rng, height + 2 * pad, width + 2 * pad)
+    square = _texture(rng, 64, 64)[:64, :64]
+    frames = []
+    for t in range(num_frames):
+        bx = round(pad - BACKGROUND_VELOCITY[0] * t)
+        by = round(pad - BACKGROUND_VELOCITY[1] * t)
+        frame = background[by : by + height, bx : bx + width].copy()
+        sx = round(40 + SQUARE_VELOCITY[0] * t) % (width - 64)
+        sy = round(30 + SQUARE_VELOCITY[1] * t) % (height - 64)
+        frame[sy : sy + 64, sx : sx + 64] = square
+        frames.append(frame)
+    return frames
+
+
+def write_example_clip(path: str | Path, num_frames: int = 48, fps: float = 24.0) -> Path:
+    """Writes the example clip to ``path`` (MP4) and returns the path."""
+    writer = Mp4Writer(path, fps, crf=16)
+    for frame in example_frames(num_frames):
+        writer.write(frame)
+    return writer.close()

@@ -1,0 +1,230 @@
+"""Running the stages over videos: order, timing, progress, error capture, metadata.
+
+A video's output folder is complete only when its ``meta.json`` exists with
+``"status": "ok"``: it is written last, atomically, after every other output was closed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+import traceback
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from stages.decode import DecodeError, DecodeOptions, iter_chunks, open_video
+from stages.flow import FlowStage
+from stages.flow_io import FLOW_JPEG_PRESETS, write_bytes_atomic
+from stages.writers import FlowWriters
+
+from .config import RunConfig, config_hash, config_to_dict
+from .devices import resolve_device, resolve_precision
+from .model_choice import ModelChoice, choose_model
+
+logger = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
+
+
+@dataclass
+class VideoResult:
+    """What happened to one input; one manifest row."""
+
+    path: str
+    video_id: str
+    status: str = "ok"
+    error_type: str = ""
+    error: str = ""
+    frames: int = 0
+    pairs: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FlowSession:
+    """The loaded flow stage and what the run metadata records about it."""
+
+    stage: FlowStage
+    choice: ModelChoice
+    device: str
+    precision: str
+
+
+def build_flow_session(config: RunConfig) -> FlowSession:
+    """Resolves ``auto`` choices, loads the model once, returns the ready stage."""
+    flow = config.flow
+    choice = choose_model(flow)
+    device = resolve_device(flow.device)
+    autocast = resolve_precision(flow.precision, device)
+    stage = FlowStage(
+        model=choice.model,
+        checkpoint=choice.checkpoint,
+        iters=flow.iters,
+        gap=flow.gap,
+        backward=flow.backward,
+        warm_start=flow.warm_start,
+        corr=flow.corr,
+        on_demand_above_pixels=flow.on_demand_above_pixels,
+        pad_mode=flow.pad_mode,
+        device=str(device),
+        autocast=autocast,
+        batch_pairs=flow.batch_pairs,
+        encode_batch=flow.encode_batch,
+        dis_preset=flow.dis_preset,
+    )
+    stage.setup()
+    return FlowSession(stage, choice, str(device), flow.precision)
+
+
+def decode_options(config: RunConfig) -> DecodeOptions:
+    d = config.decode
+    return DecodeOptions(
+        backend=d.backend,
+        stride=d.stride,
+        target_fps=d.target_fps,
+        start=d.start,
+        end=d.end,
+        max_side=d.max_side,
+    )
+
+
+def make_writers(config: RunConfig, out_dir: Path, fps: float) -> FlowWriters:
+    output = config.output
+    layout = FLOW_JPEG_PRESETS[output.jpg_preset]
+    if output.jpg_bound is not None:
+        layout = type(layout)(**{**layout.__dict__, "bound": output.jpg_bound})
+    return FlowWriters(
+        out_dir=out_dir,
+        formats=output.formats,
+        npy_dtype=output.npy_dtype,
+        jpg_layout=layout,
+        write_rgb=output.write_rgb,
+        viz_max_flow=output.viz_max_flow,
+        viz_video=output.viz_video,
+        fps=fps,
+    )
+
+
+def _timed(iterator: Iterator, seconds: dict[str, float], key: str) -> Iterator:
+    while True:
+        start = time.perf_counter()
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return
+        finally:
+            seconds[key] += time.perf_counter() - start
+        yield item
+
+
+def process_video(
+    path: Path,
+    out_dir: Path,
+    video_id: str,
+    config: RunConfig,
+    session: FlowSession,
+    *,
+    progress: bool = True,
+) -> VideoResult:
+    """Decodes one video, estimates flow chunk by chunk, writes every output, then meta.json.
+
+    Never raises for a bad video: the error is recorded on the returned result.
+    """
+    result = VideoResult(path=str(path), video_id=video_id)
+    seconds: dict[str, float] = defaultdict(float)
+    writers: FlowWriters | None = None
+    started = time.perf_counter()
+    try:
+        with open_video(path, decode_options(config)) as reader:
+            info = reader.info
+            writers = make_writers(config, out_dir, info.fps or 25.0)
+            writers.setup()
+            chunks = iter_chunks(
+                reader, video_id, config.decode.chunk_size, overlap=config.flow.gap
+            )
+            bar = tqdm(
+                total=info.header_frame_count,
+                desc=video_id,
+                unit="frame",
+                disable=not progress,
+                leave=False,
+            )
+            with bar:
+                for chunk in _timed(chunks, seconds, "decode"):
+                    tick = time.perf_counter()
+                    session.stage.process(chunk)
+                    seconds["flow"] += time.perf_counter() - tick
+                    tick = time.perf_counter()
+                    writers.process(chunk)
+                    seconds["write"] += time.perf_counter() - tick
+                    bar.update(chunk.num_frames - chunk.overlap)
+            result.warnings.extend(reader.warnings)
+        if writers.num_pairs == 0:
+            raise DecodeError(
+                str(path), f"only {writers.num_frames} frame(s) decoded: flow needs at least "
+                f"{config.flow.gap + 1}",
+            )  # fmt: skip
+        tick = time.perf_counter()
+        result.outputs = writers.finish()
+        seconds["write"] += time.perf_counter() - tick
+        result.frames, result.pairs = writers.num_frames, writers.num_pairs
+        result.seconds = {k: round(v, 4) for k, v in seconds.items()}
+        result.seconds["total"] = round(time.perf_counter() - started, 4)
+        _write_meta(out_dir, result, config, session, info)
+    except Exception as exc:
+        if writers is not None:
+            writers.abort()
+        result.status = "failed"
+        result.error_type = type(exc).__name__
+        result.error = str(exc) or repr(exc)
+        logger.error("%s failed: %s: %s", path, result.error_type, result.error)
+        logger.debug("traceback for %s:\n%s", path, traceback.format_exc())
+    return result
+
+
+def _write_meta(out_dir: Path, result: VideoResult, config, session: FlowSession, info) -> None:
+    stage = session.stage
+    checkpoint = None
+    if stage.network is not None and getattr(stage.network, "checkpoint_info", None):
+        checkpoint = stage.network.checkpoint_info.__dict__
+    meta = {
+        "status": "ok",
+        "video": result.path,
+        "video_id": result.video_id,
+        "frames": result.frames,
+        "pairs": result.pairs,
+        "width": info.width,
+        "height": info.height,
+        "source_size": [info.source_width, info.source_height],
+        "rotation": info.rotation,
+        "fps": info.fps,
+        "codec": info.codec,
+        "decoder": info.backend,
+        "model": stage.model,
+        "checkpoint": checkpoint,
+        "model_notice": session.choice.notice,
+        "iters": stage.iters if stage.is_network else None,
+        "gap": stage.gap,
+        "device": session.device,
+        "precision": session.precision,
+        "seconds": result.seconds,
+        "outputs": result.outputs,
+        "warnings": result.warnings,
+        "config_hash": config_hash(config),
+        "config": config_to_dict(config),
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+        },
+    }
+    write_bytes_atomic(out_dir / "meta.json", json.dumps(meta, indent=2).encode())
+    result.outputs["meta"] = str(out_dir / "meta.json")

@@ -1,0 +1,149 @@
+"""Writers whose size is unknown until the video ends: stacked ``.npy`` / ``.npz`` and MP4.
+
+Memory stays bounded by one chunk: rows are appended to a temporary file as they arrive and
+the file is renamed into place only by :meth:`close`, so a crash never leaves a file that
+looks complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import zipfile
+from pathlib import Path
+
+import av
+import numpy as np
+
+# Reserved header length: room for any shape we can produce, padded with spaces.
+_NPY_HEADER_BYTES = 128
+
+
+def _temporary(target: Path) -> Path:
+    return target.with_name(f".{target.name}.{os.getpid()}.tmp")
+
+
+class StackedNpyWriter:
+    """Appends ``(n, *row_shape)`` blocks to one ``.npy`` (or ``.npz``) file.
+
+    The ``.npy`` header is written with a placeholder first dimension and rewritten in place by
+    :meth:`close` (same length, space padded, as the format allows). For ``.npz`` the finished
+    ``.npy`` is streamed into a deflated zip entry named ``key``.
+    """
+
+    def __init__(self, path: str | Path, row_shape: tuple[int, ...], dtype, key: str = "flow"):
+        self.path = Path(path)
+        self.row_shape = tuple(row_shape)
+        self.dtype = np.dtype(dtype)
+        self.key = key
+        self.rows = 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._npy = self.path.with_name(f".{self.path.name}.{os.getpid()}.rows.tmp")
+        self._file = open(self._npy, "wb")  # noqa: SIM115 - closed in close()/abort()
+        self._write_header()
+
+    def _write_header(self) -> None:
+        header = {
+            "descr": np.lib.format.dtype_to_descr(self.dtype),
+            "fortran_order": False,
+            "shape": (self.rows, *self.row_shape),
+        }
+        text = repr(header).encode("latin1")
+        magic = np.lib.format.magic(1, 0)
+        pad = _NPY_HEADER_BYTES - len(magic) - 2 - len(text) - 1
+        if pad < 0:
+            raise ValueError(f"shape {header['shape']} does not fit the reserved npy header")
+        body = text + b" " * pad + b"\n"
+        self._file.seek(0)
+        self._file.write(magic + len(body).to_bytes(2, "little") + body)
+
+    def append(self, block: np.ndarray) -> None:
+        block = np.ascontiguousarray(block, dtype=self.dtype)
+        if block.shape[1:] != self.row_shape:
+            raise ValueError(f"expected rows of shape {self.row_shape}, got {block.shape}")
+        self._file.seek(0, os.SEEK_END)
+        self._file.write(block.tobytes())
+        self.rows += block.shape[0]
+
+    def close(self) -> Path:
+        self._write_header()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        if self.path.suffix == ".npz":
+            self._to_npz()
+        else:
+            os.replace(self._npy, self.path)
+        return self.path
+
+    def _to_npz(self) -> None:
+        tmp = _temporary(self.path)
+        try:
+            with (
+                zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as z,
+                z.open(f"{self.key}.npy", "w", force_zip64=True) as entry,
+                open(self._npy, "rb") as source,
+            ):
+                while block := source.read(1 << 22):
+                    entry.write(block)
+            os.replace(tmp, self.path)
+        finally:
+            self._npy.unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
+
+    def abort(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        self._npy.unlink(missing_ok=True)
+
+
+class Mp4Writer:
+    """Encodes RGB frames ``(H, W, 3)`` uint8 to H.264 MP4 (odd sizes padded to even)."""
+
+    def __init__(self, path: str | Path, fps: float, *, crf: int = 20):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fps = fps
+        self.crf = crf
+        self._tmp = _temporary(self.path)
+        self._container = None
+        self._stream = None
+
+    def _open(self, height: int, width: int) -> None:
+        self._container = av.open(str(self._tmp), mode="w", format="mp4")
+        rate = max(1, round(self.fps)) if self.fps and self.fps > 0 else 25
+        self._stream = self._container.add_stream("libx264", rate=rate)
+        self._stream.width = width + width % 2
+        self._stream.height = height + height % 2
+        self._stream.pix_fmt = "yuv420p"
+        self._stream.options = {"crf": str(self.crf), "preset": "veryfast"}
+
+    def write(self, rgb: np.ndarray) -> None:
+        if self._container is None:
+            self._open(*rgb.shape[:2])
+        padded = np.pad(
+            rgb,
+            (
+                (0, self._stream.height - rgb.shape[0]),
+                (0, self._stream.width - rgb.shape[1]),
+                (0, 0),
+            ),
+        )
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(padded), format="rgb24")
+        for packet in self._stream.encode(frame):
+            self._container.mux(packet)
+
+    def close(self) -> Path | None:
+        if self._container is None:
+            return None
+        for packet in self._stream.encode():
+            self._container.mux(packet)
+        self._container.close()
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        if self._container is not None:
+            with contextlib.suppress(Exception):
+                self._container.close()
+        self._tmp.unlink(missing_ok=True)
