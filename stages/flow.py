@@ -102,7 +102,9 @@ class FlowStage:
         if self.gap < 1 or self.iters < 1 or self.batch_pairs < 1 or self.encode_batch < 1:
             raise ValueError("gap, iters, batch_pairs and encode_batch must be >= 1")
         if self.model == "dis" and self.dis_preset not in DIS_PRESETS:
-            raise ValueError(f"unknown DIS preset {self.dis_preset!r}; expected {list(DIS_PRESETS)}")
+            raise ValueError(
+                f"unknown DIS preset {self.dis_preset!r}; expected {list(DIS_PRESETS)}"
+            )
         self._carry = _Carry()
         self._dis = None
 
@@ -123,9 +125,13 @@ class FlowStage:
 
     def process(self, chunk: FrameChunk) -> FrameChunk:
         starts = pair_starts(chunk.num_frames, self.gap)
-        chunk.artifacts["pairs"] = np.stack(
-            [chunk.indices[list(starts)], chunk.indices[[t + self.gap for t in starts]]], axis=1
-        ).astype(np.int64).reshape(-1, 2)
+        chunk.artifacts["pairs"] = (
+            np.stack(
+                [chunk.indices[list(starts)], chunk.indices[[t + self.gap for t in starts]]], axis=1
+            )
+            .astype(np.int64)
+            .reshape(-1, 2)
+        )
         if self.is_network:
             self._process_network(chunk, starts)
         else:

@@ -1,0 +1,133 @@
+"""The run command end to end: every writer read back with an independent reader."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from PIL import Image
+
+from models import create_model
+from pipeline.cli import main
+from stages.decode import DecodeOptions, open_video
+from stages.flow_io import dequantize_flow
+from tests.media import pattern_frame, write_frames
+
+WIDTH, HEIGHT, FRAMES = 96, 72, 7
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("media") / "clip.mkv"
+    write_frames(
+        path,
+        [pattern_frame(i, WIDTH, HEIGHT) for i in range(FRAMES)],
+        codec="ffv1",
+        pix_fmt="yuv444p",
+    )
+    return path
+
+
+@pytest.fixture()
+def offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("MOTIONPIPE_CACHE", str(tmp_path / "empty-cache"))
+
+
+def _invoke(args: list[str]):
+    return CliRunner().invoke(main, ["-q", *args], catch_exceptions=False)
+
+
+def test_quickstart_runs_offline_with_dis(offline, tmp_path: Path) -> None:
+    example = tmp_path / "example.mp4"
+    assert _invoke(["example", str(example), "--frames", "12"]).exit_code == 0
+    out = tmp_path / "out"
+    result = _invoke(
+        ["run", str(example), "-o", str(out), "--config", "configs/quickstart.yaml",
+         "--set", "flow.download=false", "--no-progress"]
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    meta = json.loads((out / "example" / "meta.json").read_text())
+    assert meta["model"] == "dis" and "OpenCV DIS" in meta["model_notice"]
+    assert (meta["frames"], meta["pairs"]) == (12, 11)
+    flow = np.load(out / "example" / "flow.npy")
+    assert flow.shape == (11, 240, 320, 2)
+    # the generated background drifts right by 1 px per frame
+    assert abs(float(np.median(flow[..., 0])) - 1.0) < 0.2
+    assert yaml.safe_load((out / "config.yaml").read_text())["flow"]["model"] == "auto"
+
+
+def test_every_writer_reads_back(clip: Path, parity_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    checkpoint = parity_dir / "raft_small_random.pth"
+    result = _invoke(
+        ["run", str(clip), "-o", str(out), "--model", "raft-small", "--checkpoint", str(checkpoint),
+         "--iters", "2", "--formats", "flo,npy,npz,kitti,jpg,viz", "--backward", "--chunk-size", "4",
+         "--decoder", "pyav", "--device", "cpu", "--set", "output.write_rgb=true", "--no-progress"]
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    video = out / "clip"
+    stacked = np.load(video / "flow.npy")
+    assert stacked.shape == (FRAMES - 1, HEIGHT, WIDTH, 2) and stacked.dtype == np.float32
+    np.testing.assert_array_equal(np.load(video / "flow.npz")["flow"], stacked)
+    assert np.load(video / "flow_bw.npy").shape == stacked.shape
+
+    # pair 0 equals the model run directly on the decoded frames
+    network = create_model("raft-small", checkpoint=checkpoint)
+    with open_video(clip, DecodeOptions(backend="pyav")) as reader:
+        decoded = [f.rgb for f in reader.frames()][:2]
+    frames = [torch.from_numpy(rgb).permute(2, 0, 1)[None].float() for rgb in decoded]
+    direct = network.estimate_flow(*frames, iters=2).flow[0].permute(1, 2, 0).numpy()
+    assert np.abs(stacked[0] - direct).max() <= 1e-4
+
+    for t in range(FRAMES - 1):
+        flo = cv2.readOpticalFlow(str(video / "flo" / f"{t:06d}.flo"))
+        np.testing.assert_array_equal(flo, stacked[t])
+        kitti = cv2.imread(str(video / "kitti" / f"{t:06d}.png"), cv2.IMREAD_UNCHANGED)
+        u = (kitti[..., 2].astype(np.float64) - 2**15) / 64  # BGR order: R holds u
+        assert np.abs(u - np.clip(stacked[t][..., 0], -512, 511.984375)).max() <= 1 / 128 + 1e-6
+        assert (kitti[..., 0] == 1).all()
+        x = np.asarray(Image.open(video / "rawframes" / f"x_{t + 1:05d}.jpg"))
+        assert x.shape == (HEIGHT, WIDTH) and x.dtype == np.uint8
+        assert (
+            np.median(np.abs(dequantize_flow(x, 20.0) - np.clip(stacked[t][..., 0], -20, 20))) < 0.5
+        )
+    rgb = sorted((video / "rawframes").glob("img_*.jpg"))
+    assert [p.name for p in rgb] == [f"img_{i:05d}.jpg" for i in range(1, FRAMES + 1)]
+    assert len(list((video / "viz").glob("*.png"))) == FRAMES - 1
+    with av.open(str(video / "viz.mp4")) as container:
+        previews = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(previews) == FRAMES - 1 and previews[0].shape[1] == 2 * WIDTH
+    timestamps = np.loadtxt(video / "timestamps.csv", delimiter=",", skiprows=1)
+    assert timestamps.shape == (FRAMES, 2) and np.all(np.diff(timestamps[:, 1]) > 0)
+    meta = json.loads((video / "meta.json").read_text())
+    assert meta["checkpoint"]["sha256"] and meta["iters"] == 2 and meta["status"] == "ok"
+    assert not list(video.rglob("*.tmp"))
+
+
+def test_bad_input_fails_clearly_without_meta(tmp_path: Path) -> None:
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    (folder / "broken.mp4").write_text("this is not a video")
+    write_frames(
+        folder / "good.mkv", [pattern_frame(i, WIDTH, HEIGHT) for i in range(3)], codec="ffv1"
+    )
+    out = tmp_path / "out"
+    result = _invoke(["run", str(folder), "-o", str(out), "--model", "dis", "--no-progress"])
+    assert result.exit_code == 1
+    assert "broken" in result.output and "failed" in result.output
+    assert (out / "good" / "meta.json").is_file()
+    assert not (out / "broken" / "meta.json").exists()
+
+
+def test_config_errors_name_the_key(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        main, ["run", "x.mp4", "-o", str(tmp_path), "--set", "flow.itres=3"]
+    )
+    assert result.exit_code != 0 and "flow.itres" in result.output
