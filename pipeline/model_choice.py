@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 
 from models import CheckpointError
+from models.registry import DEFAULT_CHECKPOINTS
 from models.weights import WEIGHTS, resolve_checkpoint
 
 from .config import FlowConfig
@@ -25,6 +26,10 @@ AUTO_CHECKPOINTS: tuple[str, ...] = (
 )
 
 
+#: ``flow.checkpoint`` value that asks for untrained weights (tests and speed benchmarks only).
+RANDOM_WEIGHTS = "random"
+
+
 @dataclass(frozen=True)
 class ModelChoice:
     """The estimator a run uses, and the notice to record when ``auto`` fell back."""
@@ -37,11 +42,18 @@ class ModelChoice:
 def choose_model(flow: FlowConfig) -> ModelChoice:
     """Concrete model and checkpoint for a flow config.
 
+    An explicit model without a checkpoint uses the architecture's default checkpoint
+    (:data:`models.registry.DEFAULT_CHECKPOINTS`); ``checkpoint: random`` gives untrained weights.
     ``auto``: the first of :data:`AUTO_CHECKPOINTS` already in the cache; otherwise one attempt
     to download the first (when ``flow.download``); otherwise OpenCV DIS with a notice.
     """
+    if flow.model == "dis":
+        return ModelChoice("dis", None)
     if flow.model != "auto":
-        return ModelChoice(flow.model, flow.checkpoint)
+        if flow.checkpoint == RANDOM_WEIGHTS:
+            logger.warning("flow.checkpoint: random -- untrained weights, the flow is meaningless")
+            return ModelChoice(flow.model, None)
+        return ModelChoice(flow.model, flow.checkpoint or DEFAULT_CHECKPOINTS[flow.model][0])
     if flow.checkpoint is not None:
         raise ValueError(
             "flow.checkpoint needs an explicit flow.model (raft-large, raft-small, gma)"
