@@ -114,12 +114,72 @@ class OutputConfig:
 
 
 @dataclass(frozen=True)
+class WarpConfig:
+    """Backward warping, occlusion / motion-boundary masks and consistency metrics."""
+
+    enabled: bool = False
+    frames: bool = True
+    video: bool = True
+    with_source: bool = True
+    masks: bool = True
+    occlusion: bool = True
+    fb_alpha1: float = 0.01
+    fb_alpha2: float = 0.5
+    mb_alpha1: float = 0.01
+    mb_alpha2: float = 0.002
+
+    def __post_init__(self) -> None:
+        for name in ("fb_alpha1", "fb_alpha2", "mb_alpha1", "mb_alpha2"):
+            _require(getattr(self, name) >= 0, f"warp.{name} must be >= 0")
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    """Per-clip motion features (MotionSqueeze-style maps and flow statistics).
+
+    ``clip_stride: null`` means ``clip_len - 1``: consecutive clips share one frame, so every
+    flow pair belongs to exactly one clip.
+    """
+
+    enabled: bool = False
+    clip_len: int = 8
+    clip_stride: int | None = None
+    drop_tail: bool = False
+    hof_bins: int = 8
+    static_threshold: float = 0.4
+    patch_size: int = 15
+    sigma: float = 5.0
+    temperature: float = 100.0
+    maps: bool = True
+    maps_dtype: str = "float16"
+    table_format: str = "parquet"
+
+    def __post_init__(self) -> None:
+        _require(self.clip_len >= 2, "features.clip_len must be >= 2")
+        _require(self.clip_stride is None or self.clip_stride >= 1, "features.clip_stride >= 1")
+        _require(self.patch_size >= 3 and self.patch_size % 2 == 1, "features.patch_size: odd >= 3")
+        _require(self.sigma > 0 and self.temperature > 0, "features.sigma/temperature must be > 0")
+        _require(self.hof_bins >= 2, "features.hof_bins must be >= 2")
+        _require(self.static_threshold >= 0, "features.static_threshold must be >= 0")
+        _require(self.maps_dtype in ("float16", "float32"), "features.maps_dtype: float16|float32")
+        _require(self.table_format in ("parquet", "csv"), "features.table_format: parquet or csv")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything a ``run`` needs besides its input and output paths."""
 
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    warp: WarpConfig = field(default_factory=WarpConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+
+    def __post_init__(self) -> None:
+        _require(
+            not self.features.enabled or self.flow.gap == 1,
+            "features.enabled needs flow.gap: 1 (clips are made of consecutive pairs)",
+        )
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:

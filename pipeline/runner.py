@@ -19,9 +19,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from stages.clip_features import ClipFeatureStage
 from stages.decode import DecodeError, DecodeOptions, iter_chunks, open_video
 from stages.flow import FlowStage
 from stages.flow_io import FLOW_JPEG_PRESETS, write_bytes_atomic
+from stages.motion_features import MotionFeatureConfig
 from stages.writers import FlowWriters
 
 from .config import RunConfig, config_hash, config_to_dict
@@ -70,7 +72,7 @@ def build_flow_session(config: RunConfig) -> FlowSession:
         checkpoint=choice.checkpoint,
         iters=flow.iters,
         gap=flow.gap,
-        backward=flow.backward,
+        backward=flow.backward or (config.warp.enabled and config.warp.occlusion),
         warm_start=flow.warm_start,
         corr=flow.corr,
         on_demand_above_pixels=flow.on_demand_above_pixels,
@@ -80,6 +82,7 @@ def build_flow_session(config: RunConfig) -> FlowSession:
         batch_pairs=flow.batch_pairs,
         encode_batch=flow.encode_batch,
         dis_preset=flow.dis_preset,
+        keep_features=config.features.enabled,
     )
     stage.setup()
     return FlowSession(stage, choice, str(device), flow.precision)
@@ -114,6 +117,34 @@ def make_writers(config: RunConfig, out_dir: Path, fps: float) -> FlowWriters:
     )
 
 
+def make_video_stages(config: RunConfig, out_dir: Path, video_id: str, fps: float) -> list:
+    """The per-video stages that follow the flow stage, in order (writers first)."""
+    stages: list = [make_writers(config, out_dir, fps)]
+    f = config.features
+    if f.enabled:
+        settings = MotionFeatureConfig(
+            clip_len=f.clip_len,
+            clip_stride=f.clip_stride,
+            drop_tail=f.drop_tail,
+            n_bins=f.hof_bins,
+            static_threshold=f.static_threshold,
+            patch_size=f.patch_size,
+            sigma=f.sigma,
+            temperature=f.temperature,
+        )
+        stages.append(
+            ClipFeatureStage(
+                out_dir=out_dir,
+                video_id=video_id,
+                settings=settings,
+                maps=f.maps,
+                maps_dtype=f.maps_dtype,
+                table_format=f.table_format,
+            )
+        )
+    return stages
+
+
 def _timed(iterator: Iterator, seconds: dict[str, float], key: str) -> Iterator:
     while True:
         start = time.perf_counter()
@@ -141,13 +172,15 @@ def process_video(
     """
     result = VideoResult(path=str(path), video_id=video_id)
     seconds: dict[str, float] = defaultdict(float)
-    writers: FlowWriters | None = None
+    stages: list = []
     started = time.perf_counter()
     try:
         with open_video(path, decode_options(config)) as reader:
             info = reader.info
-            writers = make_writers(config, out_dir, info.fps or 25.0)
-            writers.setup()
+            stages = make_video_stages(config, out_dir, video_id, info.fps or 25.0)
+            writers = stages[0]
+            for stage in stages:
+                stage.setup()
             chunks = iter_chunks(
                 reader, video_id, config.decode.chunk_size, overlap=config.flow.gap
             )
@@ -160,12 +193,10 @@ def process_video(
             )
             with bar:
                 for chunk in _timed(chunks, seconds, "decode"):
-                    tick = time.perf_counter()
-                    session.stage.process(chunk)
-                    seconds["flow"] += time.perf_counter() - tick
-                    tick = time.perf_counter()
-                    writers.process(chunk)
-                    seconds["write"] += time.perf_counter() - tick
+                    for stage in (session.stage, *stages):
+                        tick = time.perf_counter()
+                        stage.process(chunk)
+                        seconds[stage.name] += time.perf_counter() - tick
                     bar.update(chunk.num_frames - chunk.overlap)
             result.warnings.extend(reader.warnings)
         if writers.num_pairs == 0:
@@ -173,9 +204,10 @@ def process_video(
                 str(path), f"only {writers.num_frames} frame(s) decoded: flow needs at least "
                 f"{config.flow.gap + 1}",
             )  # fmt: skip
-        tick = time.perf_counter()
-        result.outputs = writers.finish()
-        seconds["write"] += time.perf_counter() - tick
+        for stage in stages:
+            tick = time.perf_counter()
+            result.outputs.update(stage.finish())
+            seconds[stage.name] += time.perf_counter() - tick
         result.frames, result.pairs = writers.num_frames, writers.num_pairs
         result.seconds = {k: round(v, 4) for k, v in seconds.items()}
         result.seconds["total"] = round(time.perf_counter() - started, 4)

@@ -1,0 +1,155 @@
+"""The motion-feature stage: one row of features (and optional spatial maps) per clip.
+
+Consumes the flow stage's ``pairs``, ``flow_fw`` and, for network backends, ``features`` (the
+per-frame feature-encoder maps, so no second encoder pass). With the classical backend the
+frames' :func:`stages.motion_features.frame_descriptor` stands in for the encoder maps.
+
+Clips (:func:`stages.motion_features.clip_windows`) do not line up with chunks: frames and
+flows are buffered until a clip is complete and dropped once no later clip needs them, so
+memory is bounded by the clip length. For each clip ``c`` it writes
+``clips/{c:05d}.npz`` (MotionSqueeze ``displacement`` ``(T-1, 2, h, w)`` and ``confidence``
+``(T-1, 1, h, w)``, float16 by default) and collects a table row; :meth:`finish` writes the
+video's table ``clips.parquet`` (or ``clips.csv``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from .base import FrameChunk
+from .motion_features import (
+    MotionFeatureConfig,
+    clip_features,
+    clip_key,
+    clip_windows,
+    features_table,
+    frame_descriptor,
+    write_clip_maps,
+    write_table,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ClipFeatureStage:
+    """Per-clip motion features for one video.
+
+    Attributes:
+        out_dir: the video's output folder.
+        video_id: the ``video`` column of every row.
+        settings: clip windows and feature parameters.
+        maps: write each clip's MotionSqueeze maps as ``clips/{c:05d}.npz``.
+        maps_dtype: ``float16`` or ``float32`` for the maps.
+        table_format: ``parquet`` or ``csv``.
+    """
+
+    name: ClassVar[str] = "features"
+
+    out_dir: Path
+    video_id: str
+    settings: MotionFeatureConfig = field(default_factory=MotionFeatureConfig)
+    maps: bool = True
+    maps_dtype: str = "float16"
+    table_format: str = "parquet"
+
+    def __post_init__(self) -> None:
+        self.out_dir = Path(self.out_dir)
+        self._features: dict[int, torch.Tensor] = {}
+        self._flows: dict[int, np.ndarray] = {}
+        self._pts: dict[int, float] = {}
+        self._rows: list[dict] = []
+        self._next_start = 0
+        self._seen = 0
+        self.source = "encoder"
+
+    def setup(self) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+
+    def process(self, chunk: FrameChunk) -> FrameChunk:
+        indices = [int(i) for i in chunk.indices]
+        maps = chunk.artifacts.get("features")
+        if maps is None:
+            self.source = "descriptor"
+            new = list(range(chunk.overlap, chunk.num_frames))
+            if new:
+                maps_new = frame_descriptor(
+                    chunk.frames[new], stride=self.settings.descriptor_stride,
+                    context=self.settings.descriptor_context,
+                )  # fmt: skip
+                for n, t in enumerate(new):
+                    self._features[indices[t]] = maps_new[n]
+        else:
+            for t, index in enumerate(indices):
+                self._features.setdefault(index, maps[t])
+        for t, index in enumerate(indices):
+            self._pts[index] = float(chunk.pts[t])
+        flows = chunk.artifacts["flow_fw"].permute(0, 2, 3, 1).numpy()
+        for (a, _), flow in zip(chunk.artifacts["pairs"], flows, strict=True):
+            self._flows[int(a)] = flow
+        self._seen = max(self._seen, indices[-1] + 1)
+        self._emit_complete(final=chunk.is_last)
+        return chunk
+
+    def _emit_complete(self, *, final: bool) -> None:
+        s = self.settings
+        step = s.clip_len - 1 if s.clip_stride is None else s.clip_stride
+        while self._next_start + s.clip_len <= self._seen:
+            self._emit(self._next_start, self._next_start + s.clip_len)
+            self._next_start += step
+        if final:
+            for start, end in clip_windows(
+                self._seen, s.clip_len, s.clip_stride, drop_tail=s.drop_tail
+            ):
+                if start >= self._next_start:
+                    self._emit(start, end)
+            self._next_start = self._seen
+        self._forget_before(self._next_start)
+
+    def _emit(self, start: int, end: int) -> None:
+        clip_index = len(self._rows)
+        flows = np.stack([self._flows[t] for t in range(start, end - 1)])
+        features = torch.stack([self._features[t] for t in range(start, end)])
+        columns, clip_maps = clip_features(self.settings, flows=flows, features=features)
+        row = clip_key(
+            self.video_id, clip_index, start, end, [self._pts[t] for t in range(start, end)]
+        )
+        row.update(columns)
+        self._rows.append(row)
+        if self.maps and clip_maps is not None:
+            (self.out_dir / "clips").mkdir(parents=True, exist_ok=True)
+            write_clip_maps(
+                self.out_dir / "clips" / f"{clip_index:05d}.npz",
+                displacement=clip_maps.displacement.numpy(),
+                confidence=clip_maps.confidence.numpy(),
+                dtype=np.dtype(self.maps_dtype),
+                frames=np.arange(start, end),
+            )
+
+    def _forget_before(self, first_needed: int) -> None:
+        for store in (self._features, self._flows, self._pts):
+            for index in [i for i in store if i < first_needed]:
+                del store[index]
+
+    def finish(self) -> dict[str, str]:
+        suffix = "csv" if self.table_format == "csv" else "parquet"
+        path = self.out_dir / f"clips.{suffix}"
+        write_table(features_table(self._rows), path)
+        outputs = {"features_table": str(path)}
+        if self.maps and (self.out_dir / "clips").is_dir():
+            outputs["features_maps"] = str(self.out_dir / "clips")
+        return outputs
+
+    def teardown(self) -> None:
+        self._features.clear()
+        self._flows.clear()
+
+    @property
+    def num_clips(self) -> int:
+        return len(self._rows)
