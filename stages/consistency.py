@@ -1,0 +1,662 @@
+"""Temporal-consistency checks and metrics for a pair of frames and their optical flow.
+
+Conventions: frames are ``(B, C, H, W)`` tensors, floating in ``[0, 1]`` or uint8 in ``0..255``
+(divided by 255 here); flows are ``(B, 2, H, W)`` in pixels, channel 0 = x (right), channel 1 =
+y (down); ``flow_fw`` goes from frame ``t`` to frame ``t + k`` and ``flow_bw`` from ``t + k``
+back to ``t``. Masks are ``(B, 1, H, W)`` bool. Warping follows :mod:`stages.warp`.
+
+Checks
+    :func:`forward_backward_occlusion` (Sundaram, Brox and Keutzer, ECCV 2010) and
+    :func:`motion_boundaries` (the criterion of Ruder, Dosovitskiy and Brox, GCPR 2016).
+
+Metrics
+    :func:`warping_error` is E_warp of Lai et al., "Learning Blind Video Temporal Consistency"
+    (ECCV 2018), computed as their ``evaluate_WarpError.py`` does; :func:`photometric_error`,
+    :func:`flow_magnitude_stats`, and :func:`pair_metrics` / :func:`batch_metrics` gather all of
+    them per frame pair. :func:`summarize_video` reduces a per-pair table to one row per video;
+    :func:`plot_error_over_time` draws a per-frame curve with the worst frames marked.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from stages.warp import backward_warp
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "METRIC_KEYS",
+    "ConsistencyConfig",
+    "Difference",
+    "batch_metrics",
+    "flow_gradients",
+    "flow_magnitude_stats",
+    "forward_backward_occlusion",
+    "masked_channel_mean",
+    "motion_boundaries",
+    "pair_metrics",
+    "photometric_error",
+    "plot_error_over_time",
+    "summarize_video",
+    "warping_error",
+]
+
+Difference = Literal["central", "forward"]
+
+METRIC_KEYS: tuple[str, ...] = (
+    "e_warp",
+    "photometric_error",
+    "occluded_fraction",
+    "valid_fraction",
+    "motion_boundary_fraction",
+    "counted_fraction",
+    "flow_mag_mean",
+    "flow_mag_median",
+    "flow_mag_p95",
+    "flow_mag_max",
+)
+"""Keys of :func:`pair_metrics` / :func:`batch_metrics`, in order."""
+
+_SUMMARY_MAX_KEYS = frozenset({"flow_mag_max"})
+
+
+# --------------------------------------------------------------------------------------------
+# Checks
+# --------------------------------------------------------------------------------------------
+
+
+def forward_backward_occlusion(
+    flow_fw: torch.Tensor,
+    flow_bw: torch.Tensor,
+    *,
+    alpha1: float = 0.01,
+    alpha2: float = 0.5,
+) -> torch.Tensor:
+    """Forward-backward consistency check of Sundaram et al. 2010.
+
+    With ``f = flow_fw(p)`` and ``b = flow_bw(p + f)`` (``flow_bw`` sampled bilinearly at the
+    forward target, :func:`stages.warp.backward_warp`), pixel ``p`` is *not* occluded iff::
+
+        |f + b|^2 < alpha1 * (|f|^2 + |b|^2) + alpha2          (squared lengths in pixels^2)
+
+    A pixel whose forward target ``p + f`` leaves ``[0, W-1] x [0, H-1]`` counts as occluded:
+    its content is not visible in the second frame, and no backward flow exists there to check.
+    Non-finite flow is occluded too.
+
+    Args:
+        flow_fw: ``(B, 2, H, W)`` flow t -> t+k in pixels.
+        flow_bw: ``(B, 2, H, W)`` flow t+k -> t in pixels.
+        alpha1: relative tolerance (dimensionless), 0.01 in the paper.
+        alpha2: absolute tolerance in pixels^2, 0.5 in the paper.
+
+    Returns:
+        ``(B, 1, H, W)`` bool on ``flow_fw``'s grid (frame t), True = occluded.
+    """
+    _check_same_flow_shapes(flow_fw, flow_bw)
+    fw = flow_fw.to(_float_dtype(flow_fw, flow_bw))
+    bw_at_target, inside = backward_warp(flow_bw.to(fw.dtype), fw, padding="border")
+    round_trip = _squared_norm(fw + bw_at_target)
+    tolerance = alpha1 * (_squared_norm(fw) + _squared_norm(bw_at_target)) + alpha2
+    consistent = round_trip < tolerance  # False for NaN
+    return ~(consistent & inside)
+
+
+def flow_gradients(
+    flow: torch.Tensor, *, difference: Difference = "central"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Spatial derivatives of each flow component, in pixels per pixel.
+
+    ``"central"``: ``(f[x+1] - f[x-1]) / 2`` with the border pixel repeated outside the image
+    (so at the border it is half the one-sided difference). This is the 3-tap filter
+    ``[-0.5, 0, 0.5]`` (``CDerivative<float>(3)`` with mirrored borders) of Ruder et al.'s
+    ``consistencyChecker.cpp``. ``"forward"``: ``f[x+1] - f[x]``, 0 on the last column / row,
+    which is (up to sign, irrelevant once squared) ``compute_flow_gradients`` in Lai et al.'s
+    ``utils.py``.
+
+    Args:
+        flow: ``(B, 2, H, W)`` flow in pixels.
+        difference: ``"central"`` or ``"forward"``.
+
+    Returns:
+        ``(d_dx, d_dy)``, each ``(B, 2, H, W)`` in the flow's (floating) dtype.
+    """
+    _check_flow(flow)
+    if difference == "central":
+        padded_x = F.pad(flow, (1, 1, 0, 0), mode="replicate")
+        padded_y = F.pad(flow, (0, 0, 1, 1), mode="replicate")
+        d_dx = (padded_x[..., 2:] - padded_x[..., :-2]) / 2
+        d_dy = (padded_y[..., 2:, :] - padded_y[..., :-2, :]) / 2
+    elif difference == "forward":
+        d_dx = torch.zeros_like(flow)
+        d_dy = torch.zeros_like(flow)
+        d_dx[..., :-1] = flow[..., 1:] - flow[..., :-1]
+        d_dy[..., :-1, :] = flow[..., 1:, :] - flow[..., :-1, :]
+    else:
+        raise ValueError(f"difference must be 'central' or 'forward', got {difference!r}")
+    return d_dx, d_dy
+
+
+def motion_boundaries(
+    flow: torch.Tensor,
+    *,
+    alpha1: float = 0.01,
+    alpha2: float = 0.002,
+    difference: Difference = "central",
+) -> torch.Tensor:
+    """Motion boundaries: where the flow changes fast relative to its own magnitude.
+
+    Pixel ``p`` is a motion boundary iff::
+
+        |grad u|^2 + |grad v|^2 > alpha1 * |f|^2 + alpha2
+
+    with ``f = (u, v) = flow(p)`` and the gradients of :func:`flow_gradients`. The default
+    central differences are those of Ruder et al.'s ``consistencyChecker``, the reference
+    implementation of this criterion. Being centred, they mark both sides of a flow
+    discontinuity (a 2-pixel band symmetric about the edge, whatever the direction of the
+    motion), whereas forward differences (Lai et al.) mark only the pixel before the step, a
+    band biased half a pixel toward the top-left.
+
+    Args:
+        flow: ``(B, 2, H, W)`` flow in pixels.
+        alpha1: relative tolerance (dimensionless), 0.01 in Ruder et al.
+        alpha2: absolute tolerance in (pixels / pixel)^2, 0.002 in Ruder et al.
+        difference: gradient operator, ``"central"`` or ``"forward"``.
+
+    Returns:
+        ``(B, 1, H, W)`` bool, True on motion boundaries.
+    """
+    field = flow.to(_float_dtype(flow))
+    d_dx, d_dy = flow_gradients(field, difference=difference)
+    variation = (d_dx**2 + d_dy**2).sum(dim=1, keepdim=True)
+    return variation > alpha1 * _squared_norm(field) + alpha2
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------------------------
+
+
+def masked_channel_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` over the masked pixels *and* all channels, per batch item.
+
+    ``sum_{p, c} mask(p) * values(p, c) / (C * sum_p mask(p))``, and 0 where the mask is empty
+    (Lai et al. then divide a zero sum by ``H * W * C``). Values outside the mask are ignored,
+    even when non-finite.
+
+    Args:
+        values: ``(B, C, H, W)`` floating.
+        mask: ``(B, 1, H, W)`` bool, True = counted.
+
+    Returns:
+        ``(B,)`` in ``values``' dtype.
+    """
+    kept = torch.where(mask, values, torch.zeros((), dtype=values.dtype, device=values.device))
+    total = kept.sum(dim=(1, 2, 3))
+    count = mask.sum(dim=(1, 2, 3)).to(values.dtype) * values.shape[1]
+    return torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total))
+
+
+def warping_error(
+    frame_t: torch.Tensor,
+    frame_t1: torch.Tensor,
+    flow_fw: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    require_valid: bool = True,
+) -> torch.Tensor:
+    """Warping error E_warp of Lai et al. 2018, one value per frame pair.
+
+    Frame ``t + 1`` is warped back onto frame ``t`` with the forward flow,
+    ``W(p) = I_{t+1}(p + flow_fw(p))`` (bilinear, border clamp, as FlowNet2's ``Resample2d``
+    used by Lai et al.), and::
+
+        E_warp = sum_{p, c} M(p) * (W(p, c) - I_t(p, c))^2  /  (C * sum_p M(p))
+
+    i.e. the mean squared difference over the counted pixels *and* the C channels, with pixel
+    values in [0, 1]. Source: ``evaluate_WarpError.py`` of phoenix104104/
+    fast_blind_video_consistency (commit 8154b60, lines 91-116). Per pair they multiply the
+    difference by the non-occlusion mask, square and sum it, and divide by the sum of that
+    mask; the mask is the occlusion PNG loaded with their ``utils.read_img``, which calls
+    ``cv2.imread`` in its default 3-channel mode, so the denominator counts each non-occluded
+    pixel once per channel. When no pixel is counted they divide the zero sum by
+    ``H * W * C``, so E_warp is 0; so is it here. The video E_warp is the mean over its pairs
+    (:func:`summarize_video`).
+
+    Their mask (``utils.detect_occlusion``) is the forward-backward check OR a motion boundary
+    with forward differences; :func:`batch_metrics` builds the same kind of mask (with
+    ``ConsistencyConfig(difference="forward")`` for their gradient), and additionally counts
+    targets outside the frame as occluded.
+
+    Args:
+        frame_t, frame_t1: ``(B, C, H, W)`` frames t and t+1, floating in [0, 1] or uint8
+            (divided by 255).
+        flow_fw: ``(B, 2, H, W)`` flow t -> t+1 in pixels.
+        mask: ``(B, 1, H, W)`` bool, True for non-occluded pixels (Lai et al.: neither
+            forward-backward occluded nor on a motion boundary). None counts every pixel.
+        require_valid: also drop pixels whose forward target leaves the frame (the default).
+            ``False`` keeps them with border-clamped samples, exactly as Lai et al.'s code.
+
+    Returns:
+        ``(B,)`` E_warp per pair, float32 (float64 for float64 inputs).
+    """
+    residual, counted = _aligned_residual(frame_t, frame_t1, flow_fw, mask, require_valid)
+    return masked_channel_mean(residual**2, counted)
+
+
+def photometric_error(
+    frame_t: torch.Tensor,
+    frame_t1: torch.Tensor,
+    flow_fw: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    require_valid: bool = True,
+) -> torch.Tensor:
+    """Mean absolute photometric error after warping frame t+1 back to t, per pair.
+
+    ``sum_{p, c} M(p) * |W(p, c) - I_t(p, c)| / (C * sum_p M(p))`` with the same warp, mask
+    and empty-mask convention (0) as :func:`warping_error`; pixel values in [0, 1].
+
+    Returns:
+        ``(B,)`` float32 (float64 for float64 inputs).
+    """
+    residual, counted = _aligned_residual(frame_t, frame_t1, flow_fw, mask, require_valid)
+    return masked_channel_mean(residual.abs(), counted)
+
+
+def flow_magnitude_stats(flow: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Statistics of the per-pixel flow length ``sqrt(u^2 + v^2)`` in pixels, over all pixels.
+
+    Quantiles interpolate linearly between order statistics (``numpy.percentile``'s default);
+    they are computed with ``kthvalue`` so that large frames (beyond ``torch.quantile``'s 2^24
+    element limit) work.
+
+    Args:
+        flow: ``(B, 2, H, W)`` flow in pixels.
+
+    Returns:
+        ``{"mean", "median", "p95", "max"}`` -> ``(B,)`` tensors in pixels (float32, or float64
+        for float64 flow).
+    """
+    _check_flow(flow)
+    field = flow.to(_float_dtype(flow))
+    magnitude = _squared_norm(field).sqrt().flatten(1)  # (B, H*W)
+    return {
+        "mean": magnitude.mean(dim=1),
+        "median": _quantile(magnitude, 0.5),
+        "p95": _quantile(magnitude, 0.95),
+        "max": magnitude.amax(dim=1),
+    }
+
+
+@dataclass(frozen=True)
+class ConsistencyConfig:
+    """Thresholds and options of :func:`batch_metrics` / :func:`pair_metrics`.
+
+    Attributes:
+        occlusion_alpha1, occlusion_alpha2: :func:`forward_backward_occlusion` tolerances
+            (dimensionless, pixels^2); 0.01 and 0.5 as Sundaram et al.
+        boundary_alpha1, boundary_alpha2: :func:`motion_boundaries` tolerances; 0.01 and 0.002
+            as Ruder et al. (and Lai et al.).
+        difference: gradient operator of :func:`motion_boundaries`.
+        exclude_motion_boundaries: drop motion-boundary pixels from the error masks, as Lai
+            et al.'s occlusion maps do.
+    """
+
+    occlusion_alpha1: float = 0.01
+    occlusion_alpha2: float = 0.5
+    boundary_alpha1: float = 0.01
+    boundary_alpha2: float = 0.002
+    difference: Difference = "central"
+    exclude_motion_boundaries: bool = True
+
+
+def batch_metrics(
+    frame_t: torch.Tensor,
+    frame_t1: torch.Tensor,
+    flow_fw: torch.Tensor,
+    flow_bw: torch.Tensor | None = None,
+    config: ConsistencyConfig | None = None,
+) -> dict[str, torch.Tensor]:
+    """All per-pair metrics for a batch of pairs, as ``(B,)`` tensors keyed by :data:`METRIC_KEYS`.
+
+    The pixels counted by ``e_warp`` and ``photometric_error`` are those whose forward target
+    lies in the frame, that pass the forward-backward check (when ``flow_bw`` is given) and,
+    with ``config.exclude_motion_boundaries`` (the default, as Lai et al.'s occlusion maps),
+    that are not on a motion boundary of ``flow_fw``.
+
+    Keys (fractions are of all ``H * W`` pixels, in [0, 1]):
+        ``e_warp``: :func:`warping_error` (pixel values in [0, 1]).
+        ``photometric_error``: :func:`photometric_error`.
+        ``occluded_fraction``: pixels flagged by :func:`forward_backward_occlusion` (including
+        targets outside the frame); NaN without ``flow_bw``.
+        ``valid_fraction``: pixels whose forward target lies inside the frame.
+        ``motion_boundary_fraction``: pixels flagged by :func:`motion_boundaries`.
+        ``counted_fraction``: pixels counted by ``e_warp``.
+        ``flow_mag_mean``, ``flow_mag_median``, ``flow_mag_p95``, ``flow_mag_max``:
+        :func:`flow_magnitude_stats` of ``flow_fw`` in pixels.
+
+    Args:
+        frame_t, frame_t1: ``(B, C, H, W)`` frames, floating in [0, 1] or uint8.
+        flow_fw: ``(B, 2, H, W)`` flow t -> t+k in pixels; ``flow_bw``: t+k -> t, or None.
+        config: thresholds and options; default :class:`ConsistencyConfig()`.
+
+    Returns:
+        ``{key: (B,) tensor}``, float32 (float64 for float64 inputs), on the inputs' device.
+    """
+    config = config or ConsistencyConfig()
+    frames_t, frames_t1 = _unit_frames(frame_t), _unit_frames(frame_t1)
+    _check_pair(frames_t, frames_t1, flow_fw)
+    dtype = _float_dtype(frames_t, flow_fw)
+    fw = flow_fw.to(dtype)
+    warped, inside = backward_warp(frames_t1.to(dtype), fw, padding="border")
+    boundaries = motion_boundaries(
+        fw,
+        alpha1=config.boundary_alpha1,
+        alpha2=config.boundary_alpha2,
+        difference=config.difference,
+    )
+    counted = inside
+    occluded_fraction = torch.full((fw.shape[0],), math.nan, dtype=dtype, device=fw.device)
+    if flow_bw is not None:
+        occluded = forward_backward_occlusion(
+            fw, flow_bw, alpha1=config.occlusion_alpha1, alpha2=config.occlusion_alpha2
+        )
+        counted = counted & ~occluded
+        occluded_fraction = _fraction(occluded, dtype)
+    if config.exclude_motion_boundaries:
+        counted = counted & ~boundaries
+    residual = warped - frames_t.to(dtype)
+    magnitude = flow_magnitude_stats(fw)
+    return {
+        "e_warp": masked_channel_mean(residual**2, counted),
+        "photometric_error": masked_channel_mean(residual.abs(), counted),
+        "occluded_fraction": occluded_fraction,
+        "valid_fraction": _fraction(inside, dtype),
+        "motion_boundary_fraction": _fraction(boundaries, dtype),
+        "counted_fraction": _fraction(counted, dtype),
+        "flow_mag_mean": magnitude["mean"],
+        "flow_mag_median": magnitude["median"],
+        "flow_mag_p95": magnitude["p95"],
+        "flow_mag_max": magnitude["max"],
+    }
+
+
+def pair_metrics(
+    frame_t: torch.Tensor,
+    frame_t1: torch.Tensor,
+    flow_fw: torch.Tensor,
+    flow_bw: torch.Tensor | None = None,
+    config: ConsistencyConfig | None = None,
+) -> list[dict[str, float]]:
+    """Per-pair metrics as plain floats: one dict per batch item, ready for ``pd.DataFrame``.
+
+    Same inputs, configuration and keys as :func:`batch_metrics` (which keeps them as tensors
+    on the device); a single pair is a batch of one, so ``pair_metrics(...)[0]``.
+
+    Returns:
+        ``[{key: float} for each of the B pairs]``, keys in :data:`METRIC_KEYS` order.
+    """
+    metrics = batch_metrics(frame_t, frame_t1, flow_fw, flow_bw, config)
+    columns = {key: metrics[key].detach().to("cpu", torch.float64).tolist() for key in METRIC_KEYS}
+    return [
+        {key: float(columns[key][i]) for key in METRIC_KEYS} for i in range(len(columns["e_warp"]))
+    ]
+
+
+def summarize_video(
+    per_pair: pd.DataFrame, *, columns: Sequence[str] | None = None
+) -> dict[str, float]:
+    """Reduce a per-pair metric table of one video to one summary row.
+
+    Every metric column is averaged over the pairs (NaN skipped), except ``flow_mag_max``,
+    which takes the maximum. In particular the video E_warp is the mean of the per-pair
+    ``e_warp``, as Lai et al. (the sum of per-pair errors divided by the number of pairs, in
+    ``evaluate_WarpError.py``). Per-pair medians
+    and p95s are averaged, not pooled. Also reported: ``num_pairs`` and, when ``e_warp`` is
+    present, ``e_warp_median`` and ``e_warp_max`` over the pairs.
+
+    Args:
+        per_pair: one row per pair, e.g. ``pd.DataFrame(pair_metrics(...))``; other columns
+            (frame indices, timestamps, ids) are ignored.
+        columns: metric columns to summarise; default: the :data:`METRIC_KEYS` present.
+
+    Returns:
+        ``{name: float}``; an empty table gives ``num_pairs = 0`` and NaN metrics.
+    """
+    names = [key for key in METRIC_KEYS if key in per_pair.columns] if columns is None else columns
+    missing = [name for name in names if name not in per_pair.columns]
+    if missing:
+        raise ValueError(f"columns {missing} not in the table (has {list(per_pair.columns)})")
+    summary: dict[str, float] = {"num_pairs": float(len(per_pair))}
+    for name in names:
+        values = pd.to_numeric(per_pair[name], errors="coerce")
+        summary[name] = float(values.max() if name in _SUMMARY_MAX_KEYS else values.mean())
+    if "e_warp" in names:
+        e_warp = pd.to_numeric(per_pair["e_warp"], errors="coerce")
+        summary["e_warp_median"] = float(e_warp.median())
+        summary["e_warp_max"] = float(e_warp.max())
+    return summary
+
+
+# --------------------------------------------------------------------------------------------
+# Plot
+# --------------------------------------------------------------------------------------------
+
+
+def plot_error_over_time(
+    per_frame: pd.DataFrame,
+    columns: str | Sequence[str],
+    out_png: str | os.PathLike[str],
+    *,
+    worst: int = 5,
+    title: str = "Temporal consistency over time",
+    x: str | None = None,
+    labels: Mapping[str, str] | None = None,
+    dpi: int = 100,
+) -> Path:
+    """Plot per-frame errors over time, marking and labelling the ``worst`` frames of each curve.
+
+    Drawn with matplotlib's Agg canvas directly (no pyplot, no display, no global state) and
+    written atomically: to a temporary file in the target folder, then ``os.replace``, so a
+    reader never sees a partial PNG.
+
+    Args:
+        per_frame: one row per frame pair.
+        columns: column(s) to draw, one curve each (e.g. ``"e_warp"``).
+        out_png: destination path; its folder is created if needed.
+        worst: how many largest values per curve to mark, each labelled with its x value
+            (NaN values are never marked); 0 marks none.
+        title: figure title.
+        x: column for the horizontal axis (e.g. a frame index); default: the table's index.
+        labels: optional legend text per column.
+        dpi: resolution of the PNG.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: a requested column is missing, or ``worst`` is negative.
+    """
+    names = [columns] if isinstance(columns, str) else list(columns)
+    _check_plot_args(per_frame, names, x, worst)
+    figure = Figure(figsize=(10, 4), dpi=dpi)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    positions = per_frame[x] if x is not None else pd.Series(per_frame.index, index=per_frame.index)
+    for name in names:
+        _draw_curve(axes, positions, per_frame[name], (labels or {}).get(name, name), worst)
+    axes.set_xlabel(x or "frame")
+    axes.set_ylabel("error")
+    axes.set_title(title)
+    axes.grid(True, alpha=0.3)
+    if names:
+        axes.legend(loc="best")
+    figure.tight_layout()
+    return _save_atomic(figure, Path(out_png))
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _draw_curve(
+    axes: Axes, positions: pd.Series, values: pd.Series, label: str, worst: int
+) -> None:
+    """One line plus markers and text labels on its ``worst`` largest finite values."""
+    numeric = pd.to_numeric(values, errors="coerce")
+    line = axes.plot(positions.to_numpy(), numeric.to_numpy(), label=label, linewidth=1.2)[0]
+    top = numeric.dropna().nlargest(worst) if worst > 0 else numeric.iloc[:0]
+    if top.empty:
+        return
+    top_x = positions.loc[top.index].to_numpy()
+    axes.scatter(top_x, top.to_numpy(), color=line.get_color(), zorder=3, s=24)
+    for x_value, y_value in zip(top_x, top.to_numpy(), strict=True):
+        axes.annotate(
+            _format_position(x_value),
+            (x_value, y_value),
+            textcoords="offset points",
+            xytext=(0, 6),
+            ha="center",
+            fontsize=8,
+            color=line.get_color(),
+        )
+
+
+def _format_position(value: object) -> str:
+    """Label text for an x value: integers without decimals, floats with 3 significant places."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def _save_atomic(figure: Figure, path: Path) -> Path:
+    """Write ``figure`` as PNG to ``path`` via a temporary sibling file and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            figure.savefig(stream, format="png")
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    logger.debug("wrote %s", path)
+    return path
+
+
+def _check_plot_args(per_frame: pd.DataFrame, names: list[str], x: str | None, worst: int) -> None:
+    wanted = [*names, *([x] if x is not None else [])]
+    missing = [name for name in wanted if name not in per_frame.columns]
+    if missing:
+        raise ValueError(f"columns {missing} not in the table (has {list(per_frame.columns)})")
+    if worst < 0:
+        raise ValueError(f"worst must be >= 0, got {worst}")
+
+
+def _aligned_residual(
+    frame_t: torch.Tensor,
+    frame_t1: torch.Tensor,
+    flow_fw: torch.Tensor,
+    mask: torch.Tensor | None,
+    require_valid: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(warped_t1 - frame_t, counted mask)``: ``(B, C, H, W)`` in [-1, 1] and ``(B, 1, H, W)``."""
+    frames_t, frames_t1 = _unit_frames(frame_t), _unit_frames(frame_t1)
+    _check_pair(frames_t, frames_t1, flow_fw)
+    dtype = _float_dtype(frames_t, flow_fw)
+    warped, inside = backward_warp(frames_t1.to(dtype), flow_fw.to(dtype), padding="border")
+    counted = inside if require_valid else torch.ones_like(inside)
+    if mask is not None:
+        _check_mask(mask, flow_fw)
+        counted = counted & mask.to(torch.bool)
+    return warped - frames_t.to(dtype), counted
+
+
+def _unit_frames(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 frames to float32 in [0, 1]; floating frames are returned unchanged."""
+    if frames.dtype == torch.uint8:
+        return frames.to(torch.float32) / 255.0
+    if not frames.is_floating_point():
+        raise ValueError(f"frames must be floating in [0, 1] or uint8, got {frames.dtype}")
+    return frames
+
+
+def _quantile(values: torch.Tensor, q: float) -> torch.Tensor:
+    """Row-wise linear-interpolation quantile of ``values`` (B, N), as ``numpy.percentile``."""
+    count = values.shape[1]
+    position = q * (count - 1)
+    lower = math.floor(position)
+    upper = min(lower + 1, count - 1)
+    low = values.kthvalue(lower + 1, dim=1).values
+    high = values.kthvalue(upper + 1, dim=1).values
+    return low + (position - lower) * (high - low)
+
+
+def _fraction(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Fraction of True pixels of a ``(B, 1, H, W)`` bool mask, as ``(B,)`` of ``dtype``."""
+    return mask.flatten(1).to(torch.float64).mean(dim=1).to(dtype)
+
+
+def _squared_norm(flow: torch.Tensor) -> torch.Tensor:
+    """``u^2 + v^2`` of a ``(B, 2, H, W)`` flow, as ``(B, 1, H, W)``."""
+    return (flow**2).sum(dim=1, keepdim=True)
+
+
+def _float_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """float64 if any input is float64, else float32 (half precision is widened)."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def _check_flow(flow: torch.Tensor) -> None:
+    if flow.ndim != 4 or flow.shape[1] != 2 or not flow.is_floating_point():
+        raise ValueError(
+            f"flow must be floating (B, 2, H, W), got {tuple(flow.shape)} {flow.dtype}"
+        )
+
+
+def _check_same_flow_shapes(flow_fw: torch.Tensor, flow_bw: torch.Tensor) -> None:
+    _check_flow(flow_fw)
+    _check_flow(flow_bw)
+    if flow_fw.shape != flow_bw.shape:
+        raise ValueError(
+            f"forward flow {tuple(flow_fw.shape)} and backward flow {tuple(flow_bw.shape)} "
+            "must have the same shape"
+        )
+
+
+def _check_pair(frame_t: torch.Tensor, frame_t1: torch.Tensor, flow: torch.Tensor) -> None:
+    _check_flow(flow)
+    if frame_t.ndim != 4 or frame_t.shape != frame_t1.shape:
+        raise ValueError(
+            f"frames must both be (B, C, H, W) of one shape, got {tuple(frame_t.shape)} "
+            f"and {tuple(frame_t1.shape)}"
+        )
+    if frame_t.shape[0] != flow.shape[0] or frame_t.shape[2:] != flow.shape[2:]:
+        raise ValueError(
+            f"frames {tuple(frame_t.shape)} and flow {tuple(flow.shape)} must share batch "
+            "size and spatial size"
+        )
+
+
+def _check_mask(mask: torch.Tensor, flow: torch.Tensor) -> None:
+    expected = (flow.shape[0], 1, *flow.shape[2:])
+    if tuple(mask.shape) != expected:
+        raise ValueError(f"mask must be {expected} (B, 1, H, W), got {tuple(mask.shape)}")
