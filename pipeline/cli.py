@@ -224,3 +224,9 @@ def example(path: Path, frames: int) -> None:
     """Write the bundled example clip (a generated 320x240 scene with known motion) to PATH."""
     write_example_clip(path, num_frames=frames)
     click.echo(f"wrote {path}")
+
+
+# Commands defined in their own modules.
+from .consistency_cmd import consistency_command  # noqa: E402
+
+main.add_command(consistency_command)

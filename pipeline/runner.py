@@ -20,10 +20,12 @@ import torch
 from tqdm import tqdm
 
 from stages.clip_features import ClipFeatureStage
+from stages.consistency import ConsistencyConfig
 from stages.decode import DecodeError, DecodeOptions, iter_chunks, open_video
 from stages.flow import FlowStage
 from stages.flow_io import FLOW_JPEG_PRESETS, write_bytes_atomic
 from stages.motion_features import MotionFeatureConfig
+from stages.warp_stage import WarpStage
 from stages.writers import FlowWriters
 
 from .config import RunConfig, config_hash, config_to_dict
@@ -49,6 +51,7 @@ class VideoResult:
     seconds: dict[str, float] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    summary: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass
@@ -142,6 +145,24 @@ def make_video_stages(config: RunConfig, out_dir: Path, video_id: str, fps: floa
                 table_format=f.table_format,
             )
         )
+    w = config.warp
+    if w.enabled:
+        stages.append(
+            WarpStage(
+                out_dir=out_dir,
+                metrics=ConsistencyConfig(
+                    occlusion_alpha1=w.fb_alpha1,
+                    occlusion_alpha2=w.fb_alpha2,
+                    boundary_alpha1=w.mb_alpha1,
+                    boundary_alpha2=w.mb_alpha2,
+                ),
+                frames=w.frames,
+                video=w.video,
+                with_source=w.with_source,
+                masks=w.masks,
+                fps=fps,
+            )
+        )
     return stages
 
 
@@ -208,6 +229,8 @@ def process_video(
             tick = time.perf_counter()
             result.outputs.update(stage.finish())
             seconds[stage.name] += time.perf_counter() - tick
+            if getattr(stage, "summary", None):
+                result.summary[stage.name] = stage.summary
         result.frames, result.pairs = writers.num_frames, writers.num_pairs
         result.seconds = {k: round(v, 4) for k, v in seconds.items()}
         result.seconds["total"] = round(time.perf_counter() - started, 4)
@@ -250,6 +273,7 @@ def _write_meta(out_dir: Path, result: VideoResult, config, session: FlowSession
         "precision": session.precision,
         "seconds": result.seconds,
         "outputs": result.outputs,
+        "summary": result.summary,
         "warnings": result.warnings,
         "config_hash": config_hash(config),
         "config": config_to_dict(config),

@@ -1,0 +1,188 @@
+"""``consistency``: temporal consistency of a processed video against its source.
+
+Flow (forward and backward) and the occlusion / motion-boundary masks are computed on the
+*source*; the same flow warps frame ``t + 1`` of both videos onto frame ``t``, so the source's
+own warping error is the baseline a processed copy (stylised, denoised, generated...) is judged
+against. Outputs in ``OUT``:
+
+- ``consistency_summary.csv``: one row per (source, processed) pair evaluated into ``OUT``
+  (updated in place): ``e_warp_source``, ``e_warp_processed``, their ratio, photometric errors,
+  occluded fraction, frames, pairs, model;
+- ``<processed name>/consistency_frames.csv`` and ``.parquet``: one row per frame pair;
+- ``<processed name>/consistency.png``: both per-pair errors over time, worst pairs marked.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import click
+import pandas as pd
+
+from stages.consistency import ConsistencyConfig, plot_error_over_time, summarize_video
+from stages.decode import DecodeError, iter_chunks, open_video
+from stages.flow_io import write_bytes_atomic
+from stages.warp_stage import chunk_pair_metrics
+
+from .config import ConfigError, RunConfig, load_config
+from .runner import FlowSession, build_flow_session, decode_options
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_FILE = "consistency_summary.csv"
+
+
+class ConsistencyInputError(ValueError):
+    """The two videos cannot be compared (different sizes or frame counts)."""
+
+
+def evaluate_consistency(
+    source: Path, processed: Path, out_dir: Path, config: RunConfig, session: FlowSession
+) -> dict[str, object]:
+    """Per-pair and per-video warping errors of ``processed`` using ``source``'s flow.
+
+    Returns the summary row (also written to ``out_dir``'s parent ``consistency_summary.csv`` by
+    :func:`update_summary`). Raises :class:`ConsistencyInputError` for mismatched inputs.
+    """
+    started = time.perf_counter()
+    metrics = ConsistencyConfig(
+        occlusion_alpha1=config.warp.fb_alpha1,
+        occlusion_alpha2=config.warp.fb_alpha2,
+        boundary_alpha1=config.warp.mb_alpha1,
+        boundary_alpha2=config.warp.mb_alpha2,
+    )
+    options = decode_options(config)
+    rows: list[dict[str, float]] = []
+    with open_video(source, options) as src_reader, open_video(processed, options) as proc_reader:
+        src_size = (src_reader.info.width, src_reader.info.height)
+        proc_size = (proc_reader.info.width, proc_reader.info.height)
+        if src_size != proc_size:
+            raise ConsistencyInputError(
+                f"frame sizes differ: source {source} is {src_size[0]}x{src_size[1]}, "
+                f"processed {processed} is {proc_size[0]}x{proc_size[1]}"
+            )
+        size, gap = config.decode.chunk_size, config.flow.gap
+        src_chunks = iter_chunks(src_reader, "source", size, overlap=gap)
+        proc_chunks = iter_chunks(proc_reader, "processed", size, overlap=gap)
+        src_frames = proc_frames = 0
+        for src_chunk in src_chunks:
+            proc_chunk = next(proc_chunks, None)
+            src_frames += src_chunk.num_frames - src_chunk.overlap
+            if proc_chunk is not None:
+                proc_frames += proc_chunk.num_frames - proc_chunk.overlap
+            if proc_chunk is None or proc_chunk.num_frames != src_chunk.num_frames:
+                proc_frames += sum(c.num_frames - c.overlap for c in proc_chunks)
+                src_frames += sum(c.num_frames - c.overlap for c in src_chunks)
+                break
+            session.stage.process(src_chunk)
+            for ours, theirs in zip(
+                chunk_pair_metrics(src_chunk, src_chunk.frames, metrics),
+                chunk_pair_metrics(src_chunk, proc_chunk.frames, metrics),
+                strict=True,
+            ):
+                row = {k: ours[k] for k in ("frame_t", "frame_t_k", "pts_t")}
+                for key in ("e_warp", "photometric_error"):
+                    row[f"{key}_source"] = ours[key]
+                    row[f"{key}_processed"] = theirs[key]
+                for key in ("occluded_fraction", "counted_fraction", "flow_mag_mean"):
+                    row[key] = ours[key]
+                rows.append(row)
+        else:
+            proc_frames += sum(c.num_frames - c.overlap for c in proc_chunks)
+        if src_frames != proc_frames:
+            raise ConsistencyInputError(
+                f"frame counts differ: source {source} has {src_frames} frames, "
+                f"processed {processed} has {proc_frames}"
+            )
+    if not rows:
+        raise ConsistencyInputError(f"{source} has fewer than {config.flow.gap + 1} frames")
+    table = pd.DataFrame(rows)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(out_dir / "consistency_frames.csv", table.to_csv(index=False).encode())
+    table.to_parquet(out_dir / ".consistency_frames.parquet.tmp", index=False)
+    (out_dir / ".consistency_frames.parquet.tmp").replace(out_dir / "consistency_frames.parquet")
+    plot_error_over_time(
+        table,
+        ["e_warp_source", "e_warp_processed"],
+        out_dir / "consistency.png",
+        x="frame_t",
+        title=f"Warping error: {processed.name} vs its source",
+        labels={"e_warp_source": "source (baseline)", "e_warp_processed": "processed"},
+    )
+    stats = summarize_video(
+        table, columns=[c for c in table.columns if not c.startswith(("frame_", "pts_"))]
+    )
+    e_src, e_proc = stats["e_warp_source"], stats["e_warp_processed"]
+    return {
+        "source": str(source),
+        "processed": str(processed),
+        "frames": src_frames,
+        "pairs": len(table),
+        "e_warp_source": e_src,
+        "e_warp_processed": e_proc,
+        "e_warp_ratio": e_proc / e_src if e_src > 0 else float("inf"),
+        "photometric_error_source": stats["photometric_error_source"],
+        "photometric_error_processed": stats["photometric_error_processed"],
+        "occluded_fraction": stats["occluded_fraction"],
+        "model": session.stage.model,
+        "details": str(out_dir),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def update_summary(out_root: Path, row: dict[str, object]) -> Path:
+    """Adds or replaces the (source, processed) row of ``consistency_summary.csv``."""
+    path = out_root / SUMMARY_FILE
+    table = pd.DataFrame([row])
+    if path.is_file():
+        previous = pd.read_csv(path)
+        same = (previous["source"] == row["source"]) & (previous["processed"] == row["processed"])
+        table = pd.concat([previous[~same], table], ignore_index=True)
+    write_bytes_atomic(path, table.to_csv(index=False).encode())
+    return path
+
+
+@click.command("consistency")
+@click.option("--source", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--processed", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--model", type=click.Choice(["auto", "dis", "raft-large", "raft-small", "gma"]))
+@click.option("--checkpoint", help="Checkpoint file or registry name.")
+@click.option("--iters", type=click.IntRange(min=1))
+@click.option("--device", help="auto, cpu, cuda, cuda:1, mps")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE")
+def consistency_command(
+    source: Path,
+    processed: Path,
+    output: Path,
+    config_path: Path | None,
+    model: str | None,
+    checkpoint: str | None,
+    iters: int | None,
+    device: str | None,
+    settings: tuple[str, ...],
+) -> None:
+    """Warping error (E_warp) of PROCESSED against SOURCE, with SOURCE's own as the baseline."""
+    overrides: dict[str, object] = {
+        "flow.model": model, "flow.checkpoint": checkpoint, "flow.iters": iters,
+        "flow.device": device, "flow.backward": True,
+    }  # fmt: skip
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--set")
+        overrides[key.strip()] = value.strip()
+    try:
+        config = load_config(config_path, overrides)
+        session = build_flow_session(config)
+        row = evaluate_consistency(source, processed, output / processed.stem, config, session)
+    except (ConfigError, ConsistencyInputError, DecodeError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    summary = update_summary(output, row)
+    click.echo(
+        f"E_warp source {row['e_warp_source']:.6f}  processed {row['e_warp_processed']:.6f}  "
+        f"(x{row['e_warp_ratio']:.2f}) over {row['pairs']} pairs; summary: {summary}"
+    )

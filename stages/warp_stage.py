@@ -1,0 +1,180 @@
+"""The warp stage: warped frames, occlusion / motion-boundary masks and consistency metrics.
+
+For every pair ``(t, t + k)`` of a chunk (flow stage artifacts ``pairs``, ``flow_fw`` and, for
+occlusion, ``flow_bw``) it computes ``warped_t(p) = frame_{t+k}(p + flow(p))`` and the metrics
+of :func:`stages.consistency.batch_metrics`, and writes (``t`` zero-padded to 6 digits):
+
+- ``warped/{t}.png`` and ``warped.mp4`` (with the source frame ``t`` on the left when
+  ``with_source``): what frame ``t`` looks like rebuilt from frame ``t + k``;
+- ``occlusion/{t}.png`` (255 = occluded or leaving the frame) and ``boundaries/{t}.png``
+  (255 = motion boundary);
+- ``consistency.csv`` / ``consistency.parquet``: one row per pair; ``consistency.png``: the
+  per-pair warping error over time with the worst pairs marked.
+
+:func:`frame_tensor` and :func:`chunk_pair_metrics` are shared with the ``consistency``
+command, which applies a source video's flow to a processed copy.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .base import FrameChunk
+from .consistency import (
+    ConsistencyConfig,
+    batch_metrics,
+    forward_backward_occlusion,
+    motion_boundaries,
+    plot_error_over_time,
+    summarize_video,
+)
+from .flow_io import write_bytes_atomic, write_image
+from .flow_viz import side_by_side
+from .streaming import Mp4Writer
+from .warp import backward_warp
+
+logger = logging.getLogger(__name__)
+
+
+def frame_tensor(frames: np.ndarray, positions: list[int]) -> torch.Tensor:
+    """``(T, H, W, 3)`` uint8 frames at ``positions`` -> ``(n, 3, H, W)`` float32 in [0, 1]."""
+    return torch.from_numpy(frames[positions]).permute(0, 3, 1, 2).float() / 255.0
+
+
+def chunk_pair_metrics(
+    chunk: FrameChunk, frames: np.ndarray, config: ConsistencyConfig
+) -> list[dict[str, float]]:
+    """Metrics of every pair of ``chunk`` measured on ``frames`` (the chunk's own frames, or a
+    processed copy aligned with them) with the chunk's flow."""
+    local = {int(index): n for n, index in enumerate(chunk.indices)}
+    pairs = chunk.artifacts["pairs"]
+    if len(pairs) == 0:
+        return []
+    first = frame_tensor(frames, [local[int(a)] for a, _ in pairs])
+    second = frame_tensor(frames, [local[int(b)] for _, b in pairs])
+    metrics = batch_metrics(
+        first, second, chunk.artifacts["flow_fw"], chunk.artifacts.get("flow_bw"), config
+    )
+    rows = []
+    for n, (a, b) in enumerate(pairs):
+        row: dict[str, float] = {
+            "frame_t": int(a),
+            "frame_t_k": int(b),
+            "pts_t": float(chunk.pts[local[int(a)]]),
+        }
+        row.update({key: float(value[n]) for key, value in metrics.items()})
+        rows.append(row)
+    return rows
+
+
+def _mask_png(mask: torch.Tensor) -> np.ndarray:
+    return (mask[0].numpy().astype(np.uint8)) * 255
+
+
+@dataclass
+class WarpStage:
+    """Warped frames, masks and per-pair consistency metrics for one video.
+
+    Attributes:
+        out_dir: the video's output folder.
+        metrics: thresholds of the occlusion / motion-boundary tests.
+        frames: write ``warped/*.png``.
+        video: write ``warped.mp4``.
+        with_source: put the source frame beside the warped one in ``warped.mp4``.
+        masks: write ``occlusion/*.png`` (needs backward flow) and ``boundaries/*.png``.
+        fps: frame rate of ``warped.mp4``.
+    """
+
+    name: ClassVar[str] = "warp"
+
+    out_dir: Path
+    metrics: ConsistencyConfig = field(default_factory=ConsistencyConfig)
+    frames: bool = True
+    video: bool = True
+    with_source: bool = True
+    masks: bool = True
+    fps: float = 25.0
+
+    def __post_init__(self) -> None:
+        self.out_dir = Path(self.out_dir)
+        self._rows: list[dict[str, float]] = []
+        self._mp4: Mp4Writer | None = None
+
+    def setup(self) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+
+    def process(self, chunk: FrameChunk) -> FrameChunk:
+        pairs = chunk.artifacts["pairs"]
+        if len(pairs) == 0:
+            return chunk
+        self._rows.extend(chunk_pair_metrics(chunk, chunk.frames, self.metrics))
+        local = {int(index): n for n, index in enumerate(chunk.indices)}
+        flow_fw = chunk.artifacts["flow_fw"]
+        flow_bw = chunk.artifacts.get("flow_bw")
+        targets = frame_tensor(chunk.frames, [local[int(b)] for _, b in pairs]) * 255.0
+        warped, _ = backward_warp(targets, flow_fw)
+        warped = warped.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        occluded = None
+        if self.masks and flow_bw is not None:
+            occluded = forward_backward_occlusion(
+                flow_fw, flow_bw, alpha1=self.metrics.occlusion_alpha1,
+                alpha2=self.metrics.occlusion_alpha2,
+            )  # fmt: skip
+        boundaries = None
+        if self.masks:
+            boundaries = motion_boundaries(
+                flow_fw, alpha1=self.metrics.boundary_alpha1,
+                alpha2=self.metrics.boundary_alpha2, difference=self.metrics.difference,
+            )  # fmt: skip
+        for n, (a, _) in enumerate(pairs):
+            name = f"{int(a):06d}.png"
+            if self.frames:
+                write_image(self.out_dir / "warped" / name, warped[n])
+            if self.video:
+                if self._mp4 is None:
+                    self._mp4 = Mp4Writer(self.out_dir / "warped.mp4", self.fps)
+                source = chunk.frames[local[int(a)]]
+                self._mp4.write(side_by_side(source, warped[n]) if self.with_source else warped[n])
+            if occluded is not None:
+                write_image(self.out_dir / "occlusion" / name, _mask_png(occluded[n]))
+            if boundaries is not None:
+                write_image(self.out_dir / "boundaries" / name, _mask_png(boundaries[n]))
+        return chunk
+
+    def finish(self) -> dict[str, str]:
+        outputs: dict[str, str] = {}
+        if self._mp4 is not None:
+            outputs["warped_mp4"] = str(self._mp4.close())
+            self._mp4 = None
+        for folder in ("warped", "occlusion", "boundaries"):
+            if (self.out_dir / folder).is_dir():
+                outputs[folder] = str(self.out_dir / folder)
+        table = pd.DataFrame(self._rows)
+        write_bytes_atomic(self.out_dir / "consistency.csv", table.to_csv(index=False).encode())
+        table.to_parquet(self.out_dir / ".consistency.parquet.tmp", index=False)
+        (self.out_dir / ".consistency.parquet.tmp").replace(self.out_dir / "consistency.parquet")
+        outputs["consistency_table"] = str(self.out_dir / "consistency.parquet")
+        if len(table):
+            outputs["consistency_plot"] = str(
+                plot_error_over_time(
+                    table,
+                    "e_warp",
+                    self.out_dir / "consistency.png",
+                    x="frame_t",
+                    title="Warping error per frame pair",
+                )
+            )
+        self.summary = summarize_video(table) if len(table) else {}
+        return outputs
+
+    def teardown(self) -> None:
+        if self._mp4 is not None:
+            self._mp4.abort()
+            self._mp4 = None

@@ -1,0 +1,101 @@
+"""The consistency command on a real clip, and the warp stage inside `run`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from pipeline.cli import main
+from stages.decode import DecodeOptions, open_video
+from tests.media import write_frames
+
+SIDE = 160  # frames are downscaled to this long side to keep the test fast
+
+
+@pytest.fixture(scope="module")
+def source_frames(videos_dir: Path) -> list[np.ndarray]:
+    options = DecodeOptions(backend="pyav", max_side=SIDE, end=1.0)
+    with open_video(videos_dir / "asl_again.mkv", options) as reader:
+        return [frame.rgb for frame in reader.frames()]
+
+
+@pytest.fixture(scope="module")
+def copies(tmp_path_factory, source_frames) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("consistency")
+    frames = np.stack(source_frames).astype(np.float32)
+    rng = np.random.default_rng(0)
+    flicker = frames * rng.uniform(0.8, 1.2, size=(len(frames), 1, 1, 1))
+    smoothed = frames.copy()
+    smoothed[1:-1] = (frames[:-2] + frames[1:-1] + frames[2:]) / 3
+    shuffled = frames[rng.permutation(len(frames))]
+    variants = {"source": frames, "flicker": flicker, "smoothed": smoothed, "shuffled": shuffled}
+    paths = {}
+    for name, stack in variants.items():
+        paths[name] = folder / f"{name}.mkv"
+        write_frames(
+            paths[name],
+            list(np.clip(np.rint(stack), 0, 255).astype(np.uint8)),
+            codec="ffv1",
+            pix_fmt="yuv444p",
+        )
+    paths["short"] = folder / "short.mkv"
+    write_frames(paths["short"], source_frames[:-3], codec="ffv1", pix_fmt="yuv444p")
+    paths["small"] = folder / "small.mkv"
+    write_frames(paths["small"], [f[:64, :64] for f in source_frames], codec="ffv1")
+    return paths
+
+
+def _consistency(source: Path, processed: Path, out: Path):
+    return CliRunner().invoke(
+        main,
+        ["-q", "consistency", "--source", str(source), "--processed", str(processed),
+         "-o", str(out), "--model", "dis"],
+    )  # fmt: skip
+
+
+def test_flicker_raises_and_smoothing_lowers_warping_error(copies, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    for name in ("flicker", "smoothed", "shuffled", "source"):
+        result = _consistency(copies["source"], copies[name], out)
+        assert result.exit_code == 0, result.output
+    summary = pd.read_csv(out / "consistency_summary.csv").set_index("processed")
+    assert {"e_warp_source", "e_warp_processed"} <= set(summary.columns)
+    row = lambda name: summary.loc[str(copies[name])]  # noqa: E731
+    baseline = row("source")["e_warp_source"]
+    assert row("source")["e_warp_processed"] == pytest.approx(baseline)
+    assert row("flicker")["e_warp_processed"] > 2 * baseline
+    assert row("smoothed")["e_warp_processed"] < baseline
+    assert row("shuffled")["e_warp_processed"] > 5 * baseline
+    frames = pd.read_parquet(out / "flicker" / "consistency_frames.parquet")
+    assert len(frames) == int(row("flicker")["pairs"])
+    assert Image.open(out / "flicker" / "consistency.png").format == "PNG"
+
+
+def test_mismatched_inputs_fail_clearly(copies, tmp_path: Path) -> None:
+    result = _consistency(copies["source"], copies["short"], tmp_path / "a")
+    assert result.exit_code != 0 and "frame counts differ" in result.output
+    result = _consistency(copies["source"], copies["small"], tmp_path / "b")
+    assert result.exit_code != 0 and "frame sizes differ" in result.output
+
+
+def test_run_writes_warped_frames_masks_and_metrics(copies, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        main,
+        ["-q", "run", str(copies["source"]), "-o", str(out), "--model", "dis", "--no-progress",
+         "--set", "warp.enabled=true"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    video = out / "source"
+    table = pd.read_csv(video / "consistency.csv")
+    pairs = len(pd.read_csv(video / "pairs.csv"))
+    assert len(table) == pairs and table["e_warp"].notna().all()
+    warped = np.asarray(Image.open(video / "warped" / "000000.png"))
+    occlusion = np.asarray(Image.open(video / "occlusion" / "000000.png"))
+    assert warped.shape[:2] == occlusion.shape and set(np.unique(occlusion)) <= {0, 255}
+    assert (video / "warped.mp4").is_file() and (video / "flow_bw.npy").is_file()
