@@ -32,6 +32,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=None, help="default: random weights")
     parser.add_argument("--iters", type=int, default=4)
     parser.add_argument("--formats", default="npy,flo,viz")
+    parser.add_argument("--size", default="320x240", help="WIDTHxHEIGHT of the generated clip")
     args = parser.parse_args()
     repo = Path(__file__).resolve().parents[1]
     sys.path.insert(0, str(repo))
@@ -40,7 +41,10 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for length in args.lengths:
-            clip = write_example_clip(Path(tmp) / f"clip{length}.mp4", num_frames=length)
+            width, height = (int(v) for v in args.size.lower().split("x"))
+            clip = write_example_clip(
+                Path(tmp) / f"clip{length}.mp4", num_frames=length, width=width, height=height
+            )
             command = [sys.executable, "-c", CHILD, "-q", "run", str(clip), "-o", f"{tmp}/out{length}",
                        "--model", args.model, "--iters", str(args.iters), "--formats", args.formats,
                        "--device", "cpu", "--no-progress"]  # fmt: skip

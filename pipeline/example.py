@@ -44,9 +44,16 @@ def example_frames(num_frames: int = 48, width: int = 320, height: int = 240) ->
     return frames
 
 
-def write_example_clip(path: str | Path, num_frames: int = 48, fps: float = 24.0) -> Path:
+def write_example_clip(
+    path: str | Path,
+    num_frames: int = 48,
+    fps: float = 24.0,
+    *,
+    width: int = 320,
+    height: int = 240,
+) -> Path:
     """Writes the example clip to ``path`` (MP4) and returns the path."""
     writer = Mp4Writer(path, fps, crf=16)
-    for frame in example_frames(num_frames):
+    for frame in example_frames(num_frames, width, height):
         writer.write(frame)
     return writer.close()
