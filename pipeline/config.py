@@ -76,6 +76,7 @@ class FlowConfig:
     batch_pairs: int = 4
     encode_batch: int = 4
     dis_preset: str = "medium"
+    memory_budget_mb: int = 2048
     download: bool = True
 
     def __post_init__(self) -> None:
@@ -87,6 +88,7 @@ class FlowConfig:
         _require(self.precision in ("fp32", "fp16", "bf16"), "flow.precision: fp32, fp16 or bf16")
         _require(self.batch_pairs >= 1 and self.encode_batch >= 1, "batch sizes must be >= 1")
         _require(self.on_demand_above_pixels >= 0, "flow.on_demand_above_pixels must be >= 0")
+        _require(self.memory_budget_mb >= 64, "flow.memory_budget_mb must be >= 64")
         _require(
             self.dis_preset in ("ultrafast", "fast", "medium"),
             "flow.dis_preset must be ultrafast, fast or medium",

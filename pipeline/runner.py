@@ -86,6 +86,7 @@ def build_flow_session(config: RunConfig) -> FlowSession:
         encode_batch=flow.encode_batch,
         dis_preset=flow.dis_preset,
         keep_features=config.features.enabled,
+        memory_budget_mb=flow.memory_budget_mb,
     )
     stage.setup()
     return FlowSession(stage, choice, str(device), flow.precision)

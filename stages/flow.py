@@ -75,6 +75,9 @@ class FlowStage:
         encode_batch: frames encoded together (bounds encoder activation memory).
         keep_features: attach the per-frame encoder maps (for the motion-feature stage).
         dis_preset: OpenCV DIS preset for ``model="dis"``.
+        memory_budget_mb: working-memory target: ``batch_pairs`` and ``encode_batch`` are
+            lowered for large frames so that the encoder activations (about 1 KB per input
+            pixel and frame) and the all-pairs volumes stay within it (never below 1).
     """
 
     name: ClassVar[str] = "flow"
@@ -94,6 +97,7 @@ class FlowStage:
     encode_batch: int = 4
     keep_features: bool = False
     dis_preset: str = "medium"
+    memory_budget_mb: int = 2048
     network: RAFT | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -162,21 +166,22 @@ class FlowStage:
         carry = self._fresh_carry(chunk)
         padder = Padder(chunk.height, chunk.width, mode=self.pad_mode)
         corr = self._corr_kind(padder)
+        encode_batch, batch_pairs = self.batch_sizes(padder, corr)
         device = next(network.parameters()).device
         indices = [int(i) for i in chunk.indices]
 
-        features = self._encode_missing(chunk, padder, device, indices, carry)
+        features = self._encode_missing(chunk, padder, device, indices, carry, encode_batch)
         sources = set(starts) | ({t + self.gap for t in starts} if self.backward else set())
-        self._contexts(chunk, padder, device, indices, carry, sorted(sources))
+        self._contexts(chunk, padder, device, indices, carry, sorted(sources), encode_batch)
 
         pairs_fw = [(t, t + self.gap) for t in starts]
         chunk.artifacts["flow_fw"] = self._refine_pairs(
-            pairs_fw, indices, carry, padder, corr, direction="fw"
+            pairs_fw, indices, carry, padder, corr, batch_pairs, direction="fw"
         )
         if self.backward:
             pairs_bw = [(t + self.gap, t) for t in starts]
             chunk.artifacts["flow_bw"] = self._refine_pairs(
-                pairs_bw, indices, carry, padder, corr, direction="bw"
+                pairs_bw, indices, carry, padder, corr, batch_pairs, direction="bw"
             )
         if self.keep_features:
             chunk.artifacts["features"] = torch.stack([features[i] for i in indices]).cpu()
@@ -192,6 +197,18 @@ class FlowStage:
             self._carry = _Carry(video_id=chunk.video_id)
         return self._carry
 
+    def batch_sizes(self, padder: Padder, corr: str) -> tuple[int, int]:
+        """``(encode_batch, batch_pairs)`` for frames of this size within the memory budget."""
+        height, width = padder.padded_size
+        budget = self.memory_budget_mb * 2**20
+        encode = max(1, min(self.encode_batch, budget // (1024 * height * width)))
+        pairs = self.batch_pairs
+        if corr == "all-pairs":
+            positions = (height // 8) * (width // 8)
+            volume = 4 * positions**2 * 4 / 3  # float32 pyramid: 1 + 1/4 + 1/16 + 1/64
+            pairs = max(1, min(pairs, int(budget // volume)))
+        return encode, pairs
+
     def _corr_kind(self, padder: Padder) -> str:
         if self.corr != "auto":
             return self.corr
@@ -204,12 +221,18 @@ class FlowStage:
         return padder.pad(batch.permute(0, 3, 1, 2).float())
 
     def _encode_missing(
-        self, chunk: FrameChunk, padder: Padder, device, indices: list[int], carry: _Carry
+        self,
+        chunk: FrameChunk,
+        padder: Padder,
+        device,
+        indices: list[int],
+        carry: _Carry,
+        batch: int,
     ) -> dict[int, torch.Tensor]:
         missing = [t for t, i in enumerate(indices) if i not in carry.features]
         with torch.inference_mode():
-            for start in range(0, len(missing), self.encode_batch):
-                group = missing[start : start + self.encode_batch]
+            for start in range(0, len(missing), batch):
+                group = missing[start : start + batch]
                 fmaps = self.network.encode_features(
                     self._images(chunk, group, padder, device), autocast=self.autocast
                 )
@@ -225,11 +248,12 @@ class FlowStage:
         indices: list[int],
         carry: _Carry,
         sources: list[int],
+        batch: int,
     ) -> None:
         missing = [t for t in sources if indices[t] not in carry.contexts]
         with torch.inference_mode():
-            for start in range(0, len(missing), self.encode_batch):
-                group = missing[start : start + self.encode_batch]
+            for start in range(0, len(missing), batch):
+                group = missing[start : start + batch]
                 context = self.network.encode_context(
                     self._images(chunk, group, padder, device), autocast=self.autocast
                 )
@@ -243,10 +267,11 @@ class FlowStage:
         carry: _Carry,
         padder: Padder,
         corr: str,
+        batch_pairs: int,
         *,
         direction: str,
     ) -> torch.Tensor:
-        batch = 1 if self.warm_start else self.batch_pairs
+        batch = 1 if self.warm_start else batch_pairs
         flows = []
         with torch.inference_mode():
             for start in range(0, len(pairs), batch):
