@@ -31,6 +31,7 @@ from stages.writers import FlowWriters
 from .config import RunConfig, config_hash, config_to_dict
 from .devices import resolve_device, resolve_precision
 from .model_choice import ModelChoice, choose_model
+from .overlap import Consumer, Prefetcher
 
 logger = logging.getLogger(__name__)
 
@@ -213,13 +214,29 @@ def process_video(
                 disable=not progress,
                 leave=False,
             )
-            with bar:
-                for chunk in _timed(chunks, seconds, "decode"):
-                    for stage in (session.stage, *stages):
+
+            def finish_chunk(chunk) -> None:
+                for stage in stages:
+                    tick = time.perf_counter()
+                    stage.process(chunk)
+                    seconds[stage.name] += time.perf_counter() - tick
+                bar.update(chunk.num_frames - chunk.overlap)
+
+            prefetch = Prefetcher(_timed(chunks, seconds, "decode"), depth=1)
+            outputs = Consumer(finish_chunk, depth=2)
+            try:
+                with bar:
+                    for chunk in prefetch:
                         tick = time.perf_counter()
-                        stage.process(chunk)
-                        seconds[stage.name] += time.perf_counter() - tick
-                    bar.update(chunk.num_frames - chunk.overlap)
+                        session.stage.process(chunk)
+                        seconds[session.stage.name] += time.perf_counter() - tick
+                        outputs.submit(chunk)
+                    outputs.close()
+            except BaseException:
+                outputs.cancel()
+                raise
+            finally:
+                prefetch.close()
             result.warnings.extend(reader.warnings)
         if writers.num_pairs == 0:
             raise DecodeError(
