@@ -1,0 +1,99 @@
+"""The whole pipeline (decode + flow + warp + features + writers) against flow alone.
+
+    python benchmarks/pipeline_overhead.py [--video FILE] [--frames 33] [--model raft-large]
+
+Flow alone: the flow stage over chunks of frames decoded beforehand into memory. Pipeline: the
+``run`` command on the same frames (``decode.end`` cuts the clip) with warp, motion features
+and the npy, flo, jpg and viz writers. Both in this process, alternated, median of repeats.
+Random weights (``--checkpoint random``): speed does not depend on the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+from click.testing import CliRunner  # noqa: E402
+
+from pipeline.cli import main as cli  # noqa: E402
+from stages.decode import DecodeOptions, iter_chunks, open_video  # noqa: E402
+from stages.flow import FlowStage  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--video", type=Path, default=REPO.parent / "shared/videos/bottle-detection.mp4"
+    )
+    parser.add_argument("--frames", type=int, default=33)
+    parser.add_argument("--model", default="raft-large")
+    parser.add_argument("--iters", type=int, default=12)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    with open_video(args.video, DecodeOptions(backend="pyav")) as reader:
+        fps = reader.info.fps
+        frames = []
+        for frame in reader.frames():
+            frames.append(frame)
+            if len(frames) == args.frames:
+                break
+    end = (frames[-1].pts + frames[-2].pts) / 2 + 1e-3  # keeps exactly these frames
+    stage = FlowStage(model=args.model, iters=args.iters)
+    stage.setup()
+
+    def flow_only() -> None:
+        for chunk in iter_chunks(frames, "bench", 16, overlap=1):
+            stage.process(chunk)
+
+    def pipeline(out: Path) -> None:
+        result = CliRunner().invoke(
+            cli,
+            ["-q", "run", str(args.video), "-o", str(out), "--model", args.model,
+             "--checkpoint", "random", "--iters", str(args.iters), "--device", "cpu",
+             "--formats", "npy,flo,jpg,viz", "--no-progress", "--set", f"decode.end={end}",
+             "--set", "warp.enabled=true", "--set", "features.enabled=true",
+             "--set", "output.write_rgb=true"],
+            catch_exceptions=False,
+        )  # fmt: skip
+        if result.exit_code:
+            raise SystemExit(result.output)
+
+    times: dict[str, list[float]] = {"flow alone": [], "whole pipeline": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        flow_only()  # warm-up
+        for repeat in range(args.repeats):
+            start = time.perf_counter()
+            flow_only()
+            times["flow alone"].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            pipeline(Path(tmp) / f"run{repeat}")
+            times["whole pipeline"].append(time.perf_counter() - start)
+    pairs = args.frames - 1
+    base = statistics.median(times["flow alone"])
+    print(
+        f"{args.video.name}: {args.frames} frames ({pairs} pairs) at its native size, "
+        f"{args.model} {args.iters} it, {args.threads} threads, median of {args.repeats}"
+    )
+    print("| path | seconds (min-max) | pairs/s | overhead |")
+    print("|---|---:|---:|---:|")
+    for name, values in times.items():
+        median = statistics.median(values)
+        print(
+            f"| {name} | {median:.1f} ({min(values):.1f}-{max(values):.1f}) | "
+            f"{pairs / median:.2f} | {100 * (median / base - 1):+.1f}% |"
+        )
+    del fps
+
+
+if __name__ == "__main__":
+    main()
