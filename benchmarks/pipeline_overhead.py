@@ -41,7 +41,6 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with open_video(args.video, DecodeOptions(backend="pyav")) as reader:
-        fps = reader.info.fps
         frames = []
         for frame in reader.frames():
             frames.append(frame)
@@ -92,7 +91,6 @@ def main() -> None:
             f"| {name} | {median:.1f} ({min(values):.1f}-{max(values):.1f}) | "
             f"{pairs / median:.2f} | {100 * (median / base - 1):+.1f}% |"
         )
-    del fps
 
 
 if __name__ == "__main__":
