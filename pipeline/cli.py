@@ -8,7 +8,9 @@ Commands:
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -21,12 +23,14 @@ from models.registry import DEFAULT_CHECKPOINTS
 from stages.flow_io import write_flo, write_flow_npy, write_kitti_png
 from stages.flow_viz import flow_to_color
 
-from .config import FLOW_FORMATS, FLOW_MODELS, ConfigError, dump_config, load_config
+from .batch import OutputInUse, OutputLocked, run_batch, summary_lines
+from .config import FLOW_FORMATS, FLOW_MODELS, ConfigError, load_config
 from .devices import PRECISIONS, resolve_device, resolve_precision
-from .discovery import discover
+from .discovery import find_inputs
 from .example import write_example_clip
+from .executors import EXECUTORS, WorkerStartupError
 from .images import read_rgb, to_model_input
-from .runner import build_flow_session, process_video
+from .tables import collect_feature_tables
 
 logger = logging.getLogger("motionpipe")
 
@@ -167,14 +171,68 @@ def _parse_set(values: tuple[str, ...]) -> dict[str, str]:
     help="Any config key, e.g. --set decode.stride=2.",
 )
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Worker processes, each loading the model once and isolating the videos it runs "
+    "[default: one per CUDA GPU, each pinned to its GPU; else 1]. 0 runs in this process "
+    "(no isolation, for debugging).",
+)
+@click.option(
+    "--executor",
+    type=click.Choice(EXECUTORS),
+    default="local",
+    show_default=True,
+    help="local: worker processes on this machine; ray: Ray actors (pip install "
+    "'motionpipe[ray]').",
+)
+@click.option(
+    "--address",
+    default=None,
+    help="Ray cluster address for --executor ray (e.g. auto, ray://host:10001) "
+    "[default: start a local Ray instance].",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Keep the videos of OUTPUT whose meta.json says ok with the same configuration; "
+    "delete and redo every other one.",
+)
+@click.option("--overwrite", is_flag=True, help="Process every input again in a non-empty OUTPUT.")
+@click.option("--fail-fast", is_flag=True, help="Stop at the first failed video.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="Per-video limit: a worker still busy after it is stopped and the video fails.",
+)
 def run(
-    input_path: Path, output: Path, config_path: Path | None, progress: bool, settings, **flags
+    input_path: Path,
+    output: Path,
+    config_path: Path | None,
+    progress: bool,
+    settings,
+    workers: int | None,
+    executor: str,
+    address: str | None,
+    resume: bool,
+    overwrite: bool,
+    fail_fast: bool,
+    timeout: float | None,
+    **flags,
 ) -> None:
-    """Estimate flow for INPUT (a video file or a folder of videos) into OUTPUT.
+    """Estimate flow for INPUT into OUTPUT.
 
+    INPUT is a video file, a folder (searched recursively for videos and for folders of
+    .jpg/.png frames), or a list of paths (.txt: one per line; .csv: a 'path' column).
     Each video gets a folder OUTPUT/<relative path without extension>/ with the selected
-    formats, timestamps.csv, pairs.csv and meta.json (written last). The resolved
-    configuration is saved as OUTPUT/config.yaml.
+    formats, timestamps.csv, pairs.csv and meta.json (written last). OUTPUT also holds
+    config.yaml and manifest.csv / manifest.parquet (one row per input, updated as videos
+    finish). Exit status: 0 when every input is ok, 1 when any failed or was skipped, or
+    when the run could not start; 2 for bad usage, including a non-empty OUTPUT without
+    --resume / --overwrite.
     """
     names = {
         "model": "flow.model", "checkpoint": "flow.checkpoint", "iters": "flow.iters",
@@ -184,37 +242,78 @@ def run(
     }  # fmt: skip
     overrides = {names[k]: v for k, v in flags.items()}
     overrides.update(_parse_set(settings))
+    if resume and overwrite:
+        raise click.UsageError("--resume and --overwrite exclude each other")
+    if timeout is not None and workers == 0 and executor == "local":
+        raise click.UsageError("--timeout needs worker processes (--workers 1 or more)")
+    if address is not None and executor != "ray":
+        raise click.UsageError("--address is for --executor ray")
     try:
         config = load_config(config_path, overrides)
-        jobs = discover(input_path)
-    except (ConfigError, FileNotFoundError) as exc:
+        found = find_inputs(input_path)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
+    jobs = [job for job in found.jobs if not _is_inside(job.path, output)]
+    if len(jobs) < len(found.jobs):
+        logger.warning("ignoring %d inputs inside the output folder", len(found.jobs) - len(jobs))
     if not jobs:
         raise click.ClickException(f"no videos found in {input_path}")
-    output.mkdir(parents=True, exist_ok=True)
-    dump_config(config, output / "config.yaml")
     try:
-        session = build_flow_session(config)
-    except (CheckpointError, ValueError) as exc:
+        results = run_batch(
+            jobs,
+            found.root,
+            output,
+            config,
+            workers=workers,
+            executor=executor,
+            address=address,
+            resume=resume,
+            overwrite=overwrite,
+            fail_fast=fail_fast,
+            timeout=timeout,
+            progress=progress,
+        )
+    except OutputInUse as exc:
+        raise click.UsageError(str(exc)) from None
+    except (OutputLocked, WorkerStartupError) as exc:
         raise click.ClickException(str(exc)) from None
-    if session.choice.notice:
-        click.echo(f"notice: {session.choice.notice}", err=True)
-    results = [
-        process_video(
-            job.path, output / job.video_id, job.video_id, config, session, progress=progress
-        )
-        for job in jobs
-    ]
-    failed = [r for r in results if r.status != "ok"]
-    for r in results:
-        detail = f"{r.frames} frames, {r.pairs} pairs, {r.seconds.get('total', 0):.1f} s"
+    except KeyboardInterrupt:
         click.echo(
-            f"{r.status:6s} {r.video_id}: "
-            + (detail if r.status == "ok" else f"{r.error_type}: {r.error}")
+            f"interrupted: {output / 'manifest.csv'} lists what finished; run again with "
+            "--resume to continue",
+            err=True,
         )
-    click.echo(f"{len(results) - len(failed)} ok, {len(failed)} failed; outputs in {output}")
-    if failed:
+        sys.exit(130)
+    _echo_model_notice(output, results)
+    if config.features.enabled:
+        table = collect_feature_tables(
+            output,
+            [r.video_id for r in results if r.status == "ok"],
+            table_format=config.features.table_format,
+        )
+        if table is not None:
+            click.echo(f"features table: {table}")
+    for line in summary_lines(results, output):
+        click.echo(line)
+    if any(r.status != "ok" for r in results):
         sys.exit(1)
+
+
+def _is_inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` lies in ``folder`` (outputs of an earlier run are not inputs)."""
+    path, folder = Path(os.path.abspath(path)), Path(os.path.abspath(folder))
+    return path == folder or folder in path.parents
+
+
+def _echo_model_notice(output: Path, results) -> None:
+    """Repeats the model notice (``auto`` fell back to DIS) recorded in a video's meta.json."""
+    for r in results:
+        meta = output / r.video_id / "meta.json"
+        if r.status == "ok" and meta.is_file():
+            notice = json.loads(meta.read_text(encoding="utf-8")).get("model_notice")
+            if notice:
+                click.echo(f"notice: {notice}", err=True)
+            return
 
 
 @main.command()

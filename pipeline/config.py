@@ -45,6 +45,7 @@ class DecodeConfig:
     end: float | None = None
     max_side: int | None = None
     chunk_size: int = 16
+    frames_fps: float = 25.0
 
     def __post_init__(self) -> None:
         _require(self.backend in DECODERS, f"decode.backend must be one of {DECODERS}")
@@ -52,6 +53,7 @@ class DecodeConfig:
         _require(self.chunk_size >= 1, "decode.chunk_size must be >= 1")
         _require(self.target_fps is None or self.target_fps > 0, "decode.target_fps must be > 0")
         _require(self.max_side is None or self.max_side >= 16, "decode.max_side must be >= 16")
+        _require(self.frames_fps > 0, "decode.frames_fps must be > 0")
         _require(
             self.start is None or self.end is None or self.end > self.start,
             "decode.end must be after decode.start",

@@ -1,52 +1,326 @@
-"""Finding the videos of an input path and naming their output folders."""
+"""Finding the inputs of a run and naming their output folders.
+
+An input is one of:
+
+* a video file: one job, its id is the file name without extension;
+* a folder: every video below it (recursive; extensions case-insensitive; hidden entries and
+  macOS ``._*`` AppleDouble files skipped; symbolic links followed, each real folder scanned
+  once so that a link to an ancestor cannot loop; a broken link with a video extension becomes
+  a job that fails with the reason), plus every *frame folder* below it;
+* a list file (``.txt`` / ``.lst``: one path per line, blank lines and ``#`` comments ignored;
+  ``.csv``: a ``path`` column): relative paths are relative to the list file's folder; a listed
+  folder is scanned like a folder input; a listed path that does not exist becomes a failed job.
+
+A *frame folder* is a folder that holds at least two images (``.jpg``, ``.jpeg``, ``.png``) and
+no video: its images, in natural order (``2.png`` before ``10.png``), are one video.
+
+Video ids mirror the input paths relative to the input root (the folder; the parent of a single
+file or frame folder; for a list, the folder holding the list file and every listed path):
+``a/clip.mp4`` -> ``a/clip``. Ids are made unique and never nest (one video's output folder is
+never inside another's): on a clash the extension (``clip_mp4``) or ``_frames`` is appended, then
+a counter.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
+import csv
+import logging
+import os
+from collections import defaultdict
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePosixPath
+
+from stages.decoding.frames_folder import IMAGE_EXTENSIONS, natural_key
 
 from .runner import VIDEO_EXTENSIONS
+
+logger = logging.getLogger(__name__)
+
+LIST_EXTENSIONS = (".txt", ".lst", ".csv")
+"""An input file with one of these extensions is a list of inputs."""
+
+RESERVED_IDS = frozenset({"manifest.csv", "manifest.parquet", "config.yaml"})
+"""Names at the output root that belong to the run, not to a video."""
+
+MIN_FRAME_FOLDER_IMAGES = 2
 
 
 @dataclass(frozen=True)
 class VideoJob:
-    """One input video and the folder (relative to the output root) its outputs go to."""
+    """One input and the folder (relative to the output root) its outputs go to.
+
+    Attributes:
+        path: the video file or frame folder.
+        video_id: output folder name relative to the output root (POSIX separators).
+        rel_path: the input's path relative to the input root (POSIX separators).
+        kind: ``"video"`` or ``"frames"`` (a folder of images).
+        problem: why the input cannot be processed at all (broken link, listed file missing);
+            ``None`` for a normal input.
+    """
 
     path: Path
     video_id: str
+    rel_path: str = ""
+    kind: str = "video"
+    problem: str | None = None
 
 
-def _is_hidden(path: Path, root: Path) -> bool:
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
+@dataclass(frozen=True)
+class Discovery:
+    """The input root (what manifest paths are relative to) and the jobs, in sorted order."""
+
+    root: Path
+    jobs: list[VideoJob]
+
+
+def is_video_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS
+
+
+def is_image_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def is_hidden(name: str) -> bool:
+    """Hidden files and folders, including macOS ``._*`` AppleDouble files."""
+    return name.startswith(".")
+
+
+def _broken_link_reason(path: str) -> str:
+    try:
+        target = os.readlink(path)
+    except OSError:
+        target = "?"
+    if os.path.islink(path) and os.path.realpath(path) == os.path.abspath(path):
+        return f"symbolic link loop (points to '{target}')"
+    return f"broken symbolic link: its target '{target}' does not exist"
+
+
+def _folder_key(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def _real_folders(folder: Path) -> set[tuple[int, int]]:
+    """Identities of the folders below ``folder`` reached without following any link."""
+    keys = set()
+    for current, _, _ in os.walk(folder, followlinks=False):
+        key = _folder_key(current)
+        if key is not None:
+            keys.add(key)
+    return keys
+
+
+def _scan_folder(
+    folder: Path, rel: PurePosixPath, visited: set[tuple[int, int]], jobs: list[VideoJob]
+) -> None:
+    """Appends the jobs found below ``folder`` (whose path relative to the root is ``rel``).
+
+    A folder reached through a symbolic link is scanned only when it is not below ``folder``
+    under its real path and was not scanned already (so links never loop nor duplicate).
+    """
+    real_folders = _real_folders(folder)
+    stack = [(folder, rel)]
+    while stack:
+        current, current_rel = stack.pop()
+        try:
+            entries = sorted(os.scandir(current), key=lambda e: e.name)
+        except OSError as exc:
+            logger.warning("cannot read folder %s: %s; skipped", current, exc.strerror or exc)
+            continue
+        images = 0
+        videos = 0
+        subfolders: list[tuple[Path, PurePosixPath]] = []
+        for entry in entries:
+            if is_hidden(entry.name):
+                continue
+            entry_rel = current_rel / entry.name
+            if entry.is_symlink() and not os.path.exists(entry.path):
+                if is_video_name(entry.name):
+                    videos += 1
+                    reason = _broken_link_reason(entry.path)
+                    jobs.append(VideoJob(Path(entry.path), "", str(entry_rel), "video", reason))
+                else:
+                    logger.debug("ignoring broken link %s", entry.path)
+                continue
+            try:
+                is_dir = entry.is_dir(follow_symlinks=True)
+            except OSError:
+                is_dir = False
+            if is_dir:
+                key = _folder_key(entry.path)
+                linked = entry.is_symlink()
+                if key is None or (linked and (key in visited or key in real_folders)):
+                    logger.warning(
+                        "skipping %s: it leads to a folder scanned under another path "
+                        "(symbolic link)",
+                        entry.path,
+                    )
+                    continue
+                visited.add(key)
+                subfolders.append((Path(entry.path), entry_rel))
+            elif is_video_name(entry.name):
+                videos += 1
+                jobs.append(VideoJob(Path(entry.path), "", str(entry_rel), "video"))
+            elif is_image_name(entry.name):
+                images += 1
+        if images >= MIN_FRAME_FOLDER_IMAGES and videos == 0:
+            jobs.append(VideoJob(current, "", str(current_rel), "frames"))
+        stack.extend(reversed(subfolders))
+
+
+def _is_frame_folder(folder: Path) -> bool:
+    try:
+        names = [e.name for e in os.scandir(folder) if not is_hidden(e.name)]
+    except OSError:
+        return False
+    images = sum(is_image_name(n) for n in names)
+    return images >= MIN_FRAME_FOLDER_IMAGES and not any(is_video_name(n) for n in names)
+
+
+def _single(path: Path, root: Path) -> list[VideoJob]:
+    """Jobs for one path given explicitly (the input itself or a list entry)."""
+    rel = PurePosixPath(os.path.relpath(path, root).replace(os.sep, "/"))
+    if os.path.islink(path) and not os.path.exists(path):
+        return [VideoJob(path, "", str(rel), "video", _broken_link_reason(str(path)))]
+    if path.is_dir():
+        if _is_frame_folder(path):
+            return [VideoJob(path, "", str(rel), "frames")]
+        jobs: list[VideoJob] = []
+        key = _folder_key(str(path))
+        _scan_folder(path, rel, {key} if key else set(), jobs)
+        return jobs
+    return [VideoJob(path, "", str(rel), "video")]
+
+
+def _read_list(list_path: Path) -> list[tuple[str, int]]:
+    """``(entry, line number)`` of a ``.txt`` / ``.lst`` / ``.csv`` list of paths."""
+    try:
+        text = list_path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise ValueError(f"{list_path}: not a UTF-8 text file") from None
+    if list_path.suffix.lower() != ".csv":
+        entries = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            entry = line.strip()
+            if entry and not entry.startswith("#"):
+                entries.append((entry, number))
+        return entries
+    rows = list(csv.reader(text.splitlines()))
+    if not rows:
+        return []
+    header = [name.strip().lower() for name in rows[0]]
+    if "path" not in header:
+        raise ValueError(
+            f"{list_path}: a CSV list needs a 'path' column; found columns {rows[0]!r}"
+        )
+    column = header.index("path")
+    return [
+        (row[column].strip(), number)
+        for number, row in enumerate(rows[1:], start=2)
+        if len(row) > column and row[column].strip()
+    ]
+
+
+def _from_list(list_path: Path) -> Discovery:
+    base = os.path.abspath(list_path.parent)
+    entries: list[tuple[str, str, int]] = []
+    seen: set[str] = set()
+    for entry, number in _read_list(list_path):
+        full = os.path.normpath(os.path.join(base, os.path.expanduser(entry)))
+        if full in seen:
+            logger.warning("%s line %d: %s is listed again; ignored", list_path, number, entry)
+            continue
+        seen.add(full)
+        entries.append((full, entry, number))
+    root = Path(os.path.commonpath([base, *(os.path.dirname(full) for full, _, _ in entries)]))
+    jobs: list[VideoJob] = []
+    for full, entry, number in entries:
+        path = Path(full)
+        if not os.path.lexists(path):
+            rel = os.path.relpath(path, root).replace(os.sep, "/")
+            reason = f"file not found: '{entry}' (listed in {list_path.name}, line {number})"
+            jobs.append(VideoJob(path, "", rel, "video", reason))
+        else:
+            jobs.extend(_single(path, root))
+    return Discovery(root, jobs)
+
+
+def _candidate_id(job: VideoJob) -> str:
+    rel = PurePosixPath(job.rel_path)
+    if job.kind == "frames":
+        return str(rel)
+    return str(rel.with_suffix("")) if rel.suffix else str(rel)
+
+
+def _suffix(job: VideoJob) -> str:
+    if job.kind == "frames":
+        return "_frames"
+    extension = PurePosixPath(job.rel_path).suffix.lower().lstrip(".")
+    return f"_{extension}" if extension else "_video"
+
+
+def assign_ids(jobs: list[VideoJob]) -> list[VideoJob]:
+    """Gives every job a unique id that is neither reserved nor a folder around another id.
+
+    A clash first appends the job's suffix (``_mp4``, ``_frames``) to every clashing id; if
+    that is not enough, all but the first count up (``clip_mp4_2``).
+    """
+    bases = [_candidate_id(job) for job in jobs]
+    levels = [0] * len(jobs)
+
+    def make(n: int) -> str:
+        if levels[n] == 0:
+            return bases[n]
+        suffixed = bases[n] + _suffix(jobs[n])
+        return suffixed if levels[n] == 1 else f"{suffixed}_{levels[n]}"
+
+    for _ in range(4 * len(jobs) + 4):
+        ids = [make(n) for n in range(len(jobs))]
+        groups: dict[str, list[int]] = defaultdict(list)
+        for n, video_id in enumerate(ids):
+            groups[video_id].append(n)
+        ancestors = {str(parent) for video_id in ids for parent in PurePosixPath(video_id).parents}
+        bump: set[int] = set()
+        for members in groups.values():
+            if len(members) > 1:
+                first_clash = all(levels[n] == 0 for n in members)
+                bump.update(members if first_clash else members[1:])
+        bump.update(n for n, video_id in enumerate(ids) if video_id in ancestors)
+        bump.update(n for n, video_id in enumerate(ids) if video_id in RESERVED_IDS)
+        if not bump:
+            return [replace(job, video_id=v) for job, v in zip(jobs, ids, strict=True)]
+        for n in bump:
+            levels[n] += 1
+    raise RuntimeError("could not assign unique video ids")  # unreachable: levels only grow
+
+
+def find_inputs(input_path: str | Path) -> Discovery:
+    """The input root and every job of ``input_path`` (see the module docstring).
+
+    Raises:
+        FileNotFoundError: ``input_path`` does not exist (and is not a broken link).
+        ValueError: a list file cannot be read (not UTF-8, CSV without a ``path`` column).
+    """
+    given = Path(os.path.abspath(os.path.expanduser(str(input_path))))
+    if not os.path.lexists(given):
+        raise FileNotFoundError(f"input not found: {input_path}")
+    if given.is_file() and given.suffix.lower() in LIST_EXTENSIONS:
+        found = _from_list(given)
+    elif given.is_dir() and not _is_frame_folder(given):
+        key = _folder_key(str(given))
+        jobs: list[VideoJob] = []
+        _scan_folder(given, PurePosixPath("."), {key} if key else set(), jobs)
+        found = Discovery(given, jobs)
+    else:
+        found = Discovery(given.parent, _single(given, given.parent))
+    ordered = sorted(found.jobs, key=lambda job: natural_key(job.rel_path))
+    return Discovery(found.root, assign_ids(ordered))
 
 
 def discover(input_path: str | Path) -> list[VideoJob]:
-    """A single file, or every video below a folder (recursive, extensions case-insensitive,
-    hidden files and macOS ``._`` AppleDouble files skipped), in sorted order.
-
-    The video id is the path relative to the folder without its extension (so ``a/clip.mp4``
-    and ``b/clip.mp4`` never collide); when two files differ only by extension, the extension
-    is kept as a suffix (``clip_mkv``).
-    """
-    root = Path(input_path)
-    if root.is_file() or (root.is_symlink() and not root.exists()):
-        return [VideoJob(root, root.stem)]
-    if not root.exists():
-        raise FileNotFoundError(f"input not found: {root}")
-    files = sorted(
-        p
-        for p in root.rglob("*")
-        if p.suffix.lower() in VIDEO_EXTENSIONS
-        and not _is_hidden(p, root)
-        and (p.is_file() or p.is_symlink())
-    )
-    stems: dict[str, int] = {}
-    for p in files:
-        key = str(p.relative_to(root).with_suffix(""))
-        stems[key] = stems.get(key, 0) + 1
-    jobs = []
-    for p in files:
-        key = str(p.relative_to(root).with_suffix(""))
-        video_id = key if stems[key] == 1 else f"{key}_{p.suffix.lower().lstrip('.')}"
-        jobs.append(VideoJob(p, video_id))
-    return jobs
+    """The jobs of ``input_path`` in sorted order; see :func:`find_inputs`."""
+    return find_inputs(input_path).jobs

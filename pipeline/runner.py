@@ -102,6 +102,7 @@ def decode_options(config: RunConfig) -> DecodeOptions:
         start=d.start,
         end=d.end,
         max_side=d.max_side,
+        frames_fps=d.frames_fps,
     )
 
 
@@ -253,9 +254,9 @@ def process_video(
         result.seconds = {k: round(v, 4) for k, v in seconds.items()}
         result.seconds["total"] = round(time.perf_counter() - started, 4)
         _write_meta(out_dir, result, config, session, info)
-    except Exception as exc:
-        if writers is not None:
-            writers.abort()
+    except Exception as exc:  # one video's failure must not stop the batch
+        for stage in stages:
+            stage.teardown()
         result.status = "failed"
         result.error_type = type(exc).__name__
         result.error = str(exc) or repr(exc)

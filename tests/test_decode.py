@@ -456,7 +456,7 @@ def test_errors_name_the_file(tmp_path: Path) -> None:
         write_audio_only(tmp_path / "audio.m4a"): "no video stream (streams: audio)",
         write_no_frames(tmp_path / "noframes.avi"): "no decodable frames",
         write_garbage_packets(tmp_path / "garbage.mkv"): "no decodable frames",
-        tmp_path: "is a directory",
+        tmp_path: "the folder holds no .jpg or .png image",
     }
     for path, reason in cases.items():
         for backend in BACKENDS:

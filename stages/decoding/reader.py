@@ -27,6 +27,7 @@ from stages.decoding.backend_base import Backend, BackendUnsupported, DecodeStat
 from stages.decoding.backend_decord import DecordBackend
 from stages.decoding.backend_opencv import OpenCVBackend
 from stages.decoding.backend_pyav import PyAVBackend
+from stages.decoding.frames_folder import FrameFolderReader, open_frames_folder
 from stages.decoding.probe import StreamProbe, probe_video
 from stages.decoding.transform import FrameTransform, fit_max_side
 from stages.decoding.types import DecodedFrame, DecodeError, DecodeOptions, VideoInfo
@@ -174,11 +175,17 @@ class VideoReader:
         self.close()
 
 
-def open_video(path: str | os.PathLike[str], options: DecodeOptions | None = None) -> VideoReader:
+def open_video(
+    path: str | os.PathLike[str], options: DecodeOptions | None = None
+) -> VideoReader | FrameFolderReader:
     """Probe ``path`` and open it for decoding with ``options`` (defaults: decord, all frames).
+
+    A folder is read as a sequence of images (:mod:`stages.decoding.frames_folder`).
 
     Raises:
         DecodeError: the file is missing, empty, not a media file, has no video stream or no
-            decodable frame.
+            decodable frame; the folder holds no readable image.
     """
+    if os.path.isdir(path):
+        return open_frames_folder(path, options or DecodeOptions())
     return VideoReader(os.fspath(path), options or DecodeOptions())

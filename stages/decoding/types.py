@@ -66,6 +66,7 @@ class DecodeOptions:
             aspect ratio kept, each side rounded to the nearest integer, at least 1). Frames are
             never enlarged. Sizes need not be even.
         threads: decoder threads (0: library default). Ignored by the OpenCV backend.
+        frames_fps: frame rate assigned to a folder of image frames (pts = index / fps).
     """
 
     backend: str = "decord"
@@ -75,6 +76,7 @@ class DecodeOptions:
     end: float | None = None
     max_side: int | None = None
     threads: int = 0
+    frames_fps: float = 25.0
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:

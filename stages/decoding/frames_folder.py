@@ -1,0 +1,174 @@
+"""A folder of images read as one video (``open_video`` dispatches here for a folder).
+
+The images (``.jpg``, ``.jpeg``, ``.png``; hidden files skipped) are taken in natural order
+(``frame_2.png`` before ``frame_10.png``); image ``i`` gets ``pts = i / fps`` (``fps`` defaults to
+25). Frames are delivered as upright ``(H, W, 3)`` uint8 RGB (gray and 16-bit images converted,
+EXIF orientation applied), with the same selection (time range, ``target_fps``, ``stride``) and
+``max_side`` resize as a video file. An image whose size differs from the first is resized to the
+first one's size and counted in a warning; an image that cannot be read ends the sequence there,
+with a warning (as a corrupt packet ends a video stream).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+
+import cv2
+import numpy as np
+
+from stages.decoding.selection import select_frames
+from stages.decoding.transform import FrameTransform, fit_max_side
+from stages.decoding.types import DecodedFrame, DecodeError, DecodeOptions, VideoInfo
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_FRAMES_FPS = 25.0
+"""Frame rate given to a folder of images unless the options name another."""
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key that orders digit runs by value: ``img2.png`` before ``img10.png``."""
+    parts = re.split(r"(\d+)", name)
+    return tuple((0, int(p), p) if p.isdigit() else (1, p.casefold(), p) for p in parts if p)
+
+
+def list_images(folder: str | os.PathLike[str]) -> list[Path]:
+    """The images of ``folder`` in natural order (hidden files skipped, not recursive)."""
+    names = [
+        entry.name
+        for entry in os.scandir(folder)
+        if not entry.name.startswith(".")
+        and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS
+        and entry.is_file()
+    ]
+    return [Path(folder) / name for name in sorted(names, key=natural_key)]
+
+
+def read_image_rgb(path: Path) -> np.ndarray | None:
+    """``(H, W, 3)`` uint8 RGB, or ``None`` when the file is not a readable image."""
+    try:
+        data = np.fromfile(path, dtype=np.uint8)  # also for non-ASCII names on every platform
+    except OSError:
+        return None
+    if data.size == 0:
+        return None
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if bgr is None:
+        return None
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+class FrameFolderReader:
+    """A frame folder opened for reading; the same interface as :class:`VideoReader`.
+
+    Use as a context manager; :meth:`frames` (or iterating the reader) may be done once.
+    """
+
+    def __init__(self, path: str, options: DecodeOptions, fps: float = DEFAULT_FRAMES_FPS):
+        if not fps or fps <= 0:
+            raise ValueError(f"fps must be > 0, got {fps!r}")
+        self.options = options
+        self.warnings: list[str] = []
+        try:
+            self._images = list_images(path)
+        except OSError as exc:
+            raise DecodeError(path, f"cannot read the folder ({exc.strerror or exc})") from None
+        if not self._images:
+            raise DecodeError(path, "the folder holds no .jpg or .png image")
+        first = read_image_rgb(self._images[0])
+        if first is None:
+            raise DecodeError(path, f"'{self._images[0].name}' is not a readable image")
+        self._first = first
+        self._fps = float(fps)
+        source_height, source_width = first.shape[:2]
+        width, height = fit_max_side(source_width, source_height, options.max_side)
+        self._transform = FrameTransform((source_width, source_height), 0, (width, height))
+        self.info = VideoInfo(
+            path=path,
+            width=width,
+            height=height,
+            source_width=source_width,
+            source_height=source_height,
+            rotation=0,
+            fps=self._fps,
+            header_frame_count=len(self._images),
+            codec="images",
+            pix_fmt="rgb24",
+            duration=len(self._images) / self._fps,
+            stream_start=0.0,
+            backend="frames",
+        )
+        self.frames_delivered = 0
+        self._started = False
+        self._closed = False
+
+    def _warn(self, message: str) -> None:
+        if message not in self.warnings:
+            self.warnings.append(message)
+
+    def frames(self) -> Iterator[DecodedFrame]:
+        """The selected images as :class:`DecodedFrame` (``pts = position / fps``)."""
+        if self._closed:
+            raise RuntimeError("reader is closed")
+        if self._started:
+            raise RuntimeError("frames() can be called only once per reader")
+        self._started = True
+        return self._iterate()
+
+    def __iter__(self) -> Iterator[DecodedFrame]:
+        return self.frames()
+
+    def _iterate(self) -> Iterator[DecodedFrame]:
+        timed = ((n / self._fps, n) for n in range(len(self._images)))
+        for pts, position in select_frames(timed, self.options):
+            image = self._images[position]
+            rgb = self._first if position == 0 else read_image_rgb(image)
+            if rgb is None:
+                self._warn(
+                    f"image '{image.name}' cannot be read; the sequence ends after "
+                    f"{self.frames_delivered} frames"
+                )
+                break
+            yield DecodedFrame(index=self.frames_delivered, pts=pts, rgb=self._transform(rgb))
+            self.frames_delivered += 1
+        if self._transform.size_changes:
+            width, height = self._transform.input_size
+            self._warn(
+                f"{self._transform.size_changes} images differ from the first one's size "
+                f"{width}x{height}; they were resized"
+            )
+        if self.frames_delivered == 0:
+            self._warn("no frame in the selected range")
+
+    def close(self) -> None:
+        """Nothing to release; later calls to :meth:`frames` fail. Safe to call twice."""
+        self._closed = True
+
+    def __enter__(self) -> FrameFolderReader:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def open_frames_folder(path: str | os.PathLike[str], options: DecodeOptions) -> FrameFolderReader:
+    """Opens a frame folder; the frame rate is ``options.frames_fps`` when the options have
+    such a field, else :data:`DEFAULT_FRAMES_FPS`.
+
+    Raises:
+        DecodeError: the folder holds no image, or its first image cannot be read.
+    """
+    fps = getattr(options, "frames_fps", None) or DEFAULT_FRAMES_FPS
+    return FrameFolderReader(os.fspath(path), options, fps=fps)

@@ -1,0 +1,476 @@
+"""Batch runs users can trust: bad inputs, crashes, timeouts, locks, kill and resume, Ray.
+
+Everything here runs for real: PyAV-made media, worker processes that really abort, a CLI
+subprocess that really gets SIGKILL. The native crash and the endless video use the executors'
+test hooks (``MOTIONPIPE_TEST_CRASH_ON`` / ``MOTIONPIPE_TEST_HANG_ON``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from pipeline.batch import LOCK_NAME
+from pipeline.cli import main
+from pipeline.executors import CRASH_HOOK, HANG_HOOK
+from pipeline.manifest import ManifestRow, read_manifest, write_manifest
+from tests.conftest import REPO_ROOT
+from tests.media import (
+    corrupt_copy,
+    garble_packets,
+    pattern_frame,
+    write_audio_only,
+    write_video,
+)
+
+DIS = ["--model", "dis", "--no-progress"]
+
+
+def _invoke(args: list[str]):
+    return CliRunner().invoke(main, ["-q", *args], catch_exceptions=False)
+
+
+def _cli(args: list[str]) -> list[str]:
+    return [sys.executable, str(REPO_ROOT / "run_pipeline.py"), "-q", *args]
+
+
+def _video(path: Path, **kwargs) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_video(path, **kwargs)
+
+
+def _manifest(out: Path) -> dict[str, dict]:
+    return {row["path"]: row for row in read_manifest(out).to_dict("records")}
+
+
+def _check_complete(out: Path, row: dict) -> None:
+    """Every output the row names exists and the flow has one (H, W, 2) map per pair."""
+    folder = out / row["video_id"]
+    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    assert meta["status"] == "ok" and meta["config_hash"] == row["config_hash"]
+    outputs = json.loads(row["outputs"])
+    assert all((out / rel).exists() for rel in outputs.values()), outputs
+    flow = np.load(out / outputs["npy"])
+    assert flow.shape == (row["pairs"], meta["height"], meta["width"], 2)
+    assert np.isfinite(flow).all()
+    assert len((folder / "timestamps.csv").read_text().splitlines()) == row["frames"] + 1
+    assert not list(folder.rglob("*.tmp"))
+
+
+@pytest.fixture()
+def small_videos(tmp_path: Path) -> Path:
+    folder = tmp_path / "in"
+    for name in ("a.mkv", "b.mkv", "c.mkv"):
+        _video(folder / name, num_frames=4, codec="ffv1", pix_fmt="yuv444p")
+    return folder
+
+
+def _make_corpus(root: Path) -> None:
+    bad, good = root / "bad", root / "good"
+    bad.mkdir(parents=True)
+    (bad / "empty.mp4").write_bytes(b"")
+    (bad / "notes.mp4").write_text("shopping list: milk, eggs\n")
+    write_audio_only(bad / "audio_only.m4a").rename(bad / "audio_only.mp4")
+    _video(bad / "one_frame.mkv", num_frames=1, codec="ffv1")
+    source = _video(root / "source.mp4", num_frames=24)
+    corrupt_copy(source, bad / "truncated.mp4", at=0.3, truncate=True)
+    good.mkdir()
+    garble_packets(source, good / "corrupt_middle.mp4", first=10, count=4)
+    source.unlink()
+    os.symlink(root / "nowhere.mp4", bad / "dangling.mp4")
+    _video(bad / "crash_me.mkv", num_frames=4, codec="ffv1")
+    _video(bad / "hang_me.mkv", num_frames=4, codec="ffv1")
+    _video(good / "odd size.mkv", width=65, height=49, num_frames=4, codec="ffv1")
+    _video(good / "rotated.mp4", width=64, height=48, num_frames=4, rotation=90)
+    _video(good / "vfr.mkv", num_frames=5, pts=[0, 30, 70, 100, 170])
+    _video(good / "ten_bit.mkv", num_frames=4, codec="libx265", pix_fmt="yuv420p10le")
+    _video(good / "gray.mkv", num_frames=4, codec="ffv1", pix_fmt="gray")
+    _video(good / "vp9.webm", num_frames=4, codec="libvpx-vp9")
+    _video(good / "mjpeg.avi", num_frames=4, codec="mjpeg")
+    _video(good / "UPPER.MP4", num_frames=4)
+    _video(good / "çà et là – vidéo.mkv", num_frames=4, codec="ffv1")
+    _video(good / "x" / "same.mkv", num_frames=4, codec="ffv1")
+    _video(good / "y" / "same.mkv", num_frames=4, codec="ffv1")
+    frames = good / "frames"
+    frames.mkdir()
+    for n in range(4):
+        rgb = pattern_frame(n)
+        assert cv2.imwrite(str(frames / f"f_{n}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+
+
+# rel path -> (status, error_type, words the error must contain)
+BAD_ROWS = {
+    "bad/empty.mp4": ("DecodeError", "empty file"),
+    "bad/notes.mp4": ("DecodeError", "not a readable media file"),
+    "bad/audio_only.mp4": ("DecodeError", "no video stream"),
+    "bad/one_frame.mkv": ("DecodeError", "only 1 frame(s) decoded"),
+    "bad/truncated.mp4": ("DecodeError", "not a readable media file"),
+    "bad/dangling.mp4": ("FileNotFoundError", "broken symbolic link"),
+    "bad/crash_me.mkv": ("WorkerCrash", "worker died with signal SIGABRT while processing"),
+    "bad/hang_me.mkv": ("TimeoutError", "no result within the 6 s limit"),
+}
+GOOD_ROWS = {
+    "good/corrupt_middle.mp4": "good/corrupt_middle",
+    "good/odd size.mkv": "good/odd size",
+    "good/rotated.mp4": "good/rotated",
+    "good/vfr.mkv": "good/vfr",
+    "good/ten_bit.mkv": "good/ten_bit",
+    "good/gray.mkv": "good/gray",
+    "good/vp9.webm": "good/vp9",
+    "good/mjpeg.avi": "good/mjpeg",
+    "good/UPPER.MP4": "good/UPPER",
+    "good/çà et là – vidéo.mkv": "good/çà et là – vidéo",
+    "good/x/same.mkv": "good/x/same",
+    "good/y/same.mkv": "good/y/same",
+    "good/frames": "good/frames",
+}
+
+
+@pytest.mark.slow
+def test_bad_input_corpus(tmp_path: Path, monkeypatch) -> None:
+    """Every bad input fails alone with a reason in words; every good one is complete."""
+    root = tmp_path / "corpus"
+    _make_corpus(root)
+    out = tmp_path / "out"
+    monkeypatch.setenv(CRASH_HOOK, "crash_me")
+    monkeypatch.setenv(HANG_HOOK, "hang_me")
+    result = _invoke(["run", str(root), "-o", str(out), *DIS, "--workers", "2", "--timeout", "6"])
+    assert result.exit_code == 1, result.output
+    rows = _manifest(out)
+    assert set(rows) == set(BAD_ROWS) | set(GOOD_ROWS)
+    for path, (error_type, words) in BAD_ROWS.items():
+        row = rows[path]
+        assert (row["status"], row["error_type"]) == ("failed", error_type), row
+        assert words in row["error"], row
+        assert "Traceback" not in row["error"] and "\n" not in row["error"]
+        assert path in result.output  # the summary lists every failure
+        assert not (out / row["video_id"] / "meta.json").exists()
+    for path, video_id in GOOD_ROWS.items():
+        row = rows[path]
+        assert (row["status"], row["video_id"], row["error"]) == ("ok", video_id, ""), row
+        _check_complete(out, row)
+
+    def meta(name: str) -> dict:
+        return json.loads((out / "good" / name / "meta.json").read_text())
+
+    assert (meta("odd size")["width"], meta("odd size")["height"]) == (65, 49)
+    assert (meta("rotated")["width"], meta("rotated")["height"]) == (64, 48)
+    assert meta("frames")["decoder"] == "frames"
+    assert any(
+        "decoding stopped" in w for w in json.loads(rows["good/corrupt_middle.mp4"]["warnings"])
+    )
+    assert rows["good/corrupt_middle.mp4"]["frames"] < 24
+    assert f"{'ok':8s} {13:6d}" in result.output and f"{'failed':8s} {8:6d}" in result.output
+    assert not (out / LOCK_NAME).exists()
+    csv = pd.read_csv(out / "manifest.csv", keep_default_na=False)
+    assert list(csv["path"]) == list(read_manifest(out)["path"])
+
+
+@pytest.mark.slow
+def test_frames_too_small_for_raft_are_refused_clearly(tmp_path: Path, parity_dir: Path) -> None:
+    """RAFT needs 64x64 pixels after padding: smaller videos fail with that reason (no
+    upscaling: it would invent detail and change the flow scale); DIS takes any size."""
+    folder = tmp_path / "in"
+    _video(folder / "tiny.mkv", width=20, height=12, num_frames=3, codec="ffv1")
+    _video(folder / "fine.mkv", width=64, height=64, num_frames=3, codec="ffv1")
+    out = tmp_path / "out"
+    result = _invoke(
+        ["run", str(folder), "-o", str(out), "--model", "raft-small", "--iters", "1",
+         "--checkpoint", str(parity_dir / "raft_small_random.pth"), "--device", "cpu",
+         "--workers", "0", "--no-progress"]
+    )  # fmt: skip
+    assert result.exit_code == 1
+    rows = _manifest(out)
+    assert rows["fine.mkv"]["status"] == "ok"
+    assert rows["tiny.mkv"]["status"] == "failed"
+    assert "at least 64x64 pixels" in rows["tiny.mkv"]["error"]
+    dis = _invoke(
+        ["run", str(folder / "tiny.mkv"), "-o", str(tmp_path / "dis"), *DIS, "--workers", "0"]
+    )
+    assert dis.exit_code == 0, dis.output
+
+
+def test_fail_fast_skips_the_rest(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    (folder / "a_empty.mp4").parent.mkdir(parents=True)
+    (folder / "a_empty.mp4").write_bytes(b"")
+    for name in ("b.mkv", "c.mkv"):
+        _video(folder / name, num_frames=3, codec="ffv1")
+    out = tmp_path / "out"
+    result = _invoke(["run", str(folder), "-o", str(out), *DIS, "--workers", "0", "--fail-fast"])
+    assert result.exit_code == 1
+    rows = _manifest(out)
+    assert [rows[p]["status"] for p in ("a_empty.mp4", "b.mkv", "c.mkv")] == [
+        "failed",
+        "skipped",
+        "skipped",
+    ]
+    assert "--fail-fast" in rows["b.mkv"]["error"]
+    assert not (out / "b").exists()
+
+
+def test_output_folder_rules_and_resume(small_videos: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    base = ["run", str(small_videos), "-o", str(out), *DIS, "--workers", "0"]
+    assert _invoke(base).exit_code == 0
+    first = _manifest(out)
+    assert {r["status"] for r in first.values()} == {"ok"} and not any(
+        r["reused"] for r in first.values()
+    )
+
+    again = _invoke(base)  # a folder holding a run is not reused silently
+    assert again.exit_code == 2
+    assert "--resume" in again.output and "--overwrite" in again.output
+    both = _invoke([*base, "--resume", "--overwrite"])
+    assert both.exit_code == 2 and "exclude each other" in both.output
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("keep me")
+    refused = _invoke(["run", str(small_videos), "-o", str(foreign), *DIS, "--workers", "0"])
+    assert refused.exit_code == 2 and "holds no motionpipe run" in refused.output
+
+    # Damage two videos: b loses its meta.json (a partial folder), c's meta.json is from
+    # another configuration. Resume keeps a, redoes b and c, and removes b's stray file.
+    (out / "b" / "meta.json").unlink()
+    (out / "b" / "stray.tmp").write_text("half written")
+    meta_c = json.loads((out / "c" / "meta.json").read_text())
+    meta_c["config_hash"] = "0" * 12
+    (out / "c" / "meta.json").write_text(json.dumps(meta_c))
+    kept = (out / "a" / "flow.npy").stat().st_mtime_ns
+    resumed = _invoke([*base, "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    rows = _manifest(out)
+    assert {p: (r["status"], r["reused"]) for p, r in rows.items()} == {
+        "a.mkv": ("ok", True),
+        "b.mkv": ("ok", False),
+        "c.mkv": ("ok", False),
+    }
+    assert rows["a.mkv"]["seconds_total"] == first["a.mkv"]["seconds_total"]  # from meta.json
+    assert (out / "a" / "flow.npy").stat().st_mtime_ns == kept
+    assert not (out / "b" / "stray.tmp").exists()
+    assert "1 kept from an earlier run" in resumed.output
+
+    # Another configuration: resume redoes everything; overwrite always does.
+    changed = _invoke([*base, "--resume", "--set", "flow.dis_preset=fast"])
+    assert changed.exit_code == 0
+    assert not any(r["reused"] for r in _manifest(out).values())
+    assert _invoke([*base, "--overwrite"]).exit_code == 0
+    assert not any(r["reused"] for r in _manifest(out).values())
+
+
+def test_manifest_files(tmp_path: Path) -> None:
+    rows = [
+        ManifestRow(
+            path="a/clip one.mp4",
+            video_id="a/clip one",
+            status="ok",
+            frames=5,
+            pairs=4,
+            seconds={"total": 1.5, "decode": 0.25, "flow": 1.0},
+            outputs={"npy": str(tmp_path / "a" / "clip one" / "flow.npy")},
+            config_hash="abc",
+            warnings=["decoded 5 frames, fewer than the 6 the header declares"],
+        ),
+        ManifestRow(
+            path="b.mp4",
+            video_id="b",
+            status="failed",
+            error_type="DecodeError",
+            error="cannot decode 'b.mp4': empty file",
+            config_hash="abc",
+        ),
+        ManifestRow(path="é.mp4", video_id="é", config_hash="abc"),
+    ]
+    write_manifest(rows, tmp_path)
+    table = read_manifest(tmp_path)
+    assert list(table.columns) == [
+        "path", "video_id", "status", "reused", "error_type", "error", "frames", "pairs",
+        "seconds_decode", "seconds_flow", "seconds_total", "outputs", "config_hash", "warnings",
+    ]  # fmt: skip
+    assert list(table["status"]) == ["ok", "failed", "pending"]
+    assert json.loads(table["outputs"][0]) == {"npy": "a/clip one/flow.npy"}
+    assert json.loads(table["warnings"][0]) == rows[0].warnings
+    assert np.isnan(table["seconds_total"][1])
+    csv = pd.read_csv(tmp_path / "manifest.csv", keep_default_na=False)
+    assert list(csv["path"]) == ["a/clip one.mp4", "b.mp4", "é.mp4"]
+    assert csv["error"][1] == "cannot decode 'b.mp4': empty file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.csv", "manifest.parquet"]
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                status = (entry / "status").read_text()
+            except OSError:
+                continue
+            if f"\nPPid:\t{pid}\n" in status:
+                found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+def _wait_for(predicate, seconds: float, step: float = 0.005) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
+def test_second_run_is_refused_and_a_killed_run_leaves_no_worker(
+    small_videos: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    env = {**os.environ, HANG_HOOK: "a.mkv"}
+    first = subprocess.Popen(
+        _cli(["run", str(small_videos), "-o", str(out), *DIS]),
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        lock = out / LOCK_NAME
+        assert _wait_for(lambda: lock.exists() and lock.read_text().strip(), 60)
+        assert lock.read_text().split("\n")[0] == str(first.pid)
+        second = _invoke(["run", str(small_videos), "-o", str(out), *DIS, "--resume"])
+        assert second.exit_code == 1
+        assert str(lock) in second.output and f"PID {first.pid}" in second.output
+        assert _wait_for(lambda: len(_children(first.pid)) > 0, 60)
+        workers = _children(first.pid)
+    finally:
+        first.kill()
+        first.wait()
+    try:
+        assert _wait_for(lambda: not any(_alive(pid) for pid in workers), 10, 0.05), workers
+    finally:
+        for pid in workers:  # only if the assertion failed: do not leave a hung worker behind
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _snapshot(out: Path) -> dict[str, object]:
+    """Every file below ``out``, comparable between two output folders: bytes, except that
+    meta.json drops its timings and names the output root generically, and the manifest drops
+    its timings and the ``reused`` flag."""
+    files: dict[str, object] = {}
+    for path in sorted(out.rglob("*")):
+        if not path.is_file():
+            continue
+        rel = path.relative_to(out).as_posix()
+        if path.name == "meta.json":
+            meta = json.loads(path.read_text(encoding="utf-8"))
+            meta.pop("seconds")
+            text = json.dumps(meta, sort_keys=True).replace(str(out), "<OUT>")
+            files[rel] = text
+        elif rel in ("manifest.csv", "manifest.parquet"):
+            table = pd.read_csv(path, keep_default_na=False) if rel.endswith("csv") else (
+                pd.read_parquet(path)
+            )  # fmt: skip
+            keep = [c for c in table.columns if not c.startswith("seconds_") and c != "reused"]
+            files[rel] = table[keep].to_csv(index=False)
+        else:
+            files[rel] = path.read_bytes()
+    return files
+
+
+@pytest.mark.slow
+def test_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path: Path) -> None:
+    """SIGKILL a real CLI process after its first video, resume, compare with a clean run."""
+    folder = tmp_path / "in"
+    for n in range(3):
+        _video(
+            folder / f"v{n}.mkv", width=128, height=96, num_frames=30, codec="ffv1",
+            pix_fmt="yuv444p",
+        )  # fmt: skip
+    args = ["run", str(folder), *DIS, "--formats", "npy,flo"]
+    clean = tmp_path / "clean"
+    assert _invoke([*args, "-o", str(clean), "--workers", "0"]).exit_code == 0
+
+    out = tmp_path / "out"
+    killed = subprocess.Popen(_cli([*args, "-o", str(out)]), cwd=REPO_ROOT)
+    try:
+        assert _wait_for(lambda: any(out.glob("*/meta.json")), 120, 0.002)
+    finally:
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+    finished = {p.parent.name for p in out.glob("*/meta.json")}
+    assert 1 <= len(finished) < 3, "the run was not killed while it was working"
+    statuses = {r["video_id"]: r["status"] for r in _manifest(out).values()}
+    assert set(statuses.values()) <= {"ok", "pending"} and "pending" in statuses.values()
+
+    resumed = _invoke([*args, "-o", str(out), "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    rows = _manifest(out)
+    assert {r["video_id"] for r in rows.values() if r["reused"]} == finished
+    assert _snapshot(out) == _snapshot(clean)
+
+
+@pytest.mark.slow
+def test_ray_executor_matches_in_process(videos_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("asl_again.mkv", "asl_book.mkv", "asl_milk.mkv"):
+        os.symlink(videos_dir / name, folder / name)
+    args = ["run", str(folder), *DIS, "--set", "decode.max_side=160"]
+    local = _invoke([*args, "-o", str(tmp_path / "local"), "--workers", "0"])
+    assert local.exit_code == 0, local.output
+    ray = _invoke([*args, "-o", str(tmp_path / "ray"), "--executor", "ray", "--address",
+                   "local", "--workers", "2"])  # fmt: skip
+    assert ray.exit_code == 0, ray.output
+    for name in ("asl_again", "asl_book", "asl_milk"):
+        expected = np.load(tmp_path / "local" / name / "flow.npy")
+        assert expected.shape[1:] == (120, 160, 2)
+        np.testing.assert_array_equal(np.load(tmp_path / "ray" / name / "flow.npy"), expected)
+    assert _snapshot(tmp_path / "ray").keys() == _snapshot(tmp_path / "local").keys()
+
+
+def test_outputs_inside_the_input_folder_are_not_inputs(small_videos: Path) -> None:
+    out = small_videos / "out"  # viz writes viz.mp4 and a folder of PNGs: both look like inputs
+    args = ["run", str(small_videos), "-o", str(out), *DIS, "--workers", "0", "--formats", "viz"]
+    assert _invoke(args).exit_code == 0
+    assert (out / "a" / "viz.mp4").is_file()
+    assert _invoke([*args, "--overwrite"]).exit_code == 0
+    assert sorted(_manifest(out)) == ["a.mkv", "b.mkv", "c.mkv"]
+
+
+def test_workers_are_pinned_one_per_gpu(monkeypatch) -> None:
+    """The pinning rule (no GPU here: the device count is the only thing replaced)."""
+    from pipeline import executors
+    from pipeline.config import load_config
+
+    monkeypatch.setattr(executors, "cuda_device_count", lambda: 2)
+    auto = load_config(None, {"flow.model": "dis"})
+    assert executors.worker_devices(auto, None) == ["cuda:0", "cuda:1"]
+    assert executors.worker_devices(auto, 3) == ["cuda:0", "cuda:1", "cuda:0"]
+    cpu = load_config(None, {"flow.device": "cpu"})
+    assert executors.worker_devices(cpu, None) == [None]
+    pinned = executors.pinned(auto, "cuda:1")
+    assert pinned.flow.device == "cuda:1" and auto.flow.device == "auto"
+    monkeypatch.setattr(executors, "cuda_device_count", lambda: 0)
+    assert executors.worker_devices(auto, None) == [None]
+    assert executors.worker_devices(auto, 2) == [None, None]
