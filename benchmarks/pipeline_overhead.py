@@ -61,7 +61,7 @@ def main() -> None:
              "--checkpoint", "random", "--iters", str(args.iters), "--device", "cpu",
              "--formats", "npy,flo,jpg,viz", "--no-progress", "--set", f"decode.end={end}",
              "--set", "warp.enabled=true", "--set", "features.enabled=true",
-             "--set", "output.write_rgb=true"],
+             "--set", "output.write_rgb=true", "--workers", "0"],
             catch_exceptions=False,
         )  # fmt: skip
         if result.exit_code:
