@@ -23,7 +23,7 @@ import pandas as pd
 
 from stages.consistency import ConsistencyConfig, plot_error_over_time, summarize_video
 from stages.decode import DecodeError, iter_chunks, open_video
-from stages.flow_io import write_bytes_atomic
+from stages.flow_io import atomic_path, write_bytes_atomic
 from stages.warp_stage import chunk_pair_metrics
 
 from .config import ConfigError, RunConfig, load_config
@@ -101,8 +101,8 @@ def evaluate_consistency(
     table = pd.DataFrame(rows)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(out_dir / "consistency_frames.csv", table.to_csv(index=False).encode())
-    table.to_parquet(out_dir / ".consistency_frames.parquet.tmp", index=False)
-    (out_dir / ".consistency_frames.parquet.tmp").replace(out_dir / "consistency_frames.parquet")
+    with atomic_path(out_dir / "consistency_frames.parquet") as temporary:
+        table.to_parquet(temporary, index=False)
     plot_error_over_time(
         table,
         ["e_warp_source", "e_warp_processed"],

@@ -130,6 +130,29 @@ def _atomic_open(path: PathLike) -> Iterator[IO[bytes]]:
     logger.debug("wrote %s", target)
 
 
+@contextlib.contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """Yield a hidden temporary path next to ``path``; fsync and move it over ``path`` on success.
+
+    For writers that need a file name (pandas, zip files). The temporary file is
+    ``.<name>.<random>.tmp`` in the destination folder (created if missing; same filesystem,
+    so :func:`os.replace` is atomic); it is removed on any error.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(handle)
+    temporary = Path(name)
+    try:
+        yield temporary
+        with temporary.open("rb+") as written:
+            os.fsync(written.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
 def write_bytes_atomic(path: PathLike, data: bytes | np.ndarray) -> None:
     """Write an encoded buffer (``bytes`` or a uint8 array from ``cv2.imencode``) atomically."""
     with _atomic_open(path) as handle:

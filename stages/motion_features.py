@@ -85,12 +85,10 @@ One feature-grid cell is ``stride`` frame pixels (8 for RAFT's encoder and the d
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -104,6 +102,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from models.motionsqueeze import local_correlation, soft_argmax_displacement
+
+from .flow_io import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -981,29 +981,6 @@ def clip_features(
 # --------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _atomic_destination(path: PathLike) -> Iterator[Path]:
-    """Yield a hidden temporary path next to ``path``; fsync and move it over ``path`` on success.
-
-    The temporary file is ``.<name>.<random>.tmp`` in the destination folder (same filesystem,
-    so :func:`os.replace` is atomic); it is removed on any error. The folder must exist.
-    """
-    target = Path(path)
-    handle, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(handle)
-    temporary = Path(name)
-    try:
-        yield temporary
-        with temporary.open("rb+") as written:
-            os.fsync(written.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
-        raise
-    logger.debug("wrote %s", target)
-
-
 class ClipMaps(NamedTuple):
     """What :func:`read_clip_maps` returns.
 
@@ -1059,7 +1036,7 @@ def write_clip_maps(
         if array.dtype == object:
             raise ValueError(f"extra array {key!r} has dtype object (not storable without pickle)")
         arrays[key] = array
-    with _atomic_destination(path) as temporary, temporary.open("wb") as handle:
+    with atomic_path(path) as temporary, temporary.open("wb") as handle:
         np.savez_compressed(handle, **arrays)
 
 
@@ -1120,7 +1097,7 @@ def write_table(frame: pd.DataFrame, path: PathLike) -> None:
     index, and floats written with full round-trip precision. Both are written under a
     temporary name in the destination folder and moved over ``path``.
     """
-    with _atomic_destination(path) as temporary:
+    with atomic_path(path) as temporary:
         if _is_csv(path):
             frame.to_csv(temporary, index=False)
         else:

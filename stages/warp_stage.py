@@ -35,7 +35,7 @@ from .consistency import (
     plot_error_over_time,
     summarize_video,
 )
-from .flow_io import write_bytes_atomic, write_image
+from .flow_io import atomic_path, write_bytes_atomic, write_image
 from .flow_viz import side_by_side
 from .streaming import Mp4Writer
 from .warp import backward_warp
@@ -158,8 +158,8 @@ class WarpStage:
                 outputs[folder] = str(self.out_dir / folder)
         table = pd.DataFrame(self._rows)
         write_bytes_atomic(self.out_dir / "consistency.csv", table.to_csv(index=False).encode())
-        table.to_parquet(self.out_dir / ".consistency.parquet.tmp", index=False)
-        (self.out_dir / ".consistency.parquet.tmp").replace(self.out_dir / "consistency.parquet")
+        with atomic_path(self.out_dir / "consistency.parquet") as temporary:
+            table.to_parquet(temporary, index=False)
         outputs["consistency_table"] = str(self.out_dir / "consistency.parquet")
         if len(table):
             outputs["consistency_plot"] = str(
