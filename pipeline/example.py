@@ -1,11 +1,12 @@
 """The bundled example clip: generated on the spot, so the repository ships no media.
 
-A textured background drifting right by 1 px/frame and a textured square moving by
-(+3, +2) px/frame, encoded as H.264 MP4 with PyAV. Deterministic (fixed seed).
+A textured background drifting right by 1 px/frame (wrapping around) and a textured square
+moving by (+3, +2) px/frame, encoded as H.264 MP4 with PyAV. Deterministic (fixed seed).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -26,22 +27,30 @@ def _texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     return np.clip((0.7 * smooth + 0.6 * detail - 0.15) * 255, 0, 255).astype(np.uint8)
 
 
-def example_frames(num_frames: int = 48, width: int = 320, height: int = 240) -> list[np.ndarray]:
-    """``num_frames`` RGB frames ``(height, width, 3)`` uint8 of the example scene."""
+def iter_example_frames(
+    num_frames: int = 48, width: int = 320, height: int = 240
+) -> Iterator[np.ndarray]:
+    """``num_frames`` RGB frames ``(height, width, 3)`` uint8 of the example scene, one at a time.
+
+    Memory does not depend on ``num_frames``: the background is a fixed texture twice the
+    frame width that wraps around as it drifts.
+    """
     rng = np.random.default_rng(2020)
-    pad = 4 * num_frames
-    background = _texture(rng, height + 2 * pad, width + 2 * pad)
+    background = _texture(rng, height, 2 * width)[:height, : 2 * width]
     square = _texture(rng, 64, 64)[:64, :64]
-    frames = []
+    columns = np.arange(width)
     for t in range(num_frames):
-        bx = round(pad - BACKGROUND_VELOCITY[0] * t)
-        by = round(pad - BACKGROUND_VELOCITY[1] * t)
-        frame = background[by : by + height, bx : bx + width].copy()
+        shift = round(BACKGROUND_VELOCITY[0] * t)
+        frame = np.take(background, columns - shift, axis=1, mode="wrap")
         sx = round(40 + SQUARE_VELOCITY[0] * t) % (width - 64)
         sy = round(30 + SQUARE_VELOCITY[1] * t) % (height - 64)
         frame[sy : sy + 64, sx : sx + 64] = square
-        frames.append(frame)
-    return frames
+        yield frame
+
+
+def example_frames(num_frames: int = 48, width: int = 320, height: int = 240) -> list[np.ndarray]:
+    """All frames of :func:`iter_example_frames` as a list."""
+    return list(iter_example_frames(num_frames, width, height))
 
 
 def write_example_clip(
@@ -54,6 +63,6 @@ def write_example_clip(
 ) -> Path:
     """Writes the example clip to ``path`` (MP4) and returns the path."""
     writer = Mp4Writer(path, fps, crf=16)
-    for frame in example_frames(num_frames, width, height):
+    for frame in iter_example_frames(num_frames, width, height):
         writer.write(frame)
     return writer.close()
