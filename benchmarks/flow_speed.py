@@ -1,22 +1,28 @@
 """Seconds per pair of RAFT / RAFT-small / GMA: pair-by-pair API loop vs the chunked video path.
 
-Paths measured, each configuration in a fresh subprocess (clean peak RSS):
+Paths measured, each run in a fresh subprocess (so its peak RSS is its own):
 
 - ``reference``: ``model.estimate_flow(frame_t, frame_t1)`` one pair at a time with
   ``model.set_fast_kernels(False)``, i.e. the official sequence of operations. It stands in for
   the official per-pair loop on the machine the benchmark runs on.
 - ``api``: the same loop with the fast kernels (the default).
 - ``video``: :class:`stages.flow.FlowStage` on chunks of consecutive frames made by
-  :func:`stages.decode.iter_chunks`: each frame is encoded once, pairs are refined in batches.
+  :func:`stages.decode.iter_chunks` from a list of :class:`stages.decode.DecodedFrame`: each
+  frame is encoded once, pairs are refined in batches of ``--batch-pairs``.
 
-Frames are a smooth random texture translating by a few pixels per frame; random weights
-(speed does not depend on them). Every repeat times ``--pairs`` consecutive pairs after a
-warm-up; the table reports the median (min-max) over repeats, seconds per pair, pairs per
-second, peak RSS, the official per-pair numbers measured on the project's CI-class machine
-(2 cores, ``torch.set_num_threads(2)``, float32, 12 iterations) and the ratios.
+Frames are a smooth random texture translating by a few pixels per frame; weights are random
+(speed does not depend on them). A run warms up (one pair; the video path one 2-frame clip),
+then times ``--pairs`` consecutive pairs (the video path: a clip of ``pairs + 1`` frames, so
+its time includes encoding the clip's first frame). ``--repeats`` rounds run every
+configuration once each, so load drifts of a shared machine hit all paths alike. The table
+gives the median (min-max) over rounds of wall-clock seconds per pair, pairs per second, the
+median process CPU seconds per pair divided by the thread count (less sensitive to other
+processes than wall time), peak RSS, the official per-pair numbers measured on the project's
+CI-class machine (2 cores, ``torch.set_num_threads(2)``, float32, 12 iterations), the ratios
+to them and to the ``reference`` path, and the 1-minute load average when each run started.
 
     python benchmarks/flow_speed.py                                  # everything (long)
-    python benchmarks/flow_speed.py --models raft-large gma --sizes 1024x436 --repeats 3
+    python benchmarks/flow_speed.py --models raft-large gma --sizes 1024x436 --omp-passive
     python benchmarks/flow_speed.py --quick                          # one small smoke run
 """
 
@@ -60,7 +66,9 @@ def _frames(count: int, width: int, height: int, seed: int = 0):
 
     generator = torch.Generator().manual_seed(seed)
     margin = 3 * count + 8
-    coarse = torch.rand(1, 3, (height + margin) // 8 + 2, (width + margin) // 8 + 2, generator=generator)
+    coarse = torch.rand(
+        1, 3, (height + margin) // 8 + 2, (width + margin) // 8 + 2, generator=generator
+    )
     canvas = F.interpolate(coarse, size=(height + margin, width + margin), mode="bicubic")
     canvas = canvas + 0.15 * torch.rand(canvas.shape, generator=generator)
     canvas = (canvas.clamp(0, 1) * 255).round().to(torch.uint8)[0].permute(1, 2, 0).numpy()
@@ -72,6 +80,7 @@ def _frames(count: int, width: int, height: int, seed: int = 0):
 
 
 def _child(model_name: str, size: str, path: str, args: argparse.Namespace) -> dict:
+    """One timed repeat of one configuration (after a warm-up), in this process."""
     import torch
 
     torch.set_num_threads(args.threads)
@@ -83,12 +92,8 @@ def _child(model_name: str, size: str, path: str, args: argparse.Namespace) -> d
     torch.manual_seed(0)
     network = create_model(model_name)  # random weights: speed does not depend on them
     network.set_fast_kernels(path != "reference")
-    pairs = args.pairs
-    total_frames = 1 + pairs * (args.repeats + 1)  # first ``pairs`` pairs are the warm-up
-    frames = _frames(total_frames, width, height)
-    times: list[float] = []
+    frames = _frames(args.pairs + 1, width, height, seed=args.seed)
     if path == "video":
-        decoded = [DecodedFrame(index=i, pts=i / 25, rgb=f) for i, f in enumerate(frames)]
         stage = FlowStage(
             model=model_name,
             network=network,
@@ -97,33 +102,39 @@ def _child(model_name: str, size: str, path: str, args: argparse.Namespace) -> d
             encode_batch=args.batch_pairs,
         )
         stage.setup()
-        for n, chunk in enumerate(iter_chunks(decoded, "bench", pairs, overlap=1)):
-            start = time.perf_counter()
+        warmup = [DecodedFrame(index=i, pts=i / 25, rgb=f) for i, f in enumerate(frames[:2])]
+        for chunk in iter_chunks(warmup, "warm-up", 1, overlap=1):
             stage.process(chunk)
-            elapsed = time.perf_counter() - start
-            if n > 0:  # chunk 0 is the warm-up (and encodes one frame more)
-                times.append(elapsed / len(chunk.artifacts["pairs"]))
+        decoded = [DecodedFrame(index=i, pts=i / 25, rgb=f) for i, f in enumerate(frames)]
+        cpu_start = time.process_time()
+        start = time.perf_counter()
+        done = 0
+        for chunk in iter_chunks(decoded, "bench", args.chunk_pairs, overlap=1):
+            stage.process(chunk)
+            done += len(chunk.artifacts["pairs"])
+        elapsed = time.perf_counter() - start
+        cpu = time.process_time() - cpu_start
+        assert done == args.pairs
     else:
 
         def tensor(i: int) -> torch.Tensor:
             return torch.from_numpy(frames[i]).permute(2, 0, 1)[None].float()
 
-        for rep in range(args.repeats + 1):
-            start = time.perf_counter()
-            for t in range(rep * pairs, (rep + 1) * pairs):
-                out = network.estimate_flow(tensor(t), tensor(t + 1), iters=args.iters)
-            elapsed = time.perf_counter() - start
-            assert torch.isfinite(out.flow).all()
-            if rep > 0:
-                times.append(elapsed / pairs)
+        network.estimate_flow(tensor(0), tensor(1), iters=args.iters)  # warm-up
+        cpu_start = time.process_time()
+        start = time.perf_counter()
+        for t in range(args.pairs):
+            out = network.estimate_flow(tensor(t), tensor(t + 1), iters=args.iters)
+        elapsed = time.perf_counter() - start
+        cpu = time.process_time() - cpu_start
+        assert torch.isfinite(out.flow).all()
     return {
         "model": model_name,
         "size": size,
         "path": path,
-        "times": times,
+        "seconds_per_pair": elapsed / args.pairs,
+        "cpu_seconds_per_pair": cpu / args.pairs / torch.get_num_threads(),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
     }
 
 
@@ -131,20 +142,19 @@ def _run_child(model_name: str, size: str, path: str, args: argparse.Namespace) 
     command = [
         sys.executable, __file__, "--child", "--models", model_name, "--sizes", size,
         "--paths", path, "--iters", str(args.iters), "--pairs", str(args.pairs),
-        "--repeats", str(args.repeats), "--batch-pairs", str(args.batch_pairs),
-        "--threads", str(args.threads),
+        "--chunk-pairs", str(args.chunk_pairs), "--batch-pairs", str(args.batch_pairs),
+        "--threads", str(args.threads), "--seed", str(args.seed),
     ]  # fmt: skip
-    load_before = os.getloadavg()[0]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     if args.omp_passive:
         env["OMP_WAIT_POLICY"] = "PASSIVE"
+    load = os.getloadavg()[0]
     done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=ROOT, env=env)
-    load_after = os.getloadavg()[0]
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["?"])[-1]
-        return {"model": model_name, "size": size, "path": path, "error": tail}
+        return {"model": model_name, "size": size, "path": path, "error": tail, "load": load}
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    result["load"] = (load_before, load_after)
+    result["load"] = load
     return result
 
 
@@ -158,30 +168,42 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def _table(rows: list[dict], args: argparse.Namespace) -> str:
+def _table(results: dict[tuple[str, str, str], list[dict]]) -> str:
     lines = [
-        "| model | size | path | s/pair median (min-max) | pairs/s | official s/pair | "
-        "x official | x reference | peak RSS MiB | load 1 min (start/end) |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
+        "| model | size | path | s/pair median (min-max) | pairs/s | CPU s/pair/thread | "
+        "official s/pair | x official | x reference | x reference (CPU) | peak RSS MiB | "
+        "load 1 min |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    reference = {
-        (r["model"], r["size"]): statistics.median(r["times"])
-        for r in rows
-        if r.get("path") == "reference" and r.get("times")
-    }
-    for r in rows:
-        official = OFFICIAL_S_PER_PAIR.get((r["model"], r["size"]))
-        if "error" in r:
-            lines.append(f"| {r['model']} | {r['size']} | {r['path']} | failed: {r['error']} |")
+
+    def median_of(runs: list[dict], key: str) -> float | None:
+        values = [r[key] for r in runs if "error" not in r]
+        return statistics.median(values) if values else None
+
+    for (model_name, size, path), runs in results.items():
+        official = OFFICIAL_S_PER_PAIR.get((model_name, size))
+        good = [r for r in runs if "error" not in r]
+        loads = [r["load"] for r in runs]
+        load = f"{min(loads):.1f}-{max(loads):.1f}"
+        if not good:
+            lines.append(f"| {model_name} | {size} | {path} | failed: {runs[-1]['error']} |")
             continue
-        med, low, high = statistics.median(r["times"]), min(r["times"]), max(r["times"])
-        ref = reference.get((r["model"], r["size"]))
+        times = [r["seconds_per_pair"] for r in good]
+        med = statistics.median(times)
+        cpu = statistics.median(r["cpu_seconds_per_pair"] for r in good)
+        reference = results.get((model_name, size, "reference"), [])
+        ref, ref_cpu = (
+            median_of(reference, "seconds_per_pair"),
+            median_of(reference, "cpu_seconds_per_pair"),
+        )
+        x_official = f"{official / med:.2f}" if official else "-"
+        x_reference = f"{ref / med:.2f}" if ref else "-"
+        x_reference_cpu = f"{ref_cpu / cpu:.2f}" if ref_cpu else "-"
+        rss = max(r["peak_rss_mib"] for r in good)
         lines.append(
-            f"| {r['model']} | {r['size']} | {r['path']} | {med:.2f} ({low:.2f}-{high:.2f}) | "
-            f"{1 / med:.2f} | {official if official else '-'} | "
-            f"{official / med if official else float('nan'):.2f} | "
-            f"{ref / med if ref else float('nan'):.2f} | {r['peak_rss_mib']:.0f} | "
-            f"{r['load'][0]:.1f}/{r['load'][1]:.1f} |"
+            f"| {model_name} | {size} | {path} | {med:.2f} ({min(times):.2f}-{max(times):.2f}) "
+            f"| {1 / med:.3f} | {cpu:.2f} | {official if official else '-'} | {x_official} "
+            f"| {x_reference} | {x_reference_cpu} | {rss:.0f} | {load} |"
         )
     return "\n".join(lines)
 
@@ -192,9 +214,16 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=list(SIZES))
     parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
     parser.add_argument("--iters", type=int, default=12)
-    parser.add_argument("--pairs", type=int, default=4, help="pairs timed per repeat")
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats after a warm-up")
-    parser.add_argument("--batch-pairs", type=int, default=4, help="video path: pairs per batch")
+    parser.add_argument("--pairs", type=int, default=6, help="consecutive pairs timed per run")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="rounds; each round runs every path once, so slow drifts of the machine's load "
+        "hit all paths alike",
+    )
+    parser.add_argument("--chunk-pairs", type=int, default=6, help="video path: pairs per chunk")
+    parser.add_argument("--batch-pairs", type=int, default=1, help="video path: pairs per batch")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--omp-passive",
@@ -203,34 +232,42 @@ def main() -> None:
         "busy processes, spinning OpenMP workers wait for descheduled siblings and inflate "
         "every path's time several-fold",
     )
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="raft-small, 640x360, 1 repeat")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
         args.models, args.sizes, args.repeats, args.pairs = ["raft-small"], ["640x360"], 1, 2
+        args.chunk_pairs = 2
     if args.child:
         print(json.dumps(_child(args.models[0], args.sizes[0], args.paths[0], args)))
         return
     import torch
 
+    policy = "PASSIVE" if args.omp_passive else os.environ.get("OMP_WAIT_POLICY", "unset")
     print(
         f"CPU: {_cpu_model()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, "
-        f"{args.threads} threads, {args.iters} iterations, float32, {args.pairs} pairs x "
-        f"{args.repeats} repeats per configuration, video batch {args.batch_pairs}, "
-        f"OMP_WAIT_POLICY={'PASSIVE' if args.omp_passive else os.environ.get('OMP_WAIT_POLICY', 'unset')}",
+        f"{args.threads} threads, {args.iters} iterations, float32, {args.pairs} consecutive "
+        f"pairs per run, {args.repeats} rounds, video: {args.chunk_pairs} pairs per chunk, "
+        f"batches of {args.batch_pairs}, OMP_WAIT_POLICY={policy}",
         flush=True,
     )
-    rows = []
-    for model_name in args.models:
-        for size in args.sizes:
-            for path in args.paths:
-                rows.append(_run_child(model_name, size, path, args))
-                r = rows[-1]
-                status = r.get("error") or " ".join(f"{t:.2f}" for t in r["times"])
-                print(f"  {model_name} {size} {path}: {status}", file=sys.stderr, flush=True)
-    print(_table(rows, args))
+    configs = [(m, s, p) for m in args.models for s in args.sizes for p in args.paths]
+    results: dict[tuple[str, str, str], list[dict]] = {c: [] for c in configs}
+    for round_index in range(args.repeats):
+        for config in configs:
+            r = _run_child(*config, args)
+            results[config].append(r)
+            status = r.get("error") or f"{r['seconds_per_pair']:.2f} s/pair"
+            print(
+                f"  round {round_index + 1}: {' '.join(config)}: {status} (load {r['load']:.1f})",
+                file=sys.stderr,
+                flush=True,
+            )
+    print(_table(results))
     if args.json:
+        rows = [dict(r) for runs in results.values() for r in runs]
         args.json.write_text(json.dumps(rows, indent=1))
 
 

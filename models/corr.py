@@ -73,8 +73,11 @@ class AllPairsCorrelation:
         self.num_levels = num_levels
         self.radius = radius
         b, c, h, w = fmap1.shape
-        corr = fmap1.reshape(b, c, h * w).transpose(1, 2) @ fmap2.reshape(b, c, h * w)
-        corr = corr.reshape(b * h * w, 1, h, w) / math.sqrt(c)  # (B*h*w, 1, h2, w2)
+        # Scaling the (h*w, C) query instead of the (h*w, h*w) volume (as the official code
+        # does): same values up to rounding, and h*w*C divisions instead of (h*w)^2.
+        query = (fmap1 / math.sqrt(c)).reshape(b, c, h * w).transpose(1, 2)  # (B, h*w, C)
+        corr = torch.bmm(query, fmap2.reshape(b, c, h * w))  # (B, h*w, h2*w2)
+        corr = corr.view(b * h * w, 1, h, w)  # (B*h*w, 1, h2, w2)
         self.pyramid = [corr]
         for _ in range(num_levels - 1):
             corr = F.avg_pool2d(corr, 2, stride=2)
@@ -92,10 +95,10 @@ class AllPairsCorrelation:
             if h2 == 1 or w2 == 1:
                 out.append(coords.new_zeros(b, h, w, k * k))
                 continue
-            points = centres / 2**level + offsets  # (B*h*w, k, k, 2) pixel coordinates
-            grid = torch.stack(
-                [2 * points[..., 0] / (w2 - 1) - 1, 2 * points[..., 1] / (h2 - 1) - 1], dim=-1
-            )
+            # Normalised sampling grid 2 * (centre / 2^level + offset) / (side - 1) - 1, built
+            # in one pass: (B*h*w, k, k, 2) = centres * a + (offsets * unit - 1).
+            unit = coords.new_tensor([2.0 / (w2 - 1), 2.0 / (h2 - 1)])
+            grid = torch.addcmul(offsets * unit - 1, centres, unit / 2**level)
             sampled = F.grid_sample(volume, grid, mode="bilinear", align_corners=True)
             out.append(sampled.view(b, h, w, k * k))  # (B*h*w, 1, k, k) -> (B, h, w, k*k)
         return torch.cat(out, dim=-1).permute(0, 3, 1, 2).contiguous().float()

@@ -146,6 +146,20 @@ class RAFT(nn.Module):
         self.corr_levels = corr_levels
         self.corr_radius = corr_radius
 
+    def set_fast_kernels(self, enabled: bool = True) -> RAFT:
+        """Switch every submodule between the fast evaluation (default) and the official one.
+
+        Fast: NNPACK Winograd for 3x3 convolutions, BatchNorm folded into convolutions, the
+        GRU's constant context part computed once per pair, fused gate convolutions, F(4, 5)
+        Winograd for the separable GRU (see :mod:`models.encoders` and :mod:`models.update`).
+        Off: the official sequence of operations. Both compute the same function up to float32
+        rounding (~1e-4 px on flow). Returns ``self``.
+        """
+        for module in self.modules():
+            if hasattr(module, "fast_kernels"):
+                module.fast_kernels = bool(enabled)
+        return self
+
     @property
     def min_input_size(self) -> int:
         """Smallest padded side (pixels) the correlation pyramid accepts."""
@@ -216,12 +230,14 @@ class RAFT(nn.Module):
                 )
             coords1 = coords1 + flow_init
         net, mask = context.net, None
+        with _autocast(fmap1.device, autocast):
+            prepared = self.update_block.prepare(context.inp)  # per-pair part of the GRU
         for itr in range(iters):
             lookup = corr_fn(coords1)
             flow = coords1 - coords0
             with _autocast(fmap1.device, autocast):
                 net, mask, delta = self.update_block(
-                    net, context.inp, lookup, flow, context.attention,
+                    net, prepared, lookup, flow, context.attention,
                     compute_mask=itr == iters - 1,
                 )  # fmt: skip
             coords1 = coords1 + delta.float()
@@ -340,7 +356,7 @@ def _build_raft(
             flow_widths=motion_flow_widths,
             out_dim=motion_dim,
         ),
-        gru=gru_cls(hidden_dim=hidden_dim, input_dim=gru_input),
+        gru=gru_cls(hidden_dim=hidden_dim, input_dim=gru_input, context_dim=context_dim),
         flow_head=FlowHead(hidden_dim, flow_head_dim),
         hidden_dim=hidden_dim,
         with_mask=convex_upsampling,
