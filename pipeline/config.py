@@ -75,7 +75,7 @@ class FlowConfig:
     pad_mode: str = "sintel"
     device: str = "auto"
     precision: str = "fp32"
-    batch_pairs: int = 4
+    batch_pairs: int = 1
     encode_batch: int = 4
     dis_preset: str = "medium"
     memory_budget_mb: int = 2048

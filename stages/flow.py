@@ -93,7 +93,7 @@ class FlowStage:
     pad_mode: str = "sintel"
     device: str = "cpu"
     autocast: torch.dtype | None = None
-    batch_pairs: int = 4
+    batch_pairs: int = 1
     encode_batch: int = 4
     keep_features: bool = False
     dis_preset: str = "medium"
