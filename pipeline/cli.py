@@ -24,6 +24,7 @@ from stages.flow_io import write_flo, write_flow_npy, write_kitti_png
 from stages.flow_viz import flow_to_color
 
 from .batch import OutputInUse, OutputLocked, run_batch, summary_lines
+from .cli_common import parse_set_options
 from .config import FLOW_FORMATS, FLOW_MODELS, ConfigError, load_config
 from .devices import PRECISIONS, resolve_device, resolve_precision
 from .discovery import find_inputs
@@ -137,16 +138,6 @@ def pair(
         logger.info("wrote %s", viz)
 
 
-def _parse_set(values: tuple[str, ...]) -> dict[str, str]:
-    overrides = {}
-    for item in values:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--set")
-        overrides[key.strip()] = value.strip()
-    return overrides
-
-
 @main.command()
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path))
@@ -241,7 +232,7 @@ def run(
         "backward": "flow.backward", "warm_start": "flow.warm_start", "corr": "flow.corr",
     }  # fmt: skip
     overrides = {names[k]: v for k, v in flags.items()}
-    overrides.update(_parse_set(settings))
+    overrides.update(parse_set_options(settings))
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite exclude each other")
     if timeout is not None and workers == 0 and executor == "local":

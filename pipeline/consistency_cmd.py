@@ -26,6 +26,7 @@ from stages.decode import DecodeError, iter_chunks, open_video
 from stages.flow_io import atomic_path, write_bytes_atomic
 from stages.warp_stage import chunk_pair_metrics
 
+from .cli_common import parse_set_options
 from .config import ConfigError, RunConfig, load_config
 from .runner import FlowSession, build_flow_session, decode_options
 
@@ -170,11 +171,7 @@ def consistency_command(
         "flow.model": model, "flow.checkpoint": checkpoint, "flow.iters": iters,
         "flow.device": device, "flow.backward": True,
     }  # fmt: skip
-    for item in settings:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--set")
-        overrides[key.strip()] = value.strip()
+    overrides.update(parse_set_options(settings))
     try:
         config = load_config(config_path, overrides)
         session = build_flow_session(config)

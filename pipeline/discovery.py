@@ -32,9 +32,10 @@ from pathlib import Path, PurePosixPath
 
 from stages.decoding.frames_folder import IMAGE_EXTENSIONS, natural_key
 
-from .runner import VIDEO_EXTENSIONS
-
 logger = logging.getLogger(__name__)
+
+#: Container extensions treated as videos (compared lower-case).
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 
 LIST_EXTENSIONS = (".txt", ".lst", ".csv")
 """An input file with one of these extensions is a list of inputs."""

@@ -29,26 +29,22 @@ class Prefetcher(Generic[T]):
     def _run(self, source: Iterator[T]) -> None:
         try:
             for item in source:
-                while not self._stop.is_set():
-                    try:
-                        self._queue.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if self._stop.is_set():
+                if not self._put(item):
                     return
         except BaseException as exc:  # handed to the consumer
             self._error = exc
         finally:
-            self._put_done()
+            self._put(_DONE)
 
-    def _put_done(self) -> None:
+    def _put(self, item: object) -> bool:
+        """Queues ``item`` unless :meth:`close` was called first; False when stopped."""
         while not self._stop.is_set():
             try:
-                self._queue.put(_DONE, timeout=0.1)
-                return
+                self._queue.put(item, timeout=0.1)
+                return True
             except queue.Full:
                 continue
+        return False
 
     def __iter__(self) -> Iterator[T]:
         while True:

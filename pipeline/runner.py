@@ -35,8 +35,6 @@ from .overlap import Consumer, Prefetcher
 
 logger = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
-
 
 @dataclass
 class VideoResult:
