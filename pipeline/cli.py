@@ -148,7 +148,7 @@ def pair(
 @click.option("--device", help="auto, cpu, cuda, cuda:1, mps")
 @click.option("--precision", type=click.Choice(list(PRECISIONS)))
 @click.option("--formats", help=f"Comma-separated subset of {','.join(FLOW_FORMATS)}.")
-@click.option("--decoder", type=click.Choice(["decord", "pyav", "opencv"]))
+@click.option("--decoder", type=click.Choice(["pyav", "decord", "opencv"]))
 @click.option("--chunk-size", type=click.IntRange(min=1), help="Pairs per chunk.")
 @click.option("--gap", type=click.IntRange(min=1), help="Pair gap k: pairs (t, t+k).")
 @click.option("--backward/--no-backward", default=None, help="Also backward flow.")

@@ -38,7 +38,7 @@ def _require(condition: bool, message: str) -> None:
 class DecodeConfig:
     """How frames are read. See :class:`stages.decode.DecodeOptions` for the semantics."""
 
-    backend: str = "decord"
+    backend: str = "pyav"
     stride: int = 1
     target_fps: float | None = None
     start: float | None = None

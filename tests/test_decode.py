@@ -506,10 +506,33 @@ def test_missing_decord_falls_back_to_pyav(
 ) -> None:
     monkeypatch.setitem(sys.modules, "decord", None)  # makes `import decord` raise ImportError
     path = media(num_frames=5)
-    info, frames, warnings = decode_all(path)
+    info, frames, warnings = decode_all(path, backend="decord")
     assert info.backend == "pyav" and len(frames) == 5
     assert any("decord is not installed" in w for w in warnings)
     assert "decord unavailable: decord is not installed" in caplog.text
+
+
+def test_default_backend_is_pyav(media: Callable[..., Path]) -> None:
+    info, frames, warnings = decode_all(media(num_frames=3))
+    assert info.backend == "pyav" and len(frames) == 3 and warnings == []
+
+
+@pytest.mark.usefixtures("fresh_fallback_log")
+def test_decord_refuses_streams_its_read_ahead_could_not_hold(
+    media: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """decord decodes the whole remaining stream ahead of a slow consumer: long streams go to
+    PyAV, with the reason, and still deliver every frame."""
+    import stages.decoding.backend_decord as backend_decord
+
+    path = media(num_frames=12)  # 64x48 RGB: 9216 bytes a frame
+    monkeypatch.setattr(backend_decord, "MAX_READ_AHEAD_BYTES", 11 * 64 * 48 * 3)
+    info, frames, warnings = decode_all(path, backend="decord")
+    assert info.backend == "pyav" and pattern_ids(frames) == list(range(12))
+    assert any("decodes ahead of the consumer without bound" in w for w in warnings)
+    monkeypatch.setattr(backend_decord, "MAX_READ_AHEAD_BYTES", 12 * 64 * 48 * 3)
+    info, frames, _ = decode_all(path, backend="decord")
+    assert info.backend == "decord" and pattern_ids(frames) == list(range(12))
 
 
 def test_frames_can_be_iterated_once(media: Callable[..., Path]) -> None:
@@ -616,7 +639,12 @@ def test_shared_clip_without_frame_count_decodes_identically(videos_dir: Path) -
 
 
 @pytest.mark.slow
-def test_shared_long_clip_decodes_identically(videos_dir: Path) -> None:
+def test_shared_long_clip_decodes_identically(
+    videos_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import stages.decoding.backend_decord as backend_decord
+
+    monkeypatch.setattr(backend_decord, "MAX_READ_AHEAD_BYTES", 2**40)  # a fast consumer here
     path = videos_dir / "bottle-detection.mp4"
     results = {}
     for backend in BACKENDS:

@@ -2,7 +2,7 @@
 
 ``open_video(path, DecodeOptions(...))`` returns a :class:`VideoReader` whose ``frames()``
 yields :class:`DecodedFrame` s; ``iter_chunks`` groups them into overlapping
-:class:`stages.base.FrameChunk` s. Backends: decord (default), PyAV (reference and fallback),
+:class:`stages.base.FrameChunk` s. Backends: PyAV (default, reference and fallback), decord,
 OpenCV; all deliver the same frames and pts for the same file.
 """
 

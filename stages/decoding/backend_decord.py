@@ -17,6 +17,12 @@ decord 0.6.0 quirks this module works around (found by testing, see tests/test_d
   before the packet that caused it. After a failure the remaining selected frames are therefore
   decoded by PyAV (by pts), which delivers exactly the frames before the fault as the other
   backends do.
+* Its decoder thread never waits for the consumer: once the first frame is read it decodes the
+  rest of the file into memory as fast as it can (dmlc/decord#157, #208, #304; measured here:
+  one ``next()`` on a 3000-frame 320x240 clip, then 2 s of sleep, holds 620 MiB). A consumer
+  slower than the decoder, such as a flow model, therefore holds the decoded remainder of the
+  video. This backend refuses (and the reader falls back to PyAV) when the selected frames
+  would exceed :data:`MAX_READ_AHEAD_BYTES`; PyAV is the default backend for that reason.
 * Decoding in-process can abort the interpreter (``LOG(FATAL)``/segfault) on some broken files:
   the batch runner isolates each video in a subprocess.
 """
@@ -42,6 +48,9 @@ BATCH_BYTES = 32 * 1024 * 1024
 """Upper bound on the memory of one ``get_batch`` call."""
 MAX_BATCH = 8
 """Frames per ``get_batch`` call; larger batches were slower (cache misses) in benchmarks."""
+MAX_READ_AHEAD_BYTES = 256 * 1024 * 1024
+"""Largest decoded size (frames x height x width x 3) of a selection decord may decode: its
+unbounded read-ahead can hold all of it at once."""
 FAULT_TOLERANCE = "0.000001"
 """decord ``fault_tol``: a fraction so small that the first substituted frame raises."""
 
@@ -60,6 +69,17 @@ def _short(exc: BaseException) -> str:
     return detail if len(detail) <= 200 else detail[:200] + "..."
 
 
+def _decoded_bytes(probe: StreamProbe) -> int:
+    """RGB bytes of the whole stream: what decord's read-ahead may hold (it runs to the end of
+    the file whatever range was selected)."""
+    frames = probe.header_frame_count
+    if frames is None and probe.duration and probe.fps:
+        frames = round(probe.duration * probe.fps)
+    if frames is None:
+        return MAX_READ_AHEAD_BYTES + 1  # unknown length: assume long
+    return frames * probe.source_height * probe.source_width * 3
+
+
 class DecordBackend:
     """Decodes the selected frames with ``VideoReader.get_batch`` in bounded batches."""
 
@@ -72,6 +92,12 @@ class DecordBackend:
             raise BackendUnsupported(f"decord mis-decodes rotated streams ({probe.rotation} deg)")
         self._probe = probe
         self._state = state
+        read_ahead = _decoded_bytes(probe)
+        if read_ahead > MAX_READ_AHEAD_BYTES:
+            raise BackendUnsupported(
+                f"decord decodes ahead of the consumer without bound and could hold "
+                f"{read_ahead / 2**20:.0f} MiB of frames (limit {MAX_READ_AHEAD_BYTES // 2**20} MiB)"
+            )
         try:
             reader = decord.VideoReader(
                 probe.path,

@@ -178,7 +178,7 @@ class VideoReader:
 def open_video(
     path: str | os.PathLike[str], options: DecodeOptions | None = None
 ) -> VideoReader | FrameFolderReader:
-    """Probe ``path`` and open it for decoding with ``options`` (defaults: decord, all frames).
+    """Probe ``path`` and open it for decoding with ``options`` (defaults: PyAV, all frames).
 
     A folder is read as a sequence of images (:mod:`stages.decoding.frames_folder`).
 

@@ -51,8 +51,9 @@ class DecodeOptions:
     stream's own timestamps, relative to the stream start).
 
     Attributes:
-        backend: ``"decord"`` (default, falls back to PyAV where decord cannot decode the file
-            correctly), ``"pyav"`` or ``"opencv"``.
+        backend: ``"pyav"`` (default), ``"decord"`` (falls back to PyAV where it cannot decode
+            the file correctly or its unbounded read-ahead could hold more than
+            ``backend_decord.MAX_READ_AHEAD_BYTES``) or ``"opencv"``.
         stride: keep every ``stride``-th frame of the selection (1 keeps all).
         target_fps: resample by timestamp. Target times are ``t0 + i / target_fps``, ``t0``
             being the pts of the first frame in the time range, up to (excluding) the range's
@@ -69,7 +70,7 @@ class DecodeOptions:
         frames_fps: frame rate assigned to a folder of image frames (pts = index / fps).
     """
 
-    backend: str = "decord"
+    backend: str = "pyav"
     stride: int = 1
     target_fps: float | None = None
     start: float | None = None
