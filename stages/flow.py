@@ -171,22 +171,16 @@ class FlowStage:
         indices = [int(i) for i in chunk.indices]
 
         features = self._encode_missing(chunk, padder, device, indices, carry, encode_batch)
-        sources = set(starts) | ({t + self.gap for t in starts} if self.backward else set())
-        self._contexts(chunk, padder, device, indices, carry, sorted(sources), encode_batch)
-
-        pairs_fw = [(t, t + self.gap) for t in starts]
-        chunk.artifacts["flow_fw"] = self._refine_pairs(
-            pairs_fw, indices, carry, padder, corr, batch_pairs, direction="fw"
+        keep = set(indices[len(indices) - self.gap :]) if not chunk.is_last else set()
+        flows = self._refine_by_source(
+            chunk, starts, padder, device, indices, carry, corr, batch_pairs, encode_batch, keep
         )
+        chunk.artifacts["flow_fw"] = flows["fw"]
         if self.backward:
-            pairs_bw = [(t + self.gap, t) for t in starts]
-            chunk.artifacts["flow_bw"] = self._refine_pairs(
-                pairs_bw, indices, carry, padder, corr, batch_pairs, direction="bw"
-            )
+            chunk.artifacts["flow_bw"] = flows["bw"]
         if self.keep_features:
             chunk.artifacts["features"] = torch.stack([features[i] for i in indices]).cpu()
         # keep only what the next chunk's first frames need
-        keep = set(indices[len(indices) - self.gap :]) if not chunk.is_last else set()
         carry.features = {i: f for i, f in carry.features.items() if i in keep}
         carry.contexts = {i: c for i, c in carry.contexts.items() if i in keep}
         if chunk.is_last:
@@ -203,10 +197,14 @@ class FlowStage:
         budget = self.memory_budget_mb * 2**20
         encode = max(1, min(self.encode_batch, budget // (1024 * height * width)))
         pairs = self.batch_pairs
+        positions = (height // 8) * (width // 8)
+        per_pair = 0.0
         if corr == "all-pairs":
-            positions = (height // 8) * (width // 8)
-            volume = 4 * positions**2 * 4 / 3  # float32 pyramid: 1 + 1/4 + 1/16 + 1/64
-            pairs = max(1, min(pairs, int(budget // volume)))
+            per_pair += 4 * positions**2 * 4 / 3  # float32 pyramid: 1 + 1/4 + 1/16 + 1/64
+        if self.model == "gma":
+            per_pair += 4 * positions**2  # the source frame's attention matrix
+        if per_pair:
+            pairs = max(1, min(pairs, int(budget // per_pair)))
         return encode, pairs
 
     def _corr_kind(self, padder: Padder) -> str:
@@ -260,41 +258,80 @@ class FlowStage:
                 for n, t in enumerate(group):
                     carry.contexts[indices[t]] = context.select(slice(n, n + 1))
 
-    def _refine_pairs(
+    def _refine_by_source(
+        self,
+        chunk: FrameChunk,
+        starts: range,
+        padder: Padder,
+        device,
+        indices: list[int],
+        carry: _Carry,
+        corr: str,
+        batch_pairs: int,
+        encode_batch: int,
+        keep: set[int],
+    ) -> dict[str, torch.Tensor]:
+        """Forward (and backward) flow of the chunk's pairs, walking the source frames in order.
+
+        Source frames are taken in windows: the window's contexts are computed, its forward
+        and its backward pairs refined (one batch each), and its contexts dropped unless the
+        next chunk needs them (``keep``). So at most a window of contexts is alive at a time,
+        which matters for GMA, whose context holds an ``(h*w, h*w)`` attention matrix (0.8 GB
+        per frame at 1280x720). Pairs keep their order within each direction.
+        """
+        by_source: dict[str, dict[int, tuple[int, int]]] = {
+            "fw": {t: (t, t + self.gap) for t in starts},
+            "bw": {t + self.gap: (t + self.gap, t) for t in starts} if self.backward else {},
+        }
+        sources = sorted(set(by_source["fw"]) | set(by_source["bw"]))
+        batch = 1 if self.warm_start else batch_pairs
+        # contexts without attention are small: compute them in encoder-sized windows
+        window = batch if self.model == "gma" else max(batch, encode_batch)
+        flows: dict[str, list[torch.Tensor]] = {"fw": [], "bw": []}
+        for begin in range(0, len(sources), window):
+            group = sources[begin : begin + window]
+            self._contexts(chunk, padder, device, indices, carry, group, encode_batch)
+            for direction, pairs in by_source.items():
+                todo = [pairs[t] for t in group if t in pairs]
+                for start in range(0, len(todo), batch):
+                    flows[direction].append(
+                        self._refine_batch(
+                            todo[start : start + batch], indices, carry, padder, corr, direction
+                        )
+                    )
+            for t in group:
+                if indices[t] not in keep:
+                    carry.contexts.pop(indices[t], None)
+        empty = torch.zeros(0, 2, padder.height, padder.width)
+        return {key: torch.cat(parts) if parts else empty for key, parts in flows.items()}
+
+    def _refine_batch(
         self,
         pairs: list[tuple[int, int]],
         indices: list[int],
         carry: _Carry,
         padder: Padder,
         corr: str,
-        batch_pairs: int,
-        *,
         direction: str,
     ) -> torch.Tensor:
-        batch = 1 if self.warm_start else batch_pairs
-        flows = []
+        """Flow ``(n, 2, H, W)`` float32 on the CPU of chunk-local ``pairs`` (source, target)."""
+        src = [indices[a] for a, _ in pairs]
+        dst = [indices[b] for _, b in pairs]
         with torch.inference_mode():
-            for start in range(0, len(pairs), batch):
-                group = pairs[start : start + batch]
-                src = [indices[a] for a, _ in group]
-                dst = [indices[b] for _, b in group]
-                context = _cat_contexts([carry.contexts[i] for i in src])
-                flow_init = self._warm_start_init(carry, direction) if self.warm_start else None
-                flow_low, flow_up = self.network.refine(
-                    torch.stack([carry.features[i] for i in src]),
-                    torch.stack([carry.features[i] for i in dst]),
-                    context,
-                    iters=self.iters,
-                    flow_init=flow_init,
-                    corr=corr,
-                    autocast=self.autocast,
-                )
-                if self.warm_start:
-                    setattr(carry, f"flow_low_{direction}", flow_low)
-                flows.append(padder.unpad(flow_up).float().cpu())
-        if not flows:
-            return torch.zeros(0, 2, padder.height, padder.width)
-        return torch.cat(flows)
+            context = _cat_contexts([carry.contexts[i] for i in src])
+            flow_init = self._warm_start_init(carry, direction) if self.warm_start else None
+            flow_low, flow_up = self.network.refine(
+                torch.stack([carry.features[i] for i in src]),
+                torch.stack([carry.features[i] for i in dst]),
+                context,
+                iters=self.iters,
+                flow_init=flow_init,
+                corr=corr,
+                autocast=self.autocast,
+            )
+        if self.warm_start:
+            setattr(carry, f"flow_low_{direction}", flow_low)
+        return padder.unpad(flow_up).float().cpu()
 
     @staticmethod
     def _warm_start_init(carry: _Carry, direction: str) -> torch.Tensor | None:

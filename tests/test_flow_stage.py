@@ -38,10 +38,16 @@ def _run(stage: FlowStage, frames: list[DecodedFrame], chunk_size: int) -> dict[
     return {k: np.concatenate(v) for k, v in out.items() if v}
 
 
-@pytest.mark.parametrize(("count", "chunk_size", "gap"), [(11, 4, 1), (10, 3, 2), (3, 8, 1)])
-def test_chunked_equals_pair_by_pair(network, count, chunk_size, gap) -> None:
+@pytest.mark.parametrize(
+    ("count", "chunk_size", "gap", "batch_pairs"),
+    [(11, 4, 1, 1), (10, 3, 2, 1), (3, 8, 1, 1), (11, 5, 1, 3), (9, 4, 2, 2)],
+)
+def test_chunked_equals_pair_by_pair(network, count, chunk_size, gap, batch_pairs) -> None:
     frames = _frames(count)
-    stage = FlowStage(model="raft-small", network=network, iters=3, gap=gap, backward=True)
+    stage = FlowStage(
+        model="raft-small", network=network, iters=3, gap=gap, backward=True,
+        batch_pairs=batch_pairs,
+    )  # fmt: skip
     result = _run(stage, frames, chunk_size)
     expected_pairs = [(t, t + gap) for t in range(count - gap)]
     assert [tuple(p) for p in result["pairs"]] == expected_pairs  # none lost, none duplicated
@@ -67,6 +73,38 @@ def test_each_frame_is_encoded_once(network, monkeypatch) -> None:
     assert sum(calls) == 9
     # features of overlapping frames are delivered with every chunk that holds them
     assert result["features"].shape[0] == 9 + 2
+
+
+def test_gma_contexts_are_computed_once_and_released(parity_dir: Path, monkeypatch) -> None:
+    """GMA's per-frame context holds an (h*w)^2 attention matrix: each source frame's context is
+    computed once (also across chunk borders) and at most a batch of them is alive at a time."""
+    gma = create_model("gma", checkpoint=parity_dir / "gma_random.pth")
+    frames = _frames(9)
+    stage = FlowStage(model="gma", network=gma, iters=2, backward=True, batch_pairs=2)
+    stage.setup()
+    computed: list[int] = []
+    alive: list[int] = []
+    original_context, original_refine = gma.encode_context, gma.refine
+
+    def counting_context(images, **kwargs):
+        computed.append(images.shape[0])
+        return original_context(images, **kwargs)
+
+    def watching_refine(*args, **kwargs):
+        alive.append(len(stage._carry.contexts))
+        return original_refine(*args, **kwargs)
+
+    monkeypatch.setattr(gma, "encode_context", counting_context)
+    monkeypatch.setattr(gma, "refine", watching_refine)
+    result = _run(stage, frames, chunk_size=4)
+    assert sum(computed) == 9  # every frame is the source of a forward or a backward pair
+    assert max(alive) <= 2 + 1  # a window of two, plus the frame carried to the next chunk
+    image = lambda i: torch.from_numpy(frames[i].rgb).permute(2, 0, 1)[None].float()  # noqa: E731
+    for n in range(8):
+        fw = gma.estimate_flow(image(n), image(n + 1), iters=2).flow[0].numpy()
+        bw = gma.estimate_flow(image(n + 1), image(n), iters=2).flow[0].numpy()
+        assert np.abs(result["flow_fw"][n] - fw).max() <= 1e-4
+        assert np.abs(result["flow_bw"][n] - bw).max() <= 1e-4
 
 
 def test_warm_start_uses_previous_pair(network) -> None:
