@@ -21,8 +21,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import stages.decoding.backend_decord as backend_decord  # noqa: E402
 from pipeline.example import write_example_clip  # noqa: E402
 from stages.decode import DecodeOptions, open_video  # noqa: E402
+
+# This loop consumes frames as fast as they are decoded, so decord's unbounded read-ahead (the
+# reason the pipeline refuses it for long streams) cannot pile frames up here.
+backend_decord.MAX_READ_AHEAD_BYTES = 2**62
 
 
 def _decode(path: Path, backend: str) -> tuple[int, float]:

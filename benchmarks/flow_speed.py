@@ -2,9 +2,15 @@
 
 Paths measured, each run in a fresh subprocess (so its peak RSS is its own):
 
+- ``official``: the official code itself, when a checkout is given (``--official-raft`` for
+  princeton-vl/RAFT, ``--official-gma`` for zacjiang/GMA; nothing of it is part of this
+  project): the demo's loop, ``InputPadder`` (replicate, Sintel mode) then
+  ``model(image1, image2, iters, test_mode=True)`` under ``torch.no_grad()``, one pair at a time.
 - ``reference``: ``model.estimate_flow(frame_t, frame_t1)`` one pair at a time with
-  ``model.set_fast_kernels(False)``, i.e. the official sequence of operations. It stands in for
-  the official per-pair loop on the machine the benchmark runs on.
+  ``model.set_fast_kernels(False)``: the official operations inside every module, but this
+  project's per-pair schedule (upsampling mask at the last iteration only, the query scaled
+  before the correlation product). A stand-in where no official checkout is at hand; it is
+  ~7% (RAFT) to ~14% (GMA) faster than the official code.
 - ``api``: the same loop with the fast kernels (the default).
 - ``video``: :class:`stages.flow.FlowStage` on chunks of consecutive frames made by
   :func:`stages.decode.iter_chunks` from a list of :class:`stages.decode.DecodedFrame`: each
@@ -55,7 +61,40 @@ OFFICIAL_S_PER_PAIR: dict[tuple[str, str], float] = {
 }
 MODELS = ("raft-large", "raft-small", "gma")
 SIZES = ("640x360", "1024x436", "1280x720")
-PATHS = ("reference", "api", "video")
+PATHS = ("official", "reference", "api", "video")
+
+
+def _official_network(model_name: str, args: argparse.Namespace):
+    """The official model class from a checkout (``core/`` on ``sys.path``), random weights."""
+    root = args.official_gma if model_name == "gma" else args.official_raft
+    if root is None:
+        flag = "--official-gma" if model_name == "gma" else "--official-raft"
+        raise SystemExit(f"the official path of {model_name} needs {flag} CHECKOUT")
+    sys.path.insert(0, str(Path(root).resolve() / "core"))
+    if model_name == "gma":
+        from network import RAFTGMA  # zacjiang/GMA
+
+        options = argparse.Namespace(
+            num_heads=1, position_only=False, position_and_content=False,
+            mixed_precision=False, dropout=0,
+        )  # fmt: skip
+        return RAFTGMA(options).eval()
+    from raft import RAFT  # princeton-vl/RAFT
+
+    options = argparse.Namespace(
+        small=model_name == "raft-small", mixed_precision=False, alternate_corr=False, dropout=0
+    )
+    return RAFT(options).eval()
+
+
+def _official_pad(image, mode: str = "sintel"):
+    """Pad ``(1, 3, H, W)`` to multiples of 8 as the official ``InputPadder`` does (replicate)."""
+    import torch.nn.functional as F
+
+    height, width = image.shape[-2:]
+    pad_h, pad_w = (-height) % 8, (-width) % 8
+    sides = [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2]
+    return F.pad(image, sides, mode="replicate"), sides
 
 
 def _frames(count: int, width: int, height: int, seed: int = 0):
@@ -90,9 +129,30 @@ def _child(model_name: str, size: str, path: str, args: argparse.Namespace) -> d
 
     width, height = (int(v) for v in size.lower().split("x"))
     torch.manual_seed(0)
+    frames = _frames(args.pairs + 1, width, height, seed=args.seed)
+    if path == "official":
+        official = _official_network(model_name, args)
+
+        def padded(i: int) -> torch.Tensor:
+            return _official_pad(torch.from_numpy(frames[i]).permute(2, 0, 1)[None].float())[0]
+
+        def official_pair(t: int) -> torch.Tensor:
+            with torch.no_grad():
+                _, flow_up = official(padded(t), padded(t + 1), iters=args.iters, test_mode=True)
+            _, sides = _official_pad(torch.zeros(1, 1, height, width))
+            return flow_up[..., sides[2] : sides[2] + height, sides[0] : sides[0] + width]
+
+        official_pair(0)  # warm-up
+        cpu_start = time.process_time()
+        start = time.perf_counter()
+        for t in range(args.pairs):
+            flow = official_pair(t)
+        elapsed = time.perf_counter() - start
+        cpu = time.process_time() - cpu_start
+        assert torch.isfinite(flow).all()
+        return _record(model_name, size, path, elapsed, cpu, args)
     network = create_model(model_name)  # random weights: speed does not depend on them
     network.set_fast_kernels(path != "reference")
-    frames = _frames(args.pairs + 1, width, height, seed=args.seed)
     if path == "video":
         stage = FlowStage(
             model=model_name,
@@ -128,6 +188,14 @@ def _child(model_name: str, size: str, path: str, args: argparse.Namespace) -> d
         elapsed = time.perf_counter() - start
         cpu = time.process_time() - cpu_start
         assert torch.isfinite(out.flow).all()
+    return _record(model_name, size, path, elapsed, cpu, args)
+
+
+def _record(
+    model_name: str, size: str, path: str, elapsed: float, cpu: float, args: argparse.Namespace
+) -> dict:
+    import torch
+
     return {
         "model": model_name,
         "size": size,
@@ -145,6 +213,12 @@ def _run_child(model_name: str, size: str, path: str, args: argparse.Namespace) 
         "--chunk-pairs", str(args.chunk_pairs), "--batch-pairs", str(args.batch_pairs),
         "--threads", str(args.threads), "--seed", str(args.seed),
     ]  # fmt: skip
+    for flag, value in (
+        ("--official-raft", args.official_raft),
+        ("--official-gma", args.official_gma),
+    ):
+        if value is not None:
+            command += [flag, str(value)]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     if args.omp_passive:
         env["OMP_WAIT_POLICY"] = "PASSIVE"
@@ -171,9 +245,9 @@ def _cpu_model() -> str:
 def _table(results: dict[tuple[str, str, str], list[dict]]) -> str:
     lines = [
         "| model | size | path | s/pair median (min-max) | pairs/s | CPU s/pair/thread | "
-        "official s/pair | x official | x reference | x reference (CPU) | peak RSS MiB | "
-        "load 1 min |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "x official code | x reference | x reference (CPU) | issue's official s/pair | "
+        "x issue's official | peak RSS MiB | load 1 min |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
 
     def median_of(runs: list[dict], key: str) -> float | None:
@@ -191,6 +265,8 @@ def _table(results: dict[tuple[str, str, str], list[dict]]) -> str:
         times = [r["seconds_per_pair"] for r in good]
         med = statistics.median(times)
         cpu = statistics.median(r["cpu_seconds_per_pair"] for r in good)
+        measured = median_of(results.get((model_name, size, "official"), []), "seconds_per_pair")
+        x_code = f"{measured / med:.2f}" if measured else "-"
         reference = results.get((model_name, size, "reference"), [])
         ref, ref_cpu = (
             median_of(reference, "seconds_per_pair"),
@@ -202,8 +278,8 @@ def _table(results: dict[tuple[str, str, str], list[dict]]) -> str:
         rss = max(r["peak_rss_mib"] for r in good)
         lines.append(
             f"| {model_name} | {size} | {path} | {med:.2f} ({min(times):.2f}-{max(times):.2f}) "
-            f"| {1 / med:.3f} | {cpu:.2f} | {official if official else '-'} | {x_official} "
-            f"| {x_reference} | {x_reference_cpu} | {rss:.0f} | {load} |"
+            f"| {1 / med:.3f} | {cpu:.2f} | {x_code} | {x_reference} | {x_reference_cpu} "
+            f"| {official if official else '-'} | {x_official} | {rss:.0f} | {load} |"
         )
     return "\n".join(lines)
 
@@ -212,7 +288,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--sizes", nargs="+", default=list(SIZES))
-    parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
+    parser.add_argument(
+        "--paths",
+        nargs="+",
+        default=None,
+        choices=PATHS,
+        help="default: all, official only where a checkout is given",
+    )
+    parser.add_argument("--official-raft", type=Path, help="checkout of princeton-vl/RAFT")
+    parser.add_argument("--official-gma", type=Path, help="checkout of zacjiang/GMA")
     parser.add_argument("--iters", type=int, default=12)
     parser.add_argument("--pairs", type=int, default=6, help="consecutive pairs timed per run")
     parser.add_argument(
@@ -240,6 +324,10 @@ def main() -> None:
     if args.quick:
         args.models, args.sizes, args.repeats, args.pairs = ["raft-small"], ["640x360"], 1, 2
         args.chunk_pairs = 2
+    if args.paths is None:
+        args.paths = [
+            p for p in PATHS if p != "official" or args.official_raft or args.official_gma
+        ]
     if args.child:
         print(json.dumps(_child(args.models[0], args.sizes[0], args.paths[0], args)))
         return
@@ -253,7 +341,14 @@ def main() -> None:
         f"batches of {args.batch_pairs}, OMP_WAIT_POLICY={policy}",
         flush=True,
     )
-    configs = [(m, s, p) for m in args.models for s in args.sizes for p in args.paths]
+
+    def has_code(model_name: str, path: str) -> bool:
+        checkout = args.official_gma if model_name == "gma" else args.official_raft
+        return path != "official" or checkout is not None
+
+    configs = [
+        (m, s, p) for m in args.models for s in args.sizes for p in args.paths if has_code(m, p)
+    ]
     results: dict[tuple[str, str, str], list[dict]] = {c: [] for c in configs}
     for round_index in range(args.repeats):
         for config in configs:

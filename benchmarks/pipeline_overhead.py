@@ -2,15 +2,19 @@
 
     python benchmarks/pipeline_overhead.py [--video FILE] [--frames 33] [--model raft-large]
 
-Flow alone: the flow stage over chunks of frames decoded beforehand into memory. Pipeline: the
-``run`` command on the same frames (``decode.end`` cuts the clip) with warp, motion features
-and the npy, flo, jpg and viz writers. Both in this process, alternated, median of repeats.
+Flow alone: the flow stage over chunks of frames decoded beforehand into memory, computing what
+the pipeline's flow stage computes here (forward and backward flow, since the warp stage's
+occlusion masks need both; encoder maps kept for the motion features). Pipeline: the ``run``
+command on the same frames (``decode.end`` cuts the clip) with warp, motion features and the
+npy, flo, jpg and viz writers. Both in this process, alternated, median of repeats; the
+pipeline's own per-stage seconds (from ``meta.json``) are printed too.
 Random weights (``--checkpoint random``): speed does not depend on the weights.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -47,7 +51,7 @@ def main() -> None:
             if len(frames) == args.frames:
                 break
     end = (frames[-1].pts + frames[-2].pts) / 2 + 1e-3  # keeps exactly these frames
-    stage = FlowStage(model=args.model, iters=args.iters)
+    stage = FlowStage(model=args.model, iters=args.iters, backward=True, keep_features=True)
     stage.setup()
 
     def flow_only() -> None:
@@ -68,6 +72,7 @@ def main() -> None:
             raise SystemExit(result.output)
 
     times: dict[str, list[float]] = {"flow alone": [], "whole pipeline": []}
+    stage_seconds: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
         flow_only()  # warm-up
         for repeat in range(args.repeats):
@@ -77,6 +82,8 @@ def main() -> None:
             start = time.perf_counter()
             pipeline(Path(tmp) / f"run{repeat}")
             times["whole pipeline"].append(time.perf_counter() - start)
+            meta = next((Path(tmp) / f"run{repeat}").glob("*/meta.json"))
+            stage_seconds.append(json.loads(meta.read_text())["seconds"])
     pairs = args.frames - 1
     base = statistics.median(times["flow alone"])
     print(
@@ -91,6 +98,10 @@ def main() -> None:
             f"| {name} | {median:.1f} ({min(values):.1f}-{max(values):.1f}) | "
             f"{pairs / median:.2f} | {100 * (median / base - 1):+.1f}% |"
         )
+
+    keys = [k for k in stage_seconds[0] if k != "total"]
+    print("\npipeline seconds by stage (median; decode and output stages overlap the flow stage):")
+    print(" | ".join(f"{k} {statistics.median(s[k] for s in stage_seconds):.1f}" for k in keys))
 
 
 if __name__ == "__main__":
