@@ -340,6 +340,10 @@ class FlowStage:
 
 
 def _cat_contexts(contexts: list[Context]) -> Context:
+    """One batched context; a single one is passed through (``torch.cat`` would copy it, and
+    GMA's attention matrix is 0.8 GB at 1280x720)."""
+    if len(contexts) == 1:
+        return contexts[0]
     attention = None
     if contexts[0].attention is not None:
         attention = torch.cat([c.attention for c in contexts])

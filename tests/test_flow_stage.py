@@ -75,15 +75,20 @@ def test_each_frame_is_encoded_once(network, monkeypatch) -> None:
     assert result["features"].shape[0] == 9 + 2
 
 
-def test_gma_contexts_are_computed_once_and_released(parity_dir: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("batch_pairs", [1, 2])
+def test_gma_contexts_are_computed_once_and_released(
+    parity_dir: Path, monkeypatch, batch_pairs: int
+) -> None:
     """GMA's per-frame context holds an (h*w)^2 attention matrix: each source frame's context is
-    computed once (also across chunk borders) and at most a batch of them is alive at a time."""
+    computed once (also across chunk borders), at most a batch of them is alive at a time, and
+    a single pair's context is used as stored, not copied."""
     gma = create_model("gma", checkpoint=parity_dir / "gma_random.pth")
     frames = _frames(9)
-    stage = FlowStage(model="gma", network=gma, iters=2, backward=True, batch_pairs=2)
+    stage = FlowStage(model="gma", network=gma, iters=2, backward=True, batch_pairs=batch_pairs)
     stage.setup()
     computed: list[int] = []
     alive: list[int] = []
+    copied: list[bool] = []
     original_context, original_refine = gma.encode_context, gma.refine
 
     def counting_context(images, **kwargs):
@@ -92,13 +97,17 @@ def test_gma_contexts_are_computed_once_and_released(parity_dir: Path, monkeypat
 
     def watching_refine(*args, **kwargs):
         alive.append(len(stage._carry.contexts))
+        stored = [c.attention for c in stage._carry.contexts.values()]
+        copied.append(not any(args[2].attention is a for a in stored))
         return original_refine(*args, **kwargs)
 
     monkeypatch.setattr(gma, "encode_context", counting_context)
     monkeypatch.setattr(gma, "refine", watching_refine)
     result = _run(stage, frames, chunk_size=4)
     assert sum(computed) == 9  # every frame is the source of a forward or a backward pair
-    assert max(alive) <= 2 + 1  # a window of two, plus the frame carried to the next chunk
+    assert max(alive) <= batch_pairs + 1  # a window, plus the frame carried to the next chunk
+    if batch_pairs == 1:
+        assert not any(copied)
     image = lambda i: torch.from_numpy(frames[i].rgb).permute(2, 0, 1)[None].float()  # noqa: E731
     for n in range(8):
         fw = gma.estimate_flow(image(n), image(n + 1), iters=2).flow[0].numpy()
