@@ -43,4 +43,22 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     dtype = PRECISIONS[name]
     if dtype is torch.float16 and device.type != "cuda":
         raise ValueError("fp16 autocast needs a CUDA device; use bf16 or fp32 on CPU")
+    if dtype is torch.bfloat16 and device.type == "cpu" and cpu_has_native_bf16() is False:
+        logger.warning(
+            "bf16 on a CPU without avx512_bf16 / amx_bf16 is emulated: measured 40-160x slower "
+            "than fp32 on an AVX2 machine (benchmarks/RESULTS.md); use --precision fp32"
+        )
     return dtype
+
+
+def cpu_has_native_bf16() -> bool | None:
+    """Whether the CPU has bf16 dot-product instructions (``None``: cannot tell, not Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        return None
+    return None

@@ -1,0 +1,34 @@
+"""Device and precision choices: clear errors, and a warning where bf16 would be emulated."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+import pipeline.devices as devices
+
+
+def test_precisions_map_to_autocast_dtypes() -> None:
+    cpu = torch.device("cpu")
+    assert devices.resolve_precision("fp32", cpu) is None
+    assert devices.resolve_precision("bf16", cpu) is torch.bfloat16
+    with pytest.raises(ValueError, match="fp16 autocast needs a CUDA device"):
+        devices.resolve_precision("fp16", cpu)
+    with pytest.raises(ValueError, match="unknown precision"):
+        devices.resolve_precision("int8", cpu)
+
+
+@pytest.mark.parametrize(("native", "warned"), [(False, True), (True, False), (None, False)])
+def test_bf16_on_a_cpu_without_bf16_instructions_warns(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, native, warned
+) -> None:
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: native)
+    with caplog.at_level(logging.WARNING, logger="pipeline.devices"):
+        devices.resolve_precision("bf16", torch.device("cpu"))
+    assert ("is emulated" in caplog.text) is warned
+
+
+def test_cpu_flags_are_read() -> None:
+    assert devices.cpu_has_native_bf16() in (True, False, None)
