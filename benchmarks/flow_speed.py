@@ -87,14 +87,11 @@ def _official_network(model_name: str, args: argparse.Namespace):
     return RAFT(options).eval()
 
 
-def _official_pad(image, mode: str = "sintel"):
-    """Pad ``(1, 3, H, W)`` to multiples of 8 as the official ``InputPadder`` does (replicate)."""
-    import torch.nn.functional as F
-
-    height, width = image.shape[-2:]
+def _official_sides(height: int, width: int) -> list[int]:
+    """``[left, right, top, bottom]`` padding to multiples of 8, as the official ``InputPadder``
+    computes it in Sintel mode (the image is then padded with ``replicate``)."""
     pad_h, pad_w = (-height) % 8, (-width) % 8
-    sides = [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2]
-    return F.pad(image, sides, mode="replicate"), sides
+    return [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2]
 
 
 def _frames(count: int, width: int, height: int, seed: int = 0):
@@ -133,13 +130,15 @@ def _child(model_name: str, size: str, path: str, args: argparse.Namespace) -> d
     if path == "official":
         official = _official_network(model_name, args)
 
+        sides = _official_sides(height, width)
+
         def padded(i: int) -> torch.Tensor:
-            return _official_pad(torch.from_numpy(frames[i]).permute(2, 0, 1)[None].float())[0]
+            image = torch.from_numpy(frames[i]).permute(2, 0, 1)[None].float()
+            return torch.nn.functional.pad(image, sides, mode="replicate")
 
         def official_pair(t: int) -> torch.Tensor:
             with torch.no_grad():
                 _, flow_up = official(padded(t), padded(t + 1), iters=args.iters, test_mode=True)
-            _, sides = _official_pad(torch.zeros(1, 1, height, width))
             return flow_up[..., sides[2] : sides[2] + height, sides[0] : sides[0] + width]
 
         official_pair(0)  # warm-up

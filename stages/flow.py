@@ -274,10 +274,11 @@ class FlowStage:
         """Forward (and backward) flow of the chunk's pairs, walking the source frames in order.
 
         Source frames are taken in windows: the window's contexts are computed, its forward
-        and its backward pairs refined (one batch each), and its contexts dropped unless the
-        next chunk needs them (``keep``). So at most a window of contexts is alive at a time,
-        which matters for GMA, whose context holds an ``(h*w, h*w)`` attention matrix (0.8 GB
-        per frame at 1280x720). Pairs keep their order within each direction.
+        and its backward pairs refined (in batches of ``batch_pairs``; a GMA window is one
+        batch), and its contexts dropped unless the next chunk needs them (``keep``). So at
+        most a window of contexts is alive at a time, which matters for GMA, whose context
+        holds an ``(h*w, h*w)`` attention matrix (0.8 GB per frame at 1280x720). Pairs keep
+        their order within each direction.
         """
         by_source: dict[str, dict[int, tuple[int, int]]] = {
             "fw": {t: (t, t + self.gap) for t in starts},

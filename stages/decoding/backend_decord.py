@@ -21,8 +21,8 @@ decord 0.6.0 quirks this module works around (found by testing, see tests/test_d
   rest of the file into memory as fast as it can (dmlc/decord#157, #208, #304; measured here:
   one ``next()`` on a 3000-frame 320x240 clip, then 2 s of sleep, holds 620 MiB). A consumer
   slower than the decoder, such as a flow model, therefore holds the decoded remainder of the
-  video. This backend refuses (and the reader falls back to PyAV) when the selected frames
-  would exceed :data:`MAX_READ_AHEAD_BYTES`; PyAV is the default backend for that reason.
+  video. This backend refuses (and the reader falls back to PyAV) when the stream's decoded
+  frames would exceed :data:`MAX_READ_AHEAD_BYTES`; PyAV is the default backend for that reason.
 * Decoding in-process can abort the interpreter (``LOG(FATAL)``/segfault) on some broken files:
   the batch runner isolates each video in a subprocess.
 """
@@ -49,8 +49,8 @@ BATCH_BYTES = 32 * 1024 * 1024
 MAX_BATCH = 8
 """Frames per ``get_batch`` call; larger batches were slower (cache misses) in benchmarks."""
 MAX_READ_AHEAD_BYTES = 256 * 1024 * 1024
-"""Largest decoded size (frames x height x width x 3) of a selection decord may decode: its
-unbounded read-ahead can hold all of it at once."""
+"""Largest decoded size (frames x height x width x 3) of a stream decord may decode: its
+unbounded read-ahead can hold all of it at once, whatever range was selected."""
 FAULT_TOLERANCE = "0.000001"
 """decord ``fault_tol``: a fraction so small that the first substituted frame raises."""
 
