@@ -14,10 +14,14 @@ Paths measured, each run in a fresh subprocess (so its peak RSS is its own):
 - ``api``: the same loop with the fast kernels (the default).
 - ``video``: :class:`stages.flow.FlowStage` on chunks of consecutive frames made by
   :func:`stages.decode.iter_chunks` from a list of :class:`stages.decode.DecodedFrame`: each
-  frame is encoded once, pairs are refined in batches of ``--batch-pairs``.
+  frame is encoded once, pairs are refined in batches of ``--batch-pairs``, frames and pairs
+  side by side on ``--cpu-workers`` workers (default: the stage's choice, 2 on >= 2 threads)
+  that split the threads between them.
+- ``video-serial``: the same with ``cpu_workers=1``: one frame or pair at a time, all threads
+  on it.
 
 Frames are a smooth random texture translating by a few pixels per frame; weights are random
-(speed does not depend on them). A run warms up (one pair; the video path one 2-frame clip),
+(speed does not depend on them). A run warms up (one pair; the video path a 3-frame clip),
 then times ``--pairs`` consecutive pairs (the video path: a clip of ``pairs + 1`` frames, so
 its time includes encoding the clip's first frame). ``--repeats`` rounds run every
 configuration once each, so load drifts of a shared machine hit all paths alike. The table
@@ -61,7 +65,7 @@ OFFICIAL_S_PER_PAIR: dict[tuple[str, str], float] = {
 }
 MODELS = ("raft-large", "raft-small", "gma")
 SIZES = ("640x360", "1024x436", "1280x720")
-PATHS = ("official", "reference", "api", "video")
+PATHS = ("official", "reference", "api", "video-serial", "video")
 
 
 def _official_network(model_name: str, args: argparse.Namespace):
@@ -152,17 +156,19 @@ def _child(model_name: str, size: str, path: str, args: argparse.Namespace) -> d
         return _record(model_name, size, path, elapsed, cpu, args)
     network = create_model(model_name)  # random weights: speed does not depend on them
     network.set_fast_kernels(path != "reference")
-    if path == "video":
+    if path.startswith("video"):
         stage = FlowStage(
             model=model_name,
             network=network,
             iters=args.iters,
             batch_pairs=args.batch_pairs,
             encode_batch=args.batch_pairs,
+            cpu_workers=1 if path == "video-serial" else args.cpu_workers,
         )
         stage.setup()
-        warmup = [DecodedFrame(index=i, pts=i / 25, rgb=f) for i, f in enumerate(frames[:2])]
-        for chunk in iter_chunks(warmup, "warm-up", 1, overlap=1):
+        # two pairs: every worker thread runs the encoders and the refinement once
+        warmup = [DecodedFrame(index=i, pts=i / 25, rgb=f) for i, f in enumerate(frames[:3])]
+        for chunk in iter_chunks(warmup, "warm-up", 2, overlap=1):
             stage.process(chunk)
         decoded = [DecodedFrame(index=i, pts=i / 25, rgb=f) for i, f in enumerate(frames)]
         cpu_start = time.process_time()
@@ -212,6 +218,8 @@ def _run_child(model_name: str, size: str, path: str, args: argparse.Namespace) 
         "--chunk-pairs", str(args.chunk_pairs), "--batch-pairs", str(args.batch_pairs),
         "--threads", str(args.threads), "--seed", str(args.seed),
     ]  # fmt: skip
+    if args.cpu_workers is not None:
+        command += ["--cpu-workers", str(args.cpu_workers)]
     for flag, value in (
         ("--official-raft", args.official_raft),
         ("--official-gma", args.official_gma),
@@ -309,6 +317,12 @@ def main() -> None:
     parser.add_argument("--batch-pairs", type=int, default=1, help="video path: pairs per batch")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
+        "--cpu-workers",
+        type=int,
+        default=None,
+        help="video path: frames and pairs side by side (default: the flow stage's choice)",
+    )
+    parser.add_argument(
         "--omp-passive",
         action="store_true",
         help="run the children with OMP_WAIT_POLICY=PASSIVE: on a machine shared with other "
@@ -337,7 +351,8 @@ def main() -> None:
         f"CPU: {_cpu_model()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, "
         f"{args.threads} threads, {args.iters} iterations, float32, {args.pairs} consecutive "
         f"pairs per run, {args.repeats} rounds, video: {args.chunk_pairs} pairs per chunk, "
-        f"batches of {args.batch_pairs}, OMP_WAIT_POLICY={policy}",
+        f"batches of {args.batch_pairs}, CPU workers {args.cpu_workers or 'auto'}, "
+        f"OMP_WAIT_POLICY={policy}",
         flush=True,
     )
 

@@ -79,6 +79,7 @@ class FlowConfig:
     encode_batch: int = 4
     dis_preset: str = "medium"
     memory_budget_mb: int = 2048
+    cpu_workers: int | None = None
     download: bool = True
 
     def __post_init__(self) -> None:
@@ -91,6 +92,10 @@ class FlowConfig:
         _require(self.batch_pairs >= 1 and self.encode_batch >= 1, "batch sizes must be >= 1")
         _require(self.on_demand_above_pixels >= 0, "flow.on_demand_above_pixels must be >= 0")
         _require(self.memory_budget_mb >= 64, "flow.memory_budget_mb must be >= 64")
+        _require(
+            self.cpu_workers is None or self.cpu_workers >= 1,
+            "flow.cpu_workers must be >= 1 (or null for automatic)",
+        )
         _require(
             self.dis_preset in ("ultrafast", "fast", "medium"),
             "flow.dis_preset must be ultrafast, fast or medium",

@@ -86,6 +86,7 @@ def build_flow_session(config: RunConfig) -> FlowSession:
         dis_preset=flow.dis_preset,
         keep_features=config.features.enabled,
         memory_budget_mb=flow.memory_budget_mb,
+        cpu_workers=flow.cpu_workers,
     )
     stage.setup()
     return FlowSession(stage, choice, str(device), flow.precision)

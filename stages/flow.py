@@ -26,10 +26,12 @@ import torch
 from models import RAFT, Context, Padder, create_model, forward_interpolate
 
 from .base import FrameChunk
+from .cpu_workers import CpuWorkers
 
 logger = logging.getLogger(__name__)
 
 NETWORK_MODELS: tuple[str, ...] = ("raft-large", "raft-small", "gma")
+ENCODER_BYTES_PER_PIXEL = 1024  # encoder activations per input pixel and frame (measured)
 DIS_PRESETS = {
     "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
     "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
@@ -78,6 +80,11 @@ class FlowStage:
         memory_budget_mb: working-memory target: ``batch_pairs`` and ``encode_batch`` are
             lowered for large frames so that the encoder activations (about 1 KB per input
             pixel and frame) and the all-pairs volumes stay within it (never below 1).
+        cpu_workers: frames encoded and pairs refined side by side on the CPU, PyTorch's
+            intra-op threads split evenly between them (see :mod:`stages.cpu_workers`).
+            ``None``: 2 for network models on a CPU with >= 2 threads, else 1. A step whose
+            side-by-side working memory would exceed ``memory_budget_mb`` (large frames), and
+            warm-started refinement (a chain), run one at a time with all threads.
     """
 
     name: ClassVar[str] = "flow"
@@ -98,6 +105,7 @@ class FlowStage:
     keep_features: bool = False
     dis_preset: str = "medium"
     memory_budget_mb: int = 2048
+    cpu_workers: int | None = None
     network: RAFT | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -105,12 +113,15 @@ class FlowStage:
             raise ValueError(f"unknown flow model {self.model!r}")
         if self.gap < 1 or self.iters < 1 or self.batch_pairs < 1 or self.encode_batch < 1:
             raise ValueError("gap, iters, batch_pairs and encode_batch must be >= 1")
+        if self.cpu_workers is not None and self.cpu_workers < 1:
+            raise ValueError("cpu_workers must be >= 1 (or None for automatic)")
         if self.model == "dis" and self.dis_preset not in DIS_PRESETS:
             raise ValueError(
                 f"unknown DIS preset {self.dis_preset!r}; expected {list(DIS_PRESETS)}"
             )
         self._carry = _Carry()
         self._dis = None
+        self._workers: CpuWorkers | None = None
 
     @property
     def is_network(self) -> bool:
@@ -121,11 +132,27 @@ class FlowStage:
             self.network = create_model(self.model, checkpoint=self.checkpoint, device=self.device)
         if not self.is_network:
             self._dis = cv2.DISOpticalFlow_create(DIS_PRESETS[self.dis_preset])
+        if self.is_network and self._workers is None:
+            workers = self.resolved_cpu_workers()
+            if workers > 1:
+                self._workers = CpuWorkers(workers, max(1, torch.get_num_threads() // workers))
 
     def teardown(self) -> None:
         self.network = None
         self._dis = None
         self._carry = _Carry()
+        if self._workers is not None:
+            self._workers.close()
+            self._workers = None
+
+    def resolved_cpu_workers(self) -> int:
+        """Side-by-side workers for this stage's device and PyTorch's current thread count."""
+        device = self.device if self.network is None else next(self.network.parameters()).device
+        if not self.is_network or torch.device(device).type != "cpu":
+            return 1
+        if self.cpu_workers is not None:
+            return self.cpu_workers
+        return 2 if torch.get_num_threads() >= 2 else 1
 
     def process(self, chunk: FrameChunk) -> FrameChunk:
         starts = pair_starts(chunk.num_frames, self.gap)
@@ -167,14 +194,18 @@ class FlowStage:
         padder = Padder(chunk.height, chunk.width, mode=self.pad_mode)
         corr = self._corr_kind(padder)
         encode_batch, batch_pairs = self.batch_sizes(padder, corr)
+        encode_workers, refine_workers = self._side_by_side(padder, corr, batch_pairs)
         device = next(network.parameters()).device
         indices = [int(i) for i in chunk.indices]
 
-        features = self._encode_missing(chunk, padder, device, indices, carry, encode_batch)
+        features = self._encode_missing(
+            chunk, padder, device, indices, carry, encode_batch, encode_workers
+        )
         keep = set(indices[len(indices) - self.gap :]) if not chunk.is_last else set()
         flows = self._refine_by_source(
-            chunk, starts, padder, device, indices, carry, corr, batch_pairs, encode_batch, keep
-        )
+            chunk, starts, padder, device, indices, carry, corr, batch_pairs, encode_batch, keep,
+            refine_workers,
+        )  # fmt: skip
         chunk.artifacts["flow_fw"] = flows["fw"]
         if self.backward:
             chunk.artifacts["flow_bw"] = flows["bw"]
@@ -195,17 +226,42 @@ class FlowStage:
         """``(encode_batch, batch_pairs)`` for frames of this size within the memory budget."""
         height, width = padder.padded_size
         budget = self.memory_budget_mb * 2**20
-        encode = max(1, min(self.encode_batch, budget // (1024 * height * width)))
+        encode = max(
+            1, min(self.encode_batch, budget // (ENCODER_BYTES_PER_PIXEL * height * width))
+        )
         pairs = self.batch_pairs
+        per_pair = self._pair_bytes(padder, corr)
+        if per_pair:
+            pairs = max(1, min(pairs, int(budget // per_pair)))
+        return encode, pairs
+
+    def _pair_bytes(self, padder: Padder, corr: str) -> float:
+        """Bytes of the large per-pair tensors: the all-pairs pyramid, GMA's attention."""
+        height, width = padder.padded_size
         positions = (height // 8) * (width // 8)
         per_pair = 0.0
         if corr == "all-pairs":
             per_pair += 4 * positions**2 * 4 / 3  # float32 pyramid: 1 + 1/4 + 1/16 + 1/64
         if self.model == "gma":
             per_pair += 4 * positions**2  # the source frame's attention matrix
-        if per_pair:
-            pairs = max(1, min(pairs, int(budget // per_pair)))
-        return encode, pairs
+        return per_pair
+
+    def _side_by_side(
+        self, padder: Padder, corr: str, batch_pairs: int
+    ) -> tuple[CpuWorkers | None, CpuWorkers | None]:
+        """The workers for encoding and for refinement, or ``None`` where that step runs one
+        piece at a time on the calling thread: when side-by-side pieces would exceed the
+        memory budget, and for warm-started refinement, which is a chain."""
+        workers = self._workers
+        if workers is None:
+            return None, None
+        height, width = padder.padded_size
+        budget = self.memory_budget_mb * 2**20
+        encode_bytes = workers.workers * ENCODER_BYTES_PER_PIXEL * height * width
+        refine_bytes = workers.workers * batch_pairs * self._pair_bytes(padder, corr)
+        encode = workers if encode_bytes <= budget else None
+        refine = None if self.warm_start or refine_bytes > budget else workers
+        return encode, refine
 
     def _corr_kind(self, padder: Padder) -> str:
         if self.corr != "auto":
@@ -226,16 +282,26 @@ class FlowStage:
         indices: list[int],
         carry: _Carry,
         batch: int,
+        workers: CpuWorkers | None,
     ) -> dict[int, torch.Tensor]:
+        """Feature maps of the chunk's frames not carried over: in groups of ``batch``, or one
+        frame per worker task."""
         missing = [t for t, i in enumerate(indices) if i not in carry.features]
-        with torch.inference_mode():
-            for start in range(0, len(missing), batch):
-                group = missing[start : start + batch]
-                fmaps = self.network.encode_features(
-                    self._images(chunk, group, padder, device), autocast=self.autocast
-                )
-                for t, fmap in zip(group, fmaps, strict=True):
-                    carry.features[indices[t]] = fmap
+        groups = [missing[start : start + batch] for start in range(0, len(missing), batch)]
+
+        def encode(group: list[int]) -> torch.Tensor:
+            with torch.inference_mode():
+                images = self._images(chunk, group, padder, device)
+                return self.network.encode_features(images, autocast=self.autocast)
+
+        if workers is not None:
+            groups = [[t] for t in missing]
+            encoded = workers.map(encode, groups)
+        else:
+            encoded = (encode(group) for group in groups)
+        for group, fmaps in zip(groups, encoded, strict=True):
+            for t, fmap in zip(group, fmaps, strict=True):
+                carry.features[indices[t]] = fmap
         return carry.features
 
     def _contexts(
@@ -270,6 +336,7 @@ class FlowStage:
         batch_pairs: int,
         encode_batch: int,
         keep: set[int],
+        workers: CpuWorkers | None,
     ) -> dict[str, torch.Tensor]:
         """Forward (and backward) flow of the chunk's pairs, walking the source frames in order.
 
@@ -277,7 +344,9 @@ class FlowStage:
         and its backward pairs refined (in batches of ``batch_pairs``; a GMA window is one
         batch), and its contexts dropped unless the next chunk needs them (``keep``). So at
         most a window of contexts is alive at a time, which matters for GMA, whose context
-        holds an ``(h*w, h*w)`` attention matrix (0.8 GB per frame at 1280x720). Pairs keep
+        holds an ``(h*w, h*w)`` attention matrix (0.8 GB per frame at 1280x720). With
+        ``workers``, each window is one worker task (a window of ``batch_pairs`` sources, its
+        contexts computed by the task), so at most one window per worker is alive. Pairs keep
         their order within each direction.
         """
         by_source: dict[str, dict[int, tuple[int, int]]] = {
@@ -286,16 +355,19 @@ class FlowStage:
         }
         sources = sorted(set(by_source["fw"]) | set(by_source["bw"]))
         batch = 1 if self.warm_start else batch_pairs
-        # contexts without attention are small: compute them in encoder-sized windows
-        window = batch if self.model == "gma" else max(batch, encode_batch)
-        flows: dict[str, list[torch.Tensor]] = {"fw": [], "bw": []}
-        for begin in range(0, len(sources), window):
-            group = sources[begin : begin + window]
-            self._contexts(chunk, padder, device, indices, carry, group, encode_batch)
+        if workers is not None:
+            window = batch
+        else:  # contexts without attention are small: compute them in encoder-sized windows
+            window = batch if self.model == "gma" else max(batch, encode_batch)
+        context_batch = window if workers is not None else encode_batch
+
+        def run_window(group: list[int]) -> dict[str, list[torch.Tensor]]:
+            self._contexts(chunk, padder, device, indices, carry, group, context_batch)
+            window_flows: dict[str, list[torch.Tensor]] = {"fw": [], "bw": []}
             for direction, pairs in by_source.items():
                 todo = [pairs[t] for t in group if t in pairs]
                 for start in range(0, len(todo), batch):
-                    flows[direction].append(
+                    window_flows[direction].append(
                         self._refine_batch(
                             todo[start : start + batch], indices, carry, padder, corr, direction
                         )
@@ -303,6 +375,17 @@ class FlowStage:
             for t in group:
                 if indices[t] not in keep:
                     carry.contexts.pop(indices[t], None)
+            return window_flows
+
+        windows = [sources[begin : begin + window] for begin in range(0, len(sources), window)]
+        if workers is not None:
+            results = workers.map(run_window, windows)
+        else:
+            results = (run_window(group) for group in windows)
+        flows: dict[str, list[torch.Tensor]] = {"fw": [], "bw": []}
+        for result in results:
+            for direction, parts in result.items():
+                flows[direction].extend(parts)
         empty = torch.zeros(0, 2, padder.height, padder.width)
         return {key: torch.cat(parts) if parts else empty for key, parts in flows.items()}
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from models import create_model, forward_interpolate
+from models import Padder, create_model, forward_interpolate
 from stages.decode import DecodedFrame, iter_chunks
 from stages.flow import FlowStage
 from tests.media import pattern_frame
@@ -39,14 +39,21 @@ def _run(stage: FlowStage, frames: list[DecodedFrame], chunk_size: int) -> dict[
 
 
 @pytest.mark.parametrize(
-    ("count", "chunk_size", "gap", "batch_pairs"),
-    [(11, 4, 1, 1), (10, 3, 2, 1), (3, 8, 1, 1), (11, 5, 1, 3), (9, 4, 2, 2)],
-)
-def test_chunked_equals_pair_by_pair(network, count, chunk_size, gap, batch_pairs) -> None:
+    ("count", "chunk_size", "gap", "batch_pairs", "cpu_workers"),
+    [
+        (11, 4, 1, 1, 1), (11, 4, 1, 1, 2), (10, 3, 2, 1, 2), (10, 3, 2, 1, 3), (3, 8, 1, 1, 2),
+        (11, 5, 1, 3, 1), (11, 5, 1, 3, 2), (9, 4, 2, 2, 2),
+    ],
+)  # fmt: skip
+def test_chunked_equals_pair_by_pair(
+    network, count, chunk_size, gap, batch_pairs, cpu_workers
+) -> None:
+    """Every pair once, in order, equal to the pair-by-pair API, with frames and pairs computed
+    one at a time or side by side on ``cpu_workers``."""
     frames = _frames(count)
     stage = FlowStage(
         model="raft-small", network=network, iters=3, gap=gap, backward=True,
-        batch_pairs=batch_pairs,
+        batch_pairs=batch_pairs, cpu_workers=cpu_workers,
     )  # fmt: skip
     result = _run(stage, frames, chunk_size)
     expected_pairs = [(t, t + gap) for t in range(count - gap)]
@@ -75,16 +82,19 @@ def test_each_frame_is_encoded_once(network, monkeypatch) -> None:
     assert result["features"].shape[0] == 9 + 2
 
 
-@pytest.mark.parametrize("batch_pairs", [1, 2])
+@pytest.mark.parametrize(("batch_pairs", "cpu_workers"), [(1, 1), (2, 1), (1, 2), (2, 2)])
 def test_gma_contexts_are_computed_once_and_released(
-    parity_dir: Path, monkeypatch, batch_pairs: int
+    parity_dir: Path, monkeypatch, batch_pairs: int, cpu_workers: int
 ) -> None:
     """GMA's per-frame context holds an (h*w)^2 attention matrix: each source frame's context is
-    computed once (also across chunk borders), at most a batch of them is alive at a time, and
-    a single pair's context is used as stored, not copied."""
+    computed once (also across chunk borders), at most a batch of them per worker is alive at a
+    time, and a single pair's context is used as stored, not copied."""
     gma = create_model("gma", checkpoint=parity_dir / "gma_random.pth")
     frames = _frames(9)
-    stage = FlowStage(model="gma", network=gma, iters=2, backward=True, batch_pairs=batch_pairs)
+    stage = FlowStage(
+        model="gma", network=gma, iters=2, backward=True, batch_pairs=batch_pairs,
+        cpu_workers=cpu_workers,
+    )  # fmt: skip
     stage.setup()
     computed: list[int] = []
     alive: list[int] = []
@@ -105,7 +115,8 @@ def test_gma_contexts_are_computed_once_and_released(
     monkeypatch.setattr(gma, "refine", watching_refine)
     result = _run(stage, frames, chunk_size=4)
     assert sum(computed) == 9  # every frame is the source of a forward or a backward pair
-    assert max(alive) <= batch_pairs + 1  # a window, plus the frame carried to the next chunk
+    # a window per worker, plus the frame carried to the next chunk
+    assert max(alive) <= cpu_workers * batch_pairs + 1
     if batch_pairs == 1:
         assert not any(copied)
     image = lambda i: torch.from_numpy(frames[i].rgb).permute(2, 0, 1)[None].float()  # noqa: E731
@@ -145,3 +156,54 @@ def test_single_frame_video_gives_no_pairs(network) -> None:
     result = _run(stage, _frames(1), chunk_size=4)
     assert result["pairs"].shape == (0, 2)
     assert result["flow_fw"].shape == (0, 2, HEIGHT, WIDTH)
+
+
+def test_side_by_side_steps_follow_the_memory_budget_and_warm_start(network) -> None:
+    """Workers are used for a step only where ``workers`` pieces fit the memory budget; a
+    warm-started refinement is a chain and runs one pair at a time."""
+    stage = FlowStage(model="raft-large", network=network, cpu_workers=2)
+    stage.setup()
+    try:
+        small = Padder(436, 1024)  # 0.46 GB of encoder activations per frame
+        encode, refine = stage._side_by_side(small, "all-pairs", batch_pairs=1)
+        assert encode is stage._workers and refine is stage._workers
+        full_hd = Padder(1080, 1920)  # 2.1 GB per frame: one frame at a time, all threads
+        encode, refine = stage._side_by_side(full_hd, "on-demand", batch_pairs=1)
+        assert encode is None and refine is stage._workers
+        hd = Padder(720, 1280)  # two all-pairs pyramids (1.1 GB each) exceed 2 GB
+        assert stage._side_by_side(hd, "all-pairs", batch_pairs=1)[1] is None
+    finally:
+        stage.teardown()
+    chain = FlowStage(model="raft-large", network=network, cpu_workers=2, warm_start=True)
+    chain.setup()
+    assert chain._side_by_side(Padder(436, 1024), "all-pairs", batch_pairs=1)[1] is None
+    chain.teardown()
+
+
+def test_automatic_workers_depend_on_device_and_threads(network, monkeypatch) -> None:
+    stage = FlowStage(model="raft-small", network=network)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert stage.resolved_cpu_workers() == 2
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert stage.resolved_cpu_workers() == 1
+    assert FlowStage(model="dis").resolved_cpu_workers() == 1
+    assert FlowStage(model="raft-small", device="cuda").resolved_cpu_workers() == 1
+    with pytest.raises(ValueError, match="cpu_workers"):
+        FlowStage(model="raft-small", cpu_workers=0)
+
+
+def test_a_failing_frame_fails_the_chunk_with_its_error(network, monkeypatch) -> None:
+    stage = FlowStage(model="raft-small", network=network, iters=1, cpu_workers=2)
+    original = network.encode_features
+    calls: list[int] = []
+
+    def broken_on_third(images, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("encoder failed on frame 3")
+        return original(images, **kwargs)
+
+    monkeypatch.setattr(network, "encode_features", broken_on_third)
+    with pytest.raises(RuntimeError, match="encoder failed on frame 3"):
+        _run(stage, _frames(6), chunk_size=8)
+    stage.teardown()
