@@ -33,6 +33,13 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=4)
     parser.add_argument("--formats", default="npy,flo,viz")
     parser.add_argument("--size", default="320x240", help="WIDTHxHEIGHT of the generated clip")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override passed to run (repeatable), e.g. flow.cpu_workers=1",
+    )
     args = parser.parse_args()
     repo = Path(__file__).resolve().parents[1]
     sys.path.insert(0, str(repo))
@@ -48,6 +55,8 @@ def main() -> None:
             command = [sys.executable, "-c", CHILD, "-q", "run", str(clip), "-o", f"{tmp}/out{length}",
                        "--model", args.model, "--iters", str(args.iters), "--formats", args.formats,
                        "--device", "cpu", "--no-progress", "--workers", "0"]  # fmt: skip
+            for override in args.set:
+                command += ["--set", override]
             if args.checkpoint:
                 command += ["--checkpoint", args.checkpoint]
             else:

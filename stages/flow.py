@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 NETWORK_MODELS: tuple[str, ...] = ("raft-large", "raft-small", "gma")
 ENCODER_BYTES_PER_PIXEL = 1024  # encoder activations per input pixel and frame (measured)
+REFINE_BYTES_PER_POSITION = 12 * 1024  # refinement activations per 1/8-grid position (measured)
 DIS_PRESETS = {
     "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
     "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
@@ -236,10 +237,11 @@ class FlowStage:
         return encode, pairs
 
     def _pair_bytes(self, padder: Padder, corr: str) -> float:
-        """Bytes of the large per-pair tensors: the all-pairs pyramid, GMA's attention."""
+        """Working memory of one pair's refinement: activations, the all-pairs pyramid, GMA's
+        attention matrix."""
         height, width = padder.padded_size
         positions = (height // 8) * (width // 8)
-        per_pair = 0.0
+        per_pair = float(REFINE_BYTES_PER_POSITION * positions)
         if corr == "all-pairs":
             per_pair += 4 * positions**2 * 4 / 3  # float32 pyramid: 1 + 1/4 + 1/16 + 1/64
         if self.model == "gma":
@@ -250,18 +252,22 @@ class FlowStage:
         self, padder: Padder, corr: str, batch_pairs: int
     ) -> tuple[CpuWorkers | None, CpuWorkers | None]:
         """The workers for encoding and for refinement, or ``None`` where that step runs one
-        piece at a time on the calling thread: when side-by-side pieces would exceed the
-        memory budget, and for warm-started refinement, which is a chain."""
+        piece at a time on the calling thread.
+
+        Frames and pairs go side by side only where one encoder pass or one refinement batch
+        per worker fits the memory budget (each worker does one of them at a time); for large
+        frames memory comes first. A warm-started refinement is a chain: one pair at a time.
+        """
         workers = self._workers
         if workers is None:
             return None, None
         height, width = padder.padded_size
-        budget = self.memory_budget_mb * 2**20
-        encode_bytes = workers.workers * ENCODER_BYTES_PER_PIXEL * height * width
-        refine_bytes = workers.workers * batch_pairs * self._pair_bytes(padder, corr)
-        encode = workers if encode_bytes <= budget else None
-        refine = None if self.warm_start or refine_bytes > budget else workers
-        return encode, refine
+        per_worker = max(
+            ENCODER_BYTES_PER_PIXEL * height * width, batch_pairs * self._pair_bytes(padder, corr)
+        )
+        if workers.workers * per_worker > self.memory_budget_mb * 2**20:
+            return None, None
+        return workers, None if self.warm_start else workers
 
     def _corr_kind(self, padder: Padder) -> str:
         if self.corr != "auto":

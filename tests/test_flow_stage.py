@@ -159,19 +159,22 @@ def test_single_frame_video_gives_no_pairs(network) -> None:
 
 
 def test_side_by_side_steps_follow_the_memory_budget_and_warm_start(network) -> None:
-    """Workers are used for a step only where ``workers`` pieces fit the memory budget; a
-    warm-started refinement is a chain and runs one pair at a time."""
+    """Frames and pairs go side by side only where one encoder pass or one refinement per
+    worker fits the memory budget; a warm-started refinement is a chain, one pair at a time."""
     stage = FlowStage(model="raft-large", network=network, cpu_workers=2)
     stage.setup()
     try:
-        small = Padder(436, 1024)  # 0.46 GB of encoder activations per frame
-        encode, refine = stage._side_by_side(small, "all-pairs", batch_pairs=1)
-        assert encode is stage._workers and refine is stage._workers
-        full_hd = Padder(1080, 1920)  # 2.1 GB per frame: one frame at a time, all threads
-        encode, refine = stage._side_by_side(full_hd, "on-demand", batch_pairs=1)
-        assert encode is None and refine is stage._workers
-        hd = Padder(720, 1280)  # two all-pairs pyramids (1.1 GB each) exceed 2 GB
-        assert stage._side_by_side(hd, "all-pairs", batch_pairs=1)[1] is None
+        workers = stage._workers
+        sintel = Padder(436, 1024)  # 0.46 GB of encoder activations per frame
+        assert stage._side_by_side(sintel, "all-pairs", batch_pairs=1) == (workers, workers)
+        full_hd = Padder(1080, 1920)  # 2.1 GB per frame: one at a time, all threads
+        assert stage._side_by_side(full_hd, "on-demand", batch_pairs=1) == (None, None)
+        hd = Padder(720, 1280)  # all-pairs pyramid and activations: 1.3 GB per pair
+        assert stage._side_by_side(hd, "all-pairs", batch_pairs=1) == (None, None)
+        roomy = FlowStage(model="raft-large", network=network, cpu_workers=2,
+                          memory_budget_mb=3000)  # fmt: skip
+        roomy._workers = workers
+        assert roomy._side_by_side(hd, "all-pairs", batch_pairs=1) == (workers, workers)
     finally:
         stage.teardown()
     chain = FlowStage(model="raft-large", network=network, cpu_workers=2, warm_start=True)

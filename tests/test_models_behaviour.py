@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from models import CheckpointError, Padder, create_model, forward_interpolate, gma
 from models.corr import AllPairsCorrelation, OnDemandCorrelation
@@ -128,6 +129,39 @@ def test_on_demand_lookup_equals_all_pairs_under_large_flow(radius: int) -> None
     lazy = OnDemandCorrelation(f1, f2, radius=radius, tile=4, box_slack=2)(coords)
     assert dense.shape == lazy.shape == (2, 4 * (2 * radius + 1) ** 2, 24, 40)
     assert (dense - lazy).abs().max() <= 1e-5 * dense.abs().max()
+
+
+def _official_lookup(pyramid: list[torch.Tensor], coords: torch.Tensor, radius: int):
+    """The official lookup: grid_sample of every window point (zero padding, align_corners)."""
+    b, _, h, w = coords.shape
+    line = torch.linspace(-radius, radius, 2 * radius + 1)
+    delta = torch.stack(torch.meshgrid(line, line, indexing="ij"), dim=-1)  # official order
+    centre = coords.permute(0, 2, 3, 1).reshape(b * h * w, 1, 1, 2)
+    out = []
+    for level, volume in enumerate(pyramid):
+        h2, w2 = volume.shape[-2:]
+        points = centre / 2**level + delta.view(1, 2 * radius + 1, 2 * radius + 1, 2)
+        grid = torch.stack(
+            [2 * points[..., 0] / (w2 - 1) - 1, 2 * points[..., 1] / (h2 - 1) - 1], -1
+        )
+        sampled = F.grid_sample(volume, grid, align_corners=True)
+        out.append(sampled.view(b, h, w, -1))
+    return torch.cat(out, dim=-1).permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("radius", [3, 4])
+def test_all_pairs_lookup_equals_the_official_grid_sample(radius: int) -> None:
+    """Fractional centres, whole-pixel centres, windows partly and wholly outside the map."""
+    torch.manual_seed(1)
+    f1, f2 = torch.randn(2, 16, 20, 36), torch.randn(2, 16, 20, 36)
+    ys, xs = torch.meshgrid(torch.arange(20.0), torch.arange(36.0), indexing="ij")
+    coords = torch.stack([xs, ys])[None].repeat(2, 1, 1, 1)
+    coords[:, :, :10] += torch.randn(2, 2, 10, 36) * 4  # fractional, some leaving the image
+    coords[:, 0, 12:14] -= 60  # far outside: all-zero windows
+    coords[:, 1, 15:17] = torch.tensor([-0.5, 19.5]).view(2, 1)  # straddling the border
+    corr = AllPairsCorrelation(f1, f2, radius=radius)
+    expected = _official_lookup(corr.pyramid, coords, radius)
+    assert torch.allclose(corr(coords), expected, atol=1e-5 * expected.abs().max().item())
 
 
 def test_lookup_channel_order_is_official() -> None:
