@@ -20,6 +20,11 @@ Paths measured, each run in a fresh subprocess (so its peak RSS is its own):
 - ``video-serial``: the same with ``cpu_workers=1``: one frame or pair at a time, all threads
   on it.
 
+This project's paths run with the malloc settings that ``run`` applies on the CPU
+(:mod:`pipeline.allocator`: large blocks reused instead of mapped anew for every pair); the
+official path runs with the C library's defaults, as its demo does, unless
+``--tune-official-malloc`` gives it the same settings.
+
 Frames are a smooth random texture translating by a few pixels per frame; weights are random
 (speed does not depend on them). A run warms up (one pair; the video path a 3-frame clip),
 then times ``--pairs`` consecutive pairs (the video path: a clip of ``pairs + 1`` frames, so
@@ -129,6 +134,10 @@ def _child(model_name: str, size: str, path: str, args: argparse.Namespace) -> d
     from stages.flow import FlowStage
 
     width, height = (int(v) for v in size.lower().split("x"))
+    if path != "official" or args.tune_official_malloc:
+        from pipeline.allocator import set_large_block_reuse
+
+        set_large_block_reuse(width * height <= 1_000_000)  # as `run` does on the CPU
     torch.manual_seed(0)
     frames = _frames(args.pairs + 1, width, height, seed=args.seed)
     if path == "official":
@@ -218,6 +227,8 @@ def _run_child(model_name: str, size: str, path: str, args: argparse.Namespace) 
         "--chunk-pairs", str(args.chunk_pairs), "--batch-pairs", str(args.batch_pairs),
         "--threads", str(args.threads), "--seed", str(args.seed),
     ]  # fmt: skip
+    if args.tune_official_malloc:
+        command.append("--tune-official-malloc")
     if args.cpu_workers is not None:
         command += ["--cpu-workers", str(args.cpu_workers)]
     for flag, value in (
@@ -328,6 +339,12 @@ def main() -> None:
         help="run the children with OMP_WAIT_POLICY=PASSIVE: on a machine shared with other "
         "busy processes, spinning OpenMP workers wait for descheduled siblings and inflate "
         "every path's time several-fold",
+    )
+    parser.add_argument(
+        "--tune-official-malloc",
+        action="store_true",
+        help="also give the official path the malloc settings of pipeline.allocator (our "
+        "paths always have them, as `run` does)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="raft-small, 640x360, 1 repeat")

@@ -28,6 +28,7 @@ from stages.motion_features import MotionFeatureConfig
 from stages.warp_stage import WarpStage
 from stages.writers import FlowWriters
 
+from .allocator import set_large_block_reuse
 from .config import RunConfig, config_hash, config_to_dict
 from .devices import resolve_device, resolve_precision
 from .model_choice import ModelChoice, choose_model
@@ -200,6 +201,10 @@ def process_video(
     try:
         with open_video(path, decode_options(config)) as reader:
             info = reader.info
+            if session.device == "cpu":  # see pipeline.allocator
+                set_large_block_reuse(
+                    info.width * info.height <= config.flow.on_demand_above_pixels
+                )
             stages = make_video_stages(config, out_dir, video_id, info.fps or 25.0)
             writers = stages[0]
             for stage in stages:
