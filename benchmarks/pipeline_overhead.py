@@ -27,6 +27,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
+from pipeline.allocator import set_large_block_reuse  # noqa: E402
 from pipeline.cli import main as cli  # noqa: E402
 from stages.decode import DecodeOptions, iter_chunks, open_video  # noqa: E402
 from stages.flow import FlowStage  # noqa: E402
@@ -51,6 +52,9 @@ def main() -> None:
             if len(frames) == args.frames:
                 break
     end = (frames[-1].pts + frames[-2].pts) / 2 + 1e-3  # keeps exactly these frames
+    # as `run` does for frames of this size (in this process, the first run would turn it on
+    # for every later flow-alone repeat)
+    set_large_block_reuse(frames[0].rgb.shape[0] * frames[0].rgb.shape[1] <= 1_000_000)
     stage = FlowStage(model=args.model, iters=args.iters, backward=True, keep_features=True)
     stage.setup()
 
