@@ -83,9 +83,10 @@ class FlowStage:
             pixel and frame) and the all-pairs volumes stay within it (never below 1).
         cpu_workers: frames encoded and pairs refined side by side on the CPU, PyTorch's
             intra-op threads split evenly between them (see :mod:`stages.cpu_workers`).
-            ``None``: 2 for network models on a CPU with >= 2 threads, else 1. A step whose
-            side-by-side working memory would exceed ``memory_budget_mb`` (large frames), and
-            warm-started refinement (a chain), run one at a time with all threads.
+            ``None``: 2 for network models on a CPU with >= 2 threads, else 1. Where one
+            encoder pass or one refinement per worker would exceed ``memory_budget_mb``
+            (large frames), and for warm-started refinement (a chain), frames and pairs run
+            one at a time with all threads.
     """
 
     name: ClassVar[str] = "flow"

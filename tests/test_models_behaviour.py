@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from models import CheckpointError, Padder, create_model, forward_interpolate, gma
 from models.corr import AllPairsCorrelation, OnDemandCorrelation
+from models.raft import coords_grid
 
 
 @pytest.fixture(scope="module")
@@ -120,8 +121,7 @@ def test_small_inputs(small_model, frames) -> None:
 def test_on_demand_lookup_equals_all_pairs_under_large_flow(radius: int) -> None:
     torch.manual_seed(0)
     f1, f2 = torch.randn(2, 32, 24, 40), torch.randn(2, 32, 24, 40)
-    ys, xs = torch.meshgrid(torch.arange(24.0), torch.arange(40.0), indexing="ij")
-    coords = torch.stack([xs, ys])[None].repeat(2, 1, 1, 1)
+    coords = coords_grid(2, 24, 40, torch.device("cpu"))
     # smooth flow, per-pixel noise (forces the gather fallback), and flow leaving the image
     coords = coords + torch.randn(2, 2, 24, 40) * torch.tensor([0.2, 6.0]).view(2, 1, 1, 1)
     coords[:, :, :4] += 30
@@ -154,8 +154,7 @@ def test_all_pairs_lookup_equals_the_official_grid_sample(radius: int) -> None:
     """Fractional centres, whole-pixel centres, windows partly and wholly outside the map."""
     torch.manual_seed(1)
     f1, f2 = torch.randn(2, 16, 20, 36), torch.randn(2, 16, 20, 36)
-    ys, xs = torch.meshgrid(torch.arange(20.0), torch.arange(36.0), indexing="ij")
-    coords = torch.stack([xs, ys])[None].repeat(2, 1, 1, 1)
+    coords = coords_grid(2, 20, 36, torch.device("cpu"))
     coords[:, :, :10] += torch.randn(2, 2, 10, 36) * 4  # fractional, some leaving the image
     coords[:, 0, 12:14] -= 60  # far outside: all-zero windows
     coords[:, 1, 15:17] = torch.tensor([-0.5, 19.5]).view(2, 1)  # straddling the border
