@@ -218,3 +218,24 @@ def test_bf16_autocast_on_cpu_runs(small_model, frames) -> None:
     bf16 = small_model.estimate_flow(image1, image2, iters=4, autocast=torch.bfloat16)
     assert bf16.flow.dtype == torch.float32 and torch.isfinite(bf16.flow).all()
     assert (fp32.flow - bf16.flow).abs().mean() < 1.0
+
+
+def test_gma_aggregation_in_row_blocks_equals_one_product() -> None:
+    from models.gma import ATTEND_ROWS, _attend
+
+    torch.manual_seed(2)
+    rows = ATTEND_ROWS + 40  # two blocks, the second ragged
+    attention = torch.softmax(torch.randn(2, 2, rows, rows), dim=-1)
+    v = torch.randn(2, 2, 64, rows).transpose(-1, -2)  # a transposed view, as in Aggregate
+    with torch.inference_mode():
+        assert torch.equal(_attend(attention, v), attention @ v)
+
+
+def test_few_output_convolution_equals_conv2d() -> None:
+    from models.update import _few_outputs_conv3x3
+
+    torch.manual_seed(3)
+    x, weight, bias = torch.randn(2, 16, 7, 11), torch.randn(2, 16, 3, 3), torch.randn(2)
+    with torch.inference_mode():
+        out = _few_outputs_conv3x3(x, weight, bias)
+        assert torch.allclose(out, F.conv2d(x, weight, bias, padding=1), atol=1e-5)
