@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 import threading
@@ -77,7 +78,9 @@ def _user_tuned() -> bool:
     return "glibc.malloc" in tunables or any(name in os.environ for name in USER_SETTINGS)
 
 
+@functools.cache
 def _glibc():
+    """glibc loaded once (``find_library`` runs ``ldconfig``), or ``None``."""
     name = ctypes.util.find_library("c")
     if name is None:
         return None

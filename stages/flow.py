@@ -294,7 +294,8 @@ class FlowStage:
         """Feature maps of the chunk's frames not carried over: in groups of ``batch``, or one
         frame per worker task."""
         missing = [t for t, i in enumerate(indices) if i not in carry.features]
-        groups = [missing[start : start + batch] for start in range(0, len(missing), batch)]
+        size = 1 if workers is not None else batch
+        groups = [missing[start : start + size] for start in range(0, len(missing), size)]
 
         def encode(group: list[int]) -> torch.Tensor:
             with torch.inference_mode():
@@ -302,7 +303,6 @@ class FlowStage:
                 return self.network.encode_features(images, autocast=self.autocast)
 
         if workers is not None:
-            groups = [[t] for t in missing]
             encoded = workers.map(encode, groups)
         else:
             encoded = (encode(group) for group in groups)
