@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .gma import AttentionMode
-from .raft import ARCHS, RAFT, gma, raft_large, raft_small
+from .raft import ARCHS, RAFT, gma, raft_large, raft_small, raft_small_convex
 from .weights import (
     CheckpointError,
     gma_num_heads,
@@ -45,7 +45,12 @@ class CheckpointInfo:
 
 
 def model_builders() -> dict[str, Callable[..., RAFT]]:
-    return {"raft-large": raft_large, "raft-small": raft_small, "gma": gma}
+    return {
+        "raft-large": raft_large,
+        "raft-small": raft_small,
+        "raft-small-convex": raft_small_convex,
+        "gma": gma,
+    }
 
 
 def create_model(

@@ -223,10 +223,17 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if annotation is str:
         _require(isinstance(value, (str, int, float)), f"{key} must be a string, got {value!r}")
         return str(value)
+    if dataclasses.is_dataclass(annotation):
+        if isinstance(value, annotation):
+            return value
+        return build_config(annotation, value or {}, f"{key}.")
     return value
 
 
-def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+def build_config(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Builds the frozen dataclass ``cls`` from nested dicts, coercing every value to its
+    annotated type; unknown keys and invalid values raise :class:`ConfigError` naming the key
+    (``prefix`` is prepended to key names in messages)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix or 'config'} must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
@@ -237,22 +244,23 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
             f"unknown key(s) {', '.join(prefix + k for k in unknown)}; "
             f"valid: {', '.join(prefix + k for k in fields)}"
         )
-    kwargs = {}
-    for name, value in data.items():
-        annotation = hints[name]
-        if dataclasses.is_dataclass(annotation):
-            kwargs[name] = _build(annotation, value or {}, f"{prefix}{name}.")
-        else:
-            kwargs[name] = _coerce(value, annotation, prefix + name)
-    return cls(**kwargs)
+    kwargs = {name: _coerce(value, hints[name], prefix + name) for name, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except ValueError as exc:  # validation of a stage-level dataclass
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: {exc}") from None
 
 
 def config_from_dict(data: dict[str, Any]) -> RunConfig:
     """Builds and validates a :class:`RunConfig` from nested dicts (missing keys: defaults)."""
-    return _build(RunConfig, data, "")
+    return build_config(RunConfig, data, "")
 
 
-def config_to_dict(config: RunConfig) -> dict[str, Any]:
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A frozen config dataclass as plain nested dicts and lists (YAML / JSON ready)."""
+
     def plain(value: Any) -> Any:
         if isinstance(value, tuple):
             return [plain(v) for v in value]
@@ -283,6 +291,13 @@ def load_config(
     path: str | Path | None = None, overrides: dict[str, Any] | None = None
 ) -> RunConfig:
     """Reads a YAML preset (or defaults when ``path`` is None) and applies dotted overrides."""
+    return load_config_as(RunConfig, path, overrides)
+
+
+def load_config_as(
+    cls: type, path: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> Any:
+    """:func:`load_config` for any config dataclass ``cls`` (run, train, evaluate ...)."""
     data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -294,13 +309,13 @@ def load_config(
         if not isinstance(data, dict):
             raise ConfigError(f"{path} must hold a mapping of sections, got {type(data).__name__}")
     try:
-        return config_from_dict(apply_overrides(data, overrides or {}))
+        return build_config(cls, apply_overrides(data, overrides or {}))
     except ConfigError as exc:
         where = f" (in {path})" if path is not None else ""
         raise ConfigError(f"{exc}{where}") from None
 
 
-def dump_config(config: RunConfig, path: str | Path) -> None:
+def dump_config(config: Any, path: str | Path) -> None:
     """Writes the resolved configuration as YAML (atomically)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -309,7 +324,7 @@ def dump_config(config: RunConfig, path: str | Path) -> None:
     tmp.replace(target)
 
 
-def config_hash(config: RunConfig) -> str:
+def config_hash(config: Any) -> str:
     """Short stable hash of the resolved configuration (first 12 hex digits of SHA-256)."""
     canonical = json.dumps(config_to_dict(config), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]

@@ -1,0 +1,527 @@
+"""The ``train`` command's engine: RAFT-family training with exact resume.
+
+Layout of a run folder ``OUT``::
+
+    OUT/config.yaml              the resolved configuration
+    OUT/state.pt                 latest resumable state (model, optimizer, scheduler, step)
+    OUT/checkpoints/step_NNNNNN.pth   weights in the official layout ("module." prefix)
+    OUT/model.pth                final weights (official layout), written when training ends
+    OUT/log.jsonl                one JSON record per log interval and per validation
+    OUT/curves.png               training loss and validation EPE against steps
+    OUT/tensorboard/             when TensorBoard is installed
+
+Exact resume: every sample is a pure function of ``(seed, index)`` and step ``s`` trains on
+indices ``[s * B, (s + 1) * B)``, the model has no random layers, and ``state.pt`` holds model,
+optimizer, scheduler and step; a resumed run therefore continues with the same numbers it
+would have produced without the interruption (up to the nondeterminism of parallel kernels).
+SIGINT / SIGTERM save the state before the process exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from models import create_model
+from models.losses import flow_metrics, sequence_loss
+from models.raft import RAFT
+from stages.flow_io import atomic_path
+from stages.training.datasets import SyntheticPairs
+from stages.training.readers import build_reader_dataset
+from stages.training.textures import TexturePool, find_media, load_media_frames
+from stages.training.validation import build_validation_set
+
+from .allocator import set_large_block_reuse
+from .config import config_hash, config_to_dict, dump_config
+from .devices import cpu_has_native_bf16, resolve_device
+from .train_config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "state.pt"
+FINAL_WEIGHTS = "model.pth"
+
+
+class TrainingError(RuntimeError):
+    """Training cannot start or continue; the message says why."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished (or interrupted) training run produced."""
+
+    step: int
+    weights: Path | None
+    interrupted: bool
+    last_metrics: dict[str, float]
+
+
+def resolve_train_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for training; ``auto`` uses bf16 where the hardware computes it natively
+    (CPUs with AVX512-BF16 / AMX, CUDA with bf16), fp16 on older CUDA GPUs, float32 otherwise."""
+    if name == "fp32":
+        return None
+    if name == "bf16":
+        if device.type == "cpu" and cpu_has_native_bf16() is False:
+            raise TrainingError(
+                "precision bf16 on this CPU would be emulated (no avx512_bf16 / amx_bf16): "
+                "tens of times slower than fp32; use precision fp32 or auto"
+            )
+        return torch.bfloat16
+    if name == "fp16":
+        if device.type != "cuda":
+            raise TrainingError("precision fp16 needs a CUDA device; use bf16, fp32 or auto")
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16
+    return None
+
+
+class MixedDataset(Dataset):
+    """Samples from several data sets by weight; sample ``i`` is a pure function of
+    ``(seed, i)`` (which source, which item of it, and its augmentation).
+
+    Synthetic sources are asked for sample ``i`` itself; reader data sets (finite) for a
+    random item through ``sample(item, rng)`` with a generator drawn from ``(seed, i)``, so
+    that an item seen twice is augmented differently each time.
+    """
+
+    def __init__(self, sources: list[tuple[Dataset, float]], *, seed: int, length: int) -> None:
+        self.sources = [s for s, _ in sources]
+        weights = np.array([w for _, w in sources], np.float64)
+        self.probabilities = weights / weights.sum()
+        self.seed = seed
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if len(self.sources) == 1 and isinstance(self.sources[0], SyntheticPairs):
+            return self.sources[0][index]
+        rng = np.random.default_rng([self.seed, index, 7])
+        source = self.sources[int(rng.choice(len(self.sources), p=self.probabilities))]
+        if isinstance(source, SyntheticPairs):
+            return source[index]
+        return source.sample(int(rng.integers(len(source))), rng)
+
+
+def _load_media(paths: tuple[str, ...], frames_per_video: int) -> list[np.ndarray]:
+    if not paths:
+        return []
+    files = find_media(paths)
+    if not files:
+        raise TrainingError(f"no images or videos found under {', '.join(paths)}")
+    frames = load_media_frames(files, frames_per_video=frames_per_video)
+    if not frames:
+        raise TrainingError(f"none of the {len(files)} media files under {paths} could be read")
+    return frames
+
+
+def build_training_data(config: TrainConfig) -> Dataset:
+    """The mixture of :attr:`TrainConfig.data` as one index-addressable data set."""
+    length = config.steps * config.batch_size
+    sources: list[tuple[Dataset, float]] = []
+    for source in config.data:
+        if source.kind == "synthetic":
+            media = _load_media(config.textures.paths, config.textures.frames_per_video)
+            pool = TexturePool(
+                media,
+                media_fraction=config.textures.media_fraction,
+                size=config.textures.procedural_size,
+                seed=config.seed,
+            )
+            augment = config.augmentation()
+            dataset: Dataset = SyntheticPairs(
+                config.generator(),
+                pool,
+                seed=config.seed,
+                length=length,
+                augment_config=augment.__class__(**{**augment.__dict__, "spatial": False}),
+            )
+        else:
+            dataset = build_reader_dataset(source, config.augmentation(), seed=config.seed)
+        sources.append((dataset, source.weight))
+    return MixedDataset(sources, seed=config.seed, length=length)
+
+
+class _IndexRange(torch.utils.data.Sampler[int]):
+    def __init__(self, start: int, stop: int) -> None:
+        self.start, self.stop = start, stop
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.start, self.stop))
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+def official_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's weights under the official key names with the ``module.`` prefix that the
+    official scripts expect (they load into ``nn.DataParallel``)."""
+    return {f"module.{k}": v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def save_weights(model: torch.nn.Module, path: Path) -> None:
+    """Writes :func:`official_state_dict` atomically."""
+    with atomic_path(path) as tmp:
+        torch.save(official_state_dict(model), tmp)
+
+
+def _freeze_batchnorm(model: torch.nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.eval()
+
+
+def _make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
+    if config.optim.schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    # The official schedule: OneCycleLR over steps + 100, linear, no momentum cycling.
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=config.optim.lr,
+        total_steps=config.steps + 100,
+        pct_start=config.optim.pct_start,
+        cycle_momentum=False,
+        anneal_strategy="linear",
+    )
+
+
+def _collate_validation(pairs, device) -> list[tuple[torch.Tensor, ...]]:
+    out = []
+    for pair in pairs:
+        image1 = torch.from_numpy(pair.image1).permute(2, 0, 1)[None].float().to(device)
+        image2 = torch.from_numpy(pair.image2).permute(2, 0, 1)[None].float().to(device)
+        flow = torch.from_numpy(pair.flow).permute(2, 0, 1)[None].to(device)
+        out.append((image1, image2, flow))
+    return out
+
+
+@torch.inference_mode()
+def validate(model: RAFT, sets: dict[str, list], *, iters: int) -> dict[str, float]:
+    """Mean EPE (px) and 1/3/5 px rates of each validation set (float32, eval mode)."""
+    was_training = model.training
+    model.eval().set_fast_kernels(True)
+    results: dict[str, float] = {}
+    try:
+        for name, pairs in sets.items():
+            epes, below1 = [], []
+            for image1, image2, flow_gt in pairs:
+                flow = model.estimate_flow(image1, image2, iters=iters).flow
+                valid = torch.ones_like(flow_gt[:, 0])
+                metrics = flow_metrics(flow, flow_gt, valid)
+                epes.append(metrics["epe"])
+                below1.append(metrics["1px"])
+            results[f"val/{name}/epe"] = float(np.mean(epes))
+            results[f"val/{name}/1px"] = float(np.mean(below1))
+    finally:
+        model.train(was_training).set_fast_kernels(False)
+    return results
+
+
+class _Log:
+    """log.jsonl, curves.png and (when installed) TensorBoard."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / "log.jsonl"
+        self.plot_path = folder / "curves.png"
+        self.writer = None
+        with contextlib.suppress(Exception):  # TensorBoard is optional
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(folder / "tensorboard"))
+
+    def write(self, record: dict[str, Any]) -> None:
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.writer.add_scalar(key, value, record["step"])
+
+    def records(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def plot(self) -> None:
+        write_curves(self.records(), self.plot_path)
+
+
+def write_curves(records: list[dict[str, Any]], path: Path) -> None:
+    """PNG of the training loss and every validation EPE against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in records if "loss" in r]
+    val_keys = sorted({k for r in records for k in r if k.startswith("val/") and k.endswith("epe")})
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    if train:
+        axes[0].plot([r["step"] for r in train], [r["loss"] for r in train], lw=0.8, label="loss")
+        axes[0].plot([r["step"] for r in train], [r["epe"] for r in train], lw=0.8,
+                     label="train EPE (px)")  # fmt: skip
+        axes[0].set_yscale("log")
+        axes[0].legend()
+    axes[0].set_xlabel("step")
+    axes[0].set_title("training batches")
+    for key in val_keys:
+        points = [(r["step"], r[key]) for r in records if key in r]
+        axes[1].plot(*zip(*points, strict=True), marker="o", ms=3, label=key[4:-4])
+    axes[1].set_yscale("log")
+    axes[1].set_xlabel("step")
+    axes[1].set_ylabel("EPE (px)")
+    axes[1].set_title("validation (held-out)")
+    if val_keys:
+        axes[1].legend()
+    for ax in axes:
+        ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
+class Trainer:
+    """Trains one model as :class:`TrainConfig` says, into a run folder."""
+
+    def __init__(self, config: TrainConfig, output: Path, *, resume: bool = False) -> None:
+        self.config = config
+        self.output = Path(output)
+        self.resume = resume
+        self._stop_signal: int | None = None
+
+    # ------------------------------------------------------------------ set-up
+    def _check_output(self) -> dict[str, Any] | None:
+        state_path = self.output / STATE_FILE
+        if self.resume:
+            if not state_path.exists():
+                raise TrainingError(f"--resume: no {STATE_FILE} in {self.output}")
+            state = torch.load(state_path, map_location="cpu", weights_only=False)
+            if state.get("config_hash") != config_hash(self.config):
+                saved = state.get("config", {})
+                changed = sorted(
+                    k for k in set(saved) | set(config_to_dict(self.config))
+                    if saved.get(k) != config_to_dict(self.config).get(k)
+                )  # fmt: skip
+                raise TrainingError(
+                    f"--resume: the configuration differs from the run in {self.output} "
+                    f"(keys: {', '.join(changed) or 'unknown'}); resume with the saved "
+                    f"{self.output / 'config.yaml'} or start a new run folder"
+                )
+            return state
+        if state_path.exists() or (self.output / FINAL_WEIGHTS).exists():
+            raise TrainingError(
+                f"{self.output} already holds a training run; pass --resume to continue it "
+                "or choose another output folder"
+            )
+        return None
+
+    def _build_model(self, device: torch.device) -> RAFT:
+        model = create_model(
+            self.config.model, checkpoint=self.config.init_checkpoint, device=device
+        )
+        model.set_fast_kernels(False)
+        model.train()
+        if self.config.freeze_bn:
+            _freeze_batchnorm(model)
+        return model
+
+    def _validation_sets(self, device: torch.device) -> dict[str, list]:
+        val = self.config.validation
+        media = _load_media(val.textures, self.config.textures.frames_per_video)
+        sets = {}
+        for name in val.sets:
+            label, pairs = build_validation_set(name, pairs=val.pairs, seed=val.seed,
+                                                media_frames=media)  # fmt: skip
+            sets[label] = _collate_validation(pairs, device)
+        return sets
+
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        def handler(signum, _frame):
+            self._stop_signal = signum
+            logger.warning("signal %d: saving the training state after this step", signum)
+
+        previous = {}
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread
+                previous[signum] = signal.signal(signum, handler)
+        return previous
+
+    # ------------------------------------------------------------------ state
+    def _save_state(self, model, optimizer, scheduler, step: int) -> None:
+        state = {
+            "step": step,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "config": config_to_dict(self.config),
+            "config_hash": config_hash(self.config),
+            "torch_rng": torch.get_rng_state(),
+        }
+        with atomic_path(self.output / STATE_FILE) as tmp:
+            torch.save(state, tmp)
+
+    def _save_checkpoint(self, model, step: int) -> Path:
+        folder = self.output / "checkpoints"
+        folder.mkdir(exist_ok=True)
+        path = folder / f"step_{step:06d}.pth"
+        save_weights(model, path)
+        kept = sorted(folder.glob("step_*.pth"))
+        for old in kept[: -self.config.keep_checkpoints]:
+            old.unlink(missing_ok=True)
+        return path
+
+    # ------------------------------------------------------------------ loop
+    def run(self, *, stop_after: int | None = None) -> TrainResult:
+        """Trains until ``config.steps`` (or ``stop_after`` more steps, for tests and pieces)."""
+        config = self.config
+        saved = self._check_output()
+        device = resolve_device(config.device)
+        # Every step allocates the same large activations; reuse them instead of page-faulting
+        # fresh mappings (1.59 vs 2.21 s per step measured, see pipeline.allocator).
+        set_large_block_reuse(True)
+        if config.threads is not None:
+            torch.set_num_threads(config.threads)
+        autocast = resolve_train_precision(config.precision, device)
+        self.output.mkdir(parents=True, exist_ok=True)
+        dump_config(config, self.output / "config.yaml")
+
+        model = self._build_model(device)
+        optimizer = torch.optim.AdamW(
+            model.parameters(),
+            lr=config.optim.lr,
+            weight_decay=config.optim.weight_decay,
+            eps=config.optim.epsilon,
+        )
+        scheduler = _make_scheduler(optimizer, config)
+        scaler = torch.amp.GradScaler("cuda", enabled=autocast is torch.float16)
+        step = 0
+        if saved is not None:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            torch.set_rng_state(saved["torch_rng"])
+            step = int(saved["step"])
+            logger.info("resuming %s at step %d", self.output, step)
+        if step >= config.steps:
+            logger.info("training already finished at step %d", step)
+            return self._finish(model, step, interrupted=False, metrics={})
+
+        data = build_training_data(config)
+        stop = config.steps if stop_after is None else min(config.steps, step + stop_after)
+        loader = DataLoader(
+            data,
+            batch_size=config.batch_size,
+            sampler=_IndexRange(step * config.batch_size, stop * config.batch_size),
+            num_workers=config.workers,
+            persistent_workers=False,
+            prefetch_factor=4 if config.workers else None,
+            drop_last=True,
+        )
+        val_sets = self._validation_sets(device)
+        log = _Log(self.output)
+        logger.info(
+            "training %s: steps %d-%d of %d, batch %d, crop %s, precision %s, device %s, %d threads",
+            config.model, step, stop, config.steps, config.batch_size, config.crop,
+            "fp32" if autocast is None else str(autocast).removeprefix("torch."), device,
+            torch.get_num_threads(),
+        )  # fmt: skip
+        previous_handlers = self._install_signal_handlers()
+        window: list[dict[str, float]] = []
+        last: dict[str, float] = {}
+        started, window_start = time.perf_counter(), time.perf_counter()
+        interrupted = False
+        try:
+            bar = tqdm(
+                total=config.steps, initial=step, desc="train", unit="step", dynamic_ncols=True
+            )
+            for batch in loader:
+                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                predictions = model.flow_predictions(
+                    batch["image1"], batch["image2"], iters=config.iters, autocast=autocast,
+                    convex_every_iteration=config.convex_every_iteration,
+                )  # fmt: skip
+                loss = sequence_loss(predictions, batch["flow"], batch["valid"],
+                                     gamma=config.gamma, max_flow=config.max_flow)  # fmt: skip
+                if not torch.isfinite(loss):
+                    raise TrainingError(f"loss became {float(loss)} at step {step + 1}")
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.clip)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                step += 1
+                metrics = flow_metrics(predictions[-1].detach(), batch["flow"], batch["valid"],
+                                       max_flow=config.max_flow)  # fmt: skip
+                metrics["loss"] = float(loss.detach())
+                window.append(metrics)
+                bar.update(1)
+                if step % config.log_every == 0 or step == stop:
+                    elapsed = time.perf_counter() - window_start
+                    last = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
+                    record = {"step": step, **last, "lr": scheduler.get_last_lr()[0],
+                              "pairs_per_s": len(window) * config.batch_size / max(elapsed, 1e-9),
+                              "time_s": time.perf_counter() - started}  # fmt: skip
+                    log.write(record)
+                    bar.set_postfix(loss=f"{last['loss']:.3f}", epe=f"{last['epe']:.2f}")
+                    window, window_start = [], time.perf_counter()
+                if step % config.validation.every == 0 or step == config.steps:
+                    val = validate(model, val_sets, iters=config.validation.iters)
+                    log.write({"step": step, **val})
+                    log.plot()
+                    last.update(val)
+                    logger.info("step %d: %s", step,
+                                ", ".join(f"{k} {v:.3f}" for k, v in val.items()))  # fmt: skip
+                    window_start = time.perf_counter()  # throughput excludes validation
+                if step % config.checkpoint_every == 0 or step == stop:
+                    self._save_state(model, optimizer, scheduler, step)
+                    self._save_checkpoint(model, step)
+                if self._stop_signal is not None:
+                    self._save_state(model, optimizer, scheduler, step)
+                    interrupted = True
+                    break
+            bar.close()
+        finally:
+            for signum, handler in previous_handlers.items():
+                signal.signal(signum, handler)
+        if interrupted or step < config.steps:
+            return TrainResult(step, None, interrupted, last)
+        return self._finish(model, step, interrupted=False, metrics=last)
+
+    def _finish(self, model, step: int, *, interrupted: bool, metrics) -> TrainResult:
+        path = self.output / FINAL_WEIGHTS
+        save_weights(model, path)
+        _Log(self.output).plot()
+        return TrainResult(step, path, interrupted, metrics)
+
+
+def pairs_per_second(records: list[dict[str, Any]]) -> float:
+    """Median training throughput over a log's records (pairs per second)."""
+    values = [r["pairs_per_s"] for r in records if "pairs_per_s" in r]
+    return float(np.median(values)) if values else math.nan
+
+
+def default_threads() -> int:
+    """Intra-op threads for training: all CPUs this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
