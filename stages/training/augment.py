@@ -82,7 +82,7 @@ def _jitter_once(rng: np.random.Generator, images: np.ndarray, config: AugmentCo
             clipped = np.clip(out, 0, 255).astype(np.uint8)
             hsv = [cv2.cvtColor(img, cv2.COLOR_RGB2HSV_FULL) for img in clipped]
             for h in hsv:
-                h[..., 0] = ((h[..., 0].astype(np.int32) + int(round(shift * 256))) % 256).astype(
+                h[..., 0] = ((h[..., 0].astype(np.int32) + round(shift * 256)) % 256).astype(
                     np.uint8
                 )
             out = np.stack([cv2.cvtColor(h, cv2.COLOR_HSV2RGB_FULL) for h in hsv]).astype(
