@@ -13,8 +13,8 @@ from .motionsqueeze import (
     strip_training_prefix,
 )
 from .padding import PAD_MODES, Padder
-from .raft import ARCHS, RAFT, Context, FlowOutput, gma, raft_large, raft_small
-from .registry import CheckpointInfo, create_model, find_cached_checkpoint
+from .raft import ARCHS, RAFT, Context, FlowOutput, gma, raft_large, raft_small, raft_small_convex
+from .registry import CheckpointInfo, create_model
 from .warm_start import forward_interpolate
 from .weights import WEIGHTS, CheckpointError, WeightSpec, list_weights
 
@@ -35,13 +35,13 @@ __all__ = [
     "Padder",
     "WeightSpec",
     "create_model",
-    "find_cached_checkpoint",
     "forward_interpolate",
     "gma",
     "list_weights",
     "local_correlation",
     "raft_large",
     "raft_small",
+    "raft_small_convex",
     "soft_argmax_displacement",
     "strip_training_prefix",
 ]

@@ -17,6 +17,7 @@ The network is split into its three parts so that a video path can encode each f
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -31,7 +32,6 @@ from .padding import Padder, PadMode
 from .update import ConvGRU, FlowHead, MotionEncoder, SepConvGRU, UpdateBlock
 
 Arch = Literal["raft-large", "raft-small", "raft-small-convex", "gma"]
-ARCHS: tuple[str, ...] = ("raft-large", "raft-small", "raft-small-convex", "gma")
 
 
 @dataclass(frozen=True)
@@ -517,3 +517,14 @@ def gma(*, heads: int = 1, attention_mode: AttentionMode = "content") -> RAFT:
     if heads < 1:
         raise ValueError(f"heads must be >= 1, got {heads}")
     return _build_raft(arch="gma", gma_heads=heads, gma_mode=attention_mode, **_LARGE)
+
+
+#: Every architecture by name: adding one is a builder above plus one entry here (CLI choices,
+#: config validation, checkpoint checks and the flow stage all derive from this table).
+BUILDERS: dict[str, Callable[..., RAFT]] = {
+    "raft-large": raft_large,
+    "raft-small": raft_small,
+    "raft-small-convex": raft_small_convex,
+    "gma": gma,
+}
+ARCHS: tuple[str, ...] = tuple(BUILDERS)

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from .gma import AttentionMode
-from .raft import ARCHS, RAFT, gma, raft_large, raft_small, raft_small_convex
+from .raft import ARCHS, BUILDERS, RAFT, gma
 from .weights import (
     CheckpointError,
     gma_num_heads,
@@ -27,13 +25,6 @@ from .weights import (
 
 logger = logging.getLogger(__name__)
 
-#: The checkpoint a bare architecture name loads in :func:`pretrained_names`' order of preference.
-DEFAULT_CHECKPOINTS: dict[str, tuple[str, ...]] = {
-    "raft-large": ("raft-things", "tv-raft-large-c-t-v2", "raft-sintel"),
-    "raft-small": ("raft-small", "tv-raft-small-c-t-v2"),
-    "gma": ("gma-things", "gma-sintel"),
-}
-
 
 @dataclass(frozen=True)
 class CheckpointInfo:
@@ -42,15 +33,6 @@ class CheckpointInfo:
     source: str
     path: str
     sha256: str
-
-
-def model_builders() -> dict[str, Callable[..., RAFT]]:
-    return {
-        "raft-large": raft_large,
-        "raft-small": raft_small,
-        "raft-small-convex": raft_small_convex,
-        "gma": gma,
-    }
 
 
 def create_model(
@@ -98,21 +80,9 @@ def create_model(
             heads = found
         model = gma(heads=heads or 1, attention_mode=gma_attention_mode)
     else:
-        model = model_builders()[name]()
+        model = BUILDERS[name]()
     if state is not None:
         load_into(model, state, arch=name)
         logger.info("loaded %s weights from %s", name, info.path if info else checkpoint)
     model.checkpoint_info = info
     return model.to(device).eval()
-
-
-def find_cached_checkpoint(
-    name: str, *, cache_dir: str | os.PathLike[str] | None = None
-) -> Path | None:
-    """The first default checkpoint of architecture ``name`` already in the cache, if any."""
-    for candidate in DEFAULT_CHECKPOINTS.get(name, ()):
-        try:
-            return resolve_checkpoint(candidate, cache_dir=cache_dir, download=False)
-        except CheckpointError:
-            continue
-    return None

@@ -33,12 +33,15 @@ from typing import Any, Literal
 
 import torch
 
+from .raft import ARCHS, Arch
+
 logger = logging.getLogger(__name__)
 
-Arch = Literal["raft-large", "raft-small", "gma"]
 Layout = Literal["official", "torchvision"]
 
-ARCHITECTURES: tuple[str, ...] = ("raft-large", "raft-small", "gma")
+ARCHITECTURES: tuple[str, ...] = ARCHS
+#: Weights that ship inside the package (trained by this project, see README "Training").
+BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 
 #: Seconds to wait for the server before a download is given up.
 DOWNLOAD_TIMEOUT_S = 60.0
@@ -77,6 +80,12 @@ class WeightSpec:
             URL points to an archive.
         gma_num_heads: Attention heads of a GMA checkpoint (``None`` for RAFT).
         source: Project page the entry was taken from.
+        default: This is the checkpoint ``--model ARCH`` loads when no checkpoint is named
+            (one per architecture).
+        auto_rank: Place in ``model: auto``'s order of preference (lower first); ``None``:
+            never chosen by ``auto``.
+        bundled: The file ships inside the package (:data:`BUNDLED_DIR`): nothing to
+            download; ``sha256`` is required and checked when it is loaded.
     """
 
     name: str
@@ -92,6 +101,9 @@ class WeightSpec:
     archive_member: str | None = None
     gma_num_heads: int | None = None
     source: str = ""
+    default: bool = False
+    auto_rank: int | None = None
+    bundled: bool = False
 
 
 _RAFT_REPO = "https://github.com/princeton-vl/RAFT"
@@ -121,9 +133,10 @@ _CTS = f"{_CT} -> Sintel + KITTI-2015 + HD1K + FlyingThings3D (clean) mix"
 _CTSK = f"{_CTS} -> KITTI-2015"
 
 
-def _official_raft(name: str, arch: Arch, training: str, what: str) -> WeightSpec:
+def _official_raft(name: str, arch: Arch, training: str, what: str, **flags) -> WeightSpec:
     """Entry for one member of the official RAFT ``models.zip``."""
     return WeightSpec(
+        **flags,
         name=name,
         arch=arch,
         url=_RAFT_ZIP_URL,
@@ -137,9 +150,10 @@ def _official_raft(name: str, arch: Arch, training: str, what: str) -> WeightSpe
     )
 
 
-def _official_gma(name: str, training: str) -> WeightSpec:
+def _official_gma(name: str, training: str, **flags) -> WeightSpec:
     """Entry for one file of the ``checkpoints/`` folder of zacjiang/GMA."""
     return WeightSpec(
+        **flags,
         name=name,
         arch="gma",
         url=f"{_GMA_RAW}/{name}.pth",
@@ -153,12 +167,15 @@ def _official_gma(name: str, training: str) -> WeightSpec:
     )
 
 
-def _torchvision(name: str, file_name: str, arch: Arch, training: str, what: str) -> WeightSpec:
+def _torchvision(
+    name: str, file_name: str, arch: Arch, training: str, what: str, **flags
+) -> WeightSpec:
     """Entry for a torchvision ``Raft_Large_Weights`` / ``Raft_Small_Weights`` file."""
     match = re.search(r"-([0-9a-f]{8})\.pth$", file_name)
     if match is None:
         raise ValueError(f"torchvision file name without hash prefix: {file_name}")
     return WeightSpec(
+        **flags,
         name=name,
         arch=arch,
         url=f"{_TV_BASE}/{file_name}",
@@ -176,13 +193,13 @@ _PORTED = "weights ported from the official RAFT release"
 _RETRAINED = "weights trained from scratch with torchvision's reference recipe"
 
 _ENTRIES: tuple[WeightSpec, ...] = (
-    _official_raft("raft-things", "raft-large", _CT, "C+T"),
-    _official_raft("raft-sintel", "raft-large", _CTS, "C+T+S/K/H"),
+    _official_raft("raft-things", "raft-large", _CT, "C+T", default=True, auto_rank=4),
+    _official_raft("raft-sintel", "raft-large", _CTS, "C+T+S/K/H", auto_rank=1),
     _official_raft("raft-kitti", "raft-large", _CTSK, "C+T+S/K/H+K"),
     _official_raft("raft-chairs", "raft-large", _C, "C"),
-    _official_raft("raft-small", "raft-small", _CT, "small model, C+T"),
-    _official_gma("gma-things", _CT),
-    _official_gma("gma-sintel", _CTS),
+    _official_raft("raft-small", "raft-small", _CT, "small model, C+T", default=True),
+    _official_gma("gma-things", _CT, default=True, auto_rank=5),
+    _official_gma("gma-sintel", _CTS, auto_rank=2),
     _official_gma("gma-kitti", _CTSK),
     _official_gma("gma-chairs", _C),
     _torchvision(
@@ -198,6 +215,7 @@ _ENTRIES: tuple[WeightSpec, ...] = (
         "raft-large",
         _CT,
         f"Raft_Large_Weights.C_T_V2 ({_RETRAINED})",
+        auto_rank=6,
     ),
     _torchvision(
         "tv-raft-large-c-t-skht-v1",
@@ -212,6 +230,7 @@ _ENTRIES: tuple[WeightSpec, ...] = (
         "raft-large",
         _CTS,
         f"Raft_Large_Weights.C_T_SKHT_V2 ({_RETRAINED}; torchvision's default)",
+        auto_rank=3,
     ),
     _torchvision(
         "tv-raft-large-c-t-skht-k-v1",
@@ -343,6 +362,8 @@ def resolve_checkpoint(
             f"known names: {', '.join(WEIGHTS)}"
         )
     spec = WEIGHTS[name]
+    if spec.bundled:
+        return _bundled_file(spec)
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     target = root / spec.file_name
     cached = _cached_file(spec, target, download=download)
@@ -355,6 +376,41 @@ def resolve_checkpoint(
         )
     _download(spec, target)
     return target
+
+
+_VERIFIED_BUNDLES: set[Path] = set()
+
+
+def _bundled_file(spec: WeightSpec) -> Path:
+    """The package's own copy of a bundled checkpoint, its SHA-256 checked once per process."""
+    path = BUNDLED_DIR / spec.file_name
+    if path in _VERIFIED_BUNDLES:
+        return path
+    if not path.is_file():
+        raise CheckpointError(
+            f"bundled checkpoint {spec.name!r} is missing from the installation ({path}); "
+            "reinstall motionpipe"
+        )
+    problem = _hash_problem(spec, sha256_file(path))
+    if problem is not None:
+        raise CheckpointError(f"bundled checkpoint {path} is damaged: {problem}; reinstall")
+    _VERIFIED_BUNDLES.add(path)
+    return path
+
+
+def default_checkpoint(arch: str) -> str:
+    """Registry name of the checkpoint ``--model arch`` loads when none is named."""
+    _check_arch(arch)
+    for spec in WEIGHTS.values():
+        if spec.arch == arch and spec.default:
+            return spec.name
+    raise CheckpointError(f"no default checkpoint for {arch}; pass --checkpoint PATH")
+
+
+def auto_order() -> list[WeightSpec]:
+    """Checkpoints ``model: auto`` considers, most preferred first."""
+    ranked = [spec for spec in WEIGHTS.values() if spec.auto_rank is not None]
+    return sorted(ranked, key=lambda spec: spec.auto_rank)
 
 
 def _cached_file(spec: WeightSpec, target: Path, *, download: bool) -> Path | None:
@@ -810,7 +866,7 @@ def _tv_encoder_key_to_official(rest: str, bottleneck: bool) -> list[str]:
 
 
 def infer_architecture(state: Mapping[str, torch.Tensor]) -> str:
-    """``"raft-large"``, ``"raft-small"`` or ``"gma"`` from the key names of ``state``.
+    """The architecture (:data:`ARCHITECTURES`) of ``state``, from its key names.
 
     Accepts official, ``module.``-prefixed and torchvision layouts.
     """
@@ -820,7 +876,7 @@ def infer_architecture(state: Mapping[str, torch.Tensor]) -> str:
     if "update_block.gru.convz1.weight" in keys:
         return "raft-large"
     if "update_block.gru.convz.weight" in keys:
-        return "raft-small"
+        return "raft-small-convex" if "update_block.mask.0.weight" in keys else "raft-small"
     sample = ", ".join(sorted(keys)[:_MAX_LISTED])
     raise CheckpointError(
         "cannot tell which model this checkpoint belongs to: it has none of the update-block "

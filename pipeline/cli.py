@@ -19,7 +19,7 @@ import cv2
 
 from models import CORR_KINDS, PAD_MODES, CheckpointError, create_model
 from models.raft import ARCHS
-from models.registry import DEFAULT_CHECKPOINTS
+from models.weights import default_checkpoint
 from stages.flow_io import write_flo, write_flow_npy, write_kitti_png
 from stages.flow_viz import flow_to_color
 
@@ -115,7 +115,7 @@ def pair(
         torch_device = resolve_device(device)
         autocast = resolve_precision(precision, torch_device)
         network = create_model(
-            model, checkpoint=checkpoint or DEFAULT_CHECKPOINTS[model][0], device=torch_device
+            model, checkpoint=checkpoint or default_checkpoint(model), device=torch_device
         )
         result = network.estimate_flow(
             to_model_input(first, torch_device),

@@ -19,7 +19,9 @@ from typing import Any
 
 import yaml
 
-FLOW_MODELS = ("auto", "dis", "raft-large", "raft-small", "gma")
+from models.raft import ARCHS
+
+FLOW_MODELS = ("auto", "dis", *ARCHS)
 FLOW_FORMATS = ("flo", "npy", "npz", "kitti", "jpg", "viz")
 DECODERS = ("decord", "pyav", "opencv")
 CORR_CHOICES = ("auto", "all-pairs", "on-demand")

@@ -1,4 +1,4 @@
-"""Resolving ``flow.model: auto`` to a concrete estimator."""
+"""Resolving ``flow.model: auto`` (and a bare architecture name) to a concrete estimator."""
 
 from __future__ import annotations
 
@@ -6,25 +6,11 @@ import logging
 from dataclasses import dataclass
 
 from models import CheckpointError
-from models.registry import DEFAULT_CHECKPOINTS
-from models.weights import WEIGHTS, resolve_checkpoint
+from models.weights import auto_order, default_checkpoint, resolve_checkpoint
 
 from .config import FlowConfig
 
 logger = logging.getLogger(__name__)
-
-#: Preference order for ``auto``: Sintel-finetuned RAFT generalises best to real video among
-#: the released weights and keeps memory bounded at high resolution (GMA's attention is
-#: quadratic in the number of positions), then GMA, then the FlyingThings models.
-AUTO_CHECKPOINTS: tuple[str, ...] = (
-    "raft-sintel",
-    "gma-sintel",
-    "tv-raft-large-c-t-skht-v2",
-    "raft-things",
-    "gma-things",
-    "tv-raft-large-c-t-v2",
-)
-
 
 #: ``flow.checkpoint`` value that asks for untrained weights (tests and speed benchmarks only).
 RANDOM_WEIGHTS = "random"
@@ -42,10 +28,12 @@ class ModelChoice:
 def choose_model(flow: FlowConfig) -> ModelChoice:
     """Concrete model and checkpoint for a flow config.
 
-    An explicit model without a checkpoint uses the architecture's default checkpoint
-    (:data:`models.registry.DEFAULT_CHECKPOINTS`); ``checkpoint: random`` gives untrained weights.
-    ``auto``: the first of :data:`AUTO_CHECKPOINTS` already in the cache; otherwise one attempt
-    to download the first (when ``flow.download``); otherwise OpenCV DIS with a notice.
+    An explicit model without a checkpoint uses the architecture's default checkpoint (the
+    registry entry marked ``default``); ``checkpoint: random`` gives untrained weights.
+    ``auto`` never downloads: it takes the first checkpoint of the registry's ``auto`` order
+    (:func:`models.weights.auto_order`) that is available locally: an official checkpoint in
+    the cache (Sintel-finetuned RAFT first: it generalises best to real video among the released
+    weights), else the model that ships inside the package, else OpenCV DIS with a notice.
     """
     if flow.model == "dis":
         return ModelChoice("dis", None)
@@ -53,29 +41,22 @@ def choose_model(flow: FlowConfig) -> ModelChoice:
         if flow.checkpoint == RANDOM_WEIGHTS:
             logger.warning("flow.checkpoint: random -- untrained weights, the flow is meaningless")
             return ModelChoice(flow.model, None)
-        return ModelChoice(flow.model, flow.checkpoint or DEFAULT_CHECKPOINTS[flow.model][0])
+        return ModelChoice(flow.model, flow.checkpoint or default_checkpoint(flow.model))
     if flow.checkpoint is not None:
-        raise ValueError(
-            "flow.checkpoint needs an explicit flow.model (raft-large, raft-small, gma)"
-        )
-    for name in AUTO_CHECKPOINTS:
+        raise ValueError("flow.checkpoint needs an explicit flow.model (not auto)")
+    problems = []
+    for spec in auto_order():
         try:
-            resolve_checkpoint(name, download=False)
-        except CheckpointError:
-            continue
-        return ModelChoice(WEIGHTS[name].arch, name)
-    first = AUTO_CHECKPOINTS[0]
-    if flow.download:
-        try:
-            resolve_checkpoint(first, download=True)
-            return ModelChoice(WEIGHTS[first].arch, first)
+            resolve_checkpoint(spec.name, download=False)
         except CheckpointError as exc:
-            reason = str(exc).split(". ")[0]
-    else:
-        reason = "downloads are disabled (flow.download: false)"
+            if spec.bundled:
+                problems.append(str(exc))
+            continue
+        return ModelChoice(spec.arch, spec.name)
+    reason = problems[0] if problems else "no checkpoint in the cache"
     notice = (
-        f"model 'auto': no pretrained RAFT/GMA checkpoint available ({reason}); using OpenCV DIS "
-        f"({flow.dis_preset}). Put a checkpoint in the cache or pass --checkpoint for RAFT/GMA."
+        f"model 'auto': no learned flow model available ({reason}); using OpenCV DIS "
+        f"({flow.dis_preset}). Put a checkpoint in the cache or pass --checkpoint."
     )
     logger.warning(notice)
     return ModelChoice("dis", None, notice)

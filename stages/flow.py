@@ -23,14 +23,14 @@ import cv2
 import numpy as np
 import torch
 
-from models import RAFT, Context, Padder, create_model, forward_interpolate
+from models import ARCHS, RAFT, Context, Padder, create_model, forward_interpolate
 
 from .base import FrameChunk
 from .cpu_workers import CpuWorkers
 
 logger = logging.getLogger(__name__)
 
-NETWORK_MODELS: tuple[str, ...] = ("raft-large", "raft-small", "gma")
+NETWORK_MODELS: tuple[str, ...] = ARCHS
 ENCODER_BYTES_PER_PIXEL = 1024  # encoder activations per input pixel and frame (measured)
 REFINE_BYTES_PER_POSITION = 12 * 1024  # refinement activations per 1/8-grid position (measured)
 DIS_PRESETS = {
