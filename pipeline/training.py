@@ -405,6 +405,7 @@ class Trainer:
         self.output.mkdir(parents=True, exist_ok=True)
         dump_config(config, self.output / "config.yaml")
 
+        torch.manual_seed(config.seed)  # the initial weights are part of what the seed fixes
         model = self._build_model(device)
         optimizer = torch.optim.AdamW(
             model.parameters(),

@@ -1,0 +1,225 @@
+"""Training: the training-mode forward, the loss, the generator and the train command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from models import Padder, create_model, raft_small_convex
+from models.losses import flow_metrics, sequence_loss
+from models.weights import infer_architecture, load_checkpoint
+from pipeline.cli import main
+from pipeline.config import ConfigError
+from pipeline.train_config import load_train_config
+from stages.training.synthetic import LayeredPairConfig, MotionRange, generate_pair
+from stages.training.textures import PROCEDURAL_KINDS, TexturePool, procedural_texture
+
+INSPECT_DIR = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "inspect"
+
+
+def _rgb(path: Path) -> torch.Tensor:
+    image = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    return torch.from_numpy(image).permute(2, 0, 1)[None].float()
+
+
+def test_flow_predictions_match_the_official_training_mode_output(parity_dir: Path) -> None:
+    """Every iteration's upsampled flow equals the list the official RAFT returns."""
+    fixture = np.load(INSPECT_DIR / "raft_large_frame0047_0048.npz")
+    model = create_model("raft-large", checkpoint=parity_dir / "raft_large_random.pth")
+    image1, image2 = _rgb(parity_dir / "frame_0047.png"), _rgb(parity_dir / "frame_0048.png")
+    padder = Padder(436, 1024)
+    with torch.inference_mode():
+        predictions = model.flow_predictions(
+            padder.pad(image1), padder.pad(image2), iters=int(fixture["iters"])
+        )
+    ours = torch.stack([padder.unpad(p)[0] for p in predictions]).permute(0, 2, 3, 1).numpy()
+    expected = fixture["flow_predictions"]
+    assert ours.shape == expected.shape
+    difference = np.abs(ours - expected)
+    assert difference.max() < 5e-3
+    assert difference.mean() < 1e-4
+
+
+def test_last_prediction_is_the_inference_flow_and_bilinear_shortcut_keeps_it() -> None:
+    torch.manual_seed(0)
+    model = raft_small_convex().eval()
+    image1, image2 = torch.rand(1, 3, 128, 128) * 255, torch.rand(1, 3, 128, 128) * 255
+    with torch.inference_mode():
+        full = model.flow_predictions(image1, image2, iters=3)
+        cheap = model.flow_predictions(image1, image2, iters=3, convex_every_iteration=False)
+        final = model(image1, image2, iters=3).flow
+    assert len(full) == len(cheap) == 3
+    torch.testing.assert_close(full[-1], final, atol=1e-4, rtol=0)
+    torch.testing.assert_close(cheap[-1], full[-1], atol=1e-5, rtol=0)
+    assert not torch.allclose(cheap[0], full[0])  # earlier iterations upsampled bilinearly
+
+
+def test_sequence_loss_weights_iterations_and_masks_invalid_and_long_vectors() -> None:
+    gt = torch.zeros(1, 2, 2, 2)
+    gt[0, 0, 0, 0] = 500.0  # longer than max_flow: not counted
+    valid = torch.ones(1, 2, 2)
+    valid[0, 1, 1] = 0
+    first = torch.ones(1, 2, 2, 2)  # |error| 1 in both channels everywhere
+    second = 2 * torch.ones(1, 2, 2, 2)
+    loss = sequence_loss([first, second], gt, valid, gamma=0.5)
+    # Counted: 2 of 4 pixels (2 channels each) over 8 entries: mean = 0.5 * |error|.
+    assert loss.item() == pytest.approx(0.5 * 0.5 * 1 + 1.0 * 0.5 * 2)
+    metrics = flow_metrics(second, gt, valid)
+    assert metrics["epe"] == pytest.approx(2 * np.sqrt(2))
+    assert metrics["1px"] == 0.0
+
+
+def test_training_steps_lower_the_loss_on_a_fixed_batch() -> None:
+    torch.manual_seed(0)
+    rng = np.random.default_rng(3)
+    pool = TexturePool(seed=3, pool_size=4, size=128)
+    config = LayeredPairConfig(height=64, width=64, sprites=(1, 2))
+    pairs = [generate_pair(rng, pool, config) for _ in range(2)]
+    image1 = torch.stack([torch.from_numpy(p.image1).permute(2, 0, 1).float() for p in pairs])
+    image2 = torch.stack([torch.from_numpy(p.image2).permute(2, 0, 1).float() for p in pairs])
+    flow = torch.stack([torch.from_numpy(p.flow).permute(2, 0, 1) for p in pairs])
+    valid = torch.ones(2, 64, 64)
+    model = raft_small_convex().set_fast_kernels(False).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=4e-4)
+    losses = []
+    for _ in range(12):
+        loss = sequence_loss(model.flow_predictions(image1, image2, iters=3), flow, valid)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3])
+
+
+def test_generated_flow_is_exact_and_pairs_are_reproducible() -> None:
+    pool = TexturePool(seed=5, pool_size=4, size=128)
+    config = LayeredPairConfig(height=96, width=128, sprites=(2, 4), noise=0.0)
+    pair = generate_pair(np.random.default_rng(11), pool, config)
+    again = generate_pair(np.random.default_rng(11), TexturePool(seed=5, pool_size=4, size=128),
+                          config)  # fmt: skip
+    np.testing.assert_array_equal(pair.image1, again.image1)
+    np.testing.assert_array_equal(pair.flow, again.flow)
+    assert pair.image1.shape == (96, 128, 3) and pair.image1.dtype == np.uint8
+    assert pair.flow.shape == (96, 128, 2) and pair.flow.dtype == np.float32
+    # Warping frame 2 back with the ground truth reproduces frame 1 where nothing occludes.
+    ys, xs = np.mgrid[0:96, 0:128].astype(np.float32)
+    back = cv2.remap(pair.image2.astype(np.float32), xs + pair.flow[..., 0],
+                     ys + pair.flow[..., 1], cv2.INTER_LINEAR)  # fmt: skip
+    visible = ~pair.occluded
+    assert visible.mean() > 0.3
+    error = np.abs(back - pair.image1.astype(np.float32))[visible]
+    assert np.median(error) < 2.0
+    # A wrong flow (off by one pixel) warps much worse: the check above has teeth.
+    shifted = cv2.remap(pair.image2.astype(np.float32), xs + pair.flow[..., 0] + 1,
+                        ys + pair.flow[..., 1], cv2.INTER_LINEAR)  # fmt: skip
+    assert (
+        np.abs(shifted - pair.image1)[visible].mean() > np.abs(back - pair.image1)[visible].mean()
+    )
+
+
+def test_pure_translation_gives_constant_flow() -> None:
+    still = (MotionRange(1.0, 3.0, 3.0),)
+    config = LayeredPairConfig(
+        height=64, width=64, sprites=(0, 0), background_motion=still, background_rotation=0,
+        background_zoom=0, background_shear=0, perspective=0, nonrigid=0, noise=0,
+    )  # fmt: skip
+    pair = generate_pair(np.random.default_rng(0), TexturePool(size=96, pool_size=2), config)
+    magnitude = np.linalg.norm(pair.flow, axis=-1)
+    np.testing.assert_allclose(magnitude, 3.0, atol=1e-4)
+    assert np.ptp(pair.flow[..., 0]) < 1e-4 and np.ptp(pair.flow[..., 1]) < 1e-4
+
+
+@pytest.mark.parametrize("kind", PROCEDURAL_KINDS)
+def test_procedural_textures_are_deterministic_rgb(kind: str) -> None:
+    a = procedural_texture(np.random.default_rng(1), 64, kind)
+    b = procedural_texture(np.random.default_rng(1), 64, kind)
+    assert a.shape == (64, 64, 3) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, b)
+
+
+def test_config_errors_name_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="crop"):
+        load_train_config(None, {"crop": [100, 64]})
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_train_config(None, {"synthetic.wobble": 1})
+    with pytest.raises(ConfigError, match="synthetic"):
+        load_train_config(None, {"synthetic.sprites": [3, 1]})
+    with pytest.raises(ConfigError, match="model"):
+        load_train_config(None, {"model": "flownet"})
+
+
+def _tiny_config(path: Path, steps: int) -> Path:
+    config = {
+        "model": "raft-small-convex",
+        "steps": steps,
+        "batch_size": 2,
+        "crop": [64, 64],
+        "iters": 2,
+        "threads": 1,
+        "workers": 0,
+        "precision": "fp32",
+        "log_every": 1,
+        "checkpoint_every": 2,
+        "textures": {"procedural_size": 64},
+        "synthetic": {"sprites": [0, 2]},
+        "validation": {"every": 2, "pairs": 1, "iters": 2, "sets": ["layered"]},
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_train_command_resumes_exactly_and_writes_official_checkpoints(tmp_path: Path) -> None:
+    config = _tiny_config(tmp_path / "tiny.yaml", steps=4)
+    runner = CliRunner()
+    straight = tmp_path / "straight"
+    result = runner.invoke(main, ["train", "--config", str(config), "-o", str(straight)])
+    assert result.exit_code == 0, result.output
+    pieces = tmp_path / "pieces"
+    first = runner.invoke(main, ["train", "--config", str(config), "-o", str(pieces),
+                                 "--stop-after", "2"])  # fmt: skip
+    assert first.exit_code == 0, first.output
+    assert "stopped at step 2" in first.output
+    assert not (pieces / "model.pth").exists()
+    again = runner.invoke(main, ["train", "--config", str(config), "-o", str(pieces)])
+    assert again.exit_code != 0 and "--resume" in again.output
+    second = runner.invoke(main, ["train", "--config", str(config), "-o", str(pieces),
+                                  "--resume"])  # fmt: skip
+    assert second.exit_code == 0, second.output
+
+    a = torch.load(straight / "model.pth", weights_only=True)
+    b = torch.load(pieces / "model.pth", weights_only=True)
+    assert list(a) == list(b) and all(k.startswith("module.") for k in a)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
+    assert infer_architecture(load_checkpoint(straight / "model.pth")) == "raft-small-convex"
+    model = create_model("raft-small-convex", checkpoint=straight / "model.pth")
+    assert model.checkpoint_info is not None
+
+    steps = [json.loads(line)["step"] for line in (pieces / "log.jsonl").read_text().splitlines()]
+    assert sorted({s for s in steps}) == [1, 2, 3, 4]
+    assert (pieces / "curves.png").stat().st_size > 0
+    assert sorted(p.name for p in (pieces / "checkpoints").iterdir()) == [
+        "step_000002.pth",
+        "step_000004.pth",
+    ]
+    changed = runner.invoke(main, ["train", "--config", str(config), "-o", str(pieces),
+                                   "--resume", "--set", "optim.lr=0.1"])  # fmt: skip
+    assert changed.exit_code != 0 and "optim" in changed.output
+
+
+def test_official_raft_small_keys_are_what_training_saves(tmp_path: Path, parity_dir: Path) -> None:
+    """A raft-small training checkpoint has exactly the official file's keys and shapes."""
+    from models import raft_small
+    from pipeline.training import official_state_dict
+
+    ours = official_state_dict(raft_small())
+    official = torch.load(parity_dir / "raft_small_random.pth", weights_only=True)
+    assert list(ours) == list(official)
+    assert all(ours[k].shape == official[k].shape for k in ours)
