@@ -282,11 +282,31 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
         node = merged
         *parents, leaf = dotted.split(".")
         for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"cannot set {dotted}: {part} is not a section")
-        node[leaf] = value
+            node = _child(node, part, dotted)
+        if isinstance(node, list):
+            node[_list_index(node, leaf, dotted)] = value
+        else:
+            node[leaf] = value
     return merged
+
+
+def _list_index(node: list, part: str, dotted: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(
+            f"cannot set {dotted}: {part!r} is not an index of a {len(node)}-item list"
+        )
+    return int(part)
+
+
+def _child(node: Any, part: str, dotted: str) -> Any:
+    """The section (dict) or list item ``part`` of ``node`` for an override ``dotted``."""
+    if isinstance(node, list):
+        child = node[_list_index(node, part, dotted)]
+    else:
+        child = node.setdefault(part, {})
+    if not isinstance(child, (dict, list)):
+        raise ConfigError(f"cannot set {dotted}: {part} is not a section")
+    return child
 
 
 def load_config(

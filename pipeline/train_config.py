@@ -19,6 +19,7 @@ from stages.training.synthetic import LayeredPairConfig
 from .config import ConfigError, _require, load_config_as
 
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
+SYNTHETIC_PRESETS = ("custom", "photo")
 SCHEDULES = ("onecycle", "constant")
 
 
@@ -31,6 +32,9 @@ class DataSource:
     ``folder``) with its ``root`` folder. ``weight``: relative sampling frequency.
     ``split`` / ``variant``: the reader's split (``training``) and variant (Sintel ``clean`` /
     ``final``, FlyingThings3D ``frames_cleanpass`` / ``frames_finalpass``).
+    ``preset`` (synthetic only): ``custom`` = the ``synthetic`` section; ``photo`` = whole
+    media frames under camera-like motion with cut-out objects
+    (:data:`stages.training.validation.PHOTO`, textures from media only).
     """
 
     kind: str = "synthetic"
@@ -38,9 +42,14 @@ class DataSource:
     weight: float = 1.0
     split: str = "training"
     variant: str | None = None
+    preset: str = "custom"
 
     def __post_init__(self) -> None:
         _require(self.kind in DATASET_KINDS, f"data.kind must be one of {DATASET_KINDS}")
+        _require(
+            self.preset in SYNTHETIC_PRESETS,
+            f"data.preset must be one of {SYNTHETIC_PRESETS}",
+        )
         _require(self.weight > 0, "data.weight must be > 0")
         _require(
             self.kind == "synthetic" or self.root is not None,

@@ -43,7 +43,7 @@ from stages.flow_io import atomic_path
 from stages.training.datasets import SyntheticPairs
 from stages.training.readers import build_reader_dataset
 from stages.training.textures import TexturePool, find_media, load_media_frames
-from stages.training.validation import build_validation_set
+from stages.training.validation import PHOTO, build_validation_set, resized
 
 from .allocator import set_large_block_reuse
 from .config import config_hash, config_to_dict, dump_config
@@ -138,18 +138,24 @@ def build_training_data(config: TrainConfig) -> Dataset:
     """The mixture of :attr:`TrainConfig.data` as one index-addressable data set."""
     length = config.steps * config.batch_size
     sources: list[tuple[Dataset, float]] = []
+    media = None
     for source in config.data:
         if source.kind == "synthetic":
-            media = _load_media(config.textures.paths, config.textures.frames_per_video)
+            if media is None:
+                media = _load_media(config.textures.paths, config.textures.frames_per_video)
+            photo = source.preset == "photo"
+            if photo and not media:
+                raise TrainingError("data preset 'photo' needs media: set textures.paths")
             pool = TexturePool(
                 media,
-                media_fraction=config.textures.media_fraction,
+                media_fraction=1.0 if photo else config.textures.media_fraction,
                 size=config.textures.procedural_size,
                 seed=config.seed,
             )
             augment = config.augmentation()
+            generator = resized(PHOTO, *config.crop) if photo else config.generator()
             dataset: Dataset = SyntheticPairs(
-                config.generator(),
+                generator,
                 pool,
                 seed=config.seed,
                 length=length,
