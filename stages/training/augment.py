@@ -192,7 +192,9 @@ def spatial_sparse(rng, image1, image2, flow, valid, config: AugmentConfig):
     h, w = image1.shape[:2]
     floor = max((config.crop[0] + 1) / h, (config.crop[1] + 1) / w)
     scale = max(2 ** rng.uniform(config.min_scale, config.max_scale), floor)
-    if rng.random() < config.spatial_prob or scale > 1.0:
+    # Resize with probability ``spatial_prob``, and always when the frame is too small for the
+    # crop (then ``scale >= floor`` makes it large enough).
+    if rng.random() < config.spatial_prob or floor > 1.0:
         size = (round(w * scale), round(h * scale))
         image1 = cv2.resize(image1, size, interpolation=cv2.INTER_LINEAR)
         image2 = cv2.resize(image2, size, interpolation=cv2.INTER_LINEAR)
