@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 import click
+import yaml
 
 from models import CheckpointError
 
 from .cli_common import parse_set_options
 from .config import ConfigError
 from .train_config import load_train_config
-from .training import Trainer, TrainingError
+from .training import Trainer, TrainingError, export_weights
 
 logger = logging.getLogger(__name__)
 
@@ -57,3 +59,36 @@ def train(
         click.echo(f"trained {result.step} steps; weights: {result.weights}")
     else:
         click.echo(f"stopped at step {result.step}; continue with --resume -o {output}")
+
+
+@click.command("export-model")
+@click.argument("weights", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Checkpoint to write (.pth); a .json sidecar with its provenance goes beside it.")  # fmt: skip
+@click.option("--half", is_flag=True, help="Store float16 tensors (half the size).")
+@click.option(
+    "--run", "runs", multiple=True, type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="Training run folder(s) that made the weights, in order (their config.yaml is recorded).",
+)  # fmt: skip
+@click.option("--name", default=None, help="Name recorded in the sidecar.")
+def export_model(
+    weights: Path, output: Path, half: bool, runs: tuple[Path, ...], name: str | None
+) -> None:
+    """Package trained WEIGHTS for distribution: official layout, optional float16, and a JSON
+    sidecar with the training configs, seeds and the file's SHA-256."""
+    stages = []
+    for run in runs:
+        config_file = run / "config.yaml"
+        if not config_file.is_file():
+            raise click.ClickException(f"{run} has no config.yaml: not a training run folder")
+        config = yaml.safe_load(config_file.read_text())
+        stages.append({"run": run.name, "seed": config.get("seed"), "config": config})
+    try:
+        record = export_weights(
+            weights, output, half=half,
+            provenance={"name": name or output.stem, "source": weights.name, "training": stages},
+        )  # fmt: skip
+    except (CheckpointError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps({k: record[k] for k in ("file", "architecture", "dtype", "bytes",
+                                                 "sha256")}))  # fmt: skip

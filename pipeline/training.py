@@ -190,6 +190,43 @@ def save_weights(model: torch.nn.Module, path: Path) -> None:
         torch.save(official_state_dict(model), tmp)
 
 
+def export_weights(
+    source: Path, target: Path, *, half: bool, provenance: dict[str, Any]
+) -> dict[str, Any]:
+    """Writes a checkpoint for distribution and a JSON sidecar that says how it was made.
+
+    ``source``: any checkpoint :func:`models.weights.load_checkpoint` reads (a run's
+    ``model.pth`` or ``checkpoints/step_*.pth``). ``target``: the new ``.pth`` (official layout
+    with the ``module.`` prefix; float16 tensors with ``half``, which halves the file and loads
+    into float32 models unchanged otherwise). The sidecar ``target.with_suffix(".json")`` holds
+    ``provenance`` plus the architecture, dtype, parameter count and the file's SHA-256 (the
+    value a registry entry needs).
+    """
+    from models.weights import infer_architecture, load_checkpoint, sha256_file
+
+    state = load_checkpoint(source)
+    arch = infer_architecture(state)
+    out = {}
+    for key, tensor in state.items():
+        floating = tensor.is_floating_point()
+        out[f"module.{key}"] = tensor.half() if half and floating else tensor
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as tmp:
+        torch.save(out, tmp)
+    record = {
+        **provenance,
+        "architecture": arch,
+        "dtype": "float16" if half else "float32",
+        "parameters": int(sum(t.numel() for t in state.values() if t.is_floating_point())),
+        "file": target.name,
+        "bytes": target.stat().st_size,
+        "sha256": sha256_file(target),
+    }
+    with atomic_path(target.with_suffix(".json")) as tmp:
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
 def _freeze_batchnorm(model: torch.nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
