@@ -40,6 +40,24 @@ DIS_PRESETS = {
 }
 
 
+class DisFlow:
+    """OpenCV DIS on grayscale frames: the classical backend of :class:`FlowStage`."""
+
+    def __init__(self, preset: str = "medium") -> None:
+        if preset not in DIS_PRESETS:
+            raise ValueError(f"unknown DIS preset {preset!r}; expected {list(DIS_PRESETS)}")
+        self._dis = cv2.DISOpticalFlow_create(DIS_PRESETS[preset])
+
+    @staticmethod
+    def gray(frame: np.ndarray) -> np.ndarray:
+        """``(H, W, 3)`` uint8 RGB -> ``(H, W)`` uint8 gray, what DIS takes."""
+        return cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+
+    def __call__(self, gray1: np.ndarray, gray2: np.ndarray) -> np.ndarray:
+        """``(H, W, 2)`` float32 flow in pixels from ``gray1`` to ``gray2``."""
+        return self._dis.calc(gray1, gray2, None)
+
+
 def pair_starts(num_frames: int, gap: int) -> range:
     """Chunk-local indices ``t`` of the pairs ``(t, t + gap)`` that a chunk owns."""
     return range(max(num_frames - gap, 0))
@@ -133,7 +151,7 @@ class FlowStage:
         if self.is_network and self.network is None:
             self.network = create_model(self.model, checkpoint=self.checkpoint, device=self.device)
         if not self.is_network:
-            self._dis = cv2.DISOpticalFlow_create(DIS_PRESETS[self.dis_preset])
+            self._dis = DisFlow(self.dis_preset)
         if self.is_network and self._workers is None:
             workers = self.resolved_cpu_workers()
             if workers > 1:
@@ -176,13 +194,13 @@ class FlowStage:
     def _process_dis(self, chunk: FrameChunk, starts: range) -> None:
         if self._dis is None:
             self.setup()
-        gray = [cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) for frame in chunk.frames]
+        gray = [DisFlow.gray(frame) for frame in chunk.frames]
         directions = [("flow_fw", False)] + ([("flow_bw", True)] if self.backward else [])
         for key, reverse in directions:
             flows = []
             for t in starts:
                 a, b = gray[t], gray[t + self.gap]
-                flow = self._dis.calc(b, a, None) if reverse else self._dis.calc(a, b, None)
+                flow = self._dis(b, a) if reverse else self._dis(a, b)
                 flows.append(torch.from_numpy(flow).permute(2, 0, 1))
             chunk.artifacts[key] = _stack(flows, chunk)
 
