@@ -319,8 +319,10 @@ def example(path: Path, frames: int) -> None:
 # Commands defined in their own modules.
 from .consistency_cmd import consistency_command  # noqa: E402
 from .evaluate_cmd import evaluate as evaluate_command  # noqa: E402
+from .train_cmd import export_model as export_model_command  # noqa: E402
 from .train_cmd import train as train_command  # noqa: E402
 
 main.add_command(consistency_command)
 main.add_command(train_command)
+main.add_command(export_model_command)
 main.add_command(evaluate_command)

@@ -53,6 +53,8 @@ from .train_config import TrainConfig
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "state.pt"
+#: The tensors of a training sample (see :mod:`stages.training.datasets`).
+TRAINING_KEYS = ("image1", "image2", "flow", "valid")
 FINAL_WEIGHTS = "model.pth"
 
 
@@ -114,12 +116,16 @@ class MixedDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if len(self.sources) == 1 and isinstance(self.sources[0], SyntheticPairs):
-            return self.sources[0][index]
-        rng = np.random.default_rng([self.seed, index, 7])
-        source = self.sources[int(rng.choice(len(self.sources), p=self.probabilities))]
-        if isinstance(source, SyntheticPairs):
-            return source[index]
-        return source.sample(int(rng.integers(len(source))), rng)
+            sample = self.sources[0][index]
+        else:
+            rng = np.random.default_rng([self.seed, index, 7])
+            source = self.sources[int(rng.choice(len(self.sources), p=self.probabilities))]
+            if isinstance(source, SyntheticPairs):
+                sample = source[index]
+            else:
+                sample = source.sample(int(rng.integers(len(source))), rng)
+        # Only what every source has, so that a batch can mix them.
+        return {key: sample[key] for key in TRAINING_KEYS}
 
 
 def _load_media(paths: tuple[str, ...], frames_per_video: int) -> list[np.ndarray]:
