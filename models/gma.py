@@ -144,8 +144,10 @@ def _attend(attention: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """``attention (B, n, hw, hw) @ v (B, n, hw, d)``; on the CPU in blocks of rows.
 
     MKL runs the ``(hw x hw) @ (hw x d)`` product of GMA ~6% faster in blocks of 1760 rows than
-    in one call (1024x436, one thread: 147 vs 157 ms; two threads: 75 vs 77 ms), with
-    bit-identical results: each output row is the same dot products either way.
+    in one call (1024x436, one thread: 147 vs 157 ms; two threads: 75 vs 77 ms). Each output
+    row is the same dot product either way, but BLAS may choose another kernel (another
+    summation order) for a block than for the whole matrix, so the results agree to float32
+    rounding, not always bit for bit (AVX-512 MKL builds differ by ~1e-7).
     """
     rows = attention.shape[-2]
     if (

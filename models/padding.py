@@ -1,12 +1,16 @@
 """Padding images to a multiple of 8 (done outside the network) and undoing it on the flow.
 
-The two official modes (``InputPadder`` in princeton-vl/RAFT):
+The two official modes, as ``InputPadder`` in princeton-vl/RAFT ``core/utils/utils.py``
+defines them (and zacjiang/GMA copies them), with ``pad = (((n // 8) + 1) * 8 - n) % 8`` per
+side and pads in ``F.pad`` order ``[left, right, top, bottom]``:
 
-- ``sintel``: pad height and width up to the next multiple of 8, split between both sides with
-  the odd pixel at the bottom / right.
-- ``kitti``: split the width padding the same way, put all the height padding at the top.
+- ``sintel``: ``[pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2]``: both
+  paddings split between the two sides, the odd pixel at the right / bottom.
+- ``kitti``: ``[pad_w // 2, pad_w - pad_w // 2, 0, pad_h]``: the width padding split the same
+  way, all of the height padding at the bottom.
 
-Padding replicates the border pixels.
+Padding replicates the border pixels; ``unpad`` crops ``[top : H' - bottom, left : W' - right]``
+of the padded size ``H' x W'``, as the official ``unpad`` does.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ class Padder:
         left, right = pad_w // 2, pad_w - pad_w // 2
         if self.mode == "sintel":
             return left, right, pad_h // 2, pad_h - pad_h // 2
-        return left, right, pad_h, 0
+        return left, right, 0, pad_h
 
     @property
     def padded_size(self) -> tuple[int, int]:
@@ -65,5 +69,11 @@ class Padder:
 
     def unpad(self, flow: torch.Tensor) -> torch.Tensor:
         """``(..., H', W')`` -> ``(..., H, W)``: crops what :meth:`pad` added."""
-        left, _, top, _ = self.pads
-        return flow[..., top : top + self.height, left : left + self.width]
+        if flow.shape[-2:] != self.padded_size:
+            raise ValueError(
+                f"padder for {self.height}x{self.width} unpads {self.padded_size[0]}x"
+                f"{self.padded_size[1]} maps, got {tuple(flow.shape)}"
+            )
+        left, right, top, bottom = self.pads
+        padded_h, padded_w = flow.shape[-2:]
+        return flow[..., top : padded_h - bottom, left : padded_w - right]

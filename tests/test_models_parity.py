@@ -91,3 +91,36 @@ def test_cli_reproduces_official_flow(case: dict, parity_dir: Path, tmp_path: Pa
     assert result.exit_code == 0, result.output
     flow = cv2.readOpticalFlow(str(output))  # independent reader
     _assert_close(flow.transpose(2, 0, 1), data["flow_up"], FLOW_UP_MAX, "flow_up via CLI")
+
+
+def test_cli_kitti_padding_on_an_odd_size_pads_at_the_bottom(
+    parity_dir: Path, tmp_path: Path
+) -> None:
+    """``pair --pad-mode kitti`` on a 333x251 pair equals the network run on the input padded
+    the official way, written out here by hand: width 333 -> 336 split 1 | 2, height 251 ->
+    256 with all 5 rows at the bottom (``InputPadder(mode='kitti')``), then cropped back."""
+    data = np.load(parity_dir / "raft_large_demo_pair.npz")
+    crops = [data[key][40:291, 100:433] for key in ("image1", "image2")]  # (251, 333, 3)
+    images = []
+    for n, rgb in enumerate(crops):
+        path = tmp_path / f"{n}.png"
+        cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        images.append(str(path))
+    weights = parity_dir / "raft_large_random.pth"
+    output = tmp_path / "flow.flo"
+    result = CliRunner().invoke(
+        main,
+        ["pair", *images, "-o", str(output), "--model", "raft-large", "--checkpoint",
+         str(weights), "--pad-mode", "kitti", "--device", "cpu"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    flow = cv2.readOpticalFlow(str(output)).transpose(2, 0, 1)
+
+    model = create_model("raft-large", checkpoint=weights)
+    padded = [
+        torch.nn.functional.pad(_as_input(rgb), [1, 2, 0, 5], mode="replicate") for rgb in crops
+    ]
+    assert padded[0].shape[-2:] == (256, 336)
+    with torch.inference_mode():
+        manual = model(*padded, iters=12).flow[0, :, 0:251, 1:334].numpy()
+    _assert_close(flow, manual, FLOW_UP_MAX, "kitti-padded flow via CLI")
