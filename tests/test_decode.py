@@ -482,22 +482,65 @@ def fresh_fallback_log(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(reader_module, "_fallback_warned", set())
 
 
+#: Codecs tried, in order, when looking for one a backend cannot decode on this machine (the
+#: answer depends on the backend's bundled FFmpeg: OpenCV 4.x wheels refuse AV1, 5.x decode it).
+PROBE_CODECS: list[tuple[str, dict[str, str]]] = [
+    ("libsvtav1", {"preset": "12"}),
+    ("libaom-av1", {"cpu-used": "8"}),
+    ("snow", {}),
+    ("jpeg2000", {}),
+    ("libx265", {}),
+    ("msmpeg4", {}),
+    ("vp8", {}),
+]
+
+
+def _undecodable_by(backend: str, media: Callable[..., Path]) -> tuple[str, Path] | None:
+    """A pattern video (8 frames) that ``backend`` itself refuses here, found by trying it:
+    ``(codec, path)``, or ``None`` when the backend decodes every candidate PyAV can write."""
+    from stages.decoding.backend_base import DecodeState
+    from stages.decoding.probe import probe_video
+
+    if backend == "decord":
+        from stages.decoding.backend_decord import DecordBackend as Backend
+    else:
+        from stages.decoding.backend_opencv import OpenCVBackend as Backend
+    for codec, options in PROBE_CODECS:
+        if codec not in av.codecs_available:
+            continue
+        try:
+            path = media(codec=codec, num_frames=8, options=options or None)
+        except (av.FFmpegError, ValueError):  # this build cannot encode it after all
+            continue
+        try:
+            Backend(probe_video(str(path)), DecodeOptions(backend=backend), DecodeState()).close()
+        except Exception:  # what the reader treats as "cannot decode": fall back to PyAV
+            return codec, path
+    return None
+
+
 @pytest.mark.usefixtures("fresh_fallback_log")
-@pytest.mark.skipif("libsvtav1" not in av.codecs_available, reason="no AV1 encoder")
+@pytest.mark.parametrize("backend", ["decord", "opencv"])
 def test_undecodable_codec_falls_back_to_pyav_warning_once(
-    media: Callable[..., Path], caplog: pytest.LogCaptureFixture
+    backend: str, media: Callable[..., Path], caplog: pytest.LogCaptureFixture
 ) -> None:
-    path = media(codec="libsvtav1", num_frames=8, options={"preset": "12"})
+    found = _undecodable_by(backend, media)
+    if found is None:
+        pytest.skip(
+            f"{backend} decodes every probe codec PyAV can write here "
+            f"({', '.join(c for c, _ in PROBE_CODECS if c in av.codecs_available)}); "
+            "no undecodable file to test the fallback with"
+        )
+    codec, path = found
     caplog.set_level(logging.DEBUG, logger="stages.decoding.reader")
-    for backend in ("decord", "opencv"):  # neither bundled FFmpeg decodes AV1 in software
-        for _ in range(2):
-            info, frames, warnings = decode_all(path, backend=backend)
-            assert info.backend == "pyav"
-            assert pattern_ids(frames) == list(range(8))
-            assert any(w.startswith(f"{backend} unavailable") for w in warnings)
-        logged = [r for r in caplog.records if r.getMessage().startswith(f"{backend} unavailable")]
-        assert [r.levelno for r in logged] == [logging.WARNING, logging.DEBUG]
-        assert "falling back to PyAV" in logged[0].getMessage()
+    for _ in range(2):
+        info, frames, warnings = decode_all(path, backend=backend)
+        assert info.backend == "pyav", codec
+        assert pattern_ids(frames) == list(range(8))
+        assert any(w.startswith(f"{backend} unavailable") for w in warnings)
+    logged = [r for r in caplog.records if r.getMessage().startswith(f"{backend} unavailable")]
+    assert [r.levelno for r in logged] == [logging.WARNING, logging.DEBUG]
+    assert "falling back to PyAV" in logged[0].getMessage()
 
 
 @pytest.mark.usefixtures("fresh_fallback_log")
