@@ -17,20 +17,19 @@ from pathlib import Path
 import click
 import cv2
 
-from models import CORR_KINDS, PAD_MODES, CheckpointError, create_model
-from models.raft import ARCHS
-from models.weights import default_checkpoint
+from models import CORR_KINDS, PAD_MODES, CheckpointError
 from stages.flow_io import write_flo, write_flow_npy, write_kitti_png
 from stages.flow_viz import flow_to_color
 
 from .batch import OutputInUse, OutputLocked, run_batch, summary_lines
 from .cli_common import parse_set_options
 from .config import FLOW_FORMATS, FLOW_MODELS, ConfigError, load_config
-from .devices import PRECISIONS, resolve_device, resolve_precision
+from .devices import PRECISIONS
 from .discovery import find_inputs
+from .estimators import build_estimator
 from .example import write_example_clip
 from .executors import EXECUTORS, WorkerStartupError
-from .images import read_rgb, to_model_input
+from .images import read_rgb
 from .tables import collect_feature_tables
 
 logger = logging.getLogger("motionpipe")
@@ -64,7 +63,13 @@ def main(verbose: int, quiet: bool) -> None:
     help="Flow file; the extension picks the format: .flo (Middlebury), .npy (float32 "
     "(H, W, 2), channel 0 = x), .png (KITTI 16-bit).",
 )
-@click.option("--model", type=click.Choice(ARCHS), default="raft-large", show_default=True)
+@click.option(
+    "--model",
+    type=click.Choice(FLOW_MODELS),
+    default="auto",
+    show_default=True,
+    help="auto: a cached official checkpoint, else the bundled model, else DIS.",
+)
 @click.option(
     "--checkpoint",
     default=None,
@@ -112,22 +117,14 @@ def pair(
             f"{image2} is {second.shape[1]}x{second.shape[0]}"
         )
     try:
-        torch_device = resolve_device(device)
-        autocast = resolve_precision(precision, torch_device)
-        network = create_model(
-            model, checkpoint=checkpoint or default_checkpoint(model), device=torch_device
-        )
-        result = network.estimate_flow(
-            to_model_input(first, torch_device),
-            to_model_input(second, torch_device),
-            iters=iters,
-            pad_mode=pad_mode,
-            corr=corr,
-            autocast=autocast,
-        )
+        estimator = build_estimator(
+            model, checkpoint=checkpoint, iters=iters, pad_mode=pad_mode, device=device,
+            corr=corr, precision=precision,
+        )  # fmt: skip
+        logger.info("estimator: %s", estimator.describe())
+        flow = estimator(first, second)  # (H, W, 2)
     except (CheckpointError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
-    flow = result.flow[0].permute(1, 2, 0).float().cpu().numpy()  # (H, W, 2)
     output.parent.mkdir(parents=True, exist_ok=True)
     writer(output, flow)
     logger.info("wrote %s (%dx%d)", output, flow.shape[1], flow.shape[0])
@@ -319,6 +316,7 @@ def example(path: Path, frames: int) -> None:
 # Commands defined in their own modules.
 from .consistency_cmd import consistency_command  # noqa: E402
 from .evaluate_cmd import evaluate as evaluate_command  # noqa: E402
+from .inspect_cmd import inspect as inspect_command  # noqa: E402
 from .train_cmd import export_model as export_model_command  # noqa: E402
 from .train_cmd import train as train_command  # noqa: E402
 
@@ -326,3 +324,4 @@ main.add_command(consistency_command)
 main.add_command(train_command)
 main.add_command(export_model_command)
 main.add_command(evaluate_command)
+main.add_command(inspect_command)

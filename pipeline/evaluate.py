@@ -27,24 +27,18 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from tqdm import tqdm
 
-from models import RAFT, create_model
-from stages.flow import DisFlow
 from stages.flow_io import atomic_path
 
-from .config import FlowConfig
-from .devices import resolve_device
-from .images import to_model_input
-from .model_choice import choose_model
+from .estimators import Estimator
 
 logger = logging.getLogger(__name__)
 
@@ -54,9 +48,6 @@ OUTLIER_THRESHOLDS: tuple[int, ...] = (1, 3, 5)
 FL_PIXELS, FL_FRACTION = 3.0, 0.05
 #: Data sets whose frames are padded KITTI-style by default (``--pad-mode auto``).
 KITTI_PADDED = ("kitti", "hd1k")
-
-Estimator = Callable[[np.ndarray, np.ndarray], np.ndarray]
-"""``(image1, image2)`` ``(H, W, 3)`` uint8 RGB -> ``(H, W, 2)`` float32 flow in pixels."""
 
 PAIR_COLUMNS: tuple[str, ...] = (
     "index",
@@ -77,101 +68,11 @@ PAIR_COLUMNS: tuple[str, ...] = (
 )
 
 
-# --------------------------------------------------------------------------------------------
-# estimators
-# --------------------------------------------------------------------------------------------
-
-
-class DisEstimator:
-    """OpenCV DIS on grayscale frames, as the flow stage runs it (``medium`` preset)."""
-
-    def __init__(self, preset: str = "medium", *, notice: str | None = None) -> None:
-        self.preset = preset
-        self.notice = notice
-        self._dis = DisFlow(preset)
-
-    def __call__(self, image1: np.ndarray, image2: np.ndarray) -> np.ndarray:
-        return self._dis(DisFlow.gray(image1), DisFlow.gray(image2))
-
-    def describe(self) -> dict[str, Any]:
-        """What the summary records about the estimator."""
-        out: dict[str, Any] = {"model": "dis", "dis_preset": self.preset}
-        if self.notice:
-            out["notice"] = self.notice
-        return out
-
-
-class NetworkEstimator:
-    """A RAFT-family network: ``estimate_flow`` on one pair at a time, float32."""
-
-    def __init__(self, network: RAFT, *, iters: int = 12, pad_mode: str = "sintel") -> None:
-        self.network = network
-        self.iters = iters
-        self.pad_mode = pad_mode
-        self.device = next(network.parameters()).device
-
-    @torch.inference_mode()
-    def __call__(self, image1: np.ndarray, image2: np.ndarray) -> np.ndarray:
-        result = self.network.estimate_flow(
-            to_model_input(image1, self.device),
-            to_model_input(image2, self.device),
-            iters=self.iters,
-            pad_mode=self.pad_mode,
-        )
-        return result.flow[0].permute(1, 2, 0).float().cpu().numpy()  # (H, W, 2)
-
-    def describe(self) -> dict[str, Any]:
-        """What the summary records about the estimator (checkpoint source and sha256)."""
-        info = getattr(self.network, "checkpoint_info", None)
-        return {
-            "model": self.network.arch,
-            "checkpoint": info.source if info else None,
-            "checkpoint_path": info.path if info else None,
-            "checkpoint_sha256": info.sha256 if info else None,
-            "iters": self.iters,
-            "pad_mode": self.pad_mode,
-            "device": str(self.device),
-        }
-
-
 def resolve_pad_mode(pad_mode: str, dataset: str) -> str:
     """``auto``: ``kitti`` for KITTI and HD1K frames, ``sintel`` otherwise."""
     if pad_mode != "auto":
         return pad_mode
     return "kitti" if dataset in KITTI_PADDED else "sintel"
-
-
-def build_estimator(
-    model: str,
-    *,
-    checkpoint: str | None = None,
-    iters: int = 12,
-    pad_mode: str = "sintel",
-    device: str = "auto",
-) -> DisEstimator | NetworkEstimator:
-    """The estimator for a model name (``auto``, ``dis`` or an architecture).
-
-    ``auto`` resolves as ``run`` does (:func:`pipeline.model_choice.choose_model`: a local
-    learned checkpoint, else DIS with a notice). An architecture without ``checkpoint`` uses
-    its default checkpoint; ``checkpoint="random"`` gives untrained weights.
-
-    Raises:
-        ValueError: ``checkpoint`` with ``auto`` / ``dis``, an unknown model or device.
-        models.CheckpointError: the checkpoint cannot be found or loaded.
-    """
-    if model == "dis":
-        if checkpoint is not None:
-            raise ValueError("--checkpoint does not apply to model dis")
-        return DisEstimator()
-    if model == "auto" and checkpoint is not None:
-        raise ValueError("--checkpoint needs an explicit --model (not auto)")
-    choice = choose_model(FlowConfig(model=model, checkpoint=checkpoint))
-    if choice.model == "dis":
-        return DisEstimator(notice=choice.notice)
-    network = create_model(
-        choice.model, checkpoint=choice.checkpoint, device=resolve_device(device)
-    )
-    return NetworkEstimator(network, iters=iters, pad_mode=pad_mode)
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,7 +15,8 @@ from stages.training.textures import find_media, load_media_frames
 from stages.training.validation import VALIDATION_SETS, build_validation_set
 
 from .config import ConfigError
-from .evaluate import build_estimator, evaluate_dataset, resolve_pad_mode
+from .estimators import build_estimator
+from .evaluate import evaluate_dataset, resolve_pad_mode
 
 logger = logging.getLogger(__name__)
 

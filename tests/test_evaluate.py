@@ -13,13 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import main
-from pipeline.evaluate import (
-    PAIR_COLUMNS,
-    DisEstimator,
-    evaluate_dataset,
-    pair_metrics,
-    resolve_pad_mode,
-)
+from pipeline.estimators import DisEstimator
+from pipeline.evaluate import PAIR_COLUMNS, evaluate_dataset, pair_metrics, resolve_pad_mode
 from stages.flow_io import write_flo, write_image, write_kitti_png
 from stages.training.readers import FlowPair, open_reader
 from stages.training.textures import procedural_texture
