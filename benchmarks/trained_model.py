@@ -1,0 +1,122 @@
+"""A trained model against OpenCV DIS: accuracy on held-out sets, inference speed, learning curve.
+
+    python benchmarks/trained_model.py [--model auto] [--checkpoint PATH] [--iters 12 24] \
+        [--runs runs/motionpipe-small ...]
+
+Accuracy: the generator's held-out validation sets (``layered``, ``photo``; seed and texture
+clips that training did not use), end-point error against the exact ground truth, for the
+model at each ``--iters`` and for DIS (medium). Speed: seconds per pair at each ``--sizes``
+through ``estimate_flow`` (float32, fast kernels, one pair at a time), median of ``--repeats``
+after a warm-up, DIS alike. Learning curve: the validation records of each ``--runs`` folder's
+``log.jsonl``. Prints the CPU model and flags first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks.train_speed import cpu_description  # noqa: E402
+from pipeline.estimators import DisEstimator, build_estimator  # noqa: E402
+from pipeline.evaluate import evaluate_dataset  # noqa: E402
+from stages.training.textures import find_media, load_media_frames  # noqa: E402
+from stages.training.validation import build_validation_set  # noqa: E402
+
+HELD_OUT = ("../shared/videos/asl_milk.mkv", "../shared/videos/asl_night.mkv")
+
+
+def accuracy(args, estimators: dict) -> None:
+    media = load_media_frames(find_media([REPO / p for p in args.textures]), frames_per_video=24)
+    print("| set | estimator | EPE (px, mean over pixels) | mean over pairs | > 1 px | > 3 px "
+          "| s/pair |")  # fmt: skip
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for name in args.sets:
+        label, pairs = build_validation_set(name, pairs=args.pairs, seed=args.seed,
+                                            media_frames=media)  # fmt: skip
+        for title, estimator in estimators.items():
+            result = evaluate_dataset(pairs, estimator, dataset=label)
+            m = result.summary["metrics"]
+            print(f"| {label} ({len(pairs)} pairs) | {title} | {m['epe_pixel_mean']:.3f} | "
+                  f"{m['epe_pair_mean']:.3f} | {100 * m['outlier_1px']:.1f}% | "
+                  f"{100 * m['outlier_3px']:.1f}% | {result.summary['seconds_per_pair']:.3f} |",
+                  flush=True)  # fmt: skip
+
+
+def speed(args, estimators: dict) -> None:
+    print("\n| size | estimator | s/pair median (min-max) | pairs/s |")
+    print("|---|---|---:|---:|")
+    rng = np.random.default_rng(0)
+    for size in args.sizes:
+        w, h = (int(v) for v in size.split("x"))
+        image1 = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        image2 = np.roll(image1, (2, 3), axis=(0, 1))
+        for title, estimator in estimators.items():
+            estimator(image1, image2)  # warm-up
+            times = []
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                estimator(image1, image2)
+                times.append(time.perf_counter() - start)
+            median = statistics.median(times)
+            print(f"| {w}x{h} | {title} | {median:.3f} ({min(times):.3f}-{max(times):.3f}) | "
+                  f"{1 / median:.2f} |", flush=True)  # fmt: skip
+
+
+def learning_curve(runs: list[Path]) -> None:
+    print("\n| run | step | val layered EPE | val photo EPE | train loss (last 25 steps) |")
+    print("|---|---:|---:|---:|---:|")
+    for run in runs:
+        records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+        losses = {r["step"]: r["loss"] for r in records if "loss" in r}
+        for record in records:
+            if "val/layered/epe" not in record:
+                continue
+            step = record["step"]
+            loss = losses.get(step, float("nan"))
+            print(f"| {run.name} | {step} | {record['val/layered/epe']:.3f} | "
+                  f"{record.get('val/photo/epe', float('nan')):.3f} | {loss:.3f} |")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="auto")
+    parser.add_argument("--checkpoint", default=None)
+    parser.add_argument("--iters", type=int, nargs="+", default=[12])
+    parser.add_argument("--sets", nargs="+", default=["layered", "photo"])
+    parser.add_argument("--pairs", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--textures", nargs="+", default=list(HELD_OUT))
+    parser.add_argument("--sizes", nargs="+", default=["640x480", "1024x436"])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=Path, nargs="*", default=[])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["accuracy", "speed"])
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"CPU: {cpu_description()}; torch {torch.__version__}, {args.threads} threads\n")
+    estimators = {}
+    for iters in args.iters:
+        estimator = build_estimator(args.model, checkpoint=args.checkpoint, iters=iters)
+        info = estimator.describe()
+        estimators[f"{info['model']} ({info.get('checkpoint')}), {iters} it"] = estimator
+    estimators["OpenCV DIS (medium)"] = DisEstimator()
+    if "accuracy" not in args.skip:
+        accuracy(args, estimators)
+    if "speed" not in args.skip:
+        speed(args, estimators)
+    if args.runs:
+        learning_curve(args.runs)
+
+
+if __name__ == "__main__":
+    main()
