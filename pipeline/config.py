@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from models.raft import ARCHS
+from stages.flow_io import write_bytes_atomic
 
 FLOW_MODELS = ("auto", "dis", *ARCHS)
 FLOW_FORMATS = ("flo", "npy", "npz", "kitti", "jpg", "viz")
@@ -339,11 +340,7 @@ def load_config_as(
 
 def dump_config(config: Any, path: str | Path) -> None:
     """Writes the resolved configuration as YAML (atomically)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
-    tmp.replace(target)
+    write_bytes_atomic(path, yaml.safe_dump(config_to_dict(config), sort_keys=False).encode())
 
 
 def config_hash(config: Any) -> str:

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from stages.flow_io import atomic_path
+
 MANIFEST_CSV = "manifest.csv"
 MANIFEST_PARQUET = "manifest.parquet"
 STATUSES = ("ok", "failed", "skipped", "pending")
@@ -97,17 +99,6 @@ def to_frame(rows: Sequence[ManifestRow]) -> pd.DataFrame:
     return frame.astype({"frames": "int64", "pairs": "int64", "reused": "bool"})
 
 
-def _replace_atomically(target: Path, write) -> None:
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_manifest(rows: Sequence[ManifestRow], out_root: str | Path) -> tuple[Path, Path]:
     """Writes ``manifest.parquet`` and ``manifest.csv`` (UTF-8) atomically; returns both paths.
 
@@ -117,10 +108,10 @@ def write_manifest(rows: Sequence[ManifestRow], out_root: str | Path) -> tuple[P
     rows = [dataclasses.replace(r, outputs=relative_outputs(r.outputs, root)) for r in rows]
     frame = to_frame(rows)
     parquet, csv = root / MANIFEST_PARQUET, root / MANIFEST_CSV
-    _replace_atomically(parquet, lambda tmp: frame.to_parquet(tmp, index=False))
-    _replace_atomically(
-        csv, lambda tmp: frame.to_csv(tmp, index=False, encoding="utf-8", lineterminator="\n")
-    )
+    with atomic_path(parquet) as temporary:
+        frame.to_parquet(temporary, index=False)
+    with atomic_path(csv) as temporary:
+        frame.to_csv(temporary, index=False, encoding="utf-8", lineterminator="\n")
     return parquet, csv
 
 

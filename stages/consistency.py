@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from stages.flow_io import atomic_path
 from stages.warp import backward_warp
 
 logger = logging.getLogger(__name__)
@@ -549,16 +549,8 @@ def _format_position(value: object) -> str:
 
 def _save_atomic(figure: Figure, path: Path) -> Path:
     """Write ``figure`` as PNG to ``path`` via a temporary sibling file and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            figure.savefig(stream, format="png")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    logger.debug("wrote %s", path)
+    with atomic_path(path) as temporary, temporary.open("wb") as stream:
+        figure.savefig(stream, format="png")
     return path
 
 

@@ -8,6 +8,9 @@ always return C-contiguous native-endian float32.
 Every writer is atomic: bytes go to a hidden temporary file in the destination directory
 (``.<name>.<random>.tmp``), are flushed and fsynced, and the file is then moved over the
 destination with :func:`os.replace`. A crash never leaves a truncated file under the real name.
+The temporary file is created like :func:`open` creates files (mode ``0o666`` less the umask),
+so the finished file has the permissions the user's umask asks for. A write error that names no
+file (``ENOSPC`` on a full disk, ``EIO``) is raised again naming the destination.
 
 Formats
 -------
@@ -32,7 +35,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +55,8 @@ __all__ = [
     "KITTI_MIN_FLOW",
     "FlowJpegLayout",
     "Rounding",
+    "atomic_path",
+    "create_temporary",
     "dequantize_flow",
     "quantize_flow",
     "read_flo",
@@ -104,30 +109,48 @@ _ROUNDING_MODES: tuple[str, ...] = get_args(Rounding)
 # --------------------------------------------------------------------------------------------
 
 
+def create_temporary(target: PathLike) -> tuple[int, Path]:
+    """Create a hidden ``.<name>.<random>.tmp`` next to ``target``; return its fd and path.
+
+    Unlike :func:`tempfile.mkstemp` (always mode ``0o600``), the file gets ``0o666`` less the
+    umask, as :func:`open` would give ``target`` itself: renaming it into place must not narrow
+    the permissions of outputs that others (a group, a web server) are meant to read.
+    """
+    target = Path(target)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        candidate = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(candidate, flags, 0o666), candidate
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name next to {target}")
+
+
+@contextlib.contextmanager
+def naming_errors(path: PathLike) -> Iterator[None]:
+    """Raise an :class:`OSError` that names no file (``ENOSPC`` and ``EIO`` from ``write``,
+    errors of libraries writing to an open handle) again with ``path`` as its file name."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        if exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(path)) from exc
+        raise OSError(f"cannot write {path}: {exc}") from exc
+
+
 @contextlib.contextmanager
 def _atomic_open(path: PathLike) -> Iterator[IO[bytes]]:
     """Open a hidden temporary file next to ``path``; move it over ``path`` on success.
 
     The temporary file is ``.<name>.<random>.tmp`` in the same directory (same filesystem, so
-    :func:`os.replace` is atomic). It is fsynced before the move and removed on any error.
+    :func:`os.replace` is atomic), see :func:`create_temporary`. It is fsynced before the move
+    and removed on any error.
     """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed below, before the move
-        mode="wb", dir=target.parent, prefix=f".{target.name}.", suffix=".tmp", delete=False
-    )
-    tmp_path = Path(handle.name)
-    try:
-        with handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_path, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()
-        raise
-    logger.debug("wrote %s", target)
+    with atomic_path(path) as temporary, temporary.open("wb") as handle:
+        yield handle
 
 
 @contextlib.contextmanager
@@ -136,21 +159,24 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
 
     For writers that need a file name (pandas, zip files). The temporary file is
     ``.<name>.<random>.tmp`` in the destination folder (created if missing; same filesystem,
-    so :func:`os.replace` is atomic); it is removed on any error.
+    so :func:`os.replace` is atomic; mode as :func:`open` would give, see
+    :func:`create_temporary`); it is removed on any error. Errors that name no file are raised
+    naming ``path``.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(handle)
-    temporary = Path(name)
-    try:
-        yield temporary
-        with temporary.open("rb+") as written:
-            os.fsync(written.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    with naming_errors(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = create_temporary(target)
+        os.close(handle)
+        try:
+            yield temporary
+            with temporary.open("rb+") as written:
+                os.fsync(written.fileno())
+            os.replace(temporary, target)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+    logger.debug("wrote %s", target)
 
 
 def write_bytes_atomic(path: PathLike, data: bytes | np.ndarray) -> None:

@@ -2,7 +2,7 @@
 
 Memory stays bounded by one chunk: rows are appended to a temporary file as they arrive and
 the file is renamed into place only by :meth:`close`, so a crash never leaves a file that
-looks complete.
+looks complete. Write errors that name no file (a full disk) are raised naming the destination.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from pathlib import Path
 
 import av
 import numpy as np
+
+from .flow_io import naming_errors
 
 # Reserved header length: room for any shape we can produce, padded with spaces.
 _NPY_HEADER_BYTES = 128
@@ -37,10 +39,11 @@ class StackedNpyWriter:
         self.dtype = np.dtype(dtype)
         self.key = key
         self.rows = 0
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._npy = self.path.with_name(f".{self.path.name}.{os.getpid()}.rows.tmp")
-        self._file = open(self._npy, "wb")  # noqa: SIM115 - closed in close()/abort()
-        self._write_header()
+        with naming_errors(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self._npy, "wb")  # noqa: SIM115 - closed in close()/abort()
+            self._write_header()
 
     def _write_header(self) -> None:
         header = {
@@ -61,19 +64,21 @@ class StackedNpyWriter:
         block = np.ascontiguousarray(block, dtype=self.dtype)
         if block.shape[1:] != self.row_shape:
             raise ValueError(f"expected rows of shape {self.row_shape}, got {block.shape}")
-        self._file.seek(0, os.SEEK_END)
-        self._file.write(block.tobytes())
+        with naming_errors(self.path):
+            self._file.seek(0, os.SEEK_END)
+            self._file.write(block.tobytes())
         self.rows += block.shape[0]
 
     def close(self) -> Path:
-        self._write_header()
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        if self.path.suffix == ".npz":
-            self._to_npz()
-        else:
-            os.replace(self._npy, self.path)
+        with naming_errors(self.path):
+            self._write_header()
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            if self.path.suffix == ".npz":
+                self._to_npz()
+            else:
+                os.replace(self._npy, self.path)
         return self.path
 
     def _to_npz(self) -> None:
@@ -119,6 +124,10 @@ class Mp4Writer:
         self._stream.options = {"crf": str(self.crf), "preset": "veryfast"}
 
     def write(self, rgb: np.ndarray) -> None:
+        with naming_errors(self.path):
+            self._write(rgb)
+
+    def _write(self, rgb: np.ndarray) -> None:
         if self._container is None:
             self._open(*rgb.shape[:2])
         padded = np.pad(
@@ -136,10 +145,11 @@ class Mp4Writer:
     def close(self) -> Path | None:
         if self._container is None:
             return None
-        for packet in self._stream.encode():
-            self._container.mux(packet)
-        self._container.close()
-        os.replace(self._tmp, self.path)
+        with naming_errors(self.path):
+            for packet in self._stream.encode():
+                self._container.mux(packet)
+            self._container.close()
+            os.replace(self._tmp, self.path)
         return self.path
 
     def abort(self) -> None:
