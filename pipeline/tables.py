@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from stages.motion_features import read_table, write_table
+from stages.feature_io import read_table, write_table
 
 logger = logging.getLogger(__name__)
 

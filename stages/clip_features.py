@@ -2,7 +2,7 @@
 
 Consumes the flow stage's ``pairs``, ``flow_fw`` and, for network backends, ``features`` (the
 per-frame feature-encoder maps, so no second encoder pass). With the classical backend the
-frames' :func:`stages.motion_features.frame_descriptor` stands in for the encoder maps.
+frames' :func:`stages.frame_descriptor.frame_descriptor` stands in for the encoder maps.
 
 Clips (:func:`stages.motion_features.clip_windows`) do not line up with chunks: frames and
 flows are buffered until a clip is complete and dropped once no later clip needs them, so
@@ -23,16 +23,9 @@ import numpy as np
 import torch
 
 from .base import FrameChunk
-from .motion_features import (
-    MotionFeatureConfig,
-    clip_features,
-    clip_key,
-    clip_windows,
-    features_table,
-    frame_descriptor,
-    write_clip_maps,
-    write_table,
-)
+from .feature_io import features_table, write_clip_maps, write_table
+from .frame_descriptor import frame_descriptor
+from .motion_features import MotionFeatureConfig, clip_features, clip_key, clip_windows
 
 logger = logging.getLogger(__name__)
 
