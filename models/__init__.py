@@ -15,6 +15,7 @@ from .motionsqueeze import (
 from .padding import PAD_MODES, Padder
 from .raft import ARCHS, RAFT, Context, FlowOutput, gma, raft_large, raft_small, raft_small_convex
 from .registry import CheckpointInfo, create_model
+from .trace import RefineTrace
 from .warm_start import forward_interpolate
 from .weights import WEIGHTS, CheckpointError, WeightSpec, list_weights
 
@@ -33,6 +34,7 @@ __all__ = [
     "MotionSqueezeOutput",
     "OnDemandCorrelation",
     "Padder",
+    "RefineTrace",
     "WeightSpec",
     "create_model",
     "forward_interpolate",

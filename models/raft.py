@@ -29,6 +29,7 @@ from .corr import CorrKind, build_correlation
 from .encoders import Encoder, NormKind
 from .gma import Aggregate, Attention, AttentionMode
 from .padding import Padder, PadMode
+from .trace import RefineTrace
 from .update import ConvGRU, FlowHead, MotionEncoder, SepConvGRU, UpdateBlock
 
 Arch = Literal["raft-large", "raft-small", "raft-small-convex", "gma"]
@@ -209,6 +210,7 @@ class RAFT(nn.Module):
         flow_init: torch.Tensor | None = None,
         corr: CorrKind = "all-pairs",
         autocast: torch.dtype | None = None,
+        trace: RefineTrace | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The recurrent refinement for a batch of pairs.
 
@@ -220,6 +222,11 @@ class RAFT(nn.Module):
             corr: ``all-pairs`` (official) or ``on-demand`` (memory linear in pixels).
             autocast: dtype for the update block under autocast (CUDA fp16/bf16, CPU bf16);
                 the correlation always runs in float32.
+            trace: optional :class:`models.trace.RefineTrace` to fill with every iteration's
+                lookup centres, updates, hidden states and upsampled flows (the mask is then
+                predicted at every iteration, as in the official training-mode forward), and
+                the correlation rows, lookup windows and attention rows of its ``cells``. The
+                return value is the same with or without it.
 
         Returns:
             ``(flow_low (B, 2, h, w), flow_up (B, 2, 8h, 8w))`` on the padded grid.
@@ -246,14 +253,21 @@ class RAFT(nn.Module):
         net, mask = context.net, None
         with _autocast(fmap1.device, autocast):
             prepared = self.update_block.prepare(context.inp)  # per-pair part of the GRU
+        if trace is not None:
+            trace.begin(
+                fmap1=fmap1, fmap2=fmap2, coords0=coords0, corr_fn=corr_fn,
+                num_levels=self.corr_levels, attention=context.attention,
+            )  # fmt: skip
         for itr in range(iters):
             lookup = corr_fn(coords1)
             flow = coords1 - coords0
             with _autocast(fmap1.device, autocast):
                 net, mask, delta = self.update_block(
                     net, prepared, lookup, flow, context.attention,
-                    compute_mask=itr == iters - 1,
+                    compute_mask=itr == iters - 1 or trace is not None,
                 )  # fmt: skip
+            if trace is not None:
+                self._trace_step(trace, coords0, coords1, lookup, delta, net, mask)
             coords1 = coords1 + delta.float()
         flow_low = coords1 - coords0
         if mask is None:
@@ -261,6 +275,27 @@ class RAFT(nn.Module):
         else:
             flow_up = convex_upsample(flow_low, mask.float())
         return flow_low, flow_up
+
+    def _trace_step(
+        self,
+        trace: RefineTrace,
+        coords0: torch.Tensor,
+        centre: torch.Tensor,
+        lookup: torch.Tensor,
+        delta: torch.Tensor,
+        net: torch.Tensor,
+        mask: torch.Tensor | None,
+    ) -> None:
+        """Records one iteration of :meth:`refine` (only called with a trace)."""
+        flow_low = centre + delta.float() - coords0
+        if mask is None:
+            flow_up = bilinear_upsample(flow_low)
+        else:
+            flow_up = convex_upsample(flow_low, mask.float())
+        trace.record(
+            centre=centre, lookup=lookup, delta=delta, hidden=net, flow_low=flow_low,
+            flow_up=flow_up, mask=mask, num_levels=self.corr_levels,
+        )  # fmt: skip
 
     def flow_predictions(
         self,
