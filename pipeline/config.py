@@ -8,9 +8,11 @@ the resolved configuration next to the outputs, :func:`config_hash` identifies i
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -214,15 +216,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         _require(isinstance(value, bool), f"{key} must be true or false, got {value!r}")
         return value
     if annotation in (int, float):
-        try:
-            number = annotation(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key} must be a number, got {value!r}") from None
-        _require(
-            annotation is float or float(number) == float(value),
-            f"{key} must be an integer, got {value!r}",
-        )
-        return number
+        return _number(value, annotation, key)
     if annotation is str:
         _require(isinstance(value, (str, int, float)), f"{key} must be a string, got {value!r}")
         return str(value)
@@ -231,6 +225,26 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             return value
         return build_config(annotation, value or {}, f"{key}.")
     return value
+
+
+def _number(value: Any, annotation: type, key: str) -> int | float:
+    """``value`` (a YAML / CLI number or numeric string such as ``"1e9"``) as ``annotation``;
+    an ``int`` field takes any finite whole number (``1e9``, ``20.0``) and nothing else."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} must be a number, got {value!r}") from None
+    if annotation is float:
+        return number
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value  # exact, also beyond float precision
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return int(value.strip())
+    _require(
+        math.isfinite(number) and number.is_integer(), f"{key} must be an integer, got {value!r}"
+    )
+    return int(number)
 
 
 def build_config(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
