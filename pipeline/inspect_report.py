@@ -149,7 +149,7 @@ def overview_picture(ins: Inspection, out: Path) -> Picture:
 def correlation_picture(ins: Inspection, p: int, out: Path) -> Picture:
     """Pixel ``p``'s row of each pyramid level, its lookup windows and the window values."""
     levels, r = ins.levels, ins.radius
-    fig = Figure(figsize=(3.4 * levels, 5.6))
+    fig = Figure(figsize=(3.9 * levels, 5.8))
     first, last = ins.centres[p, 0], ins.centres[p, -1]
     for k in range(levels):
         ax = fig.add_subplot(2, levels, k + 1)

@@ -18,6 +18,7 @@ from models import Padder, RefineTrace, create_model
 from pipeline.cli import main
 from pipeline.images import read_rgb
 from pipeline.inspect import inspect_pair, read_video_pair, save_arrays
+from stages.flow_io import write_flo
 from tests.media import read_frame_index, write_video
 
 INSPECT_FIXTURE = "raft_large_frame0047_0048.npz"
@@ -143,19 +144,26 @@ def test_raft_small_kitti_padding_through_the_cli(parity_dir: Path, tmp_path: Pa
     images = _crop_pair(parity_dir, tmp_path, (500, 200, 500 + width, 200 + height))
     out = tmp_path / "out"
     checkpoint = parity_dir / "raft_small_random.pth"
+    gt = np.broadcast_to(np.float32([2.0, -1.0]), (height, width, 2))
+    write_flo(tmp_path / "gt.flo", gt)
     result = CliRunner().invoke(
         main,
         ["inspect", *images, "-o", str(out), "--model", "raft-small", "--iters", "2",
          "--checkpoint", str(checkpoint), "--pixel", "99,76", "--pixel", "0,0",
-         "--pad-mode", "kitti", "--device", "cpu"],
+         "--pad-mode", "kitti", "--gt", str(tmp_path / "gt.flo"), "--device", "cpu"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert not (out / "upsampling.npz").exists() and not (out / "attention.npz").exists()
+    iterations = np.load(out / "iterations.npz")
+    epe = np.linalg.norm(iterations["flow"] - gt, axis=-1).mean(axis=(1, 2))
+    np.testing.assert_allclose(iterations["epe"], epe, rtol=1e-5)
     padder = Padder(height, width, mode="kitti")
     left, _, top, _ = padder.pads
     correlation = np.load(out / "correlation.npz")
     cells = [[(99 + left) // 8, (76 + top) // 8], [left // 8, top // 8]]
     assert correlation["cells"].tolist() == cells
+    np.testing.assert_allclose(correlation["targets"], [[101, 75], [2, -1]])
+    np.testing.assert_allclose(correlation["target_centres"], np.add(cells, [0.25, -0.125]))
     # The rows are the network's own volume: recompute them from its features.
     model = create_model("raft-small", checkpoint=checkpoint)
     frames = [torch.from_numpy(read_rgb(p)).permute(2, 0, 1)[None].float() for p in images]
