@@ -9,13 +9,24 @@ Rules that make a batch trustworthy:
   run refuses unless ``resume`` (keep the complete videos, redo the rest) or ``overwrite``
   (redo every input) is given; ``resume`` also needs ``OUT`` to look like a motionpipe output
   (a manifest or ``config.yaml``).
+* **Nothing is touched by a run that cannot start.** The estimator (model, checkpoint, device)
+  is resolved and loaded, and the output folder checked (creatable, writable, room on its disk),
+  before the folder is created or changed; a failure is one :class:`RunStartError` line naming
+  the setting or path.
 * **Never trust a partial output.** A video counts as done only when its ``meta.json`` exists,
-  says ``"status": "ok"``, names the same video id and carries the current config hash. With
-  ``resume`` such a video is kept (manifest row ``status=ok``, ``reused=True``, its numbers taken
-  from ``meta.json``); every other input's output folder is deleted before it is processed again.
-  The outputs of a killed and resumed run are therefore the same files as an uninterrupted run.
+  says ``"status": "ok"``, names the same video id and carries the run's results hash (the
+  settings that change the numbers, see :mod:`pipeline.run_start`). With ``resume`` such a video
+  is kept (manifest row ``status=ok``, ``reused=True``, its numbers taken from ``meta.json``);
+  every other input's output folder is deleted before it is processed again, and finished
+  videos that are redone are counted and explained before the run starts. The outputs of a
+  killed and resumed run are therefore the same files as an uninterrupted run.
+* **One estimator per folder.** Every worker uses the estimator resolved at the start, so a
+  ``model: auto`` that now resolves differently redoes the finished videos; finished videos of
+  the folder's previous manifest that this run does not include must have been made with the
+  same model and checkpoint, or the run refuses to start.
 * **The manifest follows the run** (see :mod:`pipeline.manifest`): written at the start (inputs
-  ``pending``) and after every finished video.
+  ``pending``) and after every finished video; inputs a run could not process because its
+  workers could not start are ``failed``, never left ``pending``.
 * **Failures stay per video**: see :mod:`pipeline.executors`; ``fail_fast`` stops at the first
   failure and marks what was not processed ``skipped``.
 """
@@ -34,12 +45,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 from tqdm import tqdm
 
-from .config import RunConfig, config_hash, dump_config
+from .config import RunConfig, dump_config
 from .discovery import VideoJob
-from .executors import VideoTask, make_executor
-from .manifest import ManifestRow, has_manifest, write_manifest
+from .executors import VideoTask, WorkerStartupError, make_executor
+from .manifest import MANIFEST_CSV, ManifestRow, has_manifest, read_manifest, write_manifest
+from .run_start import (
+    Estimator,
+    RunStartError,
+    check_output_root,
+    describe_estimator,
+    key_differences,
+    resolve_estimator,
+    results_hash,
+    results_key,
+)
 from .runner import VideoResult
 
 logger = logging.getLogger(__name__)
@@ -161,16 +183,96 @@ def remove_output(out_dir: Path, out_root: Path) -> None:
         shutil.rmtree(target)
 
 
-def verified_meta(out_dir: Path, video_id: str, expected_hash: str) -> dict | None:
-    """``meta.json`` of a complete video made with the current config, else ``None``."""
+def finished_meta(out_dir: Path, video_id: str) -> dict | None:
+    """``meta.json`` of a complete video with this id (any configuration), else ``None``."""
     try:
         meta = json.loads((out_dir / "meta.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if not isinstance(meta, dict):
         return None
-    complete = meta.get("status") == "ok" and meta.get("video_id") == video_id
-    return meta if complete and meta.get("config_hash") == expected_hash else None
+    return meta if meta.get("status") == "ok" and meta.get("video_id") == video_id else None
+
+
+def _why_redone(meta: dict, key: dict) -> str:
+    """Why a finished video does not match the run's results key, in words."""
+    old = meta.get("results_key")
+    if not isinstance(old, dict):
+        return "made by an earlier motionpipe version (its meta.json has no results_key)"
+    return ", ".join(key_differences(old, key)) or "its meta.json records another results hash"
+
+
+def _plan_resume(
+    jobs: list[VideoJob], out_root: Path, key: dict, expected: str
+) -> tuple[dict[int, dict], Counter]:
+    """Finished videos to keep (job index -> meta) and why the other finished ones are redone
+    (reason -> number of videos)."""
+    kept: dict[int, dict] = {}
+    redone: Counter = Counter()
+    for n, job in enumerate(jobs):
+        meta = finished_meta(out_root / job.video_id, job.video_id)
+        if meta is None:
+            continue
+        if meta.get("config_hash") == expected:
+            kept[n] = meta
+        else:
+            redone[_why_redone(meta, key)] += 1
+    return kept, redone
+
+
+def _meta_estimator(meta: dict) -> tuple[tuple[str | None, str | None], str]:
+    """``((model, checkpoint sha256), description)`` of the estimator a meta.json records."""
+    checkpoint = meta.get("checkpoint") if isinstance(meta.get("checkpoint"), dict) else {}
+    model, sha256 = meta.get("model"), checkpoint.get("sha256")
+    return (model, sha256), describe_estimator(str(model), checkpoint.get("source"), sha256)
+
+
+def _previous_rows(out_root: Path) -> list[dict]:
+    """Rows of the folder's manifest (empty when there is none or it cannot be read)."""
+    if not has_manifest(out_root):
+        return []
+    try:
+        return read_manifest(out_root).to_dict("records")
+    except Exception:  # a damaged Parquet file: try the CSV twin
+        try:
+            table = pd.read_csv(out_root / MANIFEST_CSV, keep_default_na=False)
+            return table.to_dict("records")
+        except Exception:
+            return []
+
+
+def check_left_behind(out_root: Path, jobs: list[VideoJob], estimator: Estimator) -> None:
+    """Refuses a run whose estimator differs from that of finished videos it leaves behind.
+
+    Those are the ``ok`` rows of the folder's manifest that are not inputs of this run: they
+    would stay in the folder next to this run's videos, made with another model or checkpoint.
+
+    Raises:
+        RunStartError: naming both estimators and the videos left behind.
+    """
+    current = {job.video_id for job in jobs}
+    ours = (estimator.model, estimator.sha256)
+    left: list[str] = []
+    theirs = ""
+    for row in _previous_rows(out_root):
+        video_id = str(row.get("video_id", ""))
+        if row.get("status") != "ok" or not video_id or video_id in current:
+            continue
+        meta = finished_meta(out_root / video_id, video_id)
+        if meta is None:
+            continue
+        identity, description = _meta_estimator(meta)
+        if identity != ours:
+            left.append(video_id)
+            theirs = theirs or description
+    if not left:
+        return
+    raise RunStartError(
+        f"{out_root} holds {len(left)} finished video(s) this run does not include "
+        f"({', '.join(left[:3])}{', ...' if len(left) > 3 else ''}) made with {theirs}; this "
+        f"run would use {estimator.describe()}, and a folder holds the flow of one estimator. "
+        "Include those inputs, delete their folders, or choose another output folder."
+    )
 
 
 def _as_batch_result(result: VideoResult, job: VideoJob, **extra: object) -> BatchResult:
@@ -242,8 +344,11 @@ def run_batch(
         One :class:`BatchResult` per job, in the order of ``jobs``.
 
     Raises:
+        RunStartError: the estimator (model, checkpoint, device) or the output folder cannot
+            be used; raised before the folder is created or changed.
         OutputLocked, OutputInUse: the output folder cannot be used (nothing was written).
-        WorkerStartupError: the flow model could not be loaded.
+        WorkerStartupError: a worker could not load the flow model (the inputs it did not
+            process are ``failed`` in the manifest).
         KeyboardInterrupt: after stopping the workers and writing the manifest.
     """
     out_root = Path(out_root)
@@ -251,22 +356,45 @@ def run_batch(
         job if job.rel_path else dataclasses.replace(job, rel_path=_relative(job.path, input_root))
         for job in jobs
     ]
-    out_root.mkdir(parents=True, exist_ok=True)
-    with OutputLock(out_root):
+    estimator = resolve_estimator(config)
+    check_output_root(out_root)
+    try:
+        out_root.mkdir(parents=True, exist_ok=True)
+        lock = OutputLock(out_root)
+        lock.acquire()
+    except OSError as exc:
+        raise RunStartError(f"cannot use output folder {out_root}: {exc}") from None
+    try:
         check_output_folder(out_root, resume=resume, overwrite=overwrite)
-        dump_config(config, out_root / "config.yaml")
+        if resume or overwrite:
+            check_left_behind(out_root, jobs, estimator)
+        key = results_key(config, estimator)
+        kept, redone = _plan_resume(jobs, out_root, key, results_hash(key)) if resume else ({}, {})
+        if redone:
+            logger.warning(
+                "--resume: %d finished video(s) will be computed again, their settings differ: %s",
+                sum(redone.values()),
+                "; ".join(f"{reason} ({count} video(s))" for reason, count in redone.items()),
+            )
+        try:
+            dump_config(config, out_root / "config.yaml")
+        except OSError as exc:
+            raise RunStartError(f"cannot write to output folder {out_root}: {exc}") from None
         return _run_locked(
             jobs,
             out_root,
             config,
+            estimator,
+            kept,
             workers=workers,
             executor=executor,
             address=address,
-            resume=resume,
             fail_fast=fail_fast,
             timeout=timeout,
             progress=progress,
         )
+    finally:
+        lock.release()
 
 
 def _relative(path: Path, root: str | Path) -> str:
@@ -277,23 +405,23 @@ def _run_locked(
     jobs: list[VideoJob],
     out_root: Path,
     config: RunConfig,
+    estimator: Estimator,
+    kept: dict[int, dict],
     *,
     workers: int | None,
     executor: str,
     address: str | None,
-    resume: bool,
     fail_fast: bool,
     timeout: float | None,
     progress: bool,
 ) -> list[VideoResult]:
-    expected = config_hash(config)
+    expected = results_hash(results_key(config, estimator))
     results: list[BatchResult | None] = [None] * len(jobs)
     tasks: list[VideoTask] = []
     for n, job in enumerate(jobs):
         out_dir = out_root / job.video_id
-        meta = verified_meta(out_dir, job.video_id, expected) if resume else None
-        if meta is not None:
-            results[n] = _reused(job, meta, out_dir)
+        if n in kept:
+            results[n] = _reused(job, kept[n], out_dir)
             continue
         remove_output(out_dir, out_root)
         if job.problem:
@@ -307,9 +435,8 @@ def _run_locked(
             )
         else:
             tasks.append(VideoTask(n, str(job.path), str(out_dir), job.video_id, job.rel_path))
-    reused = sum(1 for r in results if r is not None and r.reused)
-    if reused:
-        logger.info("%d of %d inputs already complete (--resume): kept", reused, len(jobs))
+    if kept:
+        logger.info("%d of %d inputs already complete (--resume): kept", len(kept), len(jobs))
 
     def save() -> None:
         write_manifest([_row(j, r, expected) for j, r in zip(jobs, results, strict=True)], out_root)
@@ -334,6 +461,7 @@ def _run_locked(
                     jobs,
                     results,
                     config,
+                    estimator,
                     save=save,
                     bar=bar,
                     workers=workers,
@@ -343,6 +471,18 @@ def _run_locked(
                     timeout=timeout,
                     progress=progress,
                 )
+    except WorkerStartupError as exc:
+        for n, job in enumerate(jobs):  # never leave rows pending for a run that cannot go on
+            if results[n] is None:
+                results[n] = BatchResult(
+                    path=str(job.path),
+                    video_id=job.video_id,
+                    status="failed",
+                    error_type="WorkerStartupError",
+                    error=f"not processed: no worker could start ({exc})",
+                    rel_path=job.rel_path,
+                )
+        raise
     finally:
         save()
     if stopped:
@@ -366,6 +506,7 @@ def _execute(
     jobs: list[VideoJob],
     results: list[BatchResult | None],
     config: RunConfig,
+    estimator: Estimator,
     *,
     save,
     bar: tqdm,
@@ -383,6 +524,7 @@ def _execute(
     counts = Counter(r.status for r in results if r is not None)
     with make_executor(
         config,
+        estimator=estimator,
         workers=workers,
         executor=executor,
         address=address,

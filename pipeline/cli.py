@@ -30,6 +30,7 @@ from .estimators import build_estimator
 from .example import write_example_clip
 from .executors import EXECUTORS, WorkerStartupError
 from .images import read_rgb
+from .run_start import RunStartError
 from .tables import collect_feature_tables
 
 logger = logging.getLogger("motionpipe")
@@ -263,7 +264,7 @@ def run(
         )
     except OutputInUse as exc:
         raise click.UsageError(str(exc)) from None
-    except (OutputLocked, WorkerStartupError) as exc:
+    except (OutputLocked, RunStartError, WorkerStartupError) as exc:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
         click.echo(

@@ -29,6 +29,14 @@ def resolve_device(name: str) -> torch.device:
         raise ValueError(f"invalid device {name!r}: {exc}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but CUDA is not available")
+    if device.type == "cuda" and device.index is not None:
+        count = torch.cuda.device_count()
+        if device.index >= count:
+            raise ValueError(f"device {name!r} requested but there are {count} CUDA device(s)")
+    if device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError(f"device {name!r} requested but MPS is not available")
     return device
 
 

@@ -16,7 +16,10 @@ per worker by ``build_flow_session``), and yields ``(task, result)`` pairs as vi
 Test hooks (for the test suite only; never set them in production): when the environment
 variable ``MOTIONPIPE_TEST_CRASH_ON`` is a substring of a video's path, the worker calls
 ``os.abort()`` as it starts that video (a real native crash); ``MOTIONPIPE_TEST_HANG_ON`` makes
-it sleep instead (a video that never finishes).
+it sleep instead (a video that never finishes). ``MOTIONPIPE_TEST_HANG_ONCE_ON`` is
+``SUBSTRING@MARKER``: the first worker to start a matching video creates the file ``MARKER``
+(JSON: its PID and, on Ray, its node id) and sleeps; later attempts run normally (a worker or
+node lost in the middle of a video).
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import json
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -40,12 +45,14 @@ from typing import Any
 from tqdm import tqdm
 
 from .config import RunConfig
+from .run_start import Estimator
 from .runner import FlowSession, VideoResult, build_flow_session, process_video
 
 logger = logging.getLogger(__name__)
 
 CRASH_HOOK = "MOTIONPIPE_TEST_CRASH_ON"
 HANG_HOOK = "MOTIONPIPE_TEST_HANG_ON"
+HANG_ONCE_HOOK = "MOTIONPIPE_TEST_HANG_ONCE_ON"
 EXECUTORS = ("local", "ray")
 
 
@@ -86,6 +93,19 @@ def _test_hooks(path: str) -> None:
     hang_on = os.environ.get(HANG_HOOK)
     if hang_on and hang_on in path:
         logger.error("test hook %s: hanging while starting %s", HANG_HOOK, path)
+        while True:
+            time.sleep(3600)
+    substring, _, marker = os.environ.get(HANG_ONCE_HOOK, "").partition("@")
+    if substring and marker and substring in path:
+        try:
+            fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return
+        ray = sys.modules.get("ray")
+        node = ray.get_runtime_context().get_node_id() if ray and ray.is_initialized() else None
+        os.write(fd, json.dumps({"pid": os.getpid(), "node": node}).encode())
+        os.close(fd)
+        logger.error("test hook %s: hanging once while starting %s", HANG_ONCE_HOOK, path)
         while True:
             time.sleep(3600)
 
@@ -174,8 +194,11 @@ class Executor:
 class InProcessExecutor(Executor):
     """Processes videos one after the other in this process (no isolation, no timeout)."""
 
-    def __init__(self, config: RunConfig, *, progress: bool = True) -> None:
+    def __init__(
+        self, config: RunConfig, *, estimator: Estimator | None = None, progress: bool = True
+    ) -> None:
         self.config = config
+        self.estimator = estimator
         self.progress = progress
         self._session: FlowSession | None = None
 
@@ -183,7 +206,7 @@ class InProcessExecutor(Executor):
         for task in tasks:
             if self._session is None:
                 try:
-                    self._session = build_flow_session(self.config)
+                    self._session = build_flow_session(self.config, self.estimator)
                 except Exception as exc:
                     raise WorkerStartupError(f"{type(exc).__name__}: {exc}") from exc
             yield task, run_task(task, self.config, self._session, progress=self.progress)
@@ -237,6 +260,7 @@ def _worker_main(
     log_level: int,
     parent_pid: int,
     threads: int | None,
+    estimator: Estimator | None,
 ) -> None:
     """Entry point of a worker process: load the model once, then process tasks until told to
     stop (``None``) or the pipe closes."""
@@ -256,7 +280,7 @@ def _worker_main(
 
         torch.set_num_threads(threads)
     try:
-        session = build_flow_session(pinned(config, device))
+        session = build_flow_session(pinned(config, device), estimator)
     except Exception as exc:
         conn.send(("startup_error", f"{type(exc).__name__}: {exc}"))
         return
@@ -289,6 +313,7 @@ class ProcessExecutor(Executor):
     Args:
         config: the run configuration.
         devices: one entry per worker, see :func:`worker_devices`.
+        estimator: the run's resolved estimator (``None``: each worker resolves ``auto``).
         timeout: seconds a video may take before its worker is killed (``None``: no limit).
         progress: per-video frame bars in the workers.
     """
@@ -298,12 +323,14 @@ class ProcessExecutor(Executor):
         config: RunConfig,
         devices: Sequence[str | None],
         *,
+        estimator: Estimator | None = None,
         timeout: float | None = None,
         progress: bool = True,
     ) -> None:
         if not devices:
             raise ValueError("ProcessExecutor needs at least one worker")
         self.config = config
+        self.estimator = estimator
         self.devices = list(devices)
         self.timeout = timeout
         self.progress = progress
@@ -326,6 +353,7 @@ class ProcessExecutor(Executor):
                 logging.getLogger().getEffectiveLevel(),
                 os.getpid(),
                 self._threads,
+                self.estimator,
             ),
             name=f"motionpipe-worker-{number}",
             daemon=True,
@@ -459,10 +487,10 @@ class ProcessExecutor(Executor):
 class FlowActor:
     """The job of one Ray actor: the model, loaded once, and :func:`run_task`."""
 
-    def __init__(self, config: RunConfig, device: str | None) -> None:
+    def __init__(self, config: RunConfig, device: str | None, estimator: Estimator | None) -> None:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         self.config = config
-        self.session = build_flow_session(pinned(config, device))
+        self.session = build_flow_session(pinned(config, device), estimator)
 
     def ready(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "model": self.session.choice.model}
@@ -475,8 +503,21 @@ def _project_root() -> str:
     return str(Path(__file__).resolve().parents[1])
 
 
+RAY_RETRIES = 1
+"""Times a video whose Ray worker was lost (node or actor died) is tried again elsewhere."""
+
+RAY_REPLACEMENT_WAIT_S = 600.0
+"""How long queued videos wait for a replacement worker when no worker is left."""
+
+
 class RayExecutor(Executor):
     """One Ray actor per worker, each holding the model; videos are sent one at a time.
+
+    A worker lost in the middle of a video (its node died, the actor was killed) costs only that
+    attempt: the video's partial output is deleted and it is sent again, to another worker, up
+    to :data:`RAY_RETRIES` times before it fails with ``WorkerCrash``. A replacement actor is
+    started for the lost one and joins as soon as the cluster can place it; until then the
+    remaining workers take the queue.
 
     Args:
         config: the run configuration.
@@ -484,6 +525,7 @@ class RayExecutor(Executor):
         address: Ray address (``"auto"``, ``"ray://host:10001"``, ...); ``None`` or ``"local"``
             starts a local Ray instance for this run.
         timeout: seconds a video may take before its actor is killed and replaced.
+        estimator: the run's resolved estimator, used by every actor.
 
     Input and output paths must be visible under the same names on every node (a shared file
     system), and motionpipe must be importable there.
@@ -496,6 +538,7 @@ class RayExecutor(Executor):
         workers: int | None = None,
         address: str | None = None,
         timeout: float | None = None,
+        estimator: Estimator | None = None,
     ) -> None:
         try:
             import ray
@@ -506,6 +549,7 @@ class RayExecutor(Executor):
         self._ray = ray
         self.config = config
         self.timeout = timeout
+        self.estimator = estimator
         self._started_ray = False
         if not ray.is_initialized():
             local = address in (None, "local")
@@ -527,71 +571,157 @@ class RayExecutor(Executor):
         self.count = workers if workers else max(1, gpus if use_gpus else 1)
         self._actor_class = ray.remote(num_cpus=1, num_gpus=1 if use_gpus else 0)(FlowActor)
         self._device = "cuda" if use_gpus else None  # Ray sets CUDA_VISIBLE_DEVICES per actor
+        self._lost_errors = (
+            ray.exceptions.RayActorError,
+            ray.exceptions.NodeDiedError,
+            ray.exceptions.WorkerCrashedError,
+            ray.exceptions.ObjectLostError,
+        )
         self._actors: list[Any] = [None] * self.count
+        self._ready = [False] * self.count
+        self._starting: dict[Any, int] = {}  # ready() ref of an actor being started -> slot
 
-    def _start_all(self, numbers: Sequence[int]) -> None:
-        for number in numbers:
-            self._actors[number] = self._actor_class.remote(self.config, self._device)
-        refs = [self._actors[number].ready.remote() for number in numbers]
+    def _start(self, number: int) -> Any:
+        """Creates the actor of slot ``number``; returns its ``ready()`` reference."""
+        actor = self._actor_class.remote(self.config, self._device, self.estimator)
+        self._actors[number], self._ready[number] = actor, False
+        ref = actor.ready.remote()
+        self._starting[ref] = number
+        return ref
+
+    def _replace(self, number: int) -> None:
+        """Drops the actor of slot ``number`` (killing it if it still runs) and starts another."""
+        with contextlib.suppress(Exception):  # already dead with its node
+            self._ray.kill(self._actors[number])
+        self._start(number)
+
+    def _start_first(self, numbers: Sequence[int]) -> None:
+        refs = [self._start(number) for number in numbers]
         try:
             self._ray.get(refs)
         except self._ray.exceptions.RayError as exc:
             raise WorkerStartupError(f"a Ray worker could not load the model: {exc}") from exc
+        for ref in refs:
+            self._ready[self._starting.pop(ref)] = True
 
     def results(self, tasks: Sequence[VideoTask]) -> Iterator[tuple[VideoTask, VideoResult]]:
         ray = self._ray
-        queue = list(reversed(tasks))
+        queue = list(reversed(tasks))  # pop() from the end takes them in order
+        lost: dict[int, int] = {}  # task index -> workers lost while processing it
         inflight: dict[Any, tuple[int, VideoTask, float | None]] = {}
+        stranded_since: float | None = None
         try:
-            self._start_all(range(min(self.count, len(queue))))
+            self._start_first(range(min(self.count, len(queue))))
             while queue or inflight:
                 busy = {number for number, _, _ in inflight.values()}
                 for number in range(self.count):
-                    if queue and number not in busy and self._actors[number] is not None:
+                    if queue and self._ready[number] and number not in busy:
                         task = queue.pop()
                         ref = self._actors[number].process.remote(task)
                         deadline = time.monotonic() + self.timeout if self.timeout else None
                         inflight[ref] = (number, task, deadline)
+                if queue and not inflight:  # every worker lost: wait for a replacement
+                    stranded_since = stranded_since or time.monotonic()
+                    if not self._starting or (
+                        time.monotonic() - stranded_since > RAY_REPLACEMENT_WAIT_S
+                    ):
+                        yield from self._fail_stranded(queue)
+                        return
+                else:
+                    stranded_since = None
                 deadlines = [d for _, _, d in inflight.values() if d is not None]
+                if stranded_since is not None:
+                    deadlines.append(stranded_since + RAY_REPLACEMENT_WAIT_S)
                 wait_for = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
-                done, _ = ray.wait(list(inflight), num_returns=1, timeout=wait_for)
-                if done:
+                done, _ = ray.wait([*inflight, *self._starting], num_returns=1, timeout=wait_for)
+                if done and done[0] in self._starting:
+                    self._joined(done[0])
+                elif done:
                     number, task, _ = inflight.pop(done[0])
-                    yield task, self._collect(done[0], number, task)
-                    continue
-                now = time.monotonic()
-                for ref, (number, task, deadline) in list(inflight.items()):
-                    if deadline is not None and now >= deadline:
-                        inflight.pop(ref)
-                        ray.kill(self._actors[number])
-                        self._start_all([number])
-                        yield (
-                            task,
-                            failed_result(
-                                task,
-                                "TimeoutError",
-                                f"no result within the {self.timeout:g} s limit (--timeout) while "
-                                f"processing {task.label}; its Ray worker was stopped",
-                            ),
-                        )
+                    outcome = self._collect(done[0], number, task, lost)
+                    if outcome is None:
+                        queue.append(task)  # tried again, first in line
+                    else:
+                        yield task, outcome
+                else:
+                    yield from self._expire(inflight)
         finally:
             self.close()
 
-    def _collect(self, ref: Any, number: int, task: VideoTask) -> VideoResult:
+    def _joined(self, ref: Any) -> None:
+        """A replacement actor finished loading (or failed to)."""
+        number = self._starting.pop(ref)
+        try:
+            self._ray.get(ref)
+        except self._ray.exceptions.RayError as exc:
+            logger.error("a replacement Ray worker could not start: %s", _first_line(exc))
+            self._actors[number] = None
+            return
+        self._ready[number] = True
+        logger.info("a replacement Ray worker joined (slot %d)", number)
+
+    def _collect(
+        self, ref: Any, number: int, task: VideoTask, lost: dict[int, int]
+    ) -> VideoResult | None:
+        """The video's result; ``None`` when its worker was lost and it is to be tried again."""
         ray = self._ray
         try:
             return ray.get(ref)
-        except ray.exceptions.RayActorError as exc:
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            self._start_all([number])
+        except self._lost_errors as exc:
+            reason = _first_line(exc)
+            self._replace(number)
+            lost[task.index] = lost.get(task.index, 0) + 1
+            if lost[task.index] <= RAY_RETRIES:
+                logger.warning(
+                    "lost the Ray worker processing %s (%s); trying it again on another worker",
+                    task.label,
+                    reason,
+                )
+                shutil.rmtree(task.out_dir, ignore_errors=True)  # partial output of the attempt
+                return None
             return failed_result(
                 task,
                 "WorkerCrash",
-                f"Ray worker died while processing {task.label} ({first_line}); "
-                "a fresh worker continues",
+                f"lost its Ray worker {lost[task.index]} times while processing {task.label} "
+                f"(last: {reason}); fresh workers continue with the other videos",
             )
         except ray.exceptions.RayError as exc:
-            return failed_result(task, type(exc).__name__, str(exc).strip().splitlines()[0])
+            return failed_result(task, type(exc).__name__, _first_line(exc))
+
+    def _expire(
+        self, inflight: dict[Any, tuple[int, VideoTask, float | None]]
+    ) -> Iterator[tuple[VideoTask, VideoResult]]:
+        """Stops the workers whose video passed its deadline (``--timeout``)."""
+        now = time.monotonic()
+        for ref, (number, task, deadline) in list(inflight.items()):
+            if deadline is not None and now >= deadline:
+                inflight.pop(ref)
+                self._replace(number)
+                yield (
+                    task,
+                    failed_result(
+                        task,
+                        "TimeoutError",
+                        f"no result within the {self.timeout:g} s limit (--timeout) while "
+                        f"processing {task.label}; its Ray worker was stopped",
+                    ),
+                )
+
+    def _fail_stranded(self, queue: list[VideoTask]) -> Iterator[tuple[VideoTask, VideoResult]]:
+        """Every worker is gone and none could be replaced: the queued videos fail."""
+        why = (
+            f"no replacement could be placed within {RAY_REPLACEMENT_WAIT_S:g} s"
+            if self._starting
+            else "no replacement could start"
+        )
+        while queue:
+            task = queue.pop()
+            yield (
+                task,
+                failed_result(
+                    task, "WorkerCrash", f"not processed: every Ray worker was lost and {why}"
+                ),
+            )
 
     def close(self) -> None:
         for number, actor in enumerate(self._actors):
@@ -599,9 +729,15 @@ class RayExecutor(Executor):
                 with contextlib.suppress(Exception):  # already dead
                     self._ray.kill(actor)
                 self._actors[number] = None
+        self._starting.clear()
         if self._started_ray:
             self._ray.shutdown()
             self._started_ray = False
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def make_executor(
@@ -612,16 +748,24 @@ def make_executor(
     address: str | None = None,
     timeout: float | None = None,
     progress: bool = True,
+    estimator: Estimator | None = None,
 ) -> Executor:
-    """The executor for the CLI options (see the module docstring)."""
+    """The executor for the CLI options (see the module docstring); every worker uses
+    ``estimator`` (the run's, resolved once) when it is given."""
     if executor not in EXECUTORS:
         raise ValueError(f"executor must be one of {EXECUTORS}, got {executor!r}")
     if executor == "ray":
-        return RayExecutor(config, workers=workers, address=address, timeout=timeout)
+        return RayExecutor(
+            config, workers=workers, address=address, timeout=timeout, estimator=estimator
+        )
     if workers == 0:
         if timeout is not None:
             raise ValueError("--timeout needs worker processes (--workers 1 or more)")
-        return InProcessExecutor(config, progress=progress)
+        return InProcessExecutor(config, estimator=estimator, progress=progress)
     return ProcessExecutor(
-        config, worker_devices(config, workers), timeout=timeout, progress=progress
+        config,
+        worker_devices(config, workers),
+        estimator=estimator,
+        timeout=timeout,
+        progress=progress,
     )

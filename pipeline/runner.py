@@ -29,10 +29,11 @@ from stages.warp_stage import WarpStage
 from stages.writers import FlowWriters
 
 from .allocator import set_large_block_reuse
-from .config import RunConfig, config_hash, config_to_dict
+from .config import RunConfig, config_to_dict
 from .devices import resolve_device, resolve_precision
 from .model_choice import ModelChoice, choose_model
 from .overlap import Consumer, Prefetcher
+from .run_start import Estimator, check_loaded_checkpoint, results_hash, results_key
 
 logger = logging.getLogger(__name__)
 
@@ -59,15 +60,24 @@ class FlowSession:
     """The loaded flow stage and what the run metadata records about it."""
 
     stage: FlowStage
-    choice: ModelChoice
+    estimator: Estimator
     device: str
     precision: str
 
+    @property
+    def choice(self) -> ModelChoice:
+        return self.estimator.choice
 
-def build_flow_session(config: RunConfig) -> FlowSession:
-    """Resolves ``auto`` choices, loads the model once, returns the ready stage."""
+
+def build_flow_session(config: RunConfig, estimator: Estimator | None = None) -> FlowSession:
+    """Loads the model once and returns the ready stage.
+
+    ``estimator``: the one the run resolved (:func:`pipeline.run_start.resolve_estimator`);
+    the session uses exactly it and raises :class:`models.CheckpointError` when the checkpoint
+    file found here hashes differently. Without it, ``auto`` is resolved here.
+    """
     flow = config.flow
-    choice = choose_model(flow)
+    choice = estimator.choice if estimator is not None else choose_model(flow)
     device = resolve_device(flow.device)
     autocast = resolve_precision(flow.precision, device)
     stage = FlowStage(
@@ -90,7 +100,13 @@ def build_flow_session(config: RunConfig) -> FlowSession:
         cpu_workers=flow.cpu_workers,
     )
     stage.setup()
-    return FlowSession(stage, choice, str(device), flow.precision)
+    info = getattr(stage.network, "checkpoint_info", None)
+    if estimator is None:
+        sha256 = info.sha256 if info is not None else None
+        estimator = Estimator(choice.model, choice.checkpoint, sha256, choice.notice, device.type)
+    else:
+        check_loaded_checkpoint(estimator, info)
+    return FlowSession(stage, estimator, str(device), flow.precision)
 
 
 def decode_options(config: RunConfig) -> DecodeOptions:
@@ -264,6 +280,8 @@ def process_video(
         result.status = "failed"
         result.error_type = type(exc).__name__
         result.error = str(exc) or repr(exc)
+        if isinstance(exc, OSError) and exc.filename is None:
+            result.error += f" (while writing to {out_dir})"  # e.g. ENOSPC from a library
         logger.error("%s failed: %s: %s", path, result.error_type, result.error)
         logger.debug("traceback for %s:\n%s", path, traceback.format_exc())
     return result
@@ -271,6 +289,7 @@ def process_video(
 
 def _write_meta(out_dir: Path, result: VideoResult, config, session: FlowSession, info) -> None:
     stage = session.stage
+    key = results_key(config, session.estimator)
     checkpoint = None
     if stage.network is not None and getattr(stage.network, "checkpoint_info", None):
         checkpoint = stage.network.checkpoint_info.__dict__
@@ -298,7 +317,8 @@ def _write_meta(out_dir: Path, result: VideoResult, config, session: FlowSession
         "outputs": result.outputs,
         "summary": result.summary,
         "warnings": result.warnings,
-        "config_hash": config_hash(config),
+        "config_hash": results_hash(key),
+        "results_key": key,
         "config": config_to_dict(config),
         "versions": {
             "python": platform.python_version(),

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from click.testing import CliRunner
 
 from pipeline.batch import LOCK_NAME
 from pipeline.cli import main
-from pipeline.executors import CRASH_HOOK, HANG_HOOK
+from pipeline.executors import CRASH_HOOK, HANG_HOOK, HANG_ONCE_HOOK
 from pipeline.manifest import ManifestRow, read_manifest, write_manifest
 from tests.conftest import REPO_ROOT
 from tests.media import (
@@ -447,6 +448,77 @@ def test_ray_executor_matches_in_process(videos_dir: Path, tmp_path: Path) -> No
         assert expected.shape[1:] == (120, 160, 2)
         np.testing.assert_array_equal(np.load(tmp_path / "ray" / name / "flow.npy"), expected)
     assert _snapshot(tmp_path / "ray").keys() == _snapshot(tmp_path / "local").keys()
+
+
+@pytest.mark.slow
+def test_a_ray_node_lost_mid_video_costs_one_attempt(
+    small_videos: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Two worker nodes simulated on this machine; the node running b.mkv is removed while b
+    is in progress: b is tried again on the other node, every row ends ok and complete."""
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    marker = tmp_path / "hanging.json"
+    monkeypatch.setenv(HANG_ONCE_HOOK, f"b.mkv@{marker}")
+    monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT))  # the workers import motionpipe
+    fast_failure_detection = {
+        "health_check_initial_delay_ms": 0,
+        "health_check_period_ms": 500,
+        "health_check_failure_threshold": 2,
+    }
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 0, "_system_config": fast_failure_detection},
+    )  # the head runs no worker: removing a worker node leaves the cluster up
+    out = tmp_path / "out"
+    outcome = {}
+    try:
+        nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
+        args = ["run", str(small_videos), "-o", str(out), *DIS, "--executor", "ray",
+                "--address", cluster.address, "--workers", "2"]  # fmt: skip
+        runner = threading.Thread(target=lambda: outcome.update(result=_invoke(args)))
+        runner.start()
+        assert _wait_for(lambda: marker.exists() and marker.read_text(), 300, 0.05)
+        node_id = json.loads(marker.read_text())["node"]
+        cluster.remove_node(next(n for n in nodes if n.node_id == node_id), allow_graceful=False)
+        runner.join(300)
+        assert not runner.is_alive(), "the run did not finish after losing a node"
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        cluster.shutdown()
+    result = outcome["result"]
+    assert result.exit_code == 0, result.output
+    assert "trying it again on another worker" in result.output
+    rows = _manifest(out)
+    assert {path: row["status"] for path, row in rows.items()} == {
+        "a.mkv": "ok",
+        "b.mkv": "ok",
+        "c.mkv": "ok",
+    }
+    for row in rows.values():
+        _check_complete(out, row)
+
+
+@pytest.mark.slow
+def test_a_video_that_kills_its_ray_worker_twice_fails_alone(
+    small_videos: Path, tmp_path: Path, monkeypatch
+) -> None:
+    pytest.importorskip("ray")
+    _video(small_videos / "crash_me.mkv", num_frames=4, codec="ffv1")
+    monkeypatch.setenv(CRASH_HOOK, "crash_me")  # os.abort() in whichever worker starts it
+    out = tmp_path / "out"
+    result = _invoke(["run", str(small_videos), "-o", str(out), *DIS, "--executor", "ray",
+                      "--address", "local", "--workers", "2"])  # fmt: skip
+    assert result.exit_code == 1, result.output
+    rows = _manifest(out)
+    crashed = rows.pop("crash_me.mkv")
+    assert (crashed["status"], crashed["error_type"]) == ("failed", "WorkerCrash")
+    assert "lost its Ray worker 2 times while processing crash_me.mkv" in crashed["error"]
+    assert {row["status"] for row in rows.values()} == {"ok"} and len(rows) == 3
+    for row in rows.values():
+        _check_complete(out, row)
 
 
 def test_outputs_inside_the_input_folder_are_not_inputs(small_videos: Path) -> None:
