@@ -11,8 +11,10 @@ Fast kernels (``fast_kernels`` attribute of the modules, on by default, see
   (``torch._nnpack_spatial_convolution``, F(6x6, 3x3)), one image at a time. On the
   2-core AVX2 machines this project targets it is ~2-2.5x faster than oneDNN's direct
   convolution; its float32 rounding error is ~1e-5 relative (oneDNN: ~2e-6), which moves RAFT
-  flow by ~1e-4 px. Where NNPACK is missing (some builds) or refuses a shape, the ordinary
-  convolution runs instead.
+  flow by ~1e-4 px. NNPACK is reached through a private PyTorch op, so it is guarded: where
+  it is missing (some builds), or raises anything at all (a build that lacks it, a changed
+  signature, a refused shape), the public ``F.conv2d`` runs instead; a failure is logged once
+  as a warning and NNPACK is not tried again in this process.
 - Eval-mode BatchNorm is folded into the preceding convolution's weights (no parameters are
   changed: the folded weights are derived at call time).
 
@@ -23,6 +25,7 @@ operation for operation.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Literal
 
 import torch
@@ -34,17 +37,34 @@ logger = logging.getLogger(__name__)
 NormKind = Literal["batch", "instance", "group", "none"]
 
 _NNPACK_STATE: dict[str, bool] = {}
+_NNPACK_LOCK = threading.Lock()
 
 
 def _nnpack_ready() -> bool:
-    """Whether NNPACK is compiled in and initialised (``_nnpack_available`` initialises it)."""
+    """Whether NNPACK is compiled in and initialised (``_nnpack_available`` initialises it)
+    and has not failed in this process."""
     if "ready" not in _NNPACK_STATE:
         available = getattr(torch, "_nnpack_available", None)
+        op = getattr(torch, "_nnpack_spatial_convolution", None)
         try:
-            _NNPACK_STATE["ready"] = bool(available is not None and available())
-        except RuntimeError:  # pragma: no cover - builds without NNPACK
-            _NNPACK_STATE["ready"] = False
+            ready = available is not None and callable(op) and bool(available())
+        except Exception:  # private API: whatever it raises means "not here"
+            ready = False
+        _NNPACK_STATE["ready"] = ready
     return _NNPACK_STATE["ready"]
+
+
+def _disable_nnpack(error: Exception) -> None:
+    """Stop using NNPACK for the rest of the process; the first failure is logged."""
+    with _NNPACK_LOCK:
+        first = _NNPACK_STATE.get("ready", True)
+        _NNPACK_STATE["ready"] = False
+    if first:
+        logger.warning(
+            "NNPACK convolution failed (%s: %s); using torch's default convolution from now on",
+            type(error).__name__,
+            error,
+        )
 
 
 def autocast_enabled(device_type: str) -> bool:
@@ -73,6 +93,7 @@ def winograd_applies(x: torch.Tensor, weight: torch.Tensor, padding: tuple[int, 
         and tuple(padding) == (1, 1)
         and weight.shape[0] >= 8
         and x.ndim == 4
+        and x.shape[1] == weight.shape[1]
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
@@ -97,21 +118,21 @@ def conv2d(
     entry point, which is no faster than oneDNN here.
     """
     if fast and winograd_applies(x, weight, padding):
-        x = x.contiguous()
-        weight = weight.contiguous()
         try:
-            if x.shape[0] == 1:
-                return torch._nnpack_spatial_convolution(x, weight, bias, padding)
-            return torch.cat(
-                [
-                    torch._nnpack_spatial_convolution(x[i : i + 1], weight, bias, padding)
-                    for i in range(x.shape[0])
-                ]
-            )
-        except RuntimeError as error:  # pragma: no cover - depends on the build
-            logger.warning("NNPACK convolution failed (%s); using the default kernels", error)
-            _NNPACK_STATE["ready"] = False
+            return _nnpack_conv2d(x.contiguous(), weight.contiguous(), bias, padding)
+        except Exception as error:  # a private op: whatever it raises, the public one takes over
+            _disable_nnpack(error)
     return F.conv2d(x, weight, bias, padding=padding)
+
+
+def _nnpack_conv2d(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: tuple[int, int]
+) -> torch.Tensor:
+    """``torch._nnpack_spatial_convolution`` image by image (see :func:`conv2d`)."""
+    nnpack = torch._nnpack_spatial_convolution
+    if x.shape[0] == 1:
+        return nnpack(x, weight, bias, padding)
+    return torch.cat([nnpack(x[i : i + 1], weight, bias, padding) for i in range(x.shape[0])])
 
 
 def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: torch.Tensor, *, fast: bool) -> torch.Tensor:

@@ -25,6 +25,8 @@ from typing import TypeVar
 
 import torch
 
+from models.encoders import conv2d
+
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
@@ -34,25 +36,19 @@ _nnpack_primed = False
 
 def prime_nnpack(threads: int) -> None:
     """Creates NNPACK's process-wide thread pool with ``threads`` threads, unless a NNPACK
-    convolution already ran in this process (the pool cannot be resized)."""
+    convolution already ran in this process (the pool cannot be resized). The call goes through
+    :func:`models.encoders.conv2d`, so a build without a working NNPACK just runs the ordinary
+    convolution."""
     global _nnpack_primed
-    available = getattr(torch, "_nnpack_available", None)
     with _NNPACK_PRIMED:
         if _nnpack_primed:
             return
         _nnpack_primed = True
-        try:
-            if available is None or not available():
-                return
-        except RuntimeError:  # pragma: no cover - builds without NNPACK
-            return
         previous = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
             with torch.inference_mode():
-                torch._nnpack_spatial_convolution(
-                    torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 3, 3), None, [1, 1]
-                )
+                conv2d(torch.zeros(1, 8, 4, 4), torch.zeros(8, 8, 3, 3), None, (1, 1), fast=True)
         finally:
             torch.set_num_threads(previous)
 
