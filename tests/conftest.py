@@ -1,4 +1,10 @@
-"""Shared test fixtures: the ground-truth folder and small generated inputs."""
+"""Shared test fixtures: the ground-truth folder and small generated inputs.
+
+The shared ground truth (parity fixtures, sample videos) lives outside the repository, in
+``../shared`` or ``$MOTIONPIPE_SHARED``. Tests reach it only through the fixtures below. Where
+it is missing, its tests are skipped on a developer machine but fail under CI (``CI`` set to
+anything but empty, ``0`` or ``false``), so that a CI run never passes by skipping them.
+"""
 
 from __future__ import annotations
 
@@ -15,23 +21,40 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = Path(os.environ.get("MOTIONPIPE_SHARED", REPO_ROOT.parent / "shared"))
 PARITY_DIR = SHARED_DIR / "fixtures" / "parity"
+INSPECT_DIR = SHARED_DIR / "fixtures" / "inspect"
 VIDEOS_DIR = SHARED_DIR / "videos"
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+def running_under_ci() -> bool:
+    """Whether ``CI`` is set to anything but empty, ``0`` or ``false`` (any case)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false")
+
+
+def shared_folder(path: Path, what: str) -> Path:
+    """``path`` if it is a folder; otherwise skip the test, or fail it under CI."""
+    if path.is_dir():
+        return path
+    message = f"{what} not found at {path} (set MOTIONPIPE_SHARED to the shared folder)"
+    if running_under_ci():
+        pytest.fail(f"{message}; CI is set, so a missing shared folder fails", pytrace=False)
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def parity_dir() -> Path:
-    if not PARITY_DIR.is_dir():
-        pytest.skip(f"parity fixtures not found at {PARITY_DIR}")
-    return PARITY_DIR
+    return shared_folder(PARITY_DIR, "parity fixtures")
+
+
+@pytest.fixture(scope="session")
+def inspect_dir() -> Path:
+    return shared_folder(INSPECT_DIR, "inspect fixtures")
 
 
 @pytest.fixture(scope="session")
 def videos_dir() -> Path:
-    if not VIDEOS_DIR.is_dir():
-        pytest.skip(f"sample videos not found at {VIDEOS_DIR}")
-    return VIDEOS_DIR
+    return shared_folder(VIDEOS_DIR, "sample videos")
 
 
 def _mount_tmpfs(path: Path, *options: str) -> bool:
