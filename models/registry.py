@@ -12,16 +12,17 @@ from dataclasses import dataclass
 
 import torch
 
-from .gma import AttentionMode
-from .raft import ARCHS, BUILDERS, RAFT, gma
-from .weights import (
+from .checkpoint_io import (
     CheckpointError,
+    check_architecture,
     gma_num_heads,
     load_checkpoint,
     load_into,
-    resolve_checkpoint,
-    sha256_file,
 )
+from .download import sha256_file
+from .gma import AttentionMode
+from .raft import BUILDERS, RAFT, gma
+from .weights import resolve_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,8 @@ def create_model(
     gma_heads: int | None = None,
     gma_attention_mode: AttentionMode = "content",
 ) -> RAFT:
-    """Builds ``raft-large``, ``raft-small`` or ``gma``, loads weights, returns it in eval mode.
+    """Builds an architecture of :data:`models.raft.BUILDERS` (``raft-large``, ``raft-small``,
+    ``raft-small-convex``, ``gma``), loads weights, returns it in eval mode.
 
     Args:
         name: architecture name.
@@ -61,8 +63,7 @@ def create_model(
 
     The model's ``checkpoint_info`` attribute is a :class:`CheckpointInfo` or ``None``.
     """
-    if name not in ARCHS:
-        raise ValueError(f"unknown model {name!r}; expected one of {', '.join(ARCHS)}")
+    check_architecture(name)
     state = None
     info = None
     if checkpoint is not None:

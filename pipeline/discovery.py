@@ -343,8 +343,3 @@ def _once_each(jobs: list[VideoJob]) -> list[VideoJob]:
             first[key] = job
         kept.append(job)
     return kept
-
-
-def discover(input_path: str | Path) -> list[VideoJob]:
-    """The jobs of ``input_path`` in sorted order; see :func:`find_inputs`."""
-    return find_inputs(input_path).jobs

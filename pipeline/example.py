@@ -48,11 +48,6 @@ def iter_example_frames(
         yield frame
 
 
-def example_frames(num_frames: int = 48, width: int = 320, height: int = 240) -> list[np.ndarray]:
-    """All frames of :func:`iter_example_frames` as a list."""
-    return list(iter_example_frames(num_frames, width, height))
-
-
 def write_example_clip(
     path: str | Path,
     num_frames: int = 48,

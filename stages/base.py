@@ -1,19 +1,24 @@
-"""The stage contract and the unit of work that flows between stages.
+"""The unit of work that flows between stages, and the stage contract.
 
 A video is decoded into *chunks*: ``N + k`` consecutive decoded frames that overlap the previous
 chunk by ``k`` frames (``k`` = the pair gap, 1 for consecutive pairs), so that every pair
 ``(t, t + k)`` lies wholly inside exactly one chunk and no pair is lost or duplicated at a
 border. Memory is bounded by the chunk size, never by the video length.
 
-Stages attach their results to ``chunk.artifacts`` under documented keys and return the chunk.
-A stage never prints, never decides skipping and never touches global state; the runner in
-``pipeline/`` owns ordering, progress, error policy and the manifest.
+A stage is a dataclass whose fields are its configuration, with a stable ``name`` (a class
+variable) and the methods the runner calls: ``setup()`` once per worker to load heavy
+resources (models), ``process(chunk) -> chunk`` once per chunk in order, ``teardown()`` once
+per worker, and, where a stage writes per-video files, ``finish()`` once per video after its
+last chunk (returns ``{output name: path}``). Stages attach their results to ``chunk.artifacts`` under
+documented keys and return the chunk. A stage never prints, never decides skipping and never
+touches global state; the runner in ``pipeline/`` owns ordering, progress, error policy and the
+manifest.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 
@@ -64,21 +69,3 @@ class FrameChunk:
     @property
     def width(self) -> int:
         return int(self.frames.shape[2])
-
-
-@runtime_checkable
-class Stage(Protocol):
-    """One processing step. Implementations are dataclasses whose fields are their config.
-
-    ``setup()`` loads heavy resources (models) once per worker, ``process()`` is called once per
-    chunk in order, ``finish()`` once per video after its last chunk (to flush per-video outputs),
-    ``teardown()`` once per worker.
-    """
-
-    name: ClassVar[str]
-
-    def setup(self) -> None: ...
-
-    def process(self, chunk: FrameChunk) -> FrameChunk: ...
-
-    def teardown(self) -> None: ...

@@ -24,6 +24,7 @@ import torch
 
 from .base import FrameChunk
 from .feature_io import features_table, write_clip_maps, write_table
+from .flow_statistics import flow_stack_to_numpy
 from .frame_descriptor import frame_descriptor
 from .motion_features import MotionFeatureConfig, clip_features, clip_key, clip_windows
 
@@ -83,7 +84,7 @@ class ClipFeatureStage:
                 self._features.setdefault(index, maps[t])
         for t, index in enumerate(indices):
             self._pts[index] = float(chunk.pts[t])
-        flows = chunk.artifacts["flow_fw"].permute(0, 2, 3, 1).numpy()
+        flows = flow_stack_to_numpy(chunk.artifacts["flow_fw"])  # (P, H, W, 2)
         for (a, _), flow in zip(chunk.artifacts["pairs"], flows, strict=True):
             self._flows[int(a)] = flow
         self._seen = max(self._seen, indices[-1] + 1)
@@ -142,7 +143,3 @@ class ClipFeatureStage:
     def teardown(self) -> None:
         self._features.clear()
         self._flows.clear()
-
-    @property
-    def num_clips(self) -> int:
-        return len(self._rows)

@@ -2,9 +2,8 @@
 
 :func:`flow_statistics` turns the ``T - 1`` flow fields of one clip into the ``flow_*``,
 ``hof_*`` and ``mbh*`` columns of the motion-feature table (meanings and units:
-:mod:`stages.motion_features`); :func:`motion_boundaries` gives the per-pixel maps MBH is
-accumulated from. The orientation histogram here (:func:`orientation_histogram`) also bins
-the MotionSqueeze directions (:mod:`stages.motionsqueeze_maps`).
+:mod:`stages.motion_features`). The orientation histogram here (:func:`orientation_histogram`)
+also bins the MotionSqueeze directions (:mod:`stages.motionsqueeze_maps`).
 
 Conventions
 -----------
@@ -49,7 +48,7 @@ dense trajectories code (Wang et al.); sub-half-pixel flow is at the level of es
 in static regions."""
 
 DEFAULT_MBH_EPS = 1e-3
-"""Floor of the MBH normalisation, per pixel, in 1/frame (see :func:`mbh_histograms`)."""
+"""Floor of the MBH normalisation, per pixel, in 1/frame (see :func:`flow_statistics`)."""
 
 _PERCENTILES: tuple[int, ...] = (10, 50, 90, 99)
 
@@ -183,92 +182,6 @@ def bin_columns(prefix: str, hist: np.ndarray) -> dict[str, float]:
     return {f"{prefix}_{k:02d}": float(value) for k, value in enumerate(hist)}
 
 
-def hof_histogram(
-    flows: npt.ArrayLike,
-    n_bins: int = DEFAULT_N_BINS,
-    static_threshold: float = DEFAULT_STATIC_THRESHOLD,
-) -> np.ndarray:
-    """Histogram of oriented flow (Laptev et al. 2008; Dalal et al. 2006), whole-frame pooled.
-
-    Every pixel of every field votes: a pixel moving more than ``static_threshold`` px adds its
-    magnitude (px) to the orientation bins (module convention: linear interpolation between the
-    two nearest bins); a pixel at or below it adds 1 to the "no motion" bin (so a static pixel
-    weighs as much as one moving 1 px, as in the dense trajectories code).
-
-    Args:
-        flows: ``(N, H, W, 2)`` or ``(H, W, 2)`` float flow, px/frame (x right, y down).
-        n_bins: orientation bins.
-        static_threshold: magnitude in px/frame at or below which a pixel is static.
-
-    Returns:
-        ``(n_bins + 1,)`` float64, L1-normalised (sums to 1): bins ``0..n_bins-1`` then the
-        static bin.
-    """
-    check_bins(n_bins)
-    stack = _check_flow_stack(flows)
-    counts = np.zeros(n_bins + 1, dtype=np.float64)
-    for index in range(stack.shape[0]):
-        u, v = _field_components(stack, index)
-        counts += _hof_counts(u, v, np.hypot(u, v), n_bins, static_threshold)
-    return normalise_l1(counts)
-
-
-def mbh_histograms(
-    flows: npt.ArrayLike,
-    n_bins: int = DEFAULT_N_BINS,
-    eps: float = DEFAULT_MBH_EPS,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Motion boundary histograms (Dalal, Triggs and Schmid 2006), whole-frame pooled.
-
-    MBHx is the orientation histogram of the spatial gradient ``(du/dx, du/dy)`` of the x flow
-    component, each pixel weighted by the gradient magnitude; MBHy the same for ``v``. Constant
-    motion (camera pan) has no gradient, so MBH responds only to relative motion, i.e. motion
-    boundaries. Gradients: :func:`numpy.gradient` (centred differences). Orientation: module
-    convention (bin 0 = the component grows to the right, bin 2 = it grows upward).
-
-    Normalisation: ``hist / (sum(hist) + eps * P)`` with ``P`` the number of pixels (all
-    fields). With clear boundaries (mean gradient magnitude ``>> eps``) the bins sum to ~1;
-    a flow without boundaries gives ~0 instead of amplifying noise to a unit histogram.
-
-    Args:
-        flows: ``(N, H, W, 2)`` or ``(H, W, 2)`` float flow, px/frame, fields at least 2x2.
-        n_bins: orientation bins.
-        eps: per-pixel floor of the normalisation, 1/frame (>= 0).
-
-    Returns:
-        ``(mbhx, mbhy)``, ``(n_bins,)`` float64 each, entries in ``[0, 1]``.
-    """
-    check_bins(n_bins)
-    stack = _check_flow_stack(flows)
-    mbhx = np.zeros(n_bins, dtype=np.float64)
-    mbhy = np.zeros(n_bins, dtype=np.float64)
-    for index in range(stack.shape[0]):
-        field_x, field_y = _mbh_counts(_field_gradients(*_field_components(stack, index)), n_bins)
-        mbhx += field_x
-        mbhy += field_y
-    floor = eps * stack.shape[0] * stack.shape[1] * stack.shape[2]
-    return normalise_l1(mbhx, floor), normalise_l1(mbhy, floor)
-
-
-def motion_boundaries(flows: npt.ArrayLike) -> np.ndarray:
-    """Per-pixel motion-boundary strength ``(|grad u|, |grad v|)``.
-
-    Args:
-        flows: ``(N, H, W, 2)`` or ``(H, W, 2)`` float flow, px/frame, fields at least 2x2.
-
-    Returns:
-        ``(N, H, W, 2)`` float32, 1/frame: channel 0 = ``|grad u|``, 1 = ``|grad v|``
-        (:func:`numpy.gradient`), non-negative; the maps MBH is accumulated from.
-    """
-    stack = _check_flow_stack(flows)
-    out = np.empty(stack.shape, dtype=np.float32)
-    for index in range(stack.shape[0]):
-        grads = _field_gradients(*_field_components(stack, index))
-        out[index, :, :, 0] = np.hypot(grads.du_dx, grads.du_dy)
-        out[index, :, :, 1] = np.hypot(grads.dv_dx, grads.dv_dy)
-    return out
-
-
 def flow_feature_columns(n_bins: int = DEFAULT_N_BINS) -> tuple[str, ...]:
     """Column names of :func:`flow_statistics`, in order (meanings: the table in
     :mod:`stages.motion_features`)."""
@@ -357,13 +270,28 @@ def flow_statistics(
 ) -> dict[str, float]:
     """All flow columns of one clip, pooled over every pixel of every field.
 
+    HOF, the histogram of oriented flow (Laptev et al. 2008; Dalal et al. 2006): a pixel
+    moving more than ``static_threshold`` px adds its magnitude (px) to the orientation bins
+    (module convention: linear interpolation between the two nearest bins); a pixel at or
+    below it adds 1 to the "no motion" bin (so a static pixel weighs as much as one moving
+    1 px, as in the dense trajectories code); the bins are L1-normalised.
+
+    MBH, the motion boundary histograms (Dalal, Triggs and Schmid 2006): MBHx is the
+    orientation histogram of the spatial gradient ``(du/dx, du/dy)`` of the x component, each
+    pixel weighted by the gradient magnitude (bin 0 = u grows to the right, bin 2 = it grows
+    upward); MBHy the same for ``v``. Constant motion (a camera pan) has no gradient, so MBH
+    responds only to relative motion, i.e. motion boundaries. Normalisation:
+    ``hist / (sum(hist) + mbh_eps * P)`` with ``P`` the pixels of all fields: with clear
+    boundaries (mean gradient magnitude ``>> mbh_eps``) the bins sum to ~1; a flow without
+    boundaries gives ~0 instead of noise amplified to a unit histogram.
+
     Args:
         flows: ``(N, H, W, 2)`` (``N = T - 1`` pairs of the clip) or ``(H, W, 2)`` float flow,
             px/frame at the frame's resolution, x right, y down; fields at least 2x2, finite.
         n_bins: orientation bins of HOF and MBH.
         static_threshold: px/frame at or below which a pixel is static (HOF static bin and
             ``moving_fraction``).
-        mbh_eps: per-pixel floor of the MBH normalisation (:func:`mbh_histograms`).
+        mbh_eps: per-pixel floor of the MBH normalisation, 1/frame (>= 0).
 
     Returns:
         Ordered ``{column: value}`` with the keys of :func:`flow_feature_columns` (meanings

@@ -90,9 +90,6 @@ from .flow_statistics import (
     flow_feature_columns,
     flow_stack_to_numpy,
     flow_statistics,
-    hof_histogram,
-    mbh_histograms,
-    motion_boundaries,
 )
 from .frame_descriptor import frame_descriptor
 from .motionsqueeze_maps import (
@@ -121,9 +118,6 @@ __all__ = [
     "flow_stack_to_numpy",
     "flow_statistics",
     "frame_descriptor",
-    "hof_histogram",
-    "mbh_histograms",
-    "motion_boundaries",
     "motionsqueeze_feature_columns",
     "motionsqueeze_maps",
     "motionsqueeze_statistics",

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import main
-from pipeline.discovery import VideoJob, assign_ids, discover, find_inputs
+from pipeline.discovery import VideoJob, assign_ids, find_inputs
 from stages.decode import DecodeError, DecodeOptions, open_video
 from stages.decoding.frames_folder import FrameFolderReader, natural_key
 from tests.media import pattern_frame, read_frame_index, write_video
@@ -48,7 +48,7 @@ def test_folder_is_searched_recursively_with_readable_ids(tmp_path: Path) -> Non
         ".cache/inside.mp4",
     ):
         _touch(root / rel)
-    jobs = discover(root)
+    jobs = find_inputs(root).jobs
     assert _ids(jobs) == {
         "a/clip.MKV": "a/clip",
         "a/deeper/x.webm": "a/deeper/x",
@@ -66,7 +66,7 @@ def test_single_file_input(tmp_path: Path) -> None:
     assert found.root == tmp_path
     assert [(j.rel_path, j.video_id) for j in found.jobs] == [("My Clip.MP4", "My Clip")]
     with pytest.raises(FileNotFoundError, match="input not found"):
-        discover(tmp_path / "missing.mp4")
+        find_inputs(tmp_path / "missing.mp4")
 
 
 def test_symlinks_are_followed_without_loops_and_broken_ones_fail(tmp_path: Path) -> None:
@@ -81,7 +81,7 @@ def test_symlinks_are_followed_without_loops_and_broken_ones_fail(tmp_path: Path
     os.symlink(tmp_path / "gone.mp4", root / "dead.mp4")  # broken: a failed job
     os.symlink(tmp_path / "gone.txt", root / "dead.txt")  # broken, not a video: ignored
     os.symlink("self.mp4", root / "self.mp4")  # a link to itself
-    jobs = discover(root)
+    jobs = find_inputs(root).jobs
     by_rel = {job.rel_path: job for job in jobs}
     assert sorted(by_rel) == ["alias.mkv", "dead.mp4", "linked/w.mkv", "self.mp4", "sub/v.mp4"]
     assert "broken symbolic link" in by_rel["dead.mp4"].problem
@@ -127,7 +127,7 @@ def test_frame_folders_count_as_one_video(tmp_path: Path) -> None:
     _touch(root / "mixed" / "poster.jpg")
     _touch(root / "mixed" / "poster2.jpg")
     _touch(root / "mixed" / "film.mp4")  # a folder with a video is not a frame folder
-    jobs = discover(root)
+    jobs = find_inputs(root).jobs
     assert [(j.rel_path, j.video_id, j.kind) for j in jobs] == [
         ("mixed/film.mp4", "mixed/film", "video"),
         ("shots/s1", "shots/s1", "frames"),
@@ -177,7 +177,7 @@ def test_text_and_csv_lists(tmp_path: Path) -> None:
     ]
     (data / "bad.csv").write_text("file,label\none.mp4,x\n", encoding="utf-8")
     with pytest.raises(ValueError, match="'path' column"):
-        discover(data / "bad.csv")
+        find_inputs(data / "bad.csv")
 
 
 def test_natural_order() -> None:
