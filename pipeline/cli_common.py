@@ -2,15 +2,34 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
+import yaml
 
 
-def parse_set_options(values: tuple[str, ...]) -> dict[str, str]:
-    """``--set KEY=VALUE`` options -> ``{"KEY": "VALUE"}`` (dotted config keys)."""
+def parse_set_options(values: tuple[str, ...]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` options -> ``{"KEY": value}`` (dotted config keys).
+
+    Each VALUE is read as YAML, the way it would read in a preset file: ``null``, ``~`` or
+    nothing -> ``None``; ``true`` / ``false`` -> bool; ``12`` -> int; ``0.5`` -> float;
+    ``[npy, viz]`` -> list; ``"12"`` (quoted) -> the string. Other text stays a string,
+    ``1e9`` included (PyYAML reads YAML 1.1, where a float needs a dot); the configuration
+    turns numeric strings into numbers for numeric keys. A VALUE that is not valid YAML
+    (``[1, 2``, ``%x``) is kept as the text typed.
+    """
     overrides = {}
     for item in values:
         key, sep, value = item.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--set")
-        overrides[key.strip()] = value.strip()
+        overrides[key.strip()] = _yaml_value(value.strip())
     return overrides
+
+
+def _yaml_value(text: str) -> Any:
+    """``text`` read as a YAML value, or ``text`` itself where it is not valid YAML."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text

@@ -1,0 +1,75 @@
+"""``--set KEY=VALUE`` parsing: values are YAML, as in a preset file."""
+
+from __future__ import annotations
+
+import click
+import pytest
+
+from pipeline.cli_common import parse_set_options
+from pipeline.config import ConfigError, load_config
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("null", None),
+        ("~", None),
+        ("", None),
+        ("true", True),
+        ("False", False),
+        ("12", 12),
+        ("-3", -3),
+        ("0.5", 0.5),
+        ("1.0e+9", 1e9),
+        ("[1, 2]", [1, 2]),
+        ("[npy, viz]", ["npy", "viz"]),
+        ("npy,viz", "npy,viz"),
+        ("raft-things", "raft-things"),
+        ("cuda:0", "cuda:0"),
+        ("/data/weights/raft sintel.pth", "/data/weights/raft sintel.pth"),
+        ('"12"', "12"),
+        ("'null'", "null"),
+        ("1e9", "1e9"),  # YAML 1.1: no dot, no float; the config reads it as a number
+        ("[1, 2", "[1, 2"),  # not valid YAML: kept as typed
+        ("%x", "%x"),
+    ],
+)
+def test_values_are_read_as_yaml(text: str, expected: object) -> None:
+    parsed = parse_set_options((f"section.key={text}",))
+    assert parsed == {"section.key": expected}
+    assert type(parsed["section.key"]) is type(expected)
+
+
+def test_keys_split_at_the_first_equals_sign_and_are_stripped() -> None:
+    parsed = parse_set_options((" flow.iters = 20 ", "output.prefix=a=b"))
+    assert parsed == {"flow.iters": 20, "output.prefix": "a=b"}
+
+
+@pytest.mark.parametrize("item", ["flow.iters", "=3", " =3"])
+def test_malformed_items_are_refused(item: str) -> None:
+    with pytest.raises(click.BadParameter, match="KEY=VALUE"):
+        parse_set_options((item,))
+
+
+def test_parsed_values_build_the_configuration() -> None:
+    overrides = parse_set_options(
+        (
+            "flow.iters=1e9",
+            "flow.backward=true",
+            "output.formats=[npy, viz]",
+            "output.jpg_bound=25",
+            "flow.checkpoint=raft-sintel",
+        )
+    )
+    config = load_config(None, overrides)
+    assert config.flow.iters == 1_000_000_000 and isinstance(config.flow.iters, int)
+    assert config.flow.backward is True
+    assert config.output.formats == ("npy", "viz")
+    assert config.output.jpg_bound == 25.0
+    assert config.flow.checkpoint == "raft-sintel"
+
+
+@pytest.mark.parametrize("value", ["1.5", "[1, 2]", "abc"])
+def test_a_non_integer_for_an_integer_key_names_the_key(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"flow\.iters must be"):
+        load_config(None, parse_set_options((f"flow.iters={value}",)))
