@@ -1,7 +1,14 @@
-"""Pure-PyTorch optical flow (RAFT, RAFT-small, GMA) and MotionSqueeze modules.
+"""Pure-PyTorch optical flow (RAFT, RAFT-small, GMA) and the MotionSqueeze module.
 
-No I/O beyond reading checkpoint files, no configuration objects, no global device.
-See README for the API; every tensor layout is documented where it is produced.
+Networks: ``raft`` (the model, its builders and ``BUILDERS``, the one table of architectures),
+``encoders``, ``update`` and ``winograd`` (its blocks and their fast CPU kernels), ``gma``,
+``corr`` (all-pairs and on-demand correlation), ``padding``, ``warm_start``, ``losses``,
+``motionsqueeze``. Weights: ``weights`` (the registry of published checkpoints),
+``download`` (cache and verified downloads), ``checkpoint_io`` (reading files, key layouts,
+strict loading), ``registry`` (``create_model``: an architecture by name, with weights).
+
+Imports torch and numpy only: no I/O beyond checkpoint files, no configuration objects, no
+global device. See README for the API; every tensor layout is documented where it is produced.
 """
 
 from .corr import CORR_KINDS, AllPairsCorrelation, OnDemandCorrelation
