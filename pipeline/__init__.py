@@ -1,0 +1,12 @@
+"""Orchestration: configuration, inputs, runs, executors, manifest and the CLI.
+
+Configuration: ``config``, ``train_config``, ``devices``, ``model_choice``, ``estimators``.
+Inputs and outputs: ``discovery``, ``images``, ``example``, ``manifest``, ``tables``. Running:
+``run_start``, ``runner`` (the stages over one video), ``batch`` (many videos: lock, resume,
+failure policy), ``executors`` (in-process, worker processes, Ray), ``overlap``,
+``allocator``. Commands: ``cli`` with ``cli_common`` and one module per command beside its
+library (``consistency_cmd``, ``evaluate`` / ``evaluate_cmd``, ``inspect`` / ``inspect_cmd`` /
+``inspect_report``, ``training`` / ``train_cmd``).
+
+Imports ``stages`` and ``models``; ``run_pipeline.py`` is the only thing above it.
+"""
