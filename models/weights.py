@@ -127,6 +127,10 @@ class WeightSpec:
     auto_rank: int | None = None
     bundled: bool = False
 
+    def __post_init__(self) -> None:
+        if self.bundled and self.sha256 is None:
+            raise ValueError(f"bundled checkpoint {self.name!r} needs its full sha256")
+
 
 _RAFT_REPO = "https://github.com/princeton-vl/RAFT"
 # URL of download_models.sh in princeton-vl/RAFT since PR #168 (2023-08); the same archive is

@@ -533,6 +533,17 @@ def test_registry_entries_are_consistent() -> None:
     assert W.list_weights("gma") == ["gma-things", "gma-sintel", "gma-kitti", "gma-chairs"]
 
 
+def test_registry_flags_are_consistent() -> None:
+    for arch in W.ARCHITECTURES:
+        defaults = [s.name for s in W.WEIGHTS.values() if s.arch == arch and s.default]
+        assert len(defaults) <= 1, (arch, defaults)
+    ranks = [s.auto_rank for s in W.WEIGHTS.values() if s.auto_rank is not None]
+    assert len(ranks) == len(set(ranks))
+    assert all(s.sha256 is not None for s in W.WEIGHTS.values() if s.bundled)
+    with pytest.raises(ValueError, match="needs its full sha256"):
+        dataclasses.replace(W.WEIGHTS["raft-things"], bundled=True)
+
+
 def test_unknown_name_lists_valid_names() -> None:
     with pytest.raises(ValueError, match=r"unknown checkpoint name 'raft-huge'.*raft-things"):
         W.get_weight_spec("raft-huge")
