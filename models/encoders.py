@@ -178,6 +178,19 @@ def make_norm(kind: NormKind, channels: int, *, groups: int = 8) -> nn.Module:
     raise ValueError(f"unknown norm kind {kind!r}; expected batch, instance, group or none")
 
 
+def _add_skip(
+    block: ResidualBlock | BottleneckBlock, x: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
+    """``relu(y + x)`` for a block's input ``x`` (through its ``downsample`` branch, if any)
+    and residual ``y``; in place on ``y`` in fast inference."""
+    fast = block.fast_kernels
+    if block.downsample is not None:
+        x = conv_norm(block.downsample[0], block.downsample[1], x, fast=fast)
+    if fast and not torch.is_grad_enabled():
+        return block.relu(y.add_(x))
+    return block.relu(x + y)
+
+
 class ResidualBlock(nn.Module):
     """Two 3x3 convolutions with a skip connection (the large encoder's block)."""
 
@@ -202,11 +215,7 @@ class ResidualBlock(nn.Module):
         fast = self.fast_kernels
         y = self.relu(conv_norm(self.conv1, self.norm1, x, fast=fast))
         y = self.relu(conv_norm(self.conv2, self.norm2, y, fast=fast))
-        if self.downsample is not None:
-            x = conv_norm(self.downsample[0], self.downsample[1], x, fast=fast)
-        if fast and not torch.is_grad_enabled():
-            return self.relu(y.add_(x))
-        return self.relu(x + y)
+        return _add_skip(self, x, y)
 
 
 class BottleneckBlock(nn.Module):
@@ -235,11 +244,7 @@ class BottleneckBlock(nn.Module):
         y = self.relu(conv_norm(self.conv1, self.norm1, x, fast=fast))
         y = self.relu(conv_norm(self.conv2, self.norm2, y, fast=fast))
         y = self.relu(conv_norm(self.conv3, self.norm3, y, fast=fast))
-        if self.downsample is not None:
-            x = conv_norm(self.downsample[0], self.downsample[1], x, fast=fast)
-        if fast and not torch.is_grad_enabled():
-            return self.relu(y.add_(x))
-        return self.relu(x + y)
+        return _add_skip(self, x, y)
 
 
 class Encoder(nn.Module):
