@@ -6,17 +6,26 @@ own warping error is the baseline a processed copy (stylised, denoised, generate
 against. Outputs in ``OUT``:
 
 - ``consistency_summary.csv``: one row per (source, processed) pair evaluated into ``OUT``
-  (updated in place): ``e_warp_source``, ``e_warp_processed``, their ratio, photometric errors,
-  occluded fraction, frames, pairs, model;
-- ``<processed name>/consistency_frames.csv`` and ``.parquet``: one row per frame pair;
-- ``<processed name>/consistency.png``: both per-pair errors over time, worst pairs marked.
+  (updated in place; ``source`` and ``processed`` as absolute paths): ``e_warp_source``,
+  ``e_warp_processed``, their ratio, photometric errors, occluded fraction, frames, pairs,
+  model, and ``details``, the pair's folder relative to ``OUT``;
+- ``<details>/consistency_frames.csv`` and ``.parquet``: one row per frame pair;
+- ``<details>/consistency.png``: both per-pair errors over time, worst pairs marked.
+
+The details folder mirrors the processed file's path without its extension, as ``run`` names
+its outputs: relative to the current folder when the file lies below it (``a/proc.mkv`` ->
+``OUT/a/proc/``), else its absolute path without the root. So ``a/proc.mkv`` and
+``b/proc.mkv`` never share a folder; a folder already used by another pair of the summary
+gets the extension (``proc_mkv``), then a counter.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import click
 import pandas as pd
@@ -117,8 +126,8 @@ def evaluate_consistency(
     )
     e_src, e_proc = stats["e_warp_source"], stats["e_warp_processed"]
     return {
-        "source": str(source),
-        "processed": str(processed),
+        "source": os.path.abspath(source),
+        "processed": os.path.abspath(processed),
         "frames": src_frames,
         "pairs": len(table),
         "e_warp_source": e_src,
@@ -128,17 +137,42 @@ def evaluate_consistency(
         "photometric_error_processed": stats["photometric_error_processed"],
         "occluded_fraction": stats["occluded_fraction"],
         "model": session.stage.model,
-        "details": str(out_dir),
         "seconds": round(time.perf_counter() - started, 2),
     }
+
+
+def _read_summary(out_root: Path) -> pd.DataFrame | None:
+    path = out_root / SUMMARY_FILE
+    return pd.read_csv(path, keep_default_na=False) if path.is_file() else None
+
+
+def details_folder(out_root: Path, source: Path, processed: Path) -> str:
+    """The pair's folder relative to ``out_root`` (see the module docstring)."""
+    source_key, processed_key = os.path.abspath(source), os.path.abspath(processed)
+    relative = os.path.relpath(processed_key, os.getcwd())
+    if relative == os.pardir or relative.startswith(os.pardir + os.sep):
+        relative = os.path.relpath(processed_key, Path(processed_key).anchor)
+    base = PurePosixPath(Path(relative).with_suffix("").as_posix())
+    taken: set[str] = set()
+    summary = _read_summary(out_root)
+    if summary is not None and "details" in summary.columns:
+        for _, row in summary.iterrows():
+            folder = str(row["details"])
+            if (str(row["source"]), str(row["processed"])) == (source_key, processed_key):
+                return folder  # the same pair again: its own folder
+            taken.add(folder)
+    extension = Path(processed_key).suffix.lstrip(".").lower() or "video"
+    numbered = (f"{base}_{extension}_{n}" for n in itertools.count(2))
+    candidates = itertools.chain([str(base), f"{base}_{extension}"], numbered)
+    return next(c for c in candidates if c not in taken)
 
 
 def update_summary(out_root: Path, row: dict[str, object]) -> Path:
     """Adds or replaces the (source, processed) row of ``consistency_summary.csv``."""
     path = out_root / SUMMARY_FILE
     table = pd.DataFrame([row])
-    if path.is_file():
-        previous = pd.read_csv(path)
+    previous = _read_summary(out_root)
+    if previous is not None:
         same = (previous["source"] == row["source"]) & (previous["processed"] == row["processed"])
         table = pd.concat([previous[~same], table], ignore_index=True)
     write_bytes_atomic(path, table.to_csv(index=False).encode())
@@ -175,10 +209,11 @@ def consistency_command(
     try:
         config = load_config(config_path, overrides)
         session = build_flow_session(config)
-        row = evaluate_consistency(source, processed, output / processed.stem, config, session)
+        details = details_folder(output, source, processed)
+        row = evaluate_consistency(source, processed, output / details, config, session)
     except (ConfigError, ConsistencyInputError, DecodeError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
-    summary = update_summary(output, row)
+    summary = update_summary(output, {**row, "details": details})
     click.echo(
         f"E_warp source {row['e_warp_source']:.6f}  processed {row['e_warp_processed']:.6f}  "
         f"(x{row['e_warp_ratio']:.2f}) over {row['pairs']} pairs; summary: {summary}"

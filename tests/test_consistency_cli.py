@@ -71,9 +71,40 @@ def test_flicker_raises_and_smoothing_lowers_warping_error(copies, tmp_path: Pat
     assert row("flicker")["e_warp_processed"] > 2 * baseline
     assert row("smoothed")["e_warp_processed"] < baseline
     assert row("shuffled")["e_warp_processed"] > 5 * baseline
-    frames = pd.read_parquet(out / "flicker" / "consistency_frames.parquet")
+    details = out / row("flicker")["details"]
+    frames = pd.read_parquet(details / "consistency_frames.parquet")
     assert len(frames) == int(row("flicker")["pairs"])
-    assert Image.open(out / "flicker" / "consistency.png").format == "PNG"
+    assert Image.open(details / "consistency.png").format == "PNG"
+
+
+def test_equal_file_names_in_different_folders_keep_their_own_tables(
+    copies, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """a/proc.mkv and b/proc.mkv evaluated into one report: two rows, two intact tables that
+    mirror the processed files' paths; another source for a/proc.mkv gets a folder of its own."""
+    monkeypatch.chdir(tmp_path)
+    for folder, variant in (("a", "flicker"), ("b", "smoothed")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "proc.mkv").symlink_to(copies[variant])
+    for processed in ("a/proc.mkv", "b/proc.mkv"):
+        result = _consistency(copies["source"], Path(processed), Path("report"))
+        assert result.exit_code == 0, result.output
+    summary = pd.read_csv(tmp_path / "report" / "consistency_summary.csv")
+    assert sorted(summary["details"]) == ["a/proc", "b/proc"]
+    for _, row in summary.iterrows():
+        table = pd.read_csv(tmp_path / "report" / row["details"] / "consistency_frames.csv")
+        assert len(table) == row["pairs"]
+        assert table["e_warp_processed"].mean() == pytest.approx(row["e_warp_processed"])
+        assert row["processed"] == str(tmp_path / row["details"]) + ".mkv"
+    a, b = (
+        summary.set_index("details").loc[name, "e_warp_processed"] for name in ("a/proc", "b/proc")
+    )
+    assert a > b  # the flickering copy's table was not overwritten by the smoothed one's
+
+    result = _consistency(copies["flicker"], Path("a/proc.mkv"), Path("report"))
+    assert result.exit_code == 0, result.output
+    summary = pd.read_csv(tmp_path / "report" / "consistency_summary.csv")
+    assert sorted(summary["details"]) == ["a/proc", "a/proc_mkv", "b/proc"]
 
 
 def test_mismatched_inputs_fail_clearly(copies, tmp_path: Path) -> None:
