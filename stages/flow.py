@@ -40,6 +40,12 @@ DIS_PRESETS = {
 }
 
 
+DIS_MIN_SIDE = 12
+"""OpenCV's DIS refuses frames with a side under its 8-pixel patch, and some under 12 pixels
+(up to 11x11); :class:`DisFlow` pads shorter sides to this (border replicated, at the bottom /
+right) and crops the flow back, so any frame size works."""
+
+
 class DisFlow:
     """OpenCV DIS on grayscale frames: the classical backend of :class:`FlowStage`."""
 
@@ -54,8 +60,16 @@ class DisFlow:
         return cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
 
     def __call__(self, gray1: np.ndarray, gray2: np.ndarray) -> np.ndarray:
-        """``(H, W, 2)`` float32 flow in pixels from ``gray1`` to ``gray2``."""
-        return self._dis.calc(gray1, gray2, None)
+        """``(H, W, 2)`` float32 flow in pixels from ``gray1`` to ``gray2`` (any size)."""
+        height, width = gray1.shape[:2]
+        grow_h, grow_w = max(0, DIS_MIN_SIDE - height), max(0, DIS_MIN_SIDE - width)
+        if not grow_h and not grow_w:
+            return self._dis.calc(gray1, gray2, None)
+        padded = [
+            cv2.copyMakeBorder(g, 0, grow_h, 0, grow_w, cv2.BORDER_REPLICATE)
+            for g in (gray1, gray2)
+        ]
+        return np.ascontiguousarray(self._dis.calc(*padded, None)[:height, :width])
 
 
 def pair_starts(num_frames: int, gap: int) -> range:
