@@ -369,7 +369,8 @@ def run_batch(
         if resume or overwrite:
             check_left_behind(out_root, jobs, estimator)
         key = results_key(config, estimator)
-        kept, redone = _plan_resume(jobs, out_root, key, results_hash(key)) if resume else ({}, {})
+        expected = results_hash(key)
+        kept, redone = _plan_resume(jobs, out_root, key, expected) if resume else ({}, {})
         if redone:
             logger.warning(
                 "--resume: %d finished video(s) will be computed again, their settings differ: %s",
@@ -385,6 +386,7 @@ def run_batch(
             out_root,
             config,
             estimator,
+            expected,
             kept,
             workers=workers,
             executor=executor,
@@ -406,6 +408,7 @@ def _run_locked(
     out_root: Path,
     config: RunConfig,
     estimator: Estimator,
+    expected: str,
     kept: dict[int, dict],
     *,
     workers: int | None,
@@ -415,7 +418,6 @@ def _run_locked(
     timeout: float | None,
     progress: bool,
 ) -> list[VideoResult]:
-    expected = results_hash(results_key(config, estimator))
     results: list[BatchResult | None] = [None] * len(jobs)
     tasks: list[VideoTask] = []
     for n, job in enumerate(jobs):

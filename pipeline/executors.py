@@ -92,9 +92,7 @@ def _test_hooks(path: str) -> None:
         os.abort()
     hang_on = os.environ.get(HANG_HOOK)
     if hang_on and hang_on in path:
-        logger.error("test hook %s: hanging while starting %s", HANG_HOOK, path)
-        while True:
-            time.sleep(3600)
+        _hang(HANG_HOOK, path)
     substring, _, marker = os.environ.get(HANG_ONCE_HOOK, "").partition("@")
     if substring and marker and substring in path:
         try:
@@ -105,9 +103,13 @@ def _test_hooks(path: str) -> None:
         node = ray.get_runtime_context().get_node_id() if ray and ray.is_initialized() else None
         os.write(fd, json.dumps({"pid": os.getpid(), "node": node}).encode())
         os.close(fd)
-        logger.error("test hook %s: hanging once while starting %s", HANG_ONCE_HOOK, path)
-        while True:
-            time.sleep(3600)
+        _hang(HANG_ONCE_HOOK, path)
+
+
+def _hang(hook: str, path: str) -> None:
+    logger.error("test hook %s: hanging while starting %s", hook, path)
+    while True:
+        time.sleep(3600)
 
 
 def run_task(
