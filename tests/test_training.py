@@ -21,17 +21,17 @@ from pipeline.train_config import load_train_config
 from stages.training.synthetic import LayeredPairConfig, MotionRange, generate_pair
 from stages.training.textures import PROCEDURAL_KINDS, TexturePool, procedural_texture
 
-INSPECT_DIR = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "inspect"
-
 
 def _rgb(path: Path) -> torch.Tensor:
     image = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
     return torch.from_numpy(image).permute(2, 0, 1)[None].float()
 
 
-def test_flow_predictions_match_the_official_training_mode_output(parity_dir: Path) -> None:
+def test_flow_predictions_match_the_official_training_mode_output(
+    parity_dir: Path, inspect_dir: Path
+) -> None:
     """Every iteration's upsampled flow equals the list the official RAFT returns."""
-    fixture = np.load(INSPECT_DIR / "raft_large_frame0047_0048.npz")
+    fixture = np.load(inspect_dir / "raft_large_frame0047_0048.npz")
     model = create_model("raft-large", checkpoint=parity_dir / "raft_large_random.pth")
     image1, image2 = _rgb(parity_dir / "frame_0047.png"), _rgb(parity_dir / "frame_0048.png")
     padder = Padder(436, 1024)
