@@ -14,9 +14,9 @@ An input is one of:
 A *frame folder* is a folder that holds at least two images (``.jpg``, ``.jpeg``, ``.png``) and
 no video: its images, in natural order (``2.png`` before ``10.png``), are one video.
 
-A file or frame folder reached more than once (listed directly and through a listed folder,
-listed under two spellings, or linked twice inside a folder) is one job: the first path in
-sorted order is kept and the others are logged.
+A path a list reaches more than once (listed directly and again through a listed folder, under
+two spellings such as ``a/../b.mp4``, or through two listed folders that overlap) is one job;
+the repeat is logged. A symbolic link with its own name stays a video of its own, as in folders.
 
 Video ids mirror the input paths relative to the input root (the folder; the parent of a single
 file or frame folder; for a list, the folder holding the list file and every listed path):
@@ -102,7 +102,6 @@ def _broken_link_reason(path: str) -> str:
 
 
 def _folder_key(path: str) -> tuple[int, int] | None:
-    """``(device, inode)`` of a file or folder after following links; ``None`` if missing."""
     try:
         st = os.stat(path)
     except OSError:
@@ -252,7 +251,21 @@ def _from_list(list_path: Path) -> Discovery:
             jobs.append(VideoJob(path, "", rel, "video", reason))
         else:
             jobs.extend(_single(path, root))
-    return Discovery(root, jobs)
+    return Discovery(root, _once_each(jobs, list_path))
+
+
+def _once_each(jobs: list[VideoJob], list_path: Path) -> list[VideoJob]:
+    """``jobs`` without the repeats of a path already among them (the first one is kept)."""
+    seen: set[str] = set()
+    kept = []
+    for job in jobs:
+        key = os.path.normpath(os.path.abspath(job.path))
+        if key in seen:
+            logger.warning("%s reaches %s more than once: processed once", list_path, job.rel_path)
+            continue
+        seen.add(key)
+        kept.append(job)
+    return kept
 
 
 def _candidate_id(job: VideoJob) -> str:
@@ -324,22 +337,4 @@ def find_inputs(input_path: str | Path) -> Discovery:
     else:
         found = Discovery(given.parent, _single(given, given.parent))
     ordered = sorted(found.jobs, key=lambda job: natural_key(job.rel_path))
-    return Discovery(found.root, assign_ids(_once_each(ordered)))
-
-
-def _once_each(jobs: list[VideoJob]) -> list[VideoJob]:
-    """``jobs`` without the repeats of a file or folder already in it (same device and inode
-    after following links); jobs that cannot be opened are kept (they fail with a reason)."""
-    first: dict[tuple[int, int], VideoJob] = {}
-    kept = []
-    for job in jobs:
-        key = _folder_key(str(job.path)) if job.problem is None else None
-        if key is not None and key in first:
-            logger.warning(
-                "%s is the same input as %s: processed once", job.rel_path, first[key].rel_path
-            )
-            continue
-        if key is not None:
-            first[key] = job
-        kept.append(job)
-    return kept
+    return Discovery(found.root, assign_ids(ordered))
