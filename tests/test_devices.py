@@ -32,3 +32,18 @@ def test_bf16_on_a_cpu_without_bf16_instructions_warns(
 
 def test_cpu_flags_are_read() -> None:
     assert devices.cpu_has_native_bf16() in (True, False, None)
+
+
+def test_devices_that_are_not_there_are_refused_by_name() -> None:
+    if torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        with pytest.raises(ValueError, match=f"there are {count} CUDA device"):
+            devices.resolve_device(f"cuda:{count}")
+    else:
+        with pytest.raises(ValueError, match="'cuda:0' requested but CUDA is not available"):
+            devices.resolve_device("cuda:0")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is None or not mps.is_available():
+        with pytest.raises(ValueError, match="'mps' requested but MPS is not available"):
+            devices.resolve_device("mps")
+    assert devices.resolve_device("cpu") == torch.device("cpu")
