@@ -356,7 +356,8 @@ def run_batch(
         job if job.rel_path else dataclasses.replace(job, rel_path=_relative(job.path, input_root))
         for job in jobs
     ]
-    estimator = resolve_estimator(config)
+    remote = executor == "ray" and address not in (None, "local")
+    estimator = resolve_estimator(config, device_here=not remote)
     check_output_root(out_root)
     try:
         out_root.mkdir(parents=True, exist_ok=True)

@@ -72,7 +72,8 @@ class Estimator:
             weights).
         sha256: SHA-256 of the checkpoint file the run was started with.
         notice: why ``auto`` fell back to DIS (recorded in every ``meta.json``).
-        device_type: ``cpu``, ``cuda`` or ``mps`` (the resolved ``flow.device``).
+        device_type: ``cpu``, ``cuda`` or ``mps`` (the resolved ``flow.device``; ``auto``
+            when the workers run elsewhere and resolve it themselves).
     """
 
     model: str
@@ -102,8 +103,12 @@ def describe_estimator(model: str, checkpoint: str | None, sha256: str | None) -
     return f"{model} ({checkpoint or 'checkpoint'}, sha256 {(sha256 or '?')[:12]})"
 
 
-def resolve_estimator(config: RunConfig) -> Estimator:
+def resolve_estimator(config: RunConfig, *, device_here: bool = True) -> Estimator:
     """Resolves the model, checks the device and loads the checkpoint once (on the CPU).
+
+    ``device_here=False`` is for workers on other machines (a Ray cluster): the device and
+    precision are then checked by each worker, and the device type is the one ``flow.device``
+    names (``auto`` stays ``auto``).
 
     Raises:
         RunStartError: the model, checkpoint, device or precision cannot be used.
@@ -114,11 +119,12 @@ def resolve_estimator(config: RunConfig) -> Estimator:
     except (CheckpointError, ValueError) as exc:
         raise RunStartError(f"flow.model={flow.model!r}: {_one_line(exc)}") from None
     try:
-        device = resolve_device(flow.device)
+        device = resolve_device(flow.device) if device_here else None
+        device_type = device.type if device else flow.device.split(":")[0]
     except ValueError as exc:
         raise RunStartError(f"flow.device={flow.device!r}: {_one_line(exc)}") from None
     try:
-        if choice.model != "dis":
+        if choice.model != "dis" and device is not None:
             resolve_precision(flow.precision, device)
     except ValueError as exc:
         raise RunStartError(f"flow.precision={flow.precision!r}: {_one_line(exc)}") from None
@@ -134,7 +140,7 @@ def resolve_estimator(config: RunConfig) -> Estimator:
             ) from None
         sha256 = network.checkpoint_info.sha256
         del network
-    return Estimator(choice.model, choice.checkpoint, sha256, choice.notice, device.type)
+    return Estimator(choice.model, choice.checkpoint, sha256, choice.notice, device_type)
 
 
 def check_loaded_checkpoint(estimator: Estimator, info: Any) -> None:
