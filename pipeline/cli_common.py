@@ -7,12 +7,14 @@ from typing import Any
 import click
 import yaml
 
+from .config import EXPLICIT_NULL
+
 
 def parse_set_options(values: tuple[str, ...]) -> dict[str, Any]:
     """``--set KEY=VALUE`` options -> ``{"KEY": value}`` (dotted config keys).
 
     Each VALUE is read as YAML, the way it would read in a preset file: ``null``, ``~`` or
-    nothing -> ``None``; ``true`` / ``false`` -> bool; ``12`` -> int; ``0.5`` -> float;
+    nothing -> null (:data:`pipeline.config.EXPLICIT_NULL`, which sets the key to ``None``); ``true`` / ``false`` -> bool; ``12`` -> int; ``0.5`` -> float;
     ``[npy, viz]`` -> list; ``"12"`` (quoted) -> the string. Other text stays a string,
     ``1e9`` included (PyYAML reads YAML 1.1, where a float needs a dot); the configuration
     turns numeric strings into numbers for numeric keys. A VALUE that is not valid YAML
@@ -30,6 +32,7 @@ def parse_set_options(values: tuple[str, ...]) -> dict[str, Any]:
 def _yaml_value(text: str) -> Any:
     """``text`` read as a YAML value, or ``text`` itself where it is not valid YAML."""
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    return EXPLICIT_NULL if value is None else value

@@ -22,12 +22,14 @@ from typing import Any
 import yaml
 
 from models.raft import ARCHS
-from stages.flow_io import write_bytes_atomic
+from stages.flow_io import FLOW_JPEG_PRESETS, write_bytes_atomic
 
 FLOW_MODELS = ("auto", "dis", *ARCHS)
 FLOW_FORMATS = ("flo", "npy", "npz", "kitti", "jpg", "viz")
 DECODERS = ("decord", "pyav", "opencv")
 CORR_CHOICES = ("auto", "all-pairs", "on-demand")
+JPG_PRESETS = tuple(FLOW_JPEG_PRESETS)
+VIZ_SCALES = ("video", "frame")
 
 
 class ConfigError(ValueError):
@@ -116,15 +118,21 @@ class OutputConfig:
     jpg_preset: str = "mmaction2"
     jpg_bound: float | None = None
     write_rgb: bool = False
+    viz_scale: str = "video"
     viz_max_flow: float | None = None
+    viz_min_flow: float = 2.0
+    viz_legend: bool = True
     viz_video: bool = True
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.formats) - set(FLOW_FORMATS))
         _require(not unknown, f"output.formats: unknown {unknown}; choose from {FLOW_FORMATS}")
         _require(self.npy_dtype in ("float16", "float32"), "output.npy_dtype: float16 or float32")
+        _require(self.jpg_preset in JPG_PRESETS, f"output.jpg_preset must be one of {JPG_PRESETS}")
         _require(self.jpg_bound is None or self.jpg_bound > 0, "output.jpg_bound must be > 0")
+        _require(self.viz_scale in VIZ_SCALES, f"output.viz_scale must be one of {VIZ_SCALES}")
         _require(self.viz_max_flow is None or self.viz_max_flow > 0, "viz_max_flow must be > 0")
+        _require(self.viz_min_flow > 0, "output.viz_min_flow must be > 0")
 
 
 @dataclass(frozen=True)
@@ -230,6 +238,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
 def _number(value: Any, annotation: type, key: str) -> int | float:
     """``value`` (a YAML / CLI number or numeric string such as ``"1e9"``) as ``annotation``;
     an ``int`` field takes any finite whole number (``1e9``, ``20.0``) and nothing else."""
+    if isinstance(value, bool):  # YAML's true / false are ints to Python, not numbers here
+        raise ConfigError(f"{key} must be a number, got {value!r}")
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -288,12 +298,26 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return plain(dataclasses.asdict(config))
 
 
+class _ExplicitNull:
+    """An override that sets a key to ``null`` (``None`` itself means "flag not given")."""
+
+    def __repr__(self) -> str:
+        return "null"
+
+
+#: The value of ``--set KEY=null``: sets KEY to ``None`` where a plain ``None`` is skipped.
+EXPLICIT_NULL: Any = _ExplicitNull()
+
+
 def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Sets dotted keys (``"flow.iters"``) in a nested dict copy; ``None`` values are skipped."""
+    """Sets dotted keys (``"flow.iters"``) in a nested dict copy. ``None`` values are skipped
+    (a command-line flag that was not given); :data:`EXPLICIT_NULL` sets the key to ``None``."""
     merged = json.loads(json.dumps(data))
     for dotted, value in overrides.items():
         if value is None:
             continue
+        if value is EXPLICIT_NULL:
+            value = None
         node = merged
         *parents, leaf = dotted.split(".")
         for part in parents:
@@ -361,3 +385,107 @@ def config_hash(config: Any) -> str:
     """Short stable hash of the resolved configuration (first 12 hex digits of SHA-256)."""
     canonical = json.dumps(config_to_dict(config), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+KEY_HELP: dict[str, str] = {
+    # decode
+    "decode.backend": "decoder: pyav | decord | opencv (decord: short clips only, see README)",
+    "decode.stride": "keep every n-th frame of the selection",
+    "decode.target_fps": "resample by timestamp to this rate (null: keep the stream's frames)",
+    "decode.start": "seconds; first frame at or after this time (null: from the start)",
+    "decode.end": "seconds; frames before this time, half-open (null: to the end)",
+    "decode.max_side": "shrink so the longer side is at most this many pixels (null: keep)",
+    "decode.chunk_size": "pairs per chunk: bounds memory, independent of the video length",
+    "decode.frames_fps": "frame rate given to folders of image frames (pts = index / fps)",
+    # flow
+    "flow.model": (
+        f"{' | '.join(FLOW_MODELS)} (auto: a cached official checkpoint, else the bundled "
+        "model, else OpenCV DIS)"
+    ),
+    "flow.checkpoint": "registry name or .pth path; needs an explicit model (random: untrained)",
+    "flow.iters": "refinement iterations (RAFT/GMA)",
+    "flow.gap": "pair gap k: pairs (t, t + k)",
+    "flow.backward": "also compute t+k -> t flow (flow_bw.*, flo_bw/, kitti_bw/)",
+    "flow.warm_start": "initialise each pair from the previous pair's flow (pairs run in order)",
+    "flow.corr": "auto | all-pairs | on-demand (auto: on-demand above on_demand_above_pixels)",
+    "flow.on_demand_above_pixels": "padded H*W above which corr auto picks on-demand",
+    "flow.pad_mode": "sintel | kitti: where the padding to a multiple of 8 goes",
+    "flow.device": "auto | cpu | cuda | cuda:N | mps",
+    "flow.precision": "fp32 | bf16 (speed mode, CPU with bf16 units or CUDA) | fp16 (CUDA)",
+    "flow.batch_pairs": "pairs refined together (1 is fastest on a CPU; try 2-4 on GPUs)",
+    "flow.encode_batch": "frames through the encoders together",
+    "flow.dis_preset": "OpenCV DIS preset: ultrafast | fast | medium",
+    "flow.memory_budget_mb": "working memory (MiB) the batches shrink to fit for large frames",
+    "flow.cpu_workers": "frames / pairs computed side by side on a CPU (null: 2 where useful)",
+    "flow.download": "allow downloading a named registry checkpoint missing from the cache",
+    # output
+    "output.formats": f"any of {', '.join(FLOW_FORMATS)}",
+    "output.npy_dtype": "float32 | float16 for npy / npz",
+    "output.jpg_preset": (
+        f"{' | '.join(JPG_PRESETS)}: flow JPEG names, first index and rounding (README table)"
+    ),
+    "output.jpg_bound": "flow JPEG bound B in px, flow clipped to +-B (null: the preset's, 20)",
+    "output.write_rgb": "also write the RGB frames (img_*.jpg) beside the flow JPEGs",
+    "output.viz_scale": (
+        "video: one colour scale per video (1.1 x p99 of its first chunk) | frame: each "
+        "frame's largest motion"
+    ),
+    "output.viz_max_flow": "fixed colour-wheel rim in px, overrides viz_scale (null: viz_scale)",
+    "output.viz_min_flow": "smallest rim viz_scale video picks (px): still scenes' noise stays pale",
+    "output.viz_legend": "draw the colour key and the rim beside viz pictures and in viz.mp4",
+    "output.viz_video": "also encode viz.mp4 (frame | flow | legend, panels labelled)",
+    # warp
+    "warp.enabled": "warped frames, occlusion / motion-boundary masks, consistency metrics",
+    "warp.frames": "write warped/{t:06d}.png (frame t rebuilt from frame t+k)",
+    "warp.video": "write warped.mp4 (panels labelled)",
+    "warp.with_source": "put frame t beside the warped frame in warped.mp4",
+    "warp.masks": "write occlusion/ and boundaries/ PNGs (255 = occluded / boundary)",
+    "warp.occlusion": "forward-backward occlusion test (computes backward flow)",
+    "warp.fb_alpha1": "occlusion: |f + b_w|^2 < a1 (|f|^2 + |b_w|^2) + a2; this is a1",
+    "warp.fb_alpha2": "occlusion test's a2 (px^2)",
+    "warp.mb_alpha1": "motion boundary: |grad u|^2 + |grad v|^2 > a1 |f|^2 + a2; this is a1",
+    "warp.mb_alpha2": "motion-boundary test's a2",
+    # features
+    "features.enabled": "per-clip motion features (MotionSqueeze maps, flow statistics)",
+    "features.clip_len": "frames per clip",
+    "features.clip_stride": "frames between clip starts (null: clip_len - 1, clips share a frame)",
+    "features.drop_tail": "drop a last clip shorter than clip_len",
+    "features.hof_bins": "orientation bins of the flow, motion-boundary and direction histograms",
+    "features.static_threshold": "px/frame at or below which a pixel counts as static",
+    "features.patch_size": "MotionSqueeze correlation window side (odd)",
+    "features.sigma": "Gaussian sigma of the kernel soft-argmax (grid cells)",
+    "features.temperature": "soft-argmax temperature",
+    "features.maps": "write clips/{c:05d}.npz displacement and confidence maps",
+    "features.maps_dtype": "float16 | float32 for the maps",
+    "features.table_format": "parquet | csv for clips.* and OUT/features.*",
+}
+"""One line per key of :class:`RunConfig`: what it means (``motionpipe config show`` prints
+these with each key's type and value; a test keeps the table and the dataclasses in step)."""
+
+
+def iter_keys(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """``(dotted key, default, type name)`` of every leaf key of a config dataclass, in order."""
+    keys = []
+    hints = typing.get_type_hints(cls)
+    for item in dataclasses.fields(cls):
+        hint = hints[item.name]
+        if dataclasses.is_dataclass(hint):
+            keys.extend(iter_keys(hint, f"{prefix}{item.name}."))
+            continue
+        if item.default is not dataclasses.MISSING:
+            default = item.default
+        else:
+            default = item.default_factory()  # type: ignore[misc]
+        keys.append((prefix + item.name, default, type_name(hint)))
+    return keys
+
+
+def type_name(hint: Any) -> str:
+    """``int``, ``float | null``, ``list of str`` ...: a key's type as YAML users see it."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        inner = [type_name(a) for a in args if a is not type(None)]
+        return " | ".join(inner) + (" | null" if type(None) in args else "")
+    if origin is tuple:
+        return f"list of {type_name(args[0])}"
+    return getattr(hint, "__name__", str(hint))

@@ -6,15 +6,15 @@ import click
 import pytest
 
 from pipeline.cli_common import parse_set_options
-from pipeline.config import ConfigError, load_config
+from pipeline.config import EXPLICIT_NULL, ConfigError, load_config
 
 
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("null", None),
-        ("~", None),
-        ("", None),
+        ("null", EXPLICIT_NULL),
+        ("~", EXPLICIT_NULL),
+        ("", EXPLICIT_NULL),
         ("true", True),
         ("False", False),
         ("12", 12),
@@ -69,7 +69,15 @@ def test_parsed_values_build_the_configuration() -> None:
     assert config.flow.checkpoint == "raft-sintel"
 
 
-@pytest.mark.parametrize("value", ["1.5", "[1, 2]", "abc"])
+def test_null_sets_a_key_to_none_where_a_missing_flag_changes_nothing(tmp_path) -> None:
+    preset = tmp_path / "preset.yaml"
+    preset.write_text("flow:\n  checkpoint: raft-sintel\n  model: raft-large\n")
+    assert load_config(preset, {"flow.checkpoint": None}).flow.checkpoint == "raft-sintel"
+    nulled = load_config(preset, parse_set_options(("flow.checkpoint=null",)))
+    assert nulled.flow.checkpoint is None
+
+
+@pytest.mark.parametrize("value", ["1.5", "[1, 2]", "abc", "true", "false"])
 def test_a_non_integer_for_an_integer_key_names_the_key(value: str) -> None:
     with pytest.raises(ConfigError, match=r"flow\.iters must be"):
         load_config(None, parse_set_options((f"flow.iters={value}",)))
