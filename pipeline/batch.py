@@ -62,7 +62,7 @@ from .run_start import (
     results_hash,
     results_key,
 )
-from .runner import VideoResult
+from .runner import VideoResult, output_root
 
 logger = logging.getLogger(__name__)
 
@@ -282,6 +282,9 @@ def _as_batch_result(result: VideoResult, job: VideoJob, **extra: object) -> Bat
 
 def _reused(job: VideoJob, meta: dict, out_dir: Path) -> BatchResult:
     outputs = dict(meta.get("outputs") or {})
+    if "video_absolute" in meta:  # outputs relative to the output root (older: as typed)
+        root = output_root(out_dir, job.video_id)
+        outputs = {name: str(root / path) for name, path in outputs.items()}
     outputs["meta"] = str(out_dir / "meta.json")
     return BatchResult(
         path=str(job.path),

@@ -4,11 +4,13 @@ Commands:
     run          flow (and every selected output) for a video or a folder of videos
     pair         flow between two images, written as .flo / .npy / KITTI .png
     example      write the bundled example clip (generated, no third-party media)
+    annotations  action-recognition lists for a finished run (annotations_cmd.py)
+    config show  every configuration key with its value, type and meaning (config_cmd.py)
+    (consistency, train, export-model, evaluate and inspect live in their own modules)
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -16,11 +18,14 @@ from pathlib import Path
 
 import click
 import cv2
+import numpy as np
 
 from models import CORR_KINDS, PAD_MODES, CheckpointError
 from stages.flow_io import write_flo, write_flow_npy, write_kitti_png
-from stages.flow_viz import flow_to_color
+from stages.flow_viz import flow_to_color, largest_magnitude, legend_panel
 
+from .annotations import FinishedVideo
+from .annotations_cmd import LABEL_LEVEL_HELP, describe, write_run_annotations
 from .batch import OutputInUse, OutputLocked, run_batch, summary_lines
 from .cli_common import parse_set_options
 from .config import FLOW_FORMATS, FLOW_MODELS, ConfigError, load_config
@@ -30,6 +35,7 @@ from .estimators import build_estimator
 from .example import write_example_clip
 from .executors import EXECUTORS, WorkerStartupError
 from .images import read_rgb
+from .logs import configure_logging
 from .run_start import RunStartError
 from .tables import collect_feature_tables
 
@@ -38,15 +44,13 @@ logger = logging.getLogger("motionpipe")
 FLOW_FILE_WRITERS = {".flo": write_flo, ".npy": write_flow_npy, ".png": write_kitti_png}
 
 
-def configure_logging(verbosity: int) -> None:
-    level = logging.WARNING if verbosity < 0 else logging.INFO if verbosity == 0 else logging.DEBUG
-    logging.basicConfig(
-        level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True
-    )
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    help="More log output: -v adds a line per finished video, -vv debug messages.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 def main(verbose: int, quiet: bool) -> None:
     """motionpipe: optical flow, warping, consistency checks and motion features for video."""
@@ -86,7 +90,8 @@ def main(verbose: int, quiet: bool) -> None:
     "--viz",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Also write a colour-wheel visualisation PNG.",
+    help="Also write a colour-wheel picture of the flow, with its legend (rim = the largest "
+    "motion) on the right.",
 )
 def pair(
     image1: Path,
@@ -131,7 +136,11 @@ def pair(
     logger.info("wrote %s (%dx%d)", output, flow.shape[1], flow.shape[0])
     if viz is not None:
         viz.parent.mkdir(parents=True, exist_ok=True)
-        if not cv2.imwrite(str(viz), flow_to_color(flow, convert_to_bgr=True)):
+        rim = largest_magnitude(flow)
+        picture = np.concatenate(
+            [flow_to_color(flow, max_flow=rim), legend_panel(flow.shape[0], rim, "max")], axis=1
+        )
+        if not cv2.imwrite(str(viz), np.ascontiguousarray(picture[..., ::-1])):
             raise click.ClickException(f"cannot write {viz}")
         logger.info("wrote %s", viz)
 
@@ -191,6 +200,13 @@ def pair(
 @click.option("--overwrite", is_flag=True, help="Process every input again in a non-empty OUTPUT.")
 @click.option("--fail-fast", is_flag=True, help="Stop at the first failed video.")
 @click.option(
+    "--label-level",
+    type=click.IntRange(min=0),
+    default=1,
+    show_default=True,
+    help=LABEL_LEVEL_HELP + " Used with jpg output.",
+)
+@click.option(
     "--timeout",
     type=click.FloatRange(min=0, min_open=True),
     default=None,
@@ -210,6 +226,7 @@ def run(
     overwrite: bool,
     fail_fast: bool,
     timeout: float | None,
+    label_level: int,
     **flags,
 ) -> None:
     """Estimate flow for INPUT into OUTPUT.
@@ -219,9 +236,11 @@ def run(
     Each video gets a folder OUTPUT/<relative path without extension>/ with the selected
     formats, timestamps.csv, pairs.csv and meta.json (written last). OUTPUT also holds
     config.yaml and manifest.csv / manifest.parquet (one row per input, updated as videos
-    finish). Exit status: 0 when every input is ok, 1 when any failed or was skipped, or
-    when the run could not start; 2 for bad usage, including a non-empty OUTPUT without
-    --resume / --overwrite.
+    finish); with jpg output, the action-recognition lists (rawframes_flow.txt, classes.txt,
+    mmaction2_rawframes.py; see --label-level). Every configuration key: config show.
+    Exit status: 0 when every input is ok, 1 when any failed or was skipped, or when the run
+    could not start; 2 for bad usage, including a non-empty OUTPUT without --resume /
+    --overwrite.
     """
     names = {
         "model": "flow.model", "checkpoint": "flow.checkpoint", "iters": "flow.iters",
@@ -273,15 +292,20 @@ def run(
             err=True,
         )
         sys.exit(130)
-    _echo_model_notice(output, results)
+    finished = [r for r in results if r.status == "ok"]
     if config.features.enabled:
         table = collect_feature_tables(
             output,
-            [r.video_id for r in results if r.status == "ok"],
+            [r.video_id for r in finished],
             table_format=config.features.table_format,
+            progress=progress,
         )
         if table is not None:
             click.echo(f"features table: {table}")
+    if "jpg" in config.output.formats and finished:
+        videos = [FinishedVideo(r.video_id, r.frames, r.pairs) for r in finished]
+        written = write_run_annotations(output, config, videos, label_level)
+        click.echo(describe(written))
     for line in summary_lines(results, output):
         click.echo(line)
     if any(r.status != "ok" for r in results):
@@ -294,17 +318,6 @@ def _is_inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def _echo_model_notice(output: Path, results) -> None:
-    """Repeats the model notice (``auto`` fell back to DIS) recorded in a video's meta.json."""
-    for r in results:
-        meta = output / r.video_id / "meta.json"
-        if r.status == "ok" and meta.is_file():
-            notice = json.loads(meta.read_text(encoding="utf-8")).get("model_notice")
-            if notice:
-                click.echo(f"notice: {notice}", err=True)
-            return
-
-
 @main.command()
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path), default="example.mp4")
 @click.option("--frames", type=click.IntRange(min=2), default=48, show_default=True)
@@ -315,6 +328,8 @@ def example(path: Path, frames: int) -> None:
 
 
 # Commands defined in their own modules.
+from .annotations_cmd import annotations_command  # noqa: E402
+from .config_cmd import config_group  # noqa: E402
 from .consistency_cmd import consistency_command  # noqa: E402
 from .evaluate_cmd import evaluate as evaluate_command  # noqa: E402
 from .inspect_cmd import inspect as inspect_command  # noqa: E402
@@ -322,6 +337,8 @@ from .train_cmd import export_model as export_model_command  # noqa: E402
 from .train_cmd import train as train_command  # noqa: E402
 
 main.add_command(consistency_command)
+main.add_command(annotations_command)
+main.add_command(config_group)
 main.add_command(train_command)
 main.add_command(export_model_command)
 main.add_command(evaluate_command)

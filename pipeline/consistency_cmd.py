@@ -6,9 +6,11 @@ own warping error is the baseline a processed copy (stylised, denoised, generate
 against. Outputs in ``OUT``:
 
 - ``consistency_summary.csv``: one row per (source, processed) pair evaluated into ``OUT``
-  (updated in place; ``source`` and ``processed`` as absolute paths): ``e_warp_source``,
-  ``e_warp_processed``, their ratio, photometric errors, occluded fraction, frames, pairs,
-  model, and ``details``, the pair's folder relative to ``OUT``;
+  (updated in place): ``source`` and ``processed`` relative to ``OUT`` (the summary still
+  points at the videos when ``OUT`` and the videos move together), ``source_absolute`` and
+  ``processed_absolute`` (it still points at them when ``OUT`` alone moves),
+  ``e_warp_source``, ``e_warp_processed``, their ratio, photometric errors, occluded
+  fraction, frames, pairs, model, and ``details``, the pair's folder relative to ``OUT``;
 - ``<details>/consistency_frames.csv`` and ``.parquet``: one row per frame pair;
 - ``<details>/consistency.png``: both per-pair errors over time, worst pairs marked.
 
@@ -29,6 +31,7 @@ from pathlib import Path, PurePosixPath
 
 import click
 import pandas as pd
+from tqdm import tqdm
 
 from stages.consistency import ConsistencyConfig, plot_error_over_time, summarize_video
 from stages.decode import DecodeError, iter_chunks, open_video
@@ -37,7 +40,7 @@ from stages.warp_stage import chunk_pair_metrics
 
 from .cli_common import parse_set_options
 from .config import ConfigError, RunConfig, load_config
-from .runner import FlowSession, build_flow_session, decode_options
+from .runner import FlowSession, advance, build_flow_session, complete, decode_options
 
 logger = logging.getLogger(__name__)
 
@@ -49,12 +52,20 @@ class ConsistencyInputError(ValueError):
 
 
 def evaluate_consistency(
-    source: Path, processed: Path, out_dir: Path, config: RunConfig, session: FlowSession
+    source: Path,
+    processed: Path,
+    out_dir: Path,
+    config: RunConfig,
+    session: FlowSession,
+    *,
+    progress: bool = False,
 ) -> dict[str, object]:
     """Per-pair and per-video warping errors of ``processed`` using ``source``'s flow.
 
-    Returns the summary row (also written to ``out_dir``'s parent ``consistency_summary.csv`` by
-    :func:`update_summary`). Raises :class:`ConsistencyInputError` for mismatched inputs.
+    Returns the summary row, with ``source_absolute`` and ``processed_absolute`` (absolute
+    paths; :func:`update_summary` adds the paths relative to the output folder). Raises
+    :class:`ConsistencyInputError` for mismatched inputs. ``progress``: a bar over the source's
+    frames on stderr.
     """
     started = time.perf_counter()
     metrics = ConsistencyConfig(
@@ -64,7 +75,6 @@ def evaluate_consistency(
         boundary_alpha2=config.warp.mb_alpha2,
     )
     options = decode_options(config)
-    rows: list[dict[str, float]] = []
     with open_video(source, options) as src_reader, open_video(processed, options) as proc_reader:
         src_size = (src_reader.info.width, src_reader.info.height)
         proc_size = (proc_reader.info.width, proc_reader.info.height)
@@ -76,31 +86,18 @@ def evaluate_consistency(
         size, gap = config.decode.chunk_size, config.flow.gap
         src_chunks = iter_chunks(src_reader, "source", size, overlap=gap)
         proc_chunks = iter_chunks(proc_reader, "processed", size, overlap=gap)
-        src_frames = proc_frames = 0
-        for src_chunk in src_chunks:
-            proc_chunk = next(proc_chunks, None)
-            src_frames += src_chunk.num_frames - src_chunk.overlap
-            if proc_chunk is not None:
-                proc_frames += proc_chunk.num_frames - proc_chunk.overlap
-            if proc_chunk is None or proc_chunk.num_frames != src_chunk.num_frames:
-                proc_frames += sum(c.num_frames - c.overlap for c in proc_chunks)
-                src_frames += sum(c.num_frames - c.overlap for c in src_chunks)
-                break
-            session.stage.process(src_chunk)
-            for ours, theirs in zip(
-                chunk_pair_metrics(src_chunk, src_chunk.frames, metrics),
-                chunk_pair_metrics(src_chunk, proc_chunk.frames, metrics),
-                strict=True,
-            ):
-                row = {k: ours[k] for k in ("frame_t", "frame_t_k", "pts_t")}
-                for key in ("e_warp", "photometric_error"):
-                    row[f"{key}_source"] = ours[key]
-                    row[f"{key}_processed"] = theirs[key]
-                for key in ("occluded_fraction", "counted_fraction", "flow_mag_mean"):
-                    row[key] = ours[key]
-                rows.append(row)
-        else:
-            proc_frames += sum(c.num_frames - c.overlap for c in proc_chunks)
+        bar = tqdm(
+            total=src_reader.expected_frames(),
+            desc="consistency",
+            unit="frame",
+            disable=not progress,
+            dynamic_ncols=True,
+        )
+        with bar:
+            rows, src_frames, proc_frames = _compare_chunks(
+                src_chunks, proc_chunks, session, metrics, bar
+            )
+            complete(bar)
         if src_frames != proc_frames:
             raise ConsistencyInputError(
                 f"frame counts differ: source {source} has {src_frames} frames, "
@@ -108,6 +105,45 @@ def evaluate_consistency(
             )
     if not rows:
         raise ConsistencyInputError(f"{source} has fewer than {config.flow.gap + 1} frames")
+    return _write_results(rows, src_frames, source, processed, out_dir, session, started)
+
+
+def _compare_chunks(src_chunks, proc_chunks, session: FlowSession, metrics, bar: tqdm):
+    """Flow on each source chunk and the metrics of both videos with it; returns the per-pair
+    rows and the frames of each video (after a length mismatch the rest is only counted)."""
+    rows: list[dict[str, float]] = []
+    src_frames = proc_frames = 0
+    for src_chunk in src_chunks:
+        proc_chunk = next(proc_chunks, None)
+        src_frames += src_chunk.num_frames - src_chunk.overlap
+        if proc_chunk is not None:
+            proc_frames += proc_chunk.num_frames - proc_chunk.overlap
+        if proc_chunk is None or proc_chunk.num_frames != src_chunk.num_frames:
+            proc_frames += sum(c.num_frames - c.overlap for c in proc_chunks)
+            src_frames += sum(c.num_frames - c.overlap for c in src_chunks)
+            return rows, src_frames, proc_frames
+        session.stage.process(src_chunk)
+        for ours, theirs in zip(
+            chunk_pair_metrics(src_chunk, src_chunk.frames, metrics),
+            chunk_pair_metrics(src_chunk, proc_chunk.frames, metrics),
+            strict=True,
+        ):
+            row = {k: ours[k] for k in ("frame_t", "frame_t_k", "pts_t")}
+            for key in ("e_warp", "photometric_error"):
+                row[f"{key}_source"] = ours[key]
+                row[f"{key}_processed"] = theirs[key]
+            for key in ("occluded_fraction", "counted_fraction", "flow_mag_mean"):
+                row[key] = ours[key]
+            rows.append(row)
+        advance(bar, src_chunk.num_frames - src_chunk.overlap)
+    proc_frames += sum(c.num_frames - c.overlap for c in proc_chunks)
+    return rows, src_frames, proc_frames
+
+
+def _write_results(
+    rows, frames: int, source: Path, processed: Path, out_dir: Path, session, started: float
+) -> dict[str, object]:
+    """Writes the pair's tables and plot; returns its summary row."""
     table = pd.DataFrame(rows)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(out_dir / "consistency_frames.csv", table.to_csv(index=False).encode())
@@ -126,9 +162,9 @@ def evaluate_consistency(
     )
     e_src, e_proc = stats["e_warp_source"], stats["e_warp_processed"]
     return {
-        "source": os.path.abspath(source),
-        "processed": os.path.abspath(processed),
-        "frames": src_frames,
+        "source_absolute": os.path.abspath(source),
+        "processed_absolute": os.path.abspath(processed),
+        "frames": frames,
         "pairs": len(table),
         "e_warp_source": e_src,
         "e_warp_processed": e_proc,
@@ -146,6 +182,17 @@ def _read_summary(out_root: Path) -> pd.DataFrame | None:
     return pd.read_csv(path, keep_default_na=False) if path.is_file() else None
 
 
+def _absolute_pairs(summary: pd.DataFrame) -> list[tuple[str, str]]:
+    """``(source, processed)`` absolute paths of each summary row (summaries written before
+    the ``*_absolute`` columns held absolute paths in ``source`` and ``processed``)."""
+    pairs = []
+    for _, row in summary.iterrows():
+        source = str(row.get("source_absolute", "") or row["source"])
+        processed = str(row.get("processed_absolute", "") or row["processed"])
+        pairs.append((source, processed))
+    return pairs
+
+
 def details_folder(out_root: Path, source: Path, processed: Path) -> str:
     """The pair's folder relative to ``out_root`` (see the module docstring)."""
     source_key, processed_key = os.path.abspath(source), os.path.abspath(processed)
@@ -156,25 +203,46 @@ def details_folder(out_root: Path, source: Path, processed: Path) -> str:
     taken: set[str] = set()
     summary = _read_summary(out_root)
     if summary is not None and "details" in summary.columns:
-        for _, row in summary.iterrows():
-            folder = str(row["details"])
-            if (str(row["source"]), str(row["processed"])) == (source_key, processed_key):
-                return folder  # the same pair again: its own folder
-            taken.add(folder)
+        for folder, pair in zip(summary["details"], _absolute_pairs(summary), strict=True):
+            if pair == (source_key, processed_key):
+                return str(folder)  # the same pair again: its own folder
+            taken.add(str(folder))
     extension = Path(processed_key).suffix.lstrip(".").lower() or "video"
     numbered = (f"{base}_{extension}_{n}" for n in itertools.count(2))
     candidates = itertools.chain([str(base), f"{base}_{extension}"], numbered)
     return next(c for c in candidates if c not in taken)
 
 
+def _relative_to(path: str, root: Path) -> str:
+    """``path`` relative to ``root``, POSIX separators (``../videos/a.mp4``)."""
+    return os.path.relpath(path, os.path.abspath(root)).replace(os.sep, "/")
+
+
 def update_summary(out_root: Path, row: dict[str, object]) -> Path:
-    """Adds or replaces the (source, processed) row of ``consistency_summary.csv``."""
+    """Adds or replaces the (source, processed) row of ``consistency_summary.csv``.
+
+    ``row`` holds ``source_absolute`` and ``processed_absolute``; ``source`` and ``processed``
+    relative to ``out_root`` are added in front.
+    """
     path = out_root / SUMMARY_FILE
-    table = pd.DataFrame([row])
+    pair = (str(row["source_absolute"]), str(row["processed_absolute"]))
+    paths = {
+        "source": _relative_to(pair[0], out_root),
+        "processed": _relative_to(pair[1], out_root),
+    }
+    table = pd.DataFrame([{**paths, **row}])
     previous = _read_summary(out_root)
     if previous is not None:
-        same = (previous["source"] == row["source"]) & (previous["processed"] == row["processed"])
-        table = pd.concat([previous[~same], table], ignore_index=True)
+        pairs = _absolute_pairs(previous)
+        keep = [p != pair for p in pairs]
+        kept = previous[keep].copy()
+        kept_pairs = [p for p, k in zip(pairs, keep, strict=True) if k]
+        # rows of summaries written before the absolute columns existed get them
+        kept["source_absolute"] = [a for a, _ in kept_pairs]
+        kept["processed_absolute"] = [b for _, b in kept_pairs]
+        kept["source"] = [_relative_to(a, out_root) for a, _ in kept_pairs]
+        kept["processed"] = [_relative_to(b, out_root) for _, b in kept_pairs]
+        table = pd.concat([kept, table], ignore_index=True)
     write_bytes_atomic(path, table.to_csv(index=False).encode())
     return path
 
@@ -189,6 +257,7 @@ def update_summary(out_root: Path, row: dict[str, object]) -> Path:
 @click.option("--iters", type=click.IntRange(min=1))
 @click.option("--device", help="auto, cpu, cuda, cuda:1, mps")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE")
+@click.option("--progress/--no-progress", default=True, show_default=True)
 def consistency_command(
     source: Path,
     processed: Path,
@@ -199,6 +268,7 @@ def consistency_command(
     iters: int | None,
     device: str | None,
     settings: tuple[str, ...],
+    progress: bool,
 ) -> None:
     """Warping error (E_warp) of PROCESSED against SOURCE, with SOURCE's own as the baseline."""
     overrides: dict[str, object] = {
@@ -210,7 +280,9 @@ def consistency_command(
         config = load_config(config_path, overrides)
         session = build_flow_session(config)
         details = details_folder(output, source, processed)
-        row = evaluate_consistency(source, processed, output / details, config, session)
+        row = evaluate_consistency(
+            source, processed, output / details, config, session, progress=progress
+        )
     except (ConfigError, ConsistencyInputError, DecodeError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     summary = update_summary(output, {**row, "details": details})

@@ -6,15 +6,17 @@ A video's output folder is complete only when its ``meta.json`` exists with
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import os
 import platform
 import time
 import traceback
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import torch
 from tqdm import tqdm
@@ -23,7 +25,7 @@ from stages.clip_features import ClipFeatureStage
 from stages.consistency import ConsistencyConfig
 from stages.decode import DecodeError, DecodeOptions, iter_chunks, open_video
 from stages.flow import FlowStage
-from stages.flow_io import FLOW_JPEG_PRESETS, write_bytes_atomic
+from stages.flow_io import FLOW_JPEG_PRESETS, FlowJpegLayout, write_bytes_atomic
 from stages.motion_features import MotionFeatureConfig
 from stages.warp_stage import WarpStage
 from stages.writers import FlowWriters
@@ -31,6 +33,7 @@ from stages.writers import FlowWriters
 from .allocator import set_large_block_reuse
 from .config import RunConfig, config_to_dict
 from .devices import resolve_device, resolve_precision
+from .logs import VERBOSE, quiet_libraries
 from .model_choice import ModelChoice, choose_model
 from .overlap import Consumer, Prefetcher
 from .run_start import Estimator, check_loaded_checkpoint, results_hash, results_key
@@ -76,6 +79,7 @@ def build_flow_session(config: RunConfig, estimator: Estimator | None = None) ->
     the session uses exactly it and raises :class:`models.CheckpointError` when the checkpoint
     file found here hashes differently. Without it, ``auto`` is resolved here.
     """
+    quiet_libraries()  # also in worker processes, which configure their own logging
     flow = config.flow
     choice = estimator.choice if estimator is not None else choose_model(flow)
     device = resolve_device(flow.device)
@@ -122,18 +126,26 @@ def decode_options(config: RunConfig) -> DecodeOptions:
     )
 
 
+def jpg_layout(config: RunConfig) -> FlowJpegLayout:
+    """The flow-JPEG layout of ``output.jpg_preset`` with ``output.jpg_bound`` applied."""
+    layout = FLOW_JPEG_PRESETS[config.output.jpg_preset]
+    if config.output.jpg_bound is not None:
+        layout = dataclasses.replace(layout, bound=config.output.jpg_bound)
+    return layout
+
+
 def make_writers(config: RunConfig, out_dir: Path, fps: float) -> FlowWriters:
     output = config.output
-    layout = FLOW_JPEG_PRESETS[output.jpg_preset]
-    if output.jpg_bound is not None:
-        layout = type(layout)(**{**layout.__dict__, "bound": output.jpg_bound})
     return FlowWriters(
         out_dir=out_dir,
         formats=output.formats,
         npy_dtype=output.npy_dtype,
-        jpg_layout=layout,
+        jpg_layout=jpg_layout(config),
         write_rgb=output.write_rgb,
+        viz_scale=output.viz_scale,
         viz_max_flow=output.viz_max_flow,
+        viz_min_flow=output.viz_min_flow,
+        viz_legend=output.viz_legend,
         viz_video=output.viz_video,
         fps=fps,
     )
@@ -185,6 +197,22 @@ def make_video_stages(config: RunConfig, out_dir: Path, video_id: str, fps: floa
     return stages
 
 
+def advance(bar: tqdm, frames: int) -> None:
+    """Moves a frame bar on; a total that proves too small (a header that undercounts, a
+    variable frame rate) grows with the count instead of running past 100 %."""
+    if bar.total is not None and bar.n + frames > bar.total:
+        bar.total = bar.n + frames
+    bar.update(frames)
+
+
+def complete(bar: tqdm) -> None:
+    """Ends a frame bar at 100 % whatever the estimate was (fewer frames than announced) and
+    shows it (a fast bar may not have refreshed since its start)."""
+    if bar.total != bar.n:
+        bar.total = bar.n
+    bar.refresh()
+
+
 def _timed(iterator: Iterator, seconds: dict[str, float], key: str) -> Iterator:
     while True:
         start = time.perf_counter()
@@ -229,7 +257,7 @@ def process_video(
                 reader, video_id, config.decode.chunk_size, overlap=config.flow.gap
             )
             bar = tqdm(
-                total=info.header_frame_count,
+                total=reader.expected_frames(),
                 desc=video_id,
                 unit="frame",
                 disable=not progress,
@@ -241,7 +269,7 @@ def process_video(
                     tick = time.perf_counter()
                     stage.process(chunk)
                     seconds[stage.name] += time.perf_counter() - tick
-                bar.update(chunk.num_frames - chunk.overlap)
+                advance(bar, chunk.num_frames - chunk.overlap)
 
             prefetch = Prefetcher(_timed(chunks, seconds, "decode"), depth=1)
             outputs = Consumer(finish_chunk, depth=2)
@@ -253,6 +281,7 @@ def process_video(
                         seconds[session.stage.name] += time.perf_counter() - tick
                         outputs.submit(chunk)
                     outputs.close()
+                    complete(bar)
             except BaseException:
                 outputs.cancel()
                 raise
@@ -274,6 +303,15 @@ def process_video(
         result.seconds = {k: round(v, 4) for k, v in seconds.items()}
         result.seconds["total"] = round(time.perf_counter() - started, 4)
         _write_meta(out_dir, result, config, session, info)
+        logger.log(
+            VERBOSE,
+            "%s: %d frames, %d pairs in %.1f s (%s)",
+            video_id,
+            result.frames,
+            result.pairs,
+            result.seconds["total"],
+            ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items() if k != "total"),
+        )
     except Exception as exc:  # one video's failure must not stop the batch
         for stage in stages:
             stage.teardown()
@@ -287,15 +325,29 @@ def process_video(
     return result
 
 
+def output_root(out_dir: Path, video_id: str) -> Path:
+    """The run's output folder, from a video's folder and its id (``OUT/a/b`` and ``a/b``)."""
+    depth = len(PurePosixPath(video_id).parts)
+    return Path(out_dir).parents[depth - 1] if depth else Path(out_dir)
+
+
+def relative_path(path: str | Path, root: Path) -> str:
+    """``path`` relative to ``root`` with POSIX separators, as meta.json stores paths: they
+    stay right when the output folder moves (with the inputs, for input paths)."""
+    return os.path.relpath(os.path.abspath(path), os.path.abspath(root)).replace(os.sep, "/")
+
+
 def _write_meta(out_dir: Path, result: VideoResult, config, session: FlowSession, info) -> None:
     stage = session.stage
     key = results_key(config, session.estimator)
     checkpoint = None
     if stage.network is not None and getattr(stage.network, "checkpoint_info", None):
         checkpoint = stage.network.checkpoint_info.__dict__
+    root = output_root(out_dir, result.video_id)
     meta = {
         "status": "ok",
-        "video": result.path,
+        "video": relative_path(result.path, root),
+        "video_absolute": os.path.abspath(result.path),
         "video_id": result.video_id,
         "frames": result.frames,
         "pairs": result.pairs,
@@ -314,7 +366,7 @@ def _write_meta(out_dir: Path, result: VideoResult, config, session: FlowSession
         "device": session.device,
         "precision": session.precision,
         "seconds": result.seconds,
-        "outputs": result.outputs,
+        "outputs": {name: relative_path(path, root) for name, path in result.outputs.items()},
         "summary": result.summary,
         "warnings": result.warnings,
         "config_hash": results_hash(key),

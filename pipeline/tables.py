@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
+from tqdm import tqdm
 
 from stages.feature_io import read_table, write_table
 
@@ -14,16 +15,23 @@ logger = logging.getLogger(__name__)
 
 
 def collect_feature_tables(
-    out_root: Path, video_ids: Iterable[str], *, table_format: str = "parquet"
+    out_root: Path,
+    video_ids: Iterable[str],
+    *,
+    table_format: str = "parquet",
+    progress: bool = False,
 ) -> Path | None:
     """Concatenates the ``clips.*`` tables of ``video_ids`` into ``OUT/features.parquet``
     (or ``.csv``): one row per clip of every video, ready for ``pandas.read_parquet``.
 
-    Returns the path, or ``None`` when no video has a table.
+    ``progress``: a bar over the videos on stderr. Returns the path, or ``None`` when no video
+    has a table.
     """
     suffix = "csv" if table_format == "csv" else "parquet"
     tables = []
-    for video_id in video_ids:
+    video_ids = list(video_ids)
+    bar = tqdm(video_ids, desc="features table", unit="video", disable=not progress)
+    for video_id in bar:
         path = out_root / video_id / f"clips.{suffix}"
         if path.is_file():
             tables.append(read_table(path))

@@ -16,6 +16,12 @@ up (-y)               40.5                       blue-violet
 
 All images are uint8 ``(H, W, 3)`` RGB unless ``convert_to_bgr`` is set; flow inputs are
 ``(H, W, 2)`` numpy in pixels (channel 0 = x, channel 1 = y).
+
+Pictures that explain themselves: :func:`legend_panel` draws the colour key and the magnitude
+that reaches the rim beside a flow picture, :func:`with_caption` labels a panel, and
+:func:`video_scale` picks one rim magnitude for a whole video from its first flow fields (a
+percentile with a floor, so sensor noise in a still scene stays pale instead of being
+stretched to full saturation as a per-frame maximum does).
 """
 
 from __future__ import annotations
@@ -31,10 +37,16 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "UNKNOWN_FLOW_THRESHOLD",
     "WHEEL_SEGMENTS",
+    "caption_height",
     "color_wheel_legend",
     "flow_to_color",
+    "largest_magnitude",
+    "legend_panel",
+    "legend_width",
     "make_color_wheel",
     "side_by_side",
+    "video_scale",
+    "with_caption",
 ]
 
 WHEEL_SEGMENTS: tuple[tuple[str, int], ...] = (
@@ -226,3 +238,141 @@ def _check_image(image: npt.ArrayLike, name: str) -> np.ndarray:
     if array.ndim != 3 or array.shape[-1] != 3 or array.dtype != np.uint8:
         raise ValueError(f"{name} must be (H, W, 3) uint8, got {array.shape} {array.dtype}")
     return array
+
+
+# ---------------------------------------------------------------- self-explaining pictures
+
+_PANEL_BACKGROUND = (32, 32, 32)
+_TEXT_COLOUR = (255, 255, 255)
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+_MAX_SAMPLES = 1 << 20  # flow vectors looked at by video_scale (a strided subsample)
+
+
+def largest_magnitude(flow: npt.ArrayLike) -> float:
+    """The largest magnitude (pixels) among the valid vectors of ``flow`` ``(H, W, 2)``: the
+    rim that :func:`flow_to_color` uses without ``max_flow`` (1.0 for an all-zero field)."""
+    field = _check_flow(flow)
+    return _normaliser(field, _valid_mask(field), None)
+
+
+def video_scale(
+    flows: npt.ArrayLike, percentile: float = 99.0, minimum: float = 2.0, headroom: float = 1.1
+) -> float:
+    """One rim magnitude for every colour picture of a video.
+
+    Args:
+        flows: ``(P, H, W, 2)`` (or ``(H, W, 2)``) flow fields in pixels, e.g. the first chunk
+            of a video; at most about a million vectors are read (a regular subsample).
+        percentile: magnitude percentile over all valid vectors (a maximum that ignores the
+            few outliers flow estimates have at occlusions); larger vectors are drawn darker
+            (see :func:`flow_to_color`).
+        minimum: floor in pixels, so that a still scene's noise (a few tenths of a pixel)
+            stays pale instead of being stretched to full colour.
+        headroom: factor on the percentile: an object that moves uniformly and covers more
+            than ``100 - percentile`` % of the picture has its magnitude *at* the percentile,
+            and without headroom half of its pixels would fall past the rim and be dimmed.
+
+    Returns:
+        ``max(minimum, headroom * percentile of |flow|)`` in pixels.
+    """
+    array = np.asarray(flows)
+    if array.ndim == 3:
+        array = array[None]
+    if array.ndim != 4 or array.shape[-1] != 2:
+        raise ValueError(f"flows must be (P, H, W, 2) or (H, W, 2), got shape {array.shape}")
+    if not (np.isfinite(minimum) and minimum > 0):
+        raise ValueError(f"minimum must be a positive number, got {minimum!r}")
+    vectors = array.shape[0] * array.shape[1] * array.shape[2]
+    step = max(1, int(np.ceil(np.sqrt(vectors / _MAX_SAMPLES))))
+    sample = np.asarray(array[:, ::step, ::step], dtype=np.float64).reshape(-1, 2)
+    valid = np.isfinite(sample).all(axis=1) & (np.abs(sample) <= UNKNOWN_FLOW_THRESHOLD).all(axis=1)
+    if not valid.any():
+        return float(minimum)
+    magnitudes = np.hypot(sample[valid, 0], sample[valid, 1])
+    return max(float(minimum), headroom * float(np.percentile(magnitudes, percentile)))
+
+
+def _fit_font(lines: list[str], width: int, line_height: int) -> tuple[float, int]:
+    """Font scale and thickness so that every line fits ``width`` and ``line_height``."""
+    scale = 1.0
+    for line in lines:
+        (w, h), base = cv2.getTextSize(line, _FONT, 1.0, 1)
+        scale = min(scale, width / max(w, 1), 0.8 * line_height / max(h + base, 1))
+    return max(scale, 0.25), 1
+
+
+def _put_lines(
+    image: np.ndarray, lines: list[str], top: int, left: int, width: int, line_height: int
+) -> None:
+    scale, thickness = _fit_font(lines, width, line_height)
+    for n, line in enumerate(lines):
+        (w, h), _ = cv2.getTextSize(line, _FONT, scale, thickness)
+        x = left + max(0, (width - w) // 2)
+        y = top + n * line_height + (line_height + h) // 2
+        cv2.putText(image, line, (x, y), _FONT, scale, _TEXT_COLOUR, thickness, cv2.LINE_AA)
+
+
+def legend_width(height: int) -> int:
+    """Width in pixels of the :func:`legend_panel` for pictures ``height`` pixels tall."""
+    return int(np.clip(round(0.6 * height), 72, 240))
+
+
+def legend_panel(height: int, rim: float, how: str) -> np.ndarray:
+    """The colour key of a flow picture: the wheel and what its rim means, on a dark strip.
+
+    Args:
+        height: height of the picture it goes beside (pixels).
+        rim: flow magnitude in pixels drawn fully saturated (the wheel's rim).
+        how: how ``rim`` was chosen, printed under it (e.g. ``"per video"``, ``"frame max"``,
+            ``"fixed"``).
+
+    Returns:
+        ``(height, legend_width(height), 3)`` uint8 RGB: the wheel (hue = direction the flow
+        points, white = still, full colour at the rim), then ``rim = X px`` and ``how``.
+    """
+    if height < 8:
+        raise ValueError(f"height must be >= 8 pixels, got {height}")
+    width = legend_width(height)
+    panel = np.empty((height, width, 3), np.uint8)
+    panel[:] = _PANEL_BACKGROUND
+    margin = max(2, width // 12)
+    lines = ["hue: direction", f"rim = {rim:.3g} px", f"({how})"]
+    line_height = max(6, min(height // 8, width // 6))
+    diameter = min(width - 2 * margin, height - 3 * line_height - 3 * margin)
+    diameter -= 1 - diameter % 2  # odd: a pixel on the centre
+    block = 3 * line_height + (diameter + margin if diameter >= 9 else 0)
+    top = max(margin, (height - block) // 2)
+    if diameter >= 9:
+        wheel = color_wheel_legend(diameter)
+        disc = np.hypot(*np.meshgrid(*(np.arange(diameter) - diameter // 2,) * 2)) <= diameter // 2
+        left = (width - diameter) // 2
+        region = panel[top : top + diameter, left : left + diameter]
+        region[disc] = wheel[disc]
+        top += diameter + margin
+    _put_lines(panel, lines, top, margin, width - 2 * margin, line_height)
+    return panel
+
+
+def with_caption(image: npt.ArrayLike, text: str, height: int | None = None) -> np.ndarray:
+    """``image`` ``(H, W, 3)`` uint8 with a dark caption bar holding ``text`` on top.
+
+    ``height``: the bar's height (default ``max(12, H // 12)``); pass the same value to panels
+    that are placed side by side.
+    """
+    picture = _check_image(image, "image")
+    bar_height = height if height is not None else caption_height(picture.shape[0])
+    bar = np.empty((bar_height, picture.shape[1], 3), np.uint8)
+    bar[:] = _PANEL_BACKGROUND
+    margin = max(1, bar_height // 6)
+    scale, thickness = _fit_font([text], picture.shape[1] - 2 * margin, bar_height)
+    (_, h), _ = cv2.getTextSize(text, _FONT, scale, thickness)
+    cv2.putText(
+        bar, text, (margin, (bar_height + h) // 2), _FONT, scale, _TEXT_COLOUR, thickness,
+        cv2.LINE_AA,
+    )  # fmt: skip
+    return np.concatenate([bar, picture], axis=0)
+
+
+def caption_height(height: int) -> int:
+    """Height of the caption bar :func:`with_caption` puts on a picture ``height`` tall."""
+    return max(12, height // 12)

@@ -5,7 +5,8 @@ occlusion, ``flow_bw``) it computes ``warped_t(p) = frame_{t+k}(p + flow(p))`` a
 of :func:`stages.consistency.batch_metrics`, and writes (``t`` zero-padded to 6 digits):
 
 - ``warped/{t}.png`` and ``warped.mp4`` (with the source frame ``t`` on the left when
-  ``with_source``): what frame ``t`` looks like rebuilt from frame ``t + k``;
+  ``with_source``): what frame ``t`` looks like rebuilt from frame ``t + k``; each panel of
+  the video is labelled (``frame t``, ``frame t+k warped to t``);
 - ``occlusion/{t}.png`` (255 = occluded or leaving the frame) and ``boundaries/{t}.png``
   (255 = motion boundary);
 - ``consistency.csv`` / ``consistency.parquet``: one row per pair; ``consistency.png``: the
@@ -36,7 +37,7 @@ from .consistency import (
     summarize_video,
 )
 from .flow_io import atomic_path, write_bytes_atomic, write_image
-from .flow_viz import side_by_side
+from .flow_viz import caption_height, side_by_side, with_caption
 from .streaming import Mp4Writer
 from .warp import backward_warp
 
@@ -133,20 +134,27 @@ class WarpStage:
                 flow_fw, alpha1=self.metrics.boundary_alpha1,
                 alpha2=self.metrics.boundary_alpha2, difference=self.metrics.difference,
             )  # fmt: skip
-        for n, (a, _) in enumerate(pairs):
+        for n, (a, b) in enumerate(pairs):
             name = f"{int(a):06d}.png"
             if self.frames:
                 write_image(self.out_dir / "warped" / name, warped[n])
             if self.video:
                 if self._mp4 is None:
                     self._mp4 = Mp4Writer(self.out_dir / "warped.mp4", self.fps)
-                source = chunk.frames[local[int(a)]]
-                self._mp4.write(side_by_side(source, warped[n]) if self.with_source else warped[n])
+                self._mp4.write(self._preview(chunk.frames[local[int(a)]], warped[n], a, b))
             if occluded is not None:
                 write_image(self.out_dir / "occlusion" / name, _mask_png(occluded[n]))
             if boundaries is not None:
                 write_image(self.out_dir / "boundaries" / name, _mask_png(boundaries[n]))
         return chunk
+
+    def _preview(self, source: np.ndarray, warped: np.ndarray, a: int, b: int) -> np.ndarray:
+        """One labelled frame of ``warped.mp4``: frame ``a`` | frame ``b`` warped onto it."""
+        bar = caption_height(source.shape[0])
+        rebuilt = with_caption(warped, f"frame {int(b)} warped to {int(a)}", bar)
+        if not self.with_source:
+            return rebuilt
+        return side_by_side(with_caption(source, f"frame {int(a)}", bar), rebuilt)
 
     def finish(self) -> dict[str, str]:
         outputs: dict[str, str] = {}

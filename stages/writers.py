@@ -11,10 +11,21 @@ Layout inside the video's output folder (``t`` = index of the pair's first decod
 | ``kitti`` | ``kitti/{t:06d}.png`` (16-bit, valid channel) |
 | ``jpg`` | ``rawframes/`` action-recognition flow JPEGs named by the preset (and RGB
   ``img_*.jpg`` with ``write_rgb``) |
-| ``viz`` | ``viz/{t:06d}.png`` colour wheel, ``viz.mp4`` frame and flow side by side |
+| ``viz`` | ``viz/{t:06d}.png`` colour wheel with its legend, ``viz.mp4`` frame, flow and
+  legend side by side, panels labelled |
 
 Always: ``timestamps.csv`` (frame index, pts in seconds) and ``pairs.csv`` (pair row, t, t+k,
 their pts). ``meta.json`` is written by the runner, last.
+
+Colour pictures use one scale per video by default (``viz_scale="video"``): the magnitude that
+reaches the wheel's rim is 1.1 times the 99th percentile of the flow magnitudes of the
+video's first chunk (:func:`stages.flow_viz.video_scale`), at least ``viz_min_flow`` pixels,
+and stays fixed for the rest of the video. The first
+chunk is already in memory when its pictures are drawn, so this costs no second pass and no
+memory beyond the chunk; a video whose motion grows later shows the larger motion darker (past
+the rim) rather than rescaled. ``viz_scale="frame"`` normalises each picture by its own largest
+motion, ``viz_max_flow`` fixes the rim in pixels. The legend strip states the rim and which
+rule chose it.
 """
 
 from __future__ import annotations
@@ -38,10 +49,21 @@ from .flow_io import (
     write_image,
     write_kitti_png,
 )
-from .flow_viz import flow_to_color, side_by_side
+from .flow_viz import (
+    caption_height,
+    flow_to_color,
+    largest_magnitude,
+    legend_panel,
+    side_by_side,
+    video_scale,
+    with_caption,
+)
 from .streaming import Mp4Writer, StackedNpyWriter
 
 logger = logging.getLogger(__name__)
+
+VIDEO_PERCENTILE = 99.0
+"""Percentile of the first chunk's flow magnitudes that reaches the rim with ``viz_scale="video"``."""
 
 
 @dataclass
@@ -54,7 +76,11 @@ class FlowWriters:
         npy_dtype: ``float32`` or ``float16`` for ``npy`` / ``npz``.
         jpg_layout: naming and quantisation of action-recognition JPEGs.
         write_rgb: also write the RGB frames (``img_*.jpg``) next to the flow JPEGs.
-        viz_max_flow: fixed colour-wheel scale in pixels (``None``: each frame's maximum).
+        viz_scale: ``"video"`` (one rim for the video, see the module docstring) or
+            ``"frame"`` (each picture's largest motion).
+        viz_max_flow: fixed colour-wheel rim in pixels; overrides ``viz_scale``.
+        viz_min_flow: the smallest rim ``viz_scale="video"`` picks (pixels).
+        viz_legend: draw the colour key and the rim beside each picture.
         viz_video: also encode ``viz.mp4``.
         fps: frame rate for ``viz.mp4``.
     """
@@ -66,7 +92,10 @@ class FlowWriters:
     npy_dtype: str = "float32"
     jpg_layout: FlowJpegLayout = field(default_factory=lambda: FLOW_JPEG_PRESETS["mmaction2"])
     write_rgb: bool = False
+    viz_scale: str = "video"
     viz_max_flow: float | None = None
+    viz_min_flow: float = 2.0
+    viz_legend: bool = True
     viz_video: bool = True
     fps: float = 25.0
 
@@ -76,7 +105,11 @@ class FlowWriters:
         self._mp4: Mp4Writer | None = None
         self._timestamps: list[tuple[int, float]] = []
         self._pairs: list[tuple[int, int, float, float]] = []
+        self._rim: float | None = self.viz_max_flow
         self.outputs: dict[str, str] = {}
+        self.summary: dict[str, object] = {}
+        if self.viz_scale not in ("video", "frame"):
+            raise ValueError(f"viz_scale must be 'video' or 'frame', got {self.viz_scale!r}")
 
     def setup(self) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -98,6 +131,8 @@ class FlowWriters:
         for key, suffix in (("flow_fw", ""), ("flow_bw", "_bw")):
             if key in chunk.artifacts:
                 flows = chunk.artifacts[key].permute(0, 2, 3, 1).numpy()  # (P, H, W, 2)
+                if not suffix and self._rim is None and self.viz_scale == "video" and len(flows):
+                    self._rim = video_scale(flows, VIDEO_PERCENTILE, self.viz_min_flow)
                 self._write_flows(flows, pairs, suffix, chunk, local)
         return chunk
 
@@ -110,7 +145,7 @@ class FlowWriters:
                     stack = StackedNpyWriter(path, flows.shape[1:], self.npy_dtype)
                     self._stacks[fmt + suffix] = stack
                 stack.append(flows)
-        for flow, (t, _) in zip(flows, pairs, strict=True):
+        for flow, (t, t_k) in zip(flows, pairs, strict=True):
             name = f"{int(t):06d}"
             if "flo" in self.formats:
                 write_flo(self.out_dir / f"flo{suffix}" / f"{name}.flo", flow)
@@ -121,15 +156,47 @@ class FlowWriters:
             if "jpg" in self.formats:
                 write_flow_jpegs(self.out_dir / "rawframes", flow, int(t), self.jpg_layout)
             if "viz" in self.formats:
-                colour = flow_to_color(flow, max_flow=self.viz_max_flow)
-                write_image(self.out_dir / "viz" / f"{name}.png", colour)
-                if self.viz_video:
-                    if self._mp4 is None:
-                        self._mp4 = Mp4Writer(self.out_dir / "viz.mp4", self.fps)
-                    self._mp4.write(side_by_side(chunk.frames[local[int(t)]], colour))
+                self._write_viz(flow, int(t), int(t_k), chunk.frames[local[int(t)]])
+
+    def _rim_for(self, flow: np.ndarray) -> tuple[float, str]:
+        """The rim magnitude of this picture and how it was chosen (for the legend)."""
+        if self.viz_max_flow is not None:
+            return float(self.viz_max_flow), "fixed"
+        if self.viz_scale == "video" and self._rim is not None:
+            return self._rim, "per video"
+        return largest_magnitude(flow), "frame max"
+
+    def _write_viz(self, flow: np.ndarray, t: int, t_k: int, frame: np.ndarray) -> None:
+        rim, how = self._rim_for(flow)
+        colour = flow_to_color(flow, max_flow=rim)
+        legend = legend_panel(colour.shape[0], rim, how) if self.viz_legend else None
+        picture = colour if legend is None else np.concatenate([colour, legend], axis=1)
+        write_image(self.out_dir / "viz" / f"{t:06d}.png", picture)
+        if not self.viz_video:
+            return
+        bar = caption_height(frame.shape[0])
+        preview = side_by_side(
+            with_caption(frame, f"frame {t}", bar), with_caption(colour, f"flow {t} -> {t_k}", bar)
+        )
+        if legend is not None:
+            legend = legend_panel(preview.shape[0], rim, how)
+            preview = np.concatenate([preview, legend], axis=1)
+        if self._mp4 is None:
+            self._mp4 = Mp4Writer(self.out_dir / "viz.mp4", self.fps)
+        self._mp4.write(preview)
 
     def finish(self) -> dict[str, str]:
-        """Closes streamed files and writes the tables; returns ``{output name: path}``."""
+        """Closes streamed files and writes the tables; returns ``{output name: path}``.
+
+        With ``viz``, :attr:`summary` records the colour scale (``viz_scale``: how the rim was
+        chosen, ``viz_rim_px``: the rim in pixels, ``None`` when each frame has its own).
+        """
+        if "viz" in self.formats and self._pairs:
+            fixed = self.viz_max_flow is not None
+            self.summary = {
+                "viz_scale": "fixed" if fixed else self.viz_scale,
+                "viz_rim_px": None if self.viz_scale == "frame" and not fixed else self._rim,
+            }
         for name, stack in self._stacks.items():
             self.outputs[name] = str(stack.close())
         self._stacks.clear()

@@ -18,6 +18,7 @@ from models import create_model
 from pipeline.cli import main
 from stages.decode import DecodeOptions, open_video
 from stages.flow_io import dequantize_flow
+from stages.flow_viz import caption_height, legend_width
 from tests.media import pattern_frame, write_frames
 
 WIDTH, HEIGHT, FRAMES = 96, 72, 7
@@ -103,7 +104,10 @@ def test_every_writer_reads_back(clip: Path, parity_dir: Path, tmp_path: Path) -
     assert len(list((video / "viz").glob("*.png"))) == FRAMES - 1
     with av.open(str(video / "viz.mp4")) as container:
         previews = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    assert len(previews) == FRAMES - 1 and previews[0].shape[1] == 2 * WIDTH
+    # frame | flow, each under a caption bar, then the colour key
+    tall = HEIGHT + caption_height(HEIGHT)
+    assert len(previews) == FRAMES - 1
+    assert previews[0].shape[:2] == (tall, 2 * WIDTH + legend_width(tall))
     timestamps = np.loadtxt(video / "timestamps.csv", delimiter=",", skiprows=1)
     assert timestamps.shape == (FRAMES, 2) and np.all(np.diff(timestamps[:, 1]) > 0)
     meta = json.loads((video / "meta.json").read_text())

@@ -63,7 +63,7 @@ def test_flicker_raises_and_smoothing_lowers_warping_error(copies, tmp_path: Pat
     for name in ("flicker", "smoothed", "shuffled", "source"):
         result = _consistency(copies["source"], copies[name], out)
         assert result.exit_code == 0, result.output
-    summary = pd.read_csv(out / "consistency_summary.csv").set_index("processed")
+    summary = pd.read_csv(out / "consistency_summary.csv").set_index("processed_absolute")
     assert {"e_warp_source", "e_warp_processed"} <= set(summary.columns)
     row = lambda name: summary.loc[str(copies[name])]  # noqa: E731
     baseline = row("source")["e_warp_source"]
@@ -95,7 +95,8 @@ def test_equal_file_names_in_different_folders_keep_their_own_tables(
         table = pd.read_csv(tmp_path / "report" / row["details"] / "consistency_frames.csv")
         assert len(table) == row["pairs"]
         assert table["e_warp_processed"].mean() == pytest.approx(row["e_warp_processed"])
-        assert row["processed"] == str(tmp_path / row["details"]) + ".mkv"
+        assert row["processed_absolute"] == str(tmp_path / row["details"]) + ".mkv"
+        assert row["processed"] == f"../{row['details']}.mkv"  # relative to the report folder
     a, b = (
         summary.set_index("details").loc[name, "e_warp_processed"] for name in ("a/proc", "b/proc")
     )

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import colorsys
 
+import cv2
 import numpy as np
 import pytest
 
 from stages.flow_viz import (
+    caption_height,
     color_wheel_legend,
     flow_to_color,
+    legend_panel,
+    legend_width,
     make_color_wheel,
     side_by_side,
+    video_scale,
+    with_caption,
 )
 
 
@@ -135,3 +141,83 @@ def test_side_by_side() -> None:
     assert side_by_side(frame, half).shape == (8, 20, 3)
     with pytest.raises(ValueError, match="uint8"):
         side_by_side(frame.astype(np.float32), flow_rgb)
+
+
+# ---------------------------------------------------------------- pictures that explain themselves
+
+
+def _saturation(image: np.ndarray) -> float:
+    """Mean colourfulness of an RGB picture: 0 for white, ~1 for the wheel's rim colours."""
+    return float((image.max(axis=-1).astype(float) - image.min(axis=-1)).mean() / 255)
+
+
+def test_video_scale_ignores_outliers_keeps_a_floor_and_leaves_headroom() -> None:
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0, 0.2, size=(4, 60, 80, 2))
+    assert video_scale(noise, minimum=2.0) == 2.0  # a still scene: the floor
+    moving = noise.copy()
+    moving[:, 10:40, 10:50] += (3.0, 4.0)  # a 5 px/frame object on a quarter of the picture
+    moving[0, 0, 0] = (500.0, 0.0)  # one outlier does not set the scale
+    assert video_scale(moving, minimum=2.0) == pytest.approx(1.1 * 5.0, rel=0.1)
+    moving[0, 0, 1] = (np.nan, 0.0)  # unknown vectors are skipped
+    assert np.isfinite(video_scale(moving))
+    with pytest.raises(ValueError, match="shape"):
+        video_scale(np.zeros((4, 5)))
+
+
+def test_still_scene_noise_stays_pale_with_the_video_scale() -> None:
+    rng = np.random.default_rng(1)
+    noise = rng.normal(0, 0.2, size=(40, 50, 2))
+    per_frame = flow_to_color(noise)  # the largest noise vector reaches the rim
+    per_video = flow_to_color(noise, max_flow=video_scale(noise))
+    assert _saturation(per_video) < 0.5 * _saturation(per_frame)
+
+
+def test_legend_panel_shows_the_wheel_and_the_rim() -> None:
+    panel = legend_panel(240, 3.6, "per video")
+    assert panel.shape == (240, legend_width(240), 3) and panel.dtype == np.uint8
+    colours = {tuple(p) for p in panel.reshape(-1, 3)}
+    assert (255, 0, 0) in colours  # the rim's red: flow pointing right
+    assert (255, 255, 255) in colours  # white: still centre (and the text)
+    small = legend_panel(48, 1.0, "frame max")
+    assert small.shape == (48, legend_width(48), 3)
+    with pytest.raises(ValueError):
+        legend_panel(4, 1.0, "x")
+
+
+def test_caption_bar_sits_above_the_picture() -> None:
+    picture = np.full((60, 80, 3), 200, np.uint8)
+    labelled = with_caption(picture, "frame 3")
+    bar = caption_height(60)
+    assert labelled.shape == (60 + bar, 80, 3)
+    np.testing.assert_array_equal(labelled[bar:], picture)
+    assert (labelled[:bar] > 128).any()  # the text is drawn in white on the dark bar
+
+
+def test_writers_draw_one_scale_per_video_with_its_legend(tmp_path) -> None:
+    import torch
+
+    from stages.base import FrameChunk
+    from stages.writers import FlowWriters
+
+    frames = np.zeros((5, 48, 64, 3), np.uint8)
+    flows = np.zeros((4, 48, 64, 2), np.float32)
+    flows[:, 10:30, 10:30] = (3.0, 0.0)
+    flows[3, 10:30, 10:30] = (9.0, 0.0)  # later motion: darker past the rim, not rescaled
+    writers = FlowWriters(tmp_path, formats=("viz",), viz_video=False)
+    for first, last, overlap in ((0, 4, 0), (3, 5, 1)):  # two chunks: pairs 0-2, then pair 3
+        pairs = np.stack([np.arange(first, last - 1), np.arange(first + 1, last)], 1)
+        chunk = FrameChunk(
+            "v", frames[first:last], np.arange(first, last), np.arange(first, last) / 25.0,
+            overlap=overlap,
+            artifacts={"pairs": pairs,
+                       "flow_fw": torch.from_numpy(flows[first : last - 1]).permute(0, 3, 1, 2)},
+        )  # fmt: skip
+        writers.process(chunk)
+    writers.finish()
+    rim = writers.summary["viz_rim_px"]
+    assert writers.summary["viz_scale"] == "video" and rim == pytest.approx(3.3)
+    pictures = [cv2.imread(str(tmp_path / "viz" / f"{t:06d}.png"))[..., ::-1] for t in range(4)]
+    assert pictures[0].shape == (48, 64 + legend_width(48), 3)
+    np.testing.assert_array_equal(pictures[0][:, 64:], legend_panel(48, rim, "per video"))
+    assert pictures[3][20, 20].max() < pictures[0][20, 20].max()  # 9 px: past the rim, dimmed

@@ -21,7 +21,7 @@ from types import TracebackType
 import cv2
 import numpy as np
 
-from stages.decoding.selection import select_frames
+from stages.decoding.selection import expected_count, select_frames
 from stages.decoding.transform import FrameTransform, fit_max_side
 from stages.decoding.types import DecodedFrame, DecodeError, DecodeOptions, VideoInfo
 
@@ -108,6 +108,11 @@ class FrameFolderReader:
         self.frames_delivered = 0
         self._started = False
         self._closed = False
+
+    def expected_frames(self) -> int:
+        """How many images :meth:`frames` delivers with this reader's options (unless one turns
+        out unreadable)."""
+        return expected_count(len(self._images), self._fps, None, self.options) or 0
 
     def _warn(self, message: str) -> None:
         if message not in self.warnings:

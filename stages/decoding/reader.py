@@ -29,6 +29,7 @@ from stages.decoding.backend_opencv import OpenCVBackend
 from stages.decoding.backend_pyav import PyAVBackend
 from stages.decoding.frames_folder import FrameFolderReader, open_frames_folder
 from stages.decoding.probe import StreamProbe, probe_video
+from stages.decoding.selection import expected_count
 from stages.decoding.transform import FrameTransform, fit_max_side
 from stages.decoding.types import DecodedFrame, DecodeError, DecodeOptions, VideoInfo
 
@@ -77,6 +78,8 @@ class VideoReader:
         probe = probe_video(path)
         self._backend = _make_backend(probe, options, self._state)
         self._header_frame_count = probe.header_frame_count
+        self._first_pts = probe.first_pts
+        self._time_base = float(probe.clock.time_base)
 
         if probe.rotation % 180:
             upright = (probe.source_height, probe.source_width)
@@ -108,6 +111,21 @@ class VideoReader:
         self._started = False
         self._closed = False
         logger.debug("opened %s: %s", path, self.info)
+
+    def expected_frames(self) -> int | None:
+        """How many frames :meth:`frames` should deliver with this reader's options, from the
+        header's frame count (else the duration and frame rate), for progress bars: exact for a
+        constant-rate stream with a truthful header, an estimate otherwise; ``None`` when the
+        container tells neither (see :func:`stages.decoding.selection.expected_count`)."""
+        info = self.info
+        return expected_count(
+            self._header_frame_count,
+            info.fps,
+            info.duration,
+            self.options,
+            self._first_pts,
+            self._time_base,
+        )
 
     @property
     def frames_decoded(self) -> int:

@@ -13,6 +13,7 @@ frame is kept, once, when at least one target time falls in its interval.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from typing import Generic, TypeVar
 
@@ -90,3 +91,46 @@ def select_frames(
     for n, item in enumerate(selected):
         if n % options.stride == 0:
             yield item
+
+
+def expected_count(
+    frame_count: int | None,
+    fps: float,
+    duration: float | None,
+    options: DecodeOptions,
+    first_pts: float = 0.0,
+    time_base: float | None = None,
+) -> int | None:
+    """How many frames :func:`select_frames` keeps from a constant-rate stream, for progress bars.
+
+    The stream is taken to hold ``frame_count`` frames (else ``round(duration * fps)``) at
+    ``pts = first_pts + k / fps`` (rounded to the nearest ``time_base`` as the stream stores
+    them); the selection (time range, ``target_fps``, ``stride``) runs on
+    those timestamps, so the count is exact for constant-rate streams whose header is right and
+    an estimate otherwise (variable frame rate, a wrong header). ``None`` when the stream tells
+    neither its frame count nor its duration and rate.
+    """
+    if fps is None or not fps > 0:
+        if frame_count and duration and duration > 0:
+            fps = frame_count / duration
+        elif frame_count and options.start is None and options.end is None:
+            if options.target_fps is None:
+                return -(-frame_count // options.stride)
+            return None
+        else:
+            return None
+    if not frame_count:
+        if duration is None or not duration > 0:
+            return None
+        frame_count = max(1, round(duration * fps))
+    first = 0
+    if options.start is not None:  # skip the frames before the range without iterating them
+        first = min(frame_count, max(0, math.ceil((options.start - first_pts) * fps - 1e-3) - 1))
+    if time_base:
+        timed = (
+            (round((first_pts + k / fps) / time_base) * time_base, None)
+            for k in range(first, frame_count)
+        )
+    else:
+        timed = ((first_pts + k / fps, None) for k in range(first, frame_count))
+    return sum(1 for _ in select_frames(timed, options))

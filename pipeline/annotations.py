@@ -1,0 +1,187 @@
+"""Annotation lists for action-recognition loaders, written beside the flow frames of a run.
+
+mmaction2's ``RawframeDataset`` (1.x; 0.x reads the same lists) takes a text file with one video
+per line, ``frame_dir total_frames label``, split on whitespace, and loads frame ``i`` (``i``
+from ``start_index`` to ``start_index + total_frames - 1``) from
+``<data_prefix>/<frame_dir>/<filename_tmpl>`` formatted with ``i`` (RGB) or with ``'x'`` /
+``'y'`` and ``i`` (``modality='Flow'``). A ``run`` with ``jpg`` output writes into ``OUT``:
+
+* ``rawframes_flow.txt``: ``<video id>/rawframes <flow pairs> <label>``, one line per finished
+  video; ``frame_dir`` is relative to ``OUT``, so ``data_prefix=dict(img=OUT)``;
+* ``rawframes_rgb.txt`` (with ``output.write_rgb``): the same with the number of RGB frames;
+* ``classes.txt``: class names, line ``n`` is label ``n`` (0-based, sorted by name), when the
+  inputs are laid out one folder per class (UCF101, HMDB51, Kinetics as distributed): the class
+  of a video is the name of the folder ``label_level`` levels above it (1: the folder holding
+  it). Without such a layout the lists have no label column (mmaction2 reads label -1);
+* ``mmaction2_rawframes.py``: the dataset settings for mmaction2 1.x, with the preset's
+  ``filename_tmpl`` and ``start_index``, ready to paste into a config.
+
+Flow file ``n`` of a video holds the flow from decoded frame ``n - index_base`` to the next
+one (``index_base`` = the preset's first number), so the ``total_frames`` of a flow list is the
+number of pairs; RGB frames number one more (``gap`` more for ``flow.gap`` > 1).
+
+mmaction2 splits lines on whitespace: a video whose id holds a space cannot be listed. Such
+videos are left out with a warning (rename the folders, e.g. spaces to underscores, as
+mmaction2's own Kinetics lists do).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from stages.flow_io import FlowJpegLayout, write_bytes_atomic
+
+logger = logging.getLogger(__name__)
+
+FLOW_LIST = "rawframes_flow.txt"
+RGB_LIST = "rawframes_rgb.txt"
+CLASSES = "classes.txt"
+MMACTION2_SNIPPET = "mmaction2_rawframes.py"
+FRAMES_FOLDER = "rawframes"
+"""Folder of a video's flow (and RGB) JPEGs inside its output folder."""
+
+
+@dataclass(frozen=True)
+class FinishedVideo:
+    """What the lists need of one finished video."""
+
+    video_id: str
+    frames: int
+    pairs: int
+
+
+def flow_filename_template(layout: FlowJpegLayout) -> str:
+    """The layout's flow file names as mmaction2's ``filename_tmpl`` for ``modality='Flow'``:
+    formatted with ``'x'`` or ``'y'`` and the frame number (``'{}_{:05d}.jpg'`` for
+    ``x_{:05d}.jpg`` / ``y_{:05d}.jpg``, ``'flow_{}_{:05d}.jpg'`` for ``flow_x_...``).
+
+    Raises:
+        ValueError: the x and y names differ elsewhere than in one ``x`` / ``y`` character.
+    """
+    x, y = layout.x_template, layout.y_template
+    differ = [n for n, (a, b) in enumerate(zip(x, y, strict=False)) if a != b]
+    if len(x) != len(y) or len(differ) != 1 or (x[differ[0]], y[differ[0]]) != ("x", "y"):
+        raise ValueError(f"flow names {x!r} / {y!r} differ by more than one 'x' / 'y'")
+    return x[: differ[0]] + "{}" + x[differ[0] + 1 :]
+
+
+def class_of(video_id: str, level: int) -> str | None:
+    """The folder ``level`` levels above the video (1: its parent), or ``None`` if the video id
+    has fewer folders."""
+    folders = PurePosixPath(video_id).parts[:-1]
+    return folders[-level] if 1 <= level <= len(folders) else None
+
+
+def write_rawframe_lists(
+    out_root: str | Path,
+    videos: Iterable[FinishedVideo],
+    layout: FlowJpegLayout,
+    *,
+    rgb: bool,
+    label_level: int = 1,
+) -> dict[str, Path]:
+    """Writes the annotation lists, ``classes.txt`` and the mmaction2 snippet (see the module
+    docstring) for ``videos`` into ``out_root``; returns ``{name: path}`` of what was written.
+
+    ``label_level``: which folder above a video names its class (0: no labels). Labels are
+    written only when every listed video has such a folder; otherwise a warning says why.
+    Files of an earlier run that this one does not write (``classes.txt`` without labels, the
+    RGB list without RGB frames) are removed, so the folder never mixes two runs' lists.
+    """
+    root = Path(out_root)
+    listed, spaced = [], []
+    for video in sorted(videos, key=lambda v: v.video_id):
+        (spaced if any(c.isspace() for c in video.video_id) else listed).append(video)
+    if spaced:
+        logger.warning(
+            "%d video(s) left out of the annotation lists: their ids hold white space, which "
+            "mmaction2 splits lines on (e.g. %r); rename the folders or files (spaces to "
+            "underscores) and run again",
+            len(spaced),
+            spaced[0].video_id,
+        )
+    classes = _classes(listed, label_level)
+    labels = {name: n for n, name in enumerate(classes or [])}
+    written: dict[str, Path] = {}
+
+    def lines(count) -> bytes:
+        rows = []
+        for video in listed:
+            row = f"{video.video_id}/{FRAMES_FOLDER} {count(video)}"
+            if classes is not None:
+                row += f" {labels[class_of(video.video_id, label_level)]}"
+            rows.append(row + "\n")
+        return "".join(rows).encode()
+
+    written["flow_list"] = _write(root / FLOW_LIST, lines(lambda v: v.pairs))
+    if rgb:
+        written["rgb_list"] = _write(root / RGB_LIST, lines(lambda v: v.frames))
+    else:
+        (root / RGB_LIST).unlink(missing_ok=True)
+    if classes is not None:
+        written["classes"] = _write(root / CLASSES, "".join(f"{c}\n" for c in classes).encode())
+    else:
+        (root / CLASSES).unlink(missing_ok=True)
+    snippet = mmaction2_snippet(root, layout, rgb=rgb, num_classes=len(classes or []))
+    written["mmaction2_config"] = _write(root / MMACTION2_SNIPPET, snippet.encode())
+    return written
+
+
+def _classes(videos: list[FinishedVideo], level: int) -> list[str] | None:
+    """Sorted class names, or ``None`` when labels are off or some video has no class folder."""
+    if level <= 0 or not videos:
+        return None
+    names = {video.video_id: class_of(video.video_id, level) for video in videos}
+    missing = [video_id for video_id, name in names.items() if name is None]
+    if missing:
+        logger.warning(
+            "annotation lists without labels: %d video(s) have no folder %d level(s) above them "
+            "(e.g. %r), so the inputs are not laid out one folder per class at that level "
+            "(--label-level)",
+            len(missing),
+            level,
+            missing[0],
+        )
+        return None
+    return sorted(set(names.values()))
+
+
+def mmaction2_snippet(root: Path, layout: FlowJpegLayout, *, rgb: bool, num_classes: int) -> str:
+    """mmaction2 1.x dataset settings for the lists in ``root`` (Python config syntax)."""
+    data_root = os.path.abspath(root)
+    text = [
+        "# mmaction2 1.x dataset settings for the frames motionpipe wrote in this folder.",
+        "# Paste into a config (e.g. a copy of configs/recognition/tsn/",
+        "# tsn_imagenet-pretrained-r50_8xb32_5x1x3-110e_kinetics400-flow.py) and keep its",
+        "# pipelines; split the lists into train / val lists as your data set requires.",
+        f"data_root = {data_root!r}",
+        "flow_dataset = dict(",
+        "    type='RawframeDataset',",
+        f"    ann_file={data_root + '/' + FLOW_LIST!r},",
+        "    data_prefix=dict(img=data_root),",
+        f"    filename_tmpl={flow_filename_template(layout)!r},",
+        f"    start_index={layout.index_base},",
+        "    modality='Flow')",
+    ]
+    if rgb:
+        text += [
+            "rgb_dataset = dict(",
+            "    type='RawframeDataset',",
+            f"    ann_file={data_root + '/' + RGB_LIST!r},",
+            "    data_prefix=dict(img=data_root),",
+            f"    filename_tmpl={layout.image_template!r},",
+            f"    start_index={layout.index_base},",
+            "    modality='RGB')",
+        ]
+    if num_classes:
+        text.append(f"num_classes = {num_classes}  # model.cls_head.num_classes; see classes.txt")
+    return "\n".join(text) + "\n"
+
+
+def _write(path: Path, data: bytes) -> Path:
+    write_bytes_atomic(path, data)
+    return path

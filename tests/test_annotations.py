@@ -1,0 +1,164 @@
+"""Action-recognition lists: one `run` over a class-per-folder tree feeds mmaction2's loader.
+
+Two checks of every listed frame: a re-implementation of only the documented path rule of
+mmaction2's ``RawframeDataset`` / ``RawFrameDecode`` (always runs), and mmaction2's own code
+(``SampleFrames`` -> ``RawFrameDecode`` on ``RawframeDataset.get_data_info``) where mmaction2
+1.x is installed (``pip install -e ".[mmaction]"``; skipped otherwise).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from pipeline.annotations import class_of, flow_filename_template
+from pipeline.cli import main
+from stages.flow_io import FLOW_JPEG_PRESETS
+from tests.media import write_video
+
+# class -> clips (frames); a space in a file name cannot be listed (mmaction2 splits on it)
+TREE = {"jump": {"j1": 6, "j2": 5}, "wave": {"w1": 7}}
+FRAME_TEMPLATE = {"mmaction2": "{}_{:05d}.jpg", "tsn": "flow_{}_{:05d}.jpg"}
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ucf") / "videos"
+    for label, clips in TREE.items():
+        for stem, frames in clips.items():
+            (root / label).mkdir(parents=True, exist_ok=True)
+            write_video(root / label / f"{stem}.mkv", width=64, height=48, num_frames=frames)
+    return root
+
+
+def _run(tree: Path, out: Path, *extra: str):
+    result = CliRunner().invoke(
+        main,
+        ["-q", "run", str(tree), "-o", str(out), "--config", "configs/action-recognition.yaml",
+         "--model", "dis", "--workers", "0", "--no-progress", *extra],
+        catch_exceptions=False,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def _read_list(path: Path) -> list[tuple[str, int, int | None]]:
+    """mmaction2's parsing of an annotation line: split on white space."""
+    rows = []
+    for line in path.read_text().splitlines():
+        parts = line.strip().split()
+        rows.append((parts[0], int(parts[1]), int(parts[2]) if len(parts) > 2 else None))
+    return rows
+
+
+def _frame_paths(data_prefix: Path, frame_dir: str, tmpl: str, start: int, total: int, flow):
+    """The files RawFrameDecode opens for indices start .. start + total - 1: RGB
+    ``tmpl.format(i)``, Flow ``tmpl.format('x', i)`` and ``tmpl.format('y', i)``."""
+    for i in range(start, start + total):
+        if flow:
+            yield [data_prefix / frame_dir / tmpl.format(axis, i) for axis in ("x", "y")]
+        else:
+            yield [data_prefix / frame_dir / tmpl.format(i)]
+
+
+@pytest.mark.parametrize("preset", ["mmaction2", "tsn", "denseflow"])
+def test_every_listed_frame_resolves_with_the_loader_path_rule(tree, tmp_path, preset) -> None:
+    out = tmp_path / "out"
+    result = _run(tree, out, "--set", f"output.jpg_preset={preset}")
+    assert "action-recognition lists" in result.output and "2 classes" in result.output
+    layout = FLOW_JPEG_PRESETS[preset]
+    assert (out / "classes.txt").read_text() == "jump\nwave\n"
+    flow_rows, rgb_rows = (
+        _read_list(out / "rawframes_flow.txt"),
+        _read_list(out / "rawframes_rgb.txt"),
+    )
+    expected = sorted(
+        (f"{label}/{stem}/rawframes", frames, n)
+        for n, (label, clips) in enumerate(sorted(TREE.items()))
+        for stem, frames in clips.items()
+    )
+    assert rgb_rows == expected
+    assert flow_rows == [(d, frames - 1, label) for d, frames, label in expected]
+    flow_tmpl = flow_filename_template(layout)
+    if preset in FRAME_TEMPLATE:
+        assert flow_tmpl == FRAME_TEMPLATE[preset]
+    for rows, tmpl, flow in ((flow_rows, flow_tmpl, True), (rgb_rows, "img_{:05d}.jpg", False)):
+        for frame_dir, total, _ in rows:
+            start = layout.index_base
+            paths = list(_frame_paths(out, frame_dir, tmpl, start, total, flow))
+            assert all(p.is_file() for group in paths for p in group), frame_dir
+            # total_frames is the whole count: the next index has no file
+            beyond = next(_frame_paths(out, frame_dir, tmpl, start + total, 1, flow))
+            assert not any(p.exists() for p in beyond)
+    snippet = (out / "mmaction2_rawframes.py").read_text()
+    assert f"filename_tmpl={flow_tmpl!r}" in snippet
+    assert f"start_index={layout.index_base}" in snippet and "num_classes = 2" in snippet
+
+
+def test_label_level_and_trees_without_class_folders(tree, tmp_path) -> None:
+    out = tmp_path / "flat"
+    _run(tree / "jump", out)  # the clips lie at the input root: no class folder
+    assert [r[2] for r in _read_list(out / "rawframes_flow.txt")] == [None, None]
+    assert not (out / "classes.txt").exists()
+    out = tmp_path / "none"
+    _run(tree, out, "--label-level", "0")
+    assert [r[2] for r in _read_list(out / "rawframes_flow.txt")] == [None] * 3
+    # the annotations command rewrites the lists of a finished run without computing flow
+    result = CliRunner().invoke(main, ["annotations", str(out), "--label-level", "1"])
+    assert result.exit_code == 0, result.output
+    assert [r[2] for r in _read_list(out / "rawframes_flow.txt")] == [0, 0, 1]
+    assert class_of("a/b/c", 2) == "a" and class_of("c", 1) is None
+
+
+def test_video_ids_with_spaces_are_left_out_with_a_warning(tmp_path) -> None:
+    root = tmp_path / "in"
+    (root / "wave").mkdir(parents=True)
+    write_video(root / "wave" / "ok.mkv", width=64, height=48, num_frames=4)
+    write_video(root / "wave" / "two words.mkv", width=64, height=48, num_frames=4)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        main,
+        ["run", str(root), "-o", str(out), "--config", "configs/action-recognition.yaml",
+         "--model", "dis", "--workers", "0", "--no-progress"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "white space" in result.output and "two words" in result.output
+    assert _read_list(out / "rawframes_flow.txt") == [("wave/ok/rawframes", 3, 0)]
+
+
+@pytest.mark.parametrize("preset", ["mmaction2", "tsn"])
+def test_mmaction2_loads_every_listed_frame(tree, tmp_path, preset) -> None:
+    """mmaction2's own RawframeDataset, SampleFrames and RawFrameDecode read every frame."""
+    pytest.importorskip("mmaction", reason="mmaction2 not installed (pip install '.[mmaction]')")
+    from mmaction.datasets import RawframeDataset
+    from mmaction.datasets.transforms import RawFrameDecode, SampleFrames
+
+    out = tmp_path / "out"
+    _run(tree, out, "--set", f"output.jpg_preset={preset}")
+    settings: dict = {}
+    exec((out / "mmaction2_rawframes.py").read_text(), settings)  # the snippet, as written
+    for key, modality in (("flow_dataset", "Flow"), ("rgb_dataset", "RGB")):
+        options = {k: v for k, v in settings[key].items() if k != "type"}
+        dataset = RawframeDataset(pipeline=[], **options)
+        assert dataset.modality == modality and len(dataset) == 3
+        for index in range(len(dataset)):
+            info = dataset.get_data_info(index)
+            total = info["total_frames"]
+            # one single-frame clip per frame: test-mode sampling then covers every index
+            sampled = SampleFrames(clip_len=1, frame_interval=1, num_clips=total, test_mode=True)
+            results = RawFrameDecode().transform(sampled.transform(dict(info)))
+            start = info["start_index"]
+            assert list(results["frame_inds"]) == list(range(start, start + total))
+            images = results["imgs"]
+            assert len(images) == total
+            first = Path(info["frame_dir"])
+            if modality == "Flow":
+                assert images[0].shape == (48, 64, 2)
+                x = cv2.imread(str(first / info["filename_tmpl"].format("x", start)), 0)
+                np.testing.assert_array_equal(images[0][..., 0], x)
+            else:
+                assert images[0].shape == (48, 64, 3)

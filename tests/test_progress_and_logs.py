@@ -1,0 +1,162 @@
+"""Progress bars with the right totals, log levels as the help says, notices printed once.
+
+Bars are read from the CLI's captured stderr (tqdm writes ``n/total`` on every refresh).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from pipeline.cli import main
+from stages.decode import DecodeOptions, open_video
+from stages.decoding.frames_folder import open_frames_folder
+from tests.media import pattern_frame, write_frames, write_video
+
+
+def _totals(stderr: str, name: str) -> list[tuple[int, int | None]]:
+    """``(n, total)`` of every refresh of the bar called ``name`` (total None: unknown)."""
+    found = []
+    for match in re.finditer(rf"{re.escape(name)}:[^\r\n]*?(\d+)(?:/(\d+))? *\[", stderr):
+        found.append((int(match.group(1)), int(match.group(2)) if match.group(2) else None))
+    return found
+
+
+def _invoke(args: list[str], **env):
+    return CliRunner().invoke(main, args, catch_exceptions=False, env=env or None)
+
+
+@pytest.mark.parametrize(
+    ("suffix", "codec", "options"),
+    [
+        ("mp4", "libx264", {}),
+        ("mp4", "libx264", {"end": 1.0}),
+        ("mkv", "ffv1", {"start": 0.5, "end": 2.0}),
+        ("mkv", "ffv1", {"stride": 3}),
+        ("mkv", "ffv1", {"target_fps": 10}),
+        ("mkv", "ffv1", {"target_fps": 7, "start": 0.3}),
+        ("webm", "libvpx-vp9", {"start": 1.0, "stride": 2, "target_fps": 12, "end": 2.5}),
+        ("mkv", "ffv1", {"end": 100.0}),
+    ],
+)
+def test_expected_frames_match_the_frames_delivered(tmp_path, suffix, codec, options) -> None:
+    """Matroska and WebM store no frame count: the duration and rate give it."""
+    path = write_video(tmp_path / f"clip.{suffix}", num_frames=90, fps=30, codec=codec)
+    with open_video(path, DecodeOptions(**options)) as reader:
+        expected = reader.expected_frames()
+        assert expected == sum(1 for _ in reader.frames())
+    if suffix != "mp4":
+        assert reader.info.header_frame_count is None
+
+
+def test_expected_frames_of_a_frame_folder(tmp_path) -> None:
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for n in range(10):
+        cv2.imwrite(str(folder / f"{n}.png"), pattern_frame(n, 32, 24))
+    with open_frames_folder(folder, DecodeOptions(stride=3)) as reader:
+        assert reader.expected_frames() == 4 == sum(1 for _ in reader.frames())
+
+
+def test_run_frame_bar_counts_the_selected_frames_of_an_mkv(tmp_path) -> None:
+    """decode.end cuts a 3 s excerpt out of a longer file; the bar's total says so from the
+    start, for a container that stores no frame count."""
+    clip = write_video(tmp_path / "clip.mkv", num_frames=150, fps=30, codec="ffv1")
+    out = tmp_path / "out"
+    result = _invoke(
+        ["run", str(clip), "-o", str(out), "--model", "dis", "--workers", "0",
+         "--set", "decode.start=1.0", "--set", "decode.end=4.0", "--chunk-size", "20"]
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    bars = _totals(result.stderr, "clip")
+    assert bars and {total for _, total in bars} == {90}
+    assert bars[0][0] == 0 and bars[-1][0] == 90
+    assert _totals(result.stderr, "videos")[-1] == (1, 1)
+
+
+def test_consistency_and_features_show_bars_with_totals(tmp_path) -> None:
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    frames = [pattern_frame(i, 64, 48) for i in range(20)]
+    source = write_frames(videos / "source.mkv", frames, codec="ffv1", pix_fmt="yuv444p")
+    darker = [np.clip(f * 0.9, 0, 255).astype(np.uint8) for f in frames]
+    processed = write_frames(videos / "proc.mkv", darker, codec="ffv1", pix_fmt="yuv444p")
+    result = _invoke(
+        ["consistency", "--source", str(source), "--processed", str(processed),
+         "-o", str(tmp_path / "report"), "--model", "dis", "--set", "decode.chunk_size=4"]
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    bars = _totals(result.stderr, "consistency")
+    assert {total for _, total in bars} == {20} and bars[-1][0] == 20 and len(bars) > 2
+
+    result = _invoke(
+        ["run", str(videos), "-o", str(tmp_path / "out"), "--model", "dis", "--workers", "0",
+         "--set", "features.enabled=true", "--set", "features.clip_len=4"]
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert _totals(result.stderr, "features table")[-1] == (2, 2)
+
+
+def test_log_levels_follow_the_help(tmp_path) -> None:
+    clip = write_video(tmp_path / "clip.mkv", num_frames=6, codec="ffv1")
+    base = [
+        "run",
+        str(clip),
+        "--model",
+        "dis",
+        "--workers",
+        "0",
+        "--no-progress",
+        "--set",
+        "warp.enabled=true",
+    ]  # fmt: skip  (warp draws a matplotlib plot)
+    quiet = _invoke(["-q", *base, "-o", str(tmp_path / "q")])
+    default = _invoke([*base, "-o", str(tmp_path / "d")])
+    verbose = _invoke(["-v", *base, "-o", str(tmp_path / "v")])
+    debug = _invoke(["-vv", *base, "-o", str(tmp_path / "vv")])
+    for result in (quiet, default, verbose, debug):
+        assert result.exit_code == 0, result.output
+    assert "INFO" not in quiet.stderr
+    assert "VERBOSE" not in default.stderr and "DEBUG" not in default.stderr
+    assert "VERBOSE" in verbose.stderr and "clip: 6 frames, 5 pairs" in verbose.stderr
+    assert "DEBUG" not in verbose.stderr
+    assert "DEBUG" in debug.stderr
+    for result in (verbose, debug):  # third-party debug noise stays out
+        assert not re.search(r"^(DEBUG|INFO) (matplotlib|PIL)", result.stderr, re.MULTILINE)
+
+
+def test_model_notice_is_printed_once_and_nothing_claims_a_download(tmp_path) -> None:
+    clip = write_video(tmp_path / "clip.mkv", num_frames=4, codec="ffv1")
+    out = tmp_path / "out"
+    result = _invoke(
+        ["run", str(clip), "-o", str(out), "--workers", "0", "--no-progress"],
+        MOTIONPIPE_CACHE=str(tmp_path / "empty-cache"),
+    )
+    assert result.exit_code == 0, result.output
+    notice = json.loads((out / "clip" / "meta.json").read_text())["model_notice"]
+    text = result.output  # stdout and stderr
+    if notice:  # auto fell back to DIS (no checkpoint and no bundled model here)
+        assert text.count("no learned flow model available") == 1
+    assert "download" not in text.lower()
+
+
+def test_frame_bar_total_grows_and_ends_at_the_real_count(tmp_path) -> None:
+    """A header that undercounts: the bar never shows more than 100 % and ends at the count."""
+    from tqdm import tqdm
+
+    from pipeline.runner import advance, complete
+
+    bar = tqdm(total=5, disable=False, file=open(Path(tmp_path / "bar.txt"), "w"))  # noqa: SIM115
+    advance(bar, 4)
+    advance(bar, 4)
+    assert (bar.n, bar.total) == (8, 8)
+    bar.total = 10
+    complete(bar)
+    assert (bar.n, bar.total) == (8, 8)
+    bar.close()
