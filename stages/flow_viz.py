@@ -35,6 +35,7 @@ import numpy.typing as npt
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "LEGEND_MIN_HEIGHT",
     "UNKNOWN_FLOW_THRESHOLD",
     "WHEEL_SEGMENTS",
     "caption_height",
@@ -312,6 +313,11 @@ def _put_lines(
         cv2.putText(image, line, (x, y), _FONT, scale, _TEXT_COLOUR, thickness, cv2.LINE_AA)
 
 
+LEGEND_MIN_HEIGHT = 32
+"""Pictures shorter than this (pixels) are drawn without :func:`legend_panel`: no legible key
+fits beside them."""
+
+
 def legend_width(height: int) -> int:
     """Width in pixels of the :func:`legend_panel` for pictures ``height`` pixels tall."""
     return int(np.clip(round(0.6 * height), 72, 240))
@@ -328,10 +334,11 @@ def legend_panel(height: int, rim: float, how: str) -> np.ndarray:
 
     Returns:
         ``(height, legend_width(height), 3)`` uint8 RGB: the wheel (hue = direction the flow
-        points, white = still, full colour at the rim), then ``rim = X px`` and ``how``.
+        points, white = still, full colour at the rim), then ``rim = X px`` and ``how``. What
+        does not fit a short panel is cut off (see :data:`LEGEND_MIN_HEIGHT`).
     """
-    if height < 8:
-        raise ValueError(f"height must be >= 8 pixels, got {height}")
+    if height < 1:
+        raise ValueError(f"height must be >= 1 pixel, got {height}")
     width = legend_width(height)
     panel = np.empty((height, width, 3), np.uint8)
     panel[:] = _PANEL_BACKGROUND

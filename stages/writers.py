@@ -50,6 +50,7 @@ from .flow_io import (
     write_kitti_png,
 )
 from .flow_viz import (
+    LEGEND_MIN_HEIGHT,
     caption_height,
     flow_to_color,
     largest_magnitude,
@@ -80,7 +81,8 @@ class FlowWriters:
             ``"frame"`` (each picture's largest motion).
         viz_max_flow: fixed colour-wheel rim in pixels; overrides ``viz_scale``.
         viz_min_flow: the smallest rim ``viz_scale="video"`` picks (pixels).
-        viz_legend: draw the colour key and the rim beside each picture.
+        viz_legend: draw the colour key and the rim beside each picture (pictures under
+            :data:`stages.flow_viz.LEGEND_MIN_HEIGHT` pixels tall get none).
         viz_video: also encode ``viz.mp4``.
         fps: frame rate for ``viz.mp4``.
     """
@@ -169,7 +171,8 @@ class FlowWriters:
     def _write_viz(self, flow: np.ndarray, t: int, t_k: int, frame: np.ndarray) -> None:
         rim, how = self._rim_for(flow)
         colour = flow_to_color(flow, max_flow=rim)
-        legend = legend_panel(colour.shape[0], rim, how) if self.viz_legend else None
+        legible = self.viz_legend and colour.shape[0] >= LEGEND_MIN_HEIGHT
+        legend = legend_panel(colour.shape[0], rim, how) if legible else None
         picture = colour if legend is None else np.concatenate([colour, legend], axis=1)
         write_image(self.out_dir / "viz" / f"{t:06d}.png", picture)
         if not self.viz_video:

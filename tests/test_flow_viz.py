@@ -181,8 +181,9 @@ def test_legend_panel_shows_the_wheel_and_the_rim() -> None:
     assert (255, 255, 255) in colours  # white: still centre (and the text)
     small = legend_panel(48, 1.0, "frame max")
     assert small.shape == (48, legend_width(48), 3)
+    assert legend_panel(1, 1.0, "x").shape == (1, legend_width(1), 3)  # nothing fits: cut off
     with pytest.raises(ValueError):
-        legend_panel(4, 1.0, "x")
+        legend_panel(0, 1.0, "x")
 
 
 def test_caption_bar_sits_above_the_picture() -> None:
