@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO))
 
 import stages.decoding.backend_decord as backend_decord  # noqa: E402
 from pipeline.example import write_example_clip  # noqa: E402
-from stages.decode import DecodeOptions, open_video  # noqa: E402
+from stages.decode import DecodeConfig, open_video  # noqa: E402
 
 # This loop consumes frames as fast as they are decoded, so decord's unbounded read-ahead (the
 # reason the pipeline refuses it for long streams) cannot pile frames up here.
@@ -32,7 +32,7 @@ backend_decord.MAX_READ_AHEAD_BYTES = 2**62
 
 def _decode(path: Path, backend: str) -> tuple[int, float]:
     start = time.perf_counter()
-    with open_video(path, DecodeOptions(backend=backend)) as reader:
+    with open_video(path, DecodeConfig(backend=backend)) as reader:
         count = sum(1 for _ in reader.frames())
         used = reader.info.backend
     if used != backend:

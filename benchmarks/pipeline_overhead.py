@@ -29,7 +29,7 @@ from click.testing import CliRunner  # noqa: E402
 
 from pipeline.allocator import set_large_block_reuse  # noqa: E402
 from pipeline.cli import main as cli  # noqa: E402
-from stages.decode import DecodeOptions, iter_chunks, open_video  # noqa: E402
+from stages.decode import DecodeConfig, iter_chunks, open_video  # noqa: E402
 from stages.flow import FlowStage  # noqa: E402
 
 
@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    with open_video(args.video, DecodeOptions(backend="pyav")) as reader:
+    with open_video(args.video, DecodeConfig(backend="pyav")) as reader:
         frames = []
         for frame in reader.frames():
             frames.append(frame)

@@ -16,7 +16,6 @@ import pandas as pd
 from .annotations import FinishedVideo, write_rawframe_lists
 from .config import ConfigError, RunConfig, load_config
 from .manifest import MANIFEST_CSV, has_manifest
-from .runner import jpg_layout
 
 LABEL_LEVEL_HELP = (
     "Which folder above each video names its class in the action-recognition lists "
@@ -33,7 +32,7 @@ def write_run_annotations(
     return write_rawframe_lists(
         out_root,
         videos,
-        jpg_layout(config),
+        config.output.jpg_layout,
         rgb=config.output.write_rgb,
         label_level=label_level,
     )

@@ -28,7 +28,7 @@ from .annotations import FinishedVideo
 from .annotations_cmd import LABEL_LEVEL_HELP, describe, write_run_annotations
 from .batch import OutputInUse, OutputLocked, run_batch, summary_lines
 from .cli_common import parse_set_options
-from .config import FLOW_FORMATS, FLOW_MODELS, ConfigError, load_config
+from .config import BACKENDS, CORR_CHOICES, FLOW_FORMATS, FLOW_MODELS, ConfigError, load_config
 from .devices import PRECISIONS
 from .discovery import find_inputs
 from .estimators import build_estimator
@@ -155,12 +155,12 @@ def pair(
 @click.option("--device", help="auto, cpu, cuda, cuda:1, mps")
 @click.option("--precision", type=click.Choice(list(PRECISIONS)))
 @click.option("--formats", help=f"Comma-separated subset of {','.join(FLOW_FORMATS)}.")
-@click.option("--decoder", type=click.Choice(["pyav", "decord", "opencv"]))
+@click.option("--decoder", type=click.Choice(BACKENDS))
 @click.option("--chunk-size", type=click.IntRange(min=1), help="Pairs per chunk.")
 @click.option("--gap", type=click.IntRange(min=1), help="Pair gap k: pairs (t, t+k).")
 @click.option("--backward/--no-backward", default=None, help="Also backward flow.")
 @click.option("--warm-start/--no-warm-start", default=None)
-@click.option("--corr", type=click.Choice(["auto", *CORR_KINDS]))
+@click.option("--corr", type=click.Choice(CORR_CHOICES))
 @click.option(
     "--set",
     "settings",

@@ -1,6 +1,8 @@
 """Typed, frozen run configuration: YAML presets, CLI overrides, validation, hashing.
 
-A configuration is a tree of frozen dataclasses. :func:`load_config` reads a YAML preset (every
+A configuration is a tree of frozen dataclasses: :class:`RunConfig` composes the sections the
+stages take (:mod:`stages.settings`: ``decode``, ``flow``, ``output``, ``warp``, ``features``),
+each validated where it is defined. :func:`load_config` reads a YAML preset (every
 key optional; unknown keys are errors that name the key and the valid ones), applies dotted
 overrides such as ``{"flow.iters": 20}`` and validates the result. :func:`dump_config` writes
 the resolved configuration next to the outputs, :func:`config_hash` identifies it.
@@ -21,170 +23,46 @@ from typing import Any
 
 import yaml
 
-from models.raft import ARCHS
-from stages.flow_io import FLOW_JPEG_PRESETS, write_bytes_atomic
+from stages.flow_io import write_bytes_atomic
+from stages.settings import (
+    BACKENDS,
+    CORR_CHOICES,
+    FLOW_FORMATS,
+    FLOW_MODELS,
+    JPG_PRESETS,
+    ConfigError,
+    DecodeConfig,
+    FeaturesConfig,
+    FlowConfig,
+    OutputConfig,
+    WarpConfig,
+)
+from stages.settings import require as _require
 
-FLOW_MODELS = ("auto", "dis", *ARCHS)
-FLOW_FORMATS = ("flo", "npy", "npz", "kitti", "jpg", "viz")
-DECODERS = ("decord", "pyav", "opencv")
-CORR_CHOICES = ("auto", "all-pairs", "on-demand")
-JPG_PRESETS = tuple(FLOW_JPEG_PRESETS)
-VIZ_SCALES = ("video", "frame")
-
-
-class ConfigError(ValueError):
-    """A configuration value or key is invalid; the message says which and why."""
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
-
-
-@dataclass(frozen=True)
-class DecodeConfig:
-    """How frames are read. See :class:`stages.decode.DecodeOptions` for the semantics."""
-
-    backend: str = "pyav"
-    stride: int = 1
-    target_fps: float | None = None
-    start: float | None = None
-    end: float | None = None
-    max_side: int | None = None
-    chunk_size: int = 16
-    frames_fps: float = 25.0
-
-    def __post_init__(self) -> None:
-        _require(self.backend in DECODERS, f"decode.backend must be one of {DECODERS}")
-        _require(self.stride >= 1, "decode.stride must be >= 1")
-        _require(self.chunk_size >= 1, "decode.chunk_size must be >= 1")
-        _require(self.target_fps is None or self.target_fps > 0, "decode.target_fps must be > 0")
-        _require(self.max_side is None or self.max_side >= 16, "decode.max_side must be >= 16")
-        _require(self.frames_fps > 0, "decode.frames_fps must be > 0")
-        _require(
-            self.start is None or self.end is None or self.end > self.start,
-            "decode.end must be after decode.start",
-        )
-
-
-@dataclass(frozen=True)
-class FlowConfig:
-    """Which flow estimator runs and how."""
-
-    model: str = "auto"
-    checkpoint: str | None = None
-    iters: int = 12
-    gap: int = 1
-    backward: bool = False
-    warm_start: bool = False
-    corr: str = "auto"
-    on_demand_above_pixels: int = 1_000_000
-    pad_mode: str = "sintel"
-    device: str = "auto"
-    precision: str = "fp32"
-    batch_pairs: int = 1
-    encode_batch: int = 4
-    dis_preset: str = "medium"
-    memory_budget_mb: int = 2048
-    cpu_workers: int | None = None
-    download: bool = True
-
-    def __post_init__(self) -> None:
-        _require(self.model in FLOW_MODELS, f"flow.model must be one of {FLOW_MODELS}")
-        _require(self.iters >= 1, "flow.iters must be >= 1")
-        _require(self.gap >= 1, "flow.gap must be >= 1")
-        _require(self.corr in CORR_CHOICES, f"flow.corr must be one of {CORR_CHOICES}")
-        _require(self.pad_mode in ("sintel", "kitti"), "flow.pad_mode must be sintel or kitti")
-        _require(self.precision in ("fp32", "fp16", "bf16"), "flow.precision: fp32, fp16 or bf16")
-        _require(self.batch_pairs >= 1 and self.encode_batch >= 1, "batch sizes must be >= 1")
-        _require(self.on_demand_above_pixels >= 0, "flow.on_demand_above_pixels must be >= 0")
-        _require(self.memory_budget_mb >= 64, "flow.memory_budget_mb must be >= 64")
-        _require(
-            self.cpu_workers is None or self.cpu_workers >= 1,
-            "flow.cpu_workers must be >= 1 (or null for automatic)",
-        )
-        _require(
-            self.dis_preset in ("ultrafast", "fast", "medium"),
-            "flow.dis_preset must be ultrafast, fast or medium",
-        )
-
-
-@dataclass(frozen=True)
-class OutputConfig:
-    """What is written for every video (see README, "Output formats")."""
-
-    formats: tuple[str, ...] = ("npy",)
-    npy_dtype: str = "float32"
-    jpg_preset: str = "mmaction2"
-    jpg_bound: float | None = None
-    write_rgb: bool = False
-    viz_scale: str = "video"
-    viz_max_flow: float | None = None
-    viz_min_flow: float = 2.0
-    viz_legend: bool = True
-    viz_video: bool = True
-
-    def __post_init__(self) -> None:
-        unknown = sorted(set(self.formats) - set(FLOW_FORMATS))
-        _require(not unknown, f"output.formats: unknown {unknown}; choose from {FLOW_FORMATS}")
-        _require(self.npy_dtype in ("float16", "float32"), "output.npy_dtype: float16 or float32")
-        _require(self.jpg_preset in JPG_PRESETS, f"output.jpg_preset must be one of {JPG_PRESETS}")
-        _require(self.jpg_bound is None or self.jpg_bound > 0, "output.jpg_bound must be > 0")
-        _require(self.viz_scale in VIZ_SCALES, f"output.viz_scale must be one of {VIZ_SCALES}")
-        _require(self.viz_max_flow is None or self.viz_max_flow > 0, "viz_max_flow must be > 0")
-        _require(self.viz_min_flow > 0, "output.viz_min_flow must be > 0")
-
-
-@dataclass(frozen=True)
-class WarpConfig:
-    """Backward warping, occlusion / motion-boundary masks and consistency metrics."""
-
-    enabled: bool = False
-    frames: bool = True
-    video: bool = True
-    with_source: bool = True
-    masks: bool = True
-    occlusion: bool = True
-    fb_alpha1: float = 0.01
-    fb_alpha2: float = 0.5
-    mb_alpha1: float = 0.01
-    mb_alpha2: float = 0.002
-
-    def __post_init__(self) -> None:
-        for name in ("fb_alpha1", "fb_alpha2", "mb_alpha1", "mb_alpha2"):
-            _require(getattr(self, name) >= 0, f"warp.{name} must be >= 0")
-
-
-@dataclass(frozen=True)
-class FeaturesConfig:
-    """Per-clip motion features (MotionSqueeze-style maps and flow statistics).
-
-    ``clip_stride: null`` means ``clip_len - 1``: consecutive clips share one frame, so every
-    flow pair belongs to exactly one clip.
-    """
-
-    enabled: bool = False
-    clip_len: int = 8
-    clip_stride: int | None = None
-    drop_tail: bool = False
-    hof_bins: int = 8
-    static_threshold: float = 0.4
-    patch_size: int = 15
-    sigma: float = 5.0
-    temperature: float = 100.0
-    maps: bool = True
-    maps_dtype: str = "float16"
-    table_format: str = "parquet"
-
-    def __post_init__(self) -> None:
-        _require(self.clip_len >= 2, "features.clip_len must be >= 2")
-        _require(self.clip_stride is None or self.clip_stride >= 1, "features.clip_stride >= 1")
-        _require(self.patch_size >= 3 and self.patch_size % 2 == 1, "features.patch_size: odd >= 3")
-        _require(self.sigma > 0 and self.temperature > 0, "features.sigma/temperature must be > 0")
-        _require(self.hof_bins >= 2, "features.hof_bins must be >= 2")
-        _require(self.static_threshold >= 0, "features.static_threshold must be >= 0")
-        _require(self.maps_dtype in ("float16", "float32"), "features.maps_dtype: float16|float32")
-        _require(self.table_format in ("parquet", "csv"), "features.table_format: parquet or csv")
+__all__ = [
+    "BACKENDS",
+    "CORR_CHOICES",
+    "EXPLICIT_NULL",
+    "FLOW_FORMATS",
+    "FLOW_MODELS",
+    "KEY_HELP",
+    "ConfigError",
+    "DecodeConfig",
+    "FeaturesConfig",
+    "FlowConfig",
+    "OutputConfig",
+    "RunConfig",
+    "WarpConfig",
+    "apply_overrides",
+    "build_config",
+    "config_from_dict",
+    "config_hash",
+    "config_to_dict",
+    "dump_config",
+    "iter_keys",
+    "load_config",
+    "load_config_as",
+]
 
 
 @dataclass(frozen=True)

@@ -33,14 +33,14 @@ import click
 import pandas as pd
 from tqdm import tqdm
 
-from stages.consistency import ConsistencyConfig, plot_error_over_time, summarize_video
+from stages.consistency import plot_error_over_time, summarize_video
 from stages.decode import DecodeError, iter_chunks, open_video
 from stages.flow_io import atomic_path, write_bytes_atomic
 from stages.warp_stage import chunk_pair_metrics
 
 from .cli_common import parse_set_options
-from .config import ConfigError, RunConfig, load_config
-from .runner import FlowSession, advance, build_flow_session, complete, decode_options
+from .config import FLOW_MODELS, ConfigError, RunConfig, WarpConfig, load_config
+from .runner import FlowSession, advance, build_flow_session, complete
 
 logger = logging.getLogger(__name__)
 
@@ -68,13 +68,7 @@ def evaluate_consistency(
     frames on stderr.
     """
     started = time.perf_counter()
-    metrics = ConsistencyConfig(
-        occlusion_alpha1=config.warp.fb_alpha1,
-        occlusion_alpha2=config.warp.fb_alpha2,
-        boundary_alpha1=config.warp.mb_alpha1,
-        boundary_alpha2=config.warp.mb_alpha2,
-    )
-    options = decode_options(config)
+    options = config.decode
     with open_video(source, options) as src_reader, open_video(processed, options) as proc_reader:
         src_size = (src_reader.info.width, src_reader.info.height)
         proc_size = (proc_reader.info.width, proc_reader.info.height)
@@ -95,7 +89,7 @@ def evaluate_consistency(
         )
         with bar:
             rows, src_frames, proc_frames = _compare_chunks(
-                src_chunks, proc_chunks, session, metrics, bar
+                src_chunks, proc_chunks, session, config.warp, bar
             )
             complete(bar)
         if src_frames != proc_frames:
@@ -108,7 +102,7 @@ def evaluate_consistency(
     return _write_results(rows, src_frames, source, processed, out_dir, session, started)
 
 
-def _compare_chunks(src_chunks, proc_chunks, session: FlowSession, metrics, bar: tqdm):
+def _compare_chunks(src_chunks, proc_chunks, session: FlowSession, warp: WarpConfig, bar: tqdm):
     """Flow on each source chunk and the metrics of both videos with it; returns the per-pair
     rows and the frames of each video (after a length mismatch the rest is only counted)."""
     rows: list[dict[str, float]] = []
@@ -124,8 +118,8 @@ def _compare_chunks(src_chunks, proc_chunks, session: FlowSession, metrics, bar:
             return rows, src_frames, proc_frames
         session.stage.process(src_chunk)
         for ours, theirs in zip(
-            chunk_pair_metrics(src_chunk, src_chunk.frames, metrics),
-            chunk_pair_metrics(src_chunk, proc_chunk.frames, metrics),
+            chunk_pair_metrics(src_chunk, src_chunk.frames, warp),
+            chunk_pair_metrics(src_chunk, proc_chunk.frames, warp),
             strict=True,
         ):
             row = {k: ours[k] for k in ("frame_t", "frame_t_k", "pts_t")}
@@ -172,7 +166,7 @@ def _write_results(
         "photometric_error_source": stats["photometric_error_source"],
         "photometric_error_processed": stats["photometric_error_processed"],
         "occluded_fraction": stats["occluded_fraction"],
-        "model": session.stage.model,
+        "model": session.stage.config.model,
         "seconds": round(time.perf_counter() - started, 2),
     }
 
@@ -252,7 +246,7 @@ def update_summary(out_root: Path, row: dict[str, object]) -> Path:
 @click.option("--processed", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--model", type=click.Choice(["auto", "dis", "raft-large", "raft-small", "gma"]))
+@click.option("--model", type=click.Choice(FLOW_MODELS))
 @click.option("--checkpoint", help="Checkpoint file or registry name.")
 @click.option("--iters", type=click.IntRange(min=1))
 @click.option("--device", help="auto, cpu, cuda, cuda:1, mps")

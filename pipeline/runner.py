@@ -22,17 +22,14 @@ import torch
 from tqdm import tqdm
 
 from stages.clip_features import ClipFeatureStage
-from stages.consistency import ConsistencyConfig
-from stages.decode import DecodeError, DecodeOptions, iter_chunks, open_video
+from stages.decode import DecodeError, iter_chunks, open_video
 from stages.flow import FlowStage
-from stages.flow_io import FLOW_JPEG_PRESETS, FlowJpegLayout, write_bytes_atomic
-from stages.motion_features import MotionFeatureConfig
+from stages.flow_io import write_bytes_atomic
 from stages.warp_stage import WarpStage
 from stages.writers import FlowWriters
 
 from .allocator import set_large_block_reuse
 from .config import RunConfig, config_to_dict
-from .devices import resolve_device, resolve_precision
 from .logs import VERBOSE, quiet_libraries
 from .model_choice import ModelChoice, choose_model
 from .overlap import Consumer, Prefetcher
@@ -77,33 +74,22 @@ def build_flow_session(config: RunConfig, estimator: Estimator | None = None) ->
 
     ``estimator``: the one the run resolved (:func:`pipeline.run_start.resolve_estimator`);
     the session uses exactly it and raises :class:`models.CheckpointError` when the checkpoint
-    file found here hashes differently. Without it, ``auto`` is resolved here.
+    file found here hashes differently. Without it, ``auto`` is resolved here. The stage gets
+    the ``flow`` section with the model resolved, and backward flow when the warp stage's
+    occlusion test needs it.
     """
     quiet_libraries()  # also in worker processes, which configure their own logging
     flow = config.flow
     choice = estimator.choice if estimator is not None else choose_model(flow)
-    device = resolve_device(flow.device)
-    autocast = resolve_precision(flow.precision, device)
-    stage = FlowStage(
+    resolved = dataclasses.replace(
+        flow,
         model=choice.model,
         checkpoint=choice.checkpoint,
-        iters=flow.iters,
-        gap=flow.gap,
         backward=flow.backward or (config.warp.enabled and config.warp.occlusion),
-        warm_start=flow.warm_start,
-        corr=flow.corr,
-        on_demand_above_pixels=flow.on_demand_above_pixels,
-        pad_mode=flow.pad_mode,
-        device=str(device),
-        autocast=autocast,
-        batch_pairs=flow.batch_pairs,
-        encode_batch=flow.encode_batch,
-        dis_preset=flow.dis_preset,
-        keep_features=config.features.enabled,
-        memory_budget_mb=flow.memory_budget_mb,
-        cpu_workers=flow.cpu_workers,
     )
+    stage = FlowStage(resolved, keep_features=config.features.enabled)
     stage.setup()
+    device = stage.device
     info = getattr(stage.network, "checkpoint_info", None)
     if estimator is None:
         sha256 = info.sha256 if info is not None else None
@@ -113,87 +99,13 @@ def build_flow_session(config: RunConfig, estimator: Estimator | None = None) ->
     return FlowSession(stage, estimator, str(device), flow.precision)
 
 
-def decode_options(config: RunConfig) -> DecodeOptions:
-    d = config.decode
-    return DecodeOptions(
-        backend=d.backend,
-        stride=d.stride,
-        target_fps=d.target_fps,
-        start=d.start,
-        end=d.end,
-        max_side=d.max_side,
-        frames_fps=d.frames_fps,
-    )
-
-
-def jpg_layout(config: RunConfig) -> FlowJpegLayout:
-    """The flow-JPEG layout of ``output.jpg_preset`` with ``output.jpg_bound`` applied."""
-    layout = FLOW_JPEG_PRESETS[config.output.jpg_preset]
-    if config.output.jpg_bound is not None:
-        layout = dataclasses.replace(layout, bound=config.output.jpg_bound)
-    return layout
-
-
-def make_writers(config: RunConfig, out_dir: Path, fps: float) -> FlowWriters:
-    output = config.output
-    return FlowWriters(
-        out_dir=out_dir,
-        formats=output.formats,
-        npy_dtype=output.npy_dtype,
-        jpg_layout=jpg_layout(config),
-        write_rgb=output.write_rgb,
-        viz_scale=output.viz_scale,
-        viz_max_flow=output.viz_max_flow,
-        viz_min_flow=output.viz_min_flow,
-        viz_legend=output.viz_legend,
-        viz_video=output.viz_video,
-        fps=fps,
-    )
-
-
 def make_video_stages(config: RunConfig, out_dir: Path, video_id: str, fps: float) -> list:
     """The per-video stages that follow the flow stage, in order (writers first)."""
-    stages: list = [make_writers(config, out_dir, fps)]
-    f = config.features
-    if f.enabled:
-        settings = MotionFeatureConfig(
-            clip_len=f.clip_len,
-            clip_stride=f.clip_stride,
-            drop_tail=f.drop_tail,
-            n_bins=f.hof_bins,
-            static_threshold=f.static_threshold,
-            patch_size=f.patch_size,
-            sigma=f.sigma,
-            temperature=f.temperature,
-        )
-        stages.append(
-            ClipFeatureStage(
-                out_dir=out_dir,
-                video_id=video_id,
-                settings=settings,
-                maps=f.maps,
-                maps_dtype=f.maps_dtype,
-                table_format=f.table_format,
-            )
-        )
-    w = config.warp
-    if w.enabled:
-        stages.append(
-            WarpStage(
-                out_dir=out_dir,
-                metrics=ConsistencyConfig(
-                    occlusion_alpha1=w.fb_alpha1,
-                    occlusion_alpha2=w.fb_alpha2,
-                    boundary_alpha1=w.mb_alpha1,
-                    boundary_alpha2=w.mb_alpha2,
-                ),
-                frames=w.frames,
-                video=w.video,
-                with_source=w.with_source,
-                masks=w.masks,
-                fps=fps,
-            )
-        )
+    stages: list = [FlowWriters(out_dir, config.output, fps)]
+    if config.features.enabled:
+        stages.append(ClipFeatureStage(out_dir, video_id, config.features))
+    if config.warp.enabled:
+        stages.append(WarpStage(out_dir, config.warp, fps))
     return stages
 
 
@@ -243,7 +155,7 @@ def process_video(
     stages: list = []
     started = time.perf_counter()
     try:
-        with open_video(path, decode_options(config)) as reader:
+        with open_video(path, config.decode) as reader:
             info = reader.info
             if session.device == "cpu":  # see pipeline.allocator
                 set_large_block_reuse(
@@ -358,11 +270,11 @@ def _write_meta(out_dir: Path, result: VideoResult, config, session: FlowSession
         "fps": info.fps,
         "codec": info.codec,
         "decoder": info.backend,
-        "model": stage.model,
+        "model": stage.config.model,
         "checkpoint": checkpoint,
         "model_notice": session.choice.notice,
-        "iters": stage.iters if stage.is_network else None,
-        "gap": stage.gap,
+        "iters": stage.config.iters if stage.is_network else None,
+        "gap": stage.config.gap,
         "device": session.device,
         "precision": session.precision,
         "seconds": result.seconds,

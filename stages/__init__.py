@@ -5,8 +5,10 @@ Contract and unit of work: ``base`` (``FrameChunk``, the stage contract). Stages
 (with the formats of ``flow_io``, ``streaming`` and ``flow_viz``), ``warp_stage`` (with
 ``warp`` and ``consistency``), ``clip_features`` (with ``motion_features``,
 ``flow_statistics``, ``motionsqueeze_maps``, ``frame_descriptor`` and ``feature_io``).
-Helpers: ``cpu_workers``. Training data: package ``training`` (data set readers, the
-synthetic pair generator, augmentations).
+Settings: ``settings`` (one frozen dataclass per section of the run configuration, each the
+config of its stage), ``devices`` (``auto`` device, autocast dtype). Helpers: ``cpu_workers``.
+Training data: package ``training`` (data set readers, the synthetic pair generator,
+augmentations).
 
-Imports ``models`` and never ``pipeline``: no CLI, no run configuration, no progress output.
+Imports ``models`` and never ``pipeline``: no CLI, no YAML or overrides, no progress output.
 """

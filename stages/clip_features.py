@@ -26,7 +26,8 @@ from .base import FrameChunk
 from .feature_io import features_table, write_clip_maps, write_table
 from .flow_statistics import flow_stack_to_numpy
 from .frame_descriptor import frame_descriptor
-from .motion_features import MotionFeatureConfig, clip_features, clip_key, clip_windows
+from .motion_features import clip_features, clip_key, clip_windows
+from .settings import FeaturesConfig
 
 logger = logging.getLogger(__name__)
 
@@ -38,20 +39,16 @@ class ClipFeatureStage:
     Attributes:
         out_dir: the video's output folder.
         video_id: the ``video`` column of every row.
-        settings: clip windows and feature parameters.
-        maps: write each clip's MotionSqueeze maps as ``clips/{c:05d}.npz``.
-        maps_dtype: ``float16`` or ``float32`` for the maps.
-        table_format: ``parquet`` or ``csv``.
+        config: the ``features`` section (:class:`stages.settings.FeaturesConfig`): clip
+            windows, feature parameters, ``maps`` (write each clip's MotionSqueeze maps as
+            ``clips/{c:05d}.npz``, in ``maps_dtype``) and ``table_format``.
     """
 
     name: ClassVar[str] = "features"
 
     out_dir: Path
     video_id: str
-    settings: MotionFeatureConfig = field(default_factory=MotionFeatureConfig)
-    maps: bool = True
-    maps_dtype: str = "float16"
-    table_format: str = "parquet"
+    config: FeaturesConfig = field(default_factory=FeaturesConfig)
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
@@ -73,10 +70,7 @@ class ClipFeatureStage:
             self.source = "descriptor"
             new = list(range(chunk.overlap, chunk.num_frames))
             if new:
-                maps_new = frame_descriptor(
-                    chunk.frames[new], stride=self.settings.descriptor_stride,
-                    context=self.settings.descriptor_context,
-                )  # fmt: skip
+                maps_new = frame_descriptor(chunk.frames[new])
                 for n, t in enumerate(new):
                     self._features[indices[t]] = maps_new[n]
         else:
@@ -92,7 +86,7 @@ class ClipFeatureStage:
         return chunk
 
     def _emit_complete(self, *, final: bool) -> None:
-        s = self.settings
+        s = self.config
         step = s.clip_len - 1 if s.clip_stride is None else s.clip_stride
         while self._next_start + s.clip_len <= self._seen:
             self._emit(self._next_start, self._next_start + s.clip_len)
@@ -110,19 +104,19 @@ class ClipFeatureStage:
         clip_index = len(self._rows)
         flows = np.stack([self._flows[t] for t in range(start, end - 1)])
         features = torch.stack([self._features[t] for t in range(start, end)])
-        columns, clip_maps = clip_features(self.settings, flows=flows, features=features)
+        columns, clip_maps = clip_features(self.config, flows=flows, features=features)
         row = clip_key(
             self.video_id, clip_index, start, end, [self._pts[t] for t in range(start, end)]
         )
         row.update(columns)
         self._rows.append(row)
-        if self.maps and clip_maps is not None:
+        if self.config.maps and clip_maps is not None:
             (self.out_dir / "clips").mkdir(parents=True, exist_ok=True)
             write_clip_maps(
                 self.out_dir / "clips" / f"{clip_index:05d}.npz",
                 displacement=clip_maps.displacement.numpy(),
                 confidence=clip_maps.confidence.numpy(),
-                dtype=np.dtype(self.maps_dtype),
+                dtype=np.dtype(self.config.maps_dtype),
                 frames=np.arange(start, end),
             )
 
@@ -132,11 +126,11 @@ class ClipFeatureStage:
                 del store[index]
 
     def finish(self) -> dict[str, str]:
-        suffix = "csv" if self.table_format == "csv" else "parquet"
+        suffix = "csv" if self.config.table_format == "csv" else "parquet"
         path = self.out_dir / f"clips.{suffix}"
         write_table(features_table(self._rows), path)
         outputs = {"features_table": str(path)}
-        if self.maps and (self.out_dir / "clips").is_dir():
+        if self.config.maps and (self.out_dir / "clips").is_dir():
             outputs["features_maps"] = str(self.out_dir / "clips")
         return outputs
 

@@ -23,9 +23,8 @@ import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pandas as pd
 import torch
@@ -35,13 +34,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from stages.flow_io import atomic_path
+from stages.settings import WarpConfig
 from stages.warp import backward_warp
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "METRIC_KEYS",
-    "ConsistencyConfig",
     "Difference",
     "batch_metrics",
     "flow_gradients",
@@ -239,7 +238,7 @@ def warping_error(
 
     Their mask (``utils.detect_occlusion``) is the forward-backward check OR a motion boundary
     with forward differences; :func:`batch_metrics` builds the same kind of mask (with
-    ``ConsistencyConfig(difference="forward")`` for their gradient), and additionally counts
+    ``difference="forward"`` for their gradient), and additionally counts
     targets outside the frame as occluded.
 
     Args:
@@ -303,40 +302,21 @@ def flow_magnitude_stats(flow: torch.Tensor) -> dict[str, torch.Tensor]:
     }
 
 
-@dataclass(frozen=True)
-class ConsistencyConfig:
-    """Thresholds and options of :func:`batch_metrics` / :func:`pair_metrics`.
-
-    Attributes:
-        occlusion_alpha1, occlusion_alpha2: :func:`forward_backward_occlusion` tolerances
-            (dimensionless, pixels^2); 0.01 and 0.5 as Sundaram et al.
-        boundary_alpha1, boundary_alpha2: :func:`motion_boundaries` tolerances; 0.01 and 0.002
-            as Ruder et al. (and Lai et al.).
-        difference: gradient operator of :func:`motion_boundaries`.
-        exclude_motion_boundaries: drop motion-boundary pixels from the error masks, as Lai
-            et al.'s occlusion maps do.
-    """
-
-    occlusion_alpha1: float = 0.01
-    occlusion_alpha2: float = 0.5
-    boundary_alpha1: float = 0.01
-    boundary_alpha2: float = 0.002
-    difference: Difference = "central"
-    exclude_motion_boundaries: bool = True
-
-
 def batch_metrics(
     frame_t: torch.Tensor,
     frame_t1: torch.Tensor,
     flow_fw: torch.Tensor,
     flow_bw: torch.Tensor | None = None,
-    config: ConsistencyConfig | None = None,
+    config: WarpConfig | None = None,
+    *,
+    difference: Difference = "central",
+    exclude_motion_boundaries: bool = True,
 ) -> dict[str, torch.Tensor]:
     """All per-pair metrics for a batch of pairs, as ``(B,)`` tensors keyed by :data:`METRIC_KEYS`.
 
     The pixels counted by ``e_warp`` and ``photometric_error`` are those whose forward target
     lies in the frame, that pass the forward-backward check (when ``flow_bw`` is given) and,
-    with ``config.exclude_motion_boundaries`` (the default, as Lai et al.'s occlusion maps),
+    with ``exclude_motion_boundaries`` (the default, as Lai et al.'s occlusion maps),
     that are not on a motion boundary of ``flow_fw``.
 
     Keys (fractions are of all ``H * W`` pixels, in [0, 1]):
@@ -353,12 +333,17 @@ def batch_metrics(
     Args:
         frame_t, frame_t1: ``(B, C, H, W)`` frames, floating in [0, 1] or uint8.
         flow_fw: ``(B, 2, H, W)`` flow t -> t+k in pixels; ``flow_bw``: t+k -> t, or None.
-        config: thresholds and options; default :class:`ConsistencyConfig()`.
+        config: the ``warp`` section, whose ``fb_alpha*`` and ``mb_alpha*`` are the
+            occlusion and motion-boundary tolerances (:class:`stages.settings.WarpConfig`:
+            Sundaram et al.'s and Ruder et al.'s values by default).
+        difference: gradient operator of :func:`motion_boundaries`.
+        exclude_motion_boundaries: drop motion-boundary pixels from the error masks, as Lai
+            et al.'s occlusion maps do.
 
     Returns:
         ``{key: (B,) tensor}``, float32 (float64 for float64 inputs), on the inputs' device.
     """
-    config = config or ConsistencyConfig()
+    config = config or WarpConfig()
     frames_t, frames_t1 = _unit_frames(frame_t), _unit_frames(frame_t1)
     _check_pair(frames_t, frames_t1, flow_fw)
     dtype = _float_dtype(frames_t, flow_fw)
@@ -366,19 +351,19 @@ def batch_metrics(
     warped, inside = backward_warp(frames_t1.to(dtype), fw, padding="border")
     boundaries = motion_boundaries(
         fw,
-        alpha1=config.boundary_alpha1,
-        alpha2=config.boundary_alpha2,
-        difference=config.difference,
+        alpha1=config.mb_alpha1,
+        alpha2=config.mb_alpha2,
+        difference=difference,
     )
     counted = inside
     occluded_fraction = torch.full((fw.shape[0],), math.nan, dtype=dtype, device=fw.device)
     if flow_bw is not None:
         occluded = forward_backward_occlusion(
-            fw, flow_bw, alpha1=config.occlusion_alpha1, alpha2=config.occlusion_alpha2
+            fw, flow_bw, alpha1=config.fb_alpha1, alpha2=config.fb_alpha2
         )
         counted = counted & ~occluded
         occluded_fraction = _fraction(occluded, dtype)
-    if config.exclude_motion_boundaries:
+    if exclude_motion_boundaries:
         counted = counted & ~boundaries
     residual = warped - frames_t.to(dtype)
     magnitude = flow_magnitude_stats(fw)
@@ -401,17 +386,18 @@ def pair_metrics(
     frame_t1: torch.Tensor,
     flow_fw: torch.Tensor,
     flow_bw: torch.Tensor | None = None,
-    config: ConsistencyConfig | None = None,
+    config: WarpConfig | None = None,
+    **options: Any,
 ) -> list[dict[str, float]]:
     """Per-pair metrics as plain floats: one dict per batch item, ready for ``pd.DataFrame``.
 
-    Same inputs, configuration and keys as :func:`batch_metrics` (which keeps them as tensors
+    Same inputs, configuration, ``options`` and keys as :func:`batch_metrics` (which keeps them as tensors
     on the device); a single pair is a batch of one, so ``pair_metrics(...)[0]``.
 
     Returns:
         ``[{key: float} for each of the B pairs]``, keys in :data:`METRIC_KEYS` order.
     """
-    metrics = batch_metrics(frame_t, frame_t1, flow_fw, flow_bw, config)
+    metrics = batch_metrics(frame_t, frame_t1, flow_fw, flow_bw, config, **options)
     columns = {key: metrics[key].detach().to("cpu", torch.float64).tolist() for key in METRIC_KEYS}
     return [
         {key: float(columns[key][i]) for key in METRIC_KEYS} for i in range(len(columns["e_warp"]))

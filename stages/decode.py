@@ -2,9 +2,9 @@
 
 from stages.decoding import (
     BACKENDS,
+    DecodeConfig,
     DecodedFrame,
     DecodeError,
-    DecodeOptions,
     VideoInfo,
     VideoReader,
     iter_chunks,
@@ -13,8 +13,8 @@ from stages.decoding import (
 
 __all__ = [
     "BACKENDS",
+    "DecodeConfig",
     "DecodeError",
-    "DecodeOptions",
     "DecodedFrame",
     "VideoInfo",
     "VideoReader",

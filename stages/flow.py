@@ -15,9 +15,10 @@ belongs to, and the last ``k`` frames' outputs are carried into the next chunk, 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import cv2
 import numpy as np
@@ -27,6 +28,8 @@ from models import ARCHS, RAFT, Context, Padder, create_model, forward_interpola
 
 from .base import FrameChunk
 from .cpu_workers import CpuWorkers
+from .devices import resolve_device, resolve_precision
+from .settings import DIS_PRESET_NAMES, FlowConfig
 
 logger = logging.getLogger(__name__)
 
@@ -34,9 +37,7 @@ NETWORK_MODELS: tuple[str, ...] = ARCHS
 ENCODER_BYTES_PER_PIXEL = 1024  # encoder activations per input pixel and frame (measured)
 REFINE_BYTES_PER_POSITION = 12 * 1024  # refinement activations per 1/8-grid position (measured)
 DIS_PRESETS = {
-    "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
-    "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
-    "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
+    name: getattr(cv2, f"DISOPTICAL_FLOW_PRESET_{name.upper()}") for name in DIS_PRESET_NAMES
 }
 
 
@@ -88,85 +89,78 @@ class _Carry:
     flow_low_bw: torch.Tensor | None = None
 
 
-@dataclass
 class FlowStage:
     """Optical flow with RAFT / RAFT-small / GMA or OpenCV DIS.
 
-    Attributes:
-        model: ``raft-large``, ``raft-small``, ``gma`` or ``dis``.
-        checkpoint: registry name or file for network models (``None``: random weights, only
-            useful in tests).
-        iters: refinement iterations.
-        gap: pair gap ``k``: pairs ``(t, t + k)``.
-        backward: also compute ``t + k -> t``.
-        warm_start: initialise each pair from the previous pair's flow (RAFT's Sintel
-            submission procedure); pairs then run one at a time.
-        corr: ``all-pairs``, ``on-demand`` or ``auto`` (on-demand above
-            ``on_demand_above_pixels`` padded pixels).
-        pad_mode: ``sintel`` or ``kitti``.
-        device: torch device string.
-        autocast: ``None`` (float32) or an autocast dtype.
-        batch_pairs: pairs refined together.
-        encode_batch: frames encoded together (bounds encoder activation memory).
+    Args:
+        config: the ``flow`` section (:class:`stages.settings.FlowConfig`) with ``model``
+            resolved (not ``auto``): ``checkpoint`` is a registry name or file for network
+            models (``None``: random weights, only useful in tests); ``device`` (``auto``
+            allowed) and ``precision`` are resolved by :func:`stages.devices.resolve_device` /
+            :func:`~stages.devices.resolve_precision` at :meth:`setup`. ``warm_start``
+            initialises each pair from the previous pair's flow (RAFT's Sintel submission
+            procedure), pairs then run one at a time. ``memory_budget_mb`` lowers
+            ``batch_pairs`` and ``encode_batch`` for large frames so that the encoder
+            activations (about 1 KB per input pixel and frame) and the all-pairs volumes stay
+            within it (never below 1). ``cpu_workers``: frames encoded and pairs refined side by
+            side on the CPU, PyTorch's intra-op threads split evenly between them (see
+            :mod:`stages.cpu_workers`); ``None``: 2 for network models on a CPU with >= 2
+            threads, else 1. Where one encoder pass or one refinement per worker would exceed
+            the budget (large frames), and for warm-started refinement (a chain), frames and
+            pairs run one at a time with all threads.
         keep_features: attach the per-frame encoder maps (for the motion-feature stage).
-        dis_preset: OpenCV DIS preset for ``model="dis"``.
-        memory_budget_mb: working-memory target: ``batch_pairs`` and ``encode_batch`` are
-            lowered for large frames so that the encoder activations (about 1 KB per input
-            pixel and frame) and the all-pairs volumes stay within it (never below 1).
-        cpu_workers: frames encoded and pairs refined side by side on the CPU, PyTorch's
-            intra-op threads split evenly between them (see :mod:`stages.cpu_workers`).
-            ``None``: 2 for network models on a CPU with >= 2 threads, else 1. Where one
-            encoder pass or one refinement per worker would exceed ``memory_budget_mb``
-            (large frames), and for warm-started refinement (a chain), frames and pairs run
-            one at a time with all threads.
+        network: an already built network (its device wins over ``config.device``).
+        **changes: fields of ``config`` to replace (``FlowStage(model="dis", backward=True)``).
     """
 
     name: ClassVar[str] = "flow"
 
-    model: str = "raft-large"
-    checkpoint: str | None = None
-    iters: int = 12
-    gap: int = 1
-    backward: bool = False
-    warm_start: bool = False
-    corr: str = "auto"
-    on_demand_above_pixels: int = 1_000_000
-    pad_mode: str = "sintel"
-    device: str = "cpu"
-    autocast: torch.dtype | None = None
-    batch_pairs: int = 1
-    encode_batch: int = 4
-    keep_features: bool = False
-    dis_preset: str = "medium"
-    memory_budget_mb: int = 2048
-    cpu_workers: int | None = None
-    network: RAFT | None = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        if self.model not in (*NETWORK_MODELS, "dis"):
-            raise ValueError(f"unknown flow model {self.model!r}")
-        if self.gap < 1 or self.iters < 1 or self.batch_pairs < 1 or self.encode_batch < 1:
-            raise ValueError("gap, iters, batch_pairs and encode_batch must be >= 1")
-        if self.cpu_workers is not None and self.cpu_workers < 1:
-            raise ValueError("cpu_workers must be >= 1 (or None for automatic)")
-        if self.model == "dis" and self.dis_preset not in DIS_PRESETS:
+    def __init__(
+        self,
+        config: FlowConfig | None = None,
+        *,
+        keep_features: bool = False,
+        network: RAFT | None = None,
+        **changes: Any,
+    ) -> None:
+        self.config = dataclasses.replace(config or FlowConfig(), **changes)
+        if self.config.model not in (*NETWORK_MODELS, "dis"):
             raise ValueError(
-                f"unknown DIS preset {self.dis_preset!r}; expected {list(DIS_PRESETS)}"
+                f"flow model {self.config.model!r} must be resolved to one of "
+                f"{(*NETWORK_MODELS, 'dis')} before the stage is built"
             )
+        self.keep_features = keep_features
+        self.network = network
+        self.autocast: torch.dtype | None = None
         self._carry = _Carry()
         self._dis = None
         self._workers: CpuWorkers | None = None
 
+    def __repr__(self) -> str:
+        return f"FlowStage({self.config!r}, keep_features={self.keep_features})"
+
+    @property
+    def device(self) -> torch.device:
+        """Where the network runs: its parameters' device, else the resolved ``config.device``."""
+        if self.network is not None:
+            return next(self.network.parameters()).device
+        return resolve_device(self.config.device)
+
     @property
     def is_network(self) -> bool:
-        return self.model in NETWORK_MODELS
+        return self.config.model in NETWORK_MODELS
 
     def setup(self) -> None:
+        """Builds the network (or DIS), resolves the autocast dtype, starts the CPU workers."""
         if self.is_network and self.network is None:
-            self.network = create_model(self.model, checkpoint=self.checkpoint, device=self.device)
+            self.network = create_model(
+                self.config.model, checkpoint=self.config.checkpoint, device=self.device
+            )
         if not self.is_network:
-            self._dis = DisFlow(self.dis_preset)
-        if self.is_network and self._workers is None:
+            self._dis = DisFlow(self.config.dis_preset)
+            return
+        self.autocast = resolve_precision(self.config.precision, self.device)
+        if self._workers is None:
             workers = self.resolved_cpu_workers()
             if workers > 1:
                 self._workers = CpuWorkers(workers, max(1, torch.get_num_threads() // workers))
@@ -181,18 +175,22 @@ class FlowStage:
 
     def resolved_cpu_workers(self) -> int:
         """Side-by-side workers for this stage's device and PyTorch's current thread count."""
-        device = self.device if self.network is None else next(self.network.parameters()).device
-        if not self.is_network or torch.device(device).type != "cpu":
+        if self.network is not None or self.config.device == "auto":
+            device_type = self.device.type
+        else:
+            device_type = torch.device(self.config.device).type  # no availability check here
+        if not self.is_network or device_type != "cpu":
             return 1
-        if self.cpu_workers is not None:
-            return self.cpu_workers
+        if self.config.cpu_workers is not None:
+            return self.config.cpu_workers
         return 2 if torch.get_num_threads() >= 2 else 1
 
     def process(self, chunk: FrameChunk) -> FrameChunk:
-        starts = pair_starts(chunk.num_frames, self.gap)
+        starts = pair_starts(chunk.num_frames, self.config.gap)
         chunk.artifacts["pairs"] = (
             np.stack(
-                [chunk.indices[list(starts)], chunk.indices[[t + self.gap for t in starts]]], axis=1
+                [chunk.indices[list(starts)], chunk.indices[[t + self.config.gap for t in starts]]],
+                axis=1,
             )
             .astype(np.int64)
             .reshape(-1, 2)
@@ -209,11 +207,11 @@ class FlowStage:
         if self._dis is None:
             self.setup()
         gray = [DisFlow.gray(frame) for frame in chunk.frames]
-        directions = [("flow_fw", False)] + ([("flow_bw", True)] if self.backward else [])
+        directions = [("flow_fw", False)] + ([("flow_bw", True)] if self.config.backward else [])
         for key, reverse in directions:
             flows = []
             for t in starts:
-                a, b = gray[t], gray[t + self.gap]
+                a, b = gray[t], gray[t + self.config.gap]
                 flow = self._dis(b, a) if reverse else self._dis(a, b)
                 flows.append(torch.from_numpy(flow).permute(2, 0, 1))
             chunk.artifacts[key] = _stack(flows, chunk)
@@ -225,7 +223,7 @@ class FlowStage:
             self.setup()
         network = self.network
         carry = self._fresh_carry(chunk)
-        padder = Padder(chunk.height, chunk.width, mode=self.pad_mode)
+        padder = Padder(chunk.height, chunk.width, mode=self.config.pad_mode)
         corr = self._corr_kind(padder)
         encode_batch, batch_pairs = self.batch_sizes(padder, corr)
         encode_workers, refine_workers = self._side_by_side(padder, corr, batch_pairs)
@@ -235,13 +233,13 @@ class FlowStage:
         features = self._encode_missing(
             chunk, padder, device, indices, carry, encode_batch, encode_workers
         )
-        keep = set(indices[len(indices) - self.gap :]) if not chunk.is_last else set()
+        keep = set(indices[len(indices) - self.config.gap :]) if not chunk.is_last else set()
         flows = self._refine_by_source(
             chunk, starts, padder, device, indices, carry, corr, batch_pairs, encode_batch, keep,
             refine_workers,
         )  # fmt: skip
         chunk.artifacts["flow_fw"] = flows["fw"]
-        if self.backward:
+        if self.config.backward:
             chunk.artifacts["flow_bw"] = flows["bw"]
         if self.keep_features:
             chunk.artifacts["features"] = torch.stack([features[i] for i in indices]).cpu()
@@ -259,11 +257,11 @@ class FlowStage:
     def batch_sizes(self, padder: Padder, corr: str) -> tuple[int, int]:
         """``(encode_batch, batch_pairs)`` for frames of this size within the memory budget."""
         height, width = padder.padded_size
-        budget = self.memory_budget_mb * 2**20
+        budget = self.config.memory_budget_mb * 2**20
         encode = max(
-            1, min(self.encode_batch, budget // (ENCODER_BYTES_PER_PIXEL * height * width))
+            1, min(self.config.encode_batch, budget // (ENCODER_BYTES_PER_PIXEL * height * width))
         )
-        pairs = self.batch_pairs
+        pairs = self.config.batch_pairs
         per_pair = self._pair_bytes(padder, corr)
         if per_pair:
             pairs = max(1, min(pairs, int(budget // per_pair)))
@@ -277,7 +275,7 @@ class FlowStage:
         per_pair = float(REFINE_BYTES_PER_POSITION * positions)
         if corr == "all-pairs":
             per_pair += 4 * positions**2 * 4 / 3  # float32 pyramid: 1 + 1/4 + 1/16 + 1/64
-        if self.model == "gma":
+        if self.config.model == "gma":
             per_pair += 4 * positions**2  # the source frame's attention matrix
         return per_pair
 
@@ -298,15 +296,15 @@ class FlowStage:
         per_worker = max(
             ENCODER_BYTES_PER_PIXEL * height * width, batch_pairs * self._pair_bytes(padder, corr)
         )
-        if workers.workers * per_worker > self.memory_budget_mb * 2**20:
+        if workers.workers * per_worker > self.config.memory_budget_mb * 2**20:
             return None, None
-        return workers, None if self.warm_start else workers
+        return workers, None if self.config.warm_start else workers
 
     def _corr_kind(self, padder: Padder) -> str:
-        if self.corr != "auto":
-            return self.corr
+        if self.config.corr != "auto":
+            return self.config.corr
         height, width = padder.padded_size
-        return "on-demand" if height * width > self.on_demand_above_pixels else "all-pairs"
+        return "on-demand" if height * width > self.config.on_demand_above_pixels else "all-pairs"
 
     def _images(self, chunk: FrameChunk, frames: list[int], padder: Padder, device) -> torch.Tensor:
         """Chunk-local frames -> padded ``(n, 3, H', W')`` float32 0..255 on ``device``."""
@@ -389,15 +387,17 @@ class FlowStage:
         their order within each direction.
         """
         by_source: dict[str, dict[int, tuple[int, int]]] = {
-            "fw": {t: (t, t + self.gap) for t in starts},
-            "bw": {t + self.gap: (t + self.gap, t) for t in starts} if self.backward else {},
+            "fw": {t: (t, t + self.config.gap) for t in starts},
+            "bw": {t + self.config.gap: (t + self.config.gap, t) for t in starts}
+            if self.config.backward
+            else {},
         }
         sources = sorted(set(by_source["fw"]) | set(by_source["bw"]))
-        batch = 1 if self.warm_start else batch_pairs
+        batch = 1 if self.config.warm_start else batch_pairs
         if workers is not None:
             window = batch
         else:  # contexts without attention are small: compute them in encoder-sized windows
-            window = batch if self.model == "gma" else max(batch, encode_batch)
+            window = batch if self.config.model == "gma" else max(batch, encode_batch)
         context_batch = window if workers is not None else encode_batch
 
         def run_window(group: list[int]) -> dict[str, list[torch.Tensor]]:
@@ -442,17 +442,17 @@ class FlowStage:
         dst = [indices[b] for _, b in pairs]
         with torch.inference_mode():
             context = _cat_contexts([carry.contexts[i] for i in src])
-            flow_init = self._warm_start_init(carry, direction) if self.warm_start else None
+            flow_init = self._warm_start_init(carry, direction) if self.config.warm_start else None
             flow_low, flow_up = self.network.refine(
                 torch.stack([carry.features[i] for i in src]),
                 torch.stack([carry.features[i] for i in dst]),
                 context,
-                iters=self.iters,
+                iters=self.config.iters,
                 flow_init=flow_init,
                 corr=corr,
                 autocast=self.autocast,
             )
-        if self.warm_start:
+        if self.config.warm_start:
             setattr(carry, f"flow_low_{direction}", flow_low)
         return padder.unpad(flow_up).float().cpu()
 

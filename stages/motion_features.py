@@ -67,8 +67,6 @@ One feature-grid cell is ``stride`` frame pixels (8 for RAFT's encoder and the d
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import numpy.typing as npt
 from torch import Tensor
@@ -86,7 +84,6 @@ from .flow_statistics import (
     DEFAULT_MBH_EPS,
     DEFAULT_N_BINS,
     DEFAULT_STATIC_THRESHOLD,
-    check_bins,
     flow_feature_columns,
     flow_stack_to_numpy,
     flow_statistics,
@@ -99,6 +96,7 @@ from .motionsqueeze_maps import (
     motionsqueeze_maps,
     motionsqueeze_statistics,
 )
+from .settings import FeaturesConfig
 
 __all__ = [
     "DEFAULT_CLIP_LEN",
@@ -108,7 +106,6 @@ __all__ = [
     "DEFAULT_STATIC_THRESHOLD",
     "LEADING_COLUMNS",
     "ClipMaps",
-    "MotionFeatureConfig",
     "MotionMaps",
     "clip_features",
     "clip_key",
@@ -127,7 +124,7 @@ __all__ = [
     "write_table",
 ]
 
-DEFAULT_CLIP_LEN = 8
+DEFAULT_CLIP_LEN: int = FeaturesConfig.clip_len
 """Frames per clip: the ``T = 8`` frames per clip of TSN/TSM/MotionSqueeze and 8x8 SlowFast."""
 
 
@@ -236,51 +233,8 @@ def clip_key(
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class MotionFeatureConfig:
-    """Every knob of the motion-feature computations (defaults documented in the module).
-
-    Attributes:
-        clip_len: frames per clip (:func:`clip_windows`).
-        clip_stride: frames between clip starts; None = ``clip_len - 1`` (shared frame).
-        drop_tail: drop a final clip shorter than ``clip_len``.
-        n_bins: orientation bins of HOF, MBH and the MotionSqueeze direction histogram.
-        static_threshold: px/frame at or below which a flow pixel is static.
-        mbh_eps: per-pixel floor of the MBH normalisation, 1/frame.
-        patch_size, dilation, sigma, temperature: MotionSqueeze soft-argmax parameters.
-        ms_static_threshold: feature-grid cells/frame at or below which a cell is static.
-        pairs_per_batch: pairs per correlation call.
-        descriptor_stride, descriptor_context: :func:`frame_descriptor` parameters.
-    """
-
-    clip_len: int = DEFAULT_CLIP_LEN
-    clip_stride: int | None = None
-    drop_tail: bool = False
-    n_bins: int = DEFAULT_N_BINS
-    static_threshold: float = DEFAULT_STATIC_THRESHOLD
-    mbh_eps: float = DEFAULT_MBH_EPS
-    patch_size: int = 15
-    dilation: int = 1
-    sigma: float = 5.0
-    temperature: float = 100.0
-    ms_static_threshold: float = DEFAULT_MS_STATIC_THRESHOLD
-    pairs_per_batch: int = 4
-    descriptor_stride: int = 8
-    descriptor_context: int = 3
-
-    def __post_init__(self) -> None:
-        clip_windows(0, self.clip_len, self.clip_stride)  # validates clip_len and stride
-        check_bins(self.n_bins)
-        if self.patch_size < 3 or self.patch_size % 2 == 0:
-            raise ValueError(f"patch_size must be an odd integer >= 3, got {self.patch_size}")
-        if self.dilation < 1 or self.pairs_per_batch < 1:
-            raise ValueError("dilation and pairs_per_batch must be >= 1")
-        if min(self.static_threshold, self.mbh_eps, self.ms_static_threshold) < 0:
-            raise ValueError("thresholds and mbh_eps must be >= 0")
-
-
 def clip_features(
-    config: MotionFeatureConfig,
+    config: FeaturesConfig,
     *,
     flows: npt.ArrayLike | None = None,
     features: Tensor | None = None,
@@ -288,7 +242,10 @@ def clip_features(
     """Feature columns (and MotionSqueeze maps) of one clip.
 
     Args:
-        config: parameters.
+        config: the ``features`` section (:class:`stages.settings.FeaturesConfig`): bins,
+            thresholds and the MotionSqueeze window; the rest are the defaults of
+            :func:`flow_statistics`, :func:`motionsqueeze_maps` and
+            :func:`motionsqueeze_statistics`.
         flows: ``(T-1, H, W, 2)`` flow of the clip, or None to skip the flow columns.
         features: ``(T, C, h, w)`` feature maps of the clip (encoder or
             :func:`frame_descriptor`), or None to skip the MotionSqueeze columns.
@@ -302,9 +259,8 @@ def clip_features(
         columns.update(
             flow_statistics(
                 flows,
-                n_bins=config.n_bins,
+                n_bins=config.hof_bins,
                 static_threshold=config.static_threshold,
-                mbh_eps=config.mbh_eps,
             )
         )
     maps = None
@@ -312,19 +268,15 @@ def clip_features(
         maps = motionsqueeze_maps(
             features,
             patch_size=config.patch_size,
-            dilation=config.dilation,
             sigma=config.sigma,
             temperature=config.temperature,
-            pairs_per_batch=config.pairs_per_batch,
         )
         columns.update(
             motionsqueeze_statistics(
                 maps.displacement,
                 maps.confidence,
                 patch_size=config.patch_size,
-                dilation=config.dilation,
-                n_bins=config.n_bins,
-                static_threshold=config.ms_static_threshold,
+                n_bins=config.hof_bins,
             )
         )
     return columns, maps

@@ -29,7 +29,6 @@ import torch
 
 from .base import FrameChunk
 from .consistency import (
-    ConsistencyConfig,
     batch_metrics,
     forward_backward_occlusion,
     motion_boundaries,
@@ -38,6 +37,7 @@ from .consistency import (
 )
 from .flow_io import atomic_path, write_bytes_atomic, write_image
 from .flow_viz import caption_height, side_by_side, with_caption
+from .settings import WarpConfig
 from .streaming import Mp4Writer
 from .warp import backward_warp
 
@@ -50,10 +50,10 @@ def frame_tensor(frames: np.ndarray, positions: list[int]) -> torch.Tensor:
 
 
 def chunk_pair_metrics(
-    chunk: FrameChunk, frames: np.ndarray, config: ConsistencyConfig
+    chunk: FrameChunk, frames: np.ndarray, config: WarpConfig
 ) -> list[dict[str, float]]:
     """Metrics of every pair of ``chunk`` measured on ``frames`` (the chunk's own frames, or a
-    processed copy aligned with them) with the chunk's flow."""
+    processed copy aligned with them) with the chunk's flow and ``config``'s thresholds."""
     local = {int(index): n for n, index in enumerate(chunk.indices)}
     pairs = chunk.artifacts["pairs"]
     if len(pairs) == 0:
@@ -85,22 +85,17 @@ class WarpStage:
 
     Attributes:
         out_dir: the video's output folder.
-        metrics: thresholds of the occlusion / motion-boundary tests.
-        frames: write ``warped/*.png``.
-        video: write ``warped.mp4``.
-        with_source: put the source frame beside the warped one in ``warped.mp4``.
-        masks: write ``occlusion/*.png`` (needs backward flow) and ``boundaries/*.png``.
+        config: the ``warp`` section: ``frames`` (write ``warped/*.png``), ``video``
+            (``warped.mp4``), ``with_source`` (the source frame beside the warped one in
+            ``warped.mp4``), ``masks`` (``occlusion/*.png``, which needs backward flow, and
+            ``boundaries/*.png``) and the thresholds of the occlusion / motion-boundary tests.
         fps: frame rate of ``warped.mp4``.
     """
 
     name: ClassVar[str] = "warp"
 
     out_dir: Path
-    metrics: ConsistencyConfig = field(default_factory=ConsistencyConfig)
-    frames: bool = True
-    video: bool = True
-    with_source: bool = True
-    masks: bool = True
+    config: WarpConfig = field(default_factory=WarpConfig)
     fps: float = 25.0
 
     def __post_init__(self) -> None:
@@ -115,7 +110,7 @@ class WarpStage:
         pairs = chunk.artifacts["pairs"]
         if len(pairs) == 0:
             return chunk
-        self._rows.extend(chunk_pair_metrics(chunk, chunk.frames, self.metrics))
+        self._rows.extend(chunk_pair_metrics(chunk, chunk.frames, self.config))
         local = {int(index): n for n, index in enumerate(chunk.indices)}
         flow_fw = chunk.artifacts["flow_fw"]
         flow_bw = chunk.artifacts.get("flow_bw")
@@ -123,22 +118,20 @@ class WarpStage:
         warped, _ = backward_warp(targets, flow_fw)
         warped = warped.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
         occluded = None
-        if self.masks and flow_bw is not None:
+        if self.config.masks and flow_bw is not None:
             occluded = forward_backward_occlusion(
-                flow_fw, flow_bw, alpha1=self.metrics.occlusion_alpha1,
-                alpha2=self.metrics.occlusion_alpha2,
+                flow_fw, flow_bw, alpha1=self.config.fb_alpha1, alpha2=self.config.fb_alpha2,
             )  # fmt: skip
         boundaries = None
-        if self.masks:
+        if self.config.masks:
             boundaries = motion_boundaries(
-                flow_fw, alpha1=self.metrics.boundary_alpha1,
-                alpha2=self.metrics.boundary_alpha2, difference=self.metrics.difference,
+                flow_fw, alpha1=self.config.mb_alpha1, alpha2=self.config.mb_alpha2,
             )  # fmt: skip
         for n, (a, b) in enumerate(pairs):
             name = f"{int(a):06d}.png"
-            if self.frames:
+            if self.config.frames:
                 write_image(self.out_dir / "warped" / name, warped[n])
-            if self.video:
+            if self.config.video:
                 if self._mp4 is None:
                     self._mp4 = Mp4Writer(self.out_dir / "warped.mp4", self.fps)
                 self._mp4.write(self._preview(chunk.frames[local[int(a)]], warped[n], a, b))
@@ -152,7 +145,7 @@ class WarpStage:
         """One labelled frame of ``warped.mp4``: frame ``a`` | frame ``b`` warped onto it."""
         bar = caption_height(source.shape[0])
         rebuilt = with_caption(warped, f"frame {int(b)} warped to {int(a)}", bar)
-        if not self.with_source:
+        if not self.config.with_source:
             return rebuilt
         return side_by_side(with_caption(source, f"frame {int(a)}", bar), rebuilt)
 

@@ -41,8 +41,6 @@ import numpy as np
 
 from .base import FrameChunk
 from .flow_io import (
-    FLOW_JPEG_PRESETS,
-    FlowJpegLayout,
     write_bytes_atomic,
     write_flo,
     write_flow_jpegs,
@@ -59,6 +57,7 @@ from .flow_viz import (
     video_scale,
     with_caption,
 )
+from .settings import OutputConfig
 from .streaming import Mp4Writer, StackedNpyWriter
 
 logger = logging.getLogger(__name__)
@@ -73,45 +72,29 @@ class FlowWriters:
 
     Attributes:
         out_dir: the video's output folder.
-        formats: any of ``flo``, ``npy``, ``npz``, ``kitti``, ``jpg``, ``viz``.
-        npy_dtype: ``float32`` or ``float16`` for ``npy`` / ``npz``.
-        jpg_layout: naming and quantisation of action-recognition JPEGs.
-        write_rgb: also write the RGB frames (``img_*.jpg``) next to the flow JPEGs.
-        viz_scale: ``"video"`` (one rim for the video, see the module docstring) or
-            ``"frame"`` (each picture's largest motion).
-        viz_max_flow: fixed colour-wheel rim in pixels; overrides ``viz_scale``.
-        viz_min_flow: the smallest rim ``viz_scale="video"`` picks (pixels).
-        viz_legend: draw the colour key and the rim beside each picture (pictures under
-            :data:`stages.flow_viz.LEGEND_MIN_HEIGHT` pixels tall get none).
-        viz_video: also encode ``viz.mp4``.
+        config: the ``output`` section (:class:`stages.settings.OutputConfig`): formats,
+            dtypes, the flow-JPEG layout and the colour pictures (``viz_scale``: see the module
+            docstring; pictures under :data:`stages.flow_viz.LEGEND_MIN_HEIGHT` pixels tall get
+            no legend).
         fps: frame rate for ``viz.mp4``.
     """
 
     name: ClassVar[str] = "writers"
 
     out_dir: Path
-    formats: tuple[str, ...] = ("npy",)
-    npy_dtype: str = "float32"
-    jpg_layout: FlowJpegLayout = field(default_factory=lambda: FLOW_JPEG_PRESETS["mmaction2"])
-    write_rgb: bool = False
-    viz_scale: str = "video"
-    viz_max_flow: float | None = None
-    viz_min_flow: float = 2.0
-    viz_legend: bool = True
-    viz_video: bool = True
+    config: OutputConfig = field(default_factory=OutputConfig)
     fps: float = 25.0
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
+        self.jpg_layout = self.config.jpg_layout
         self._stacks: dict[str, StackedNpyWriter] = {}
         self._mp4: Mp4Writer | None = None
         self._timestamps: list[tuple[int, float]] = []
         self._pairs: list[tuple[int, int, float, float]] = []
-        self._rim: float | None = self.viz_max_flow
+        self._rim: float | None = self.config.viz_max_flow
         self.outputs: dict[str, str] = {}
         self.summary: dict[str, object] = {}
-        if self.viz_scale not in ("video", "frame"):
-            raise ValueError(f"viz_scale must be 'video' or 'frame', got {self.viz_scale!r}")
 
     def setup(self) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -119,7 +102,7 @@ class FlowWriters:
     def process(self, chunk: FrameChunk) -> FrameChunk:
         new = range(chunk.overlap, chunk.num_frames)  # frames not already seen
         self._timestamps.extend((int(chunk.indices[i]), float(chunk.pts[i])) for i in new)
-        if "jpg" in self.formats and self.write_rgb:
+        if "jpg" in self.config.formats and self.config.write_rgb:
             for i in new:
                 write_image(
                     self.out_dir / "rawframes" / self.jpg_layout.image_name(int(chunk.indices[i])),
@@ -133,49 +116,54 @@ class FlowWriters:
         for key, suffix in (("flow_fw", ""), ("flow_bw", "_bw")):
             if key in chunk.artifacts:
                 flows = chunk.artifacts[key].permute(0, 2, 3, 1).numpy()  # (P, H, W, 2)
-                if not suffix and self._rim is None and self.viz_scale == "video" and len(flows):
-                    self._rim = video_scale(flows, VIDEO_PERCENTILE, self.viz_min_flow)
+                if (
+                    not suffix
+                    and self._rim is None
+                    and self.config.viz_scale == "video"
+                    and len(flows)
+                ):
+                    self._rim = video_scale(flows, VIDEO_PERCENTILE, self.config.viz_min_flow)
                 self._write_flows(flows, pairs, suffix, chunk, local)
         return chunk
 
     def _write_flows(self, flows, pairs, suffix: str, chunk: FrameChunk, local) -> None:
         for fmt in ("npy", "npz"):
-            if fmt in self.formats and len(flows):
+            if fmt in self.config.formats and len(flows):
                 stack = self._stacks.get(fmt + suffix)
                 if stack is None:
                     path = self.out_dir / f"flow{suffix}.{fmt}"
-                    stack = StackedNpyWriter(path, flows.shape[1:], self.npy_dtype)
+                    stack = StackedNpyWriter(path, flows.shape[1:], self.config.npy_dtype)
                     self._stacks[fmt + suffix] = stack
                 stack.append(flows)
         for flow, (t, t_k) in zip(flows, pairs, strict=True):
             name = f"{int(t):06d}"
-            if "flo" in self.formats:
+            if "flo" in self.config.formats:
                 write_flo(self.out_dir / f"flo{suffix}" / f"{name}.flo", flow)
-            if "kitti" in self.formats:
+            if "kitti" in self.config.formats:
                 write_kitti_png(self.out_dir / f"kitti{suffix}" / f"{name}.png", flow)
             if suffix:
                 continue  # action-recognition frames and previews use forward flow only
-            if "jpg" in self.formats:
+            if "jpg" in self.config.formats:
                 write_flow_jpegs(self.out_dir / "rawframes", flow, int(t), self.jpg_layout)
-            if "viz" in self.formats:
+            if "viz" in self.config.formats:
                 self._write_viz(flow, int(t), int(t_k), chunk.frames[local[int(t)]])
 
     def _rim_for(self, flow: np.ndarray) -> tuple[float, str]:
         """The rim magnitude of this picture and how it was chosen (for the legend)."""
-        if self.viz_max_flow is not None:
-            return float(self.viz_max_flow), "fixed"
-        if self.viz_scale == "video" and self._rim is not None:
+        if self.config.viz_max_flow is not None:
+            return float(self.config.viz_max_flow), "fixed"
+        if self.config.viz_scale == "video" and self._rim is not None:
             return self._rim, "per video"
         return largest_magnitude(flow), "frame max"
 
     def _write_viz(self, flow: np.ndarray, t: int, t_k: int, frame: np.ndarray) -> None:
         rim, how = self._rim_for(flow)
         colour = flow_to_color(flow, max_flow=rim)
-        legible = self.viz_legend and colour.shape[0] >= LEGEND_MIN_HEIGHT
+        legible = self.config.viz_legend and colour.shape[0] >= LEGEND_MIN_HEIGHT
         legend = legend_panel(colour.shape[0], rim, how) if legible else None
         picture = colour if legend is None else np.concatenate([colour, legend], axis=1)
         write_image(self.out_dir / "viz" / f"{t:06d}.png", picture)
-        if not self.viz_video:
+        if not self.config.viz_video:
             return
         bar = caption_height(frame.shape[0])
         preview = side_by_side(
@@ -194,11 +182,11 @@ class FlowWriters:
         With ``viz``, :attr:`summary` records the colour scale (``viz_scale``: how the rim was
         chosen, ``viz_rim_px``: the rim in pixels, ``None`` when each frame has its own).
         """
-        if "viz" in self.formats and self._pairs:
-            fixed = self.viz_max_flow is not None
+        if "viz" in self.config.formats and self._pairs:
+            fixed = self.config.viz_max_flow is not None
             self.summary = {
-                "viz_scale": "fixed" if fixed else self.viz_scale,
-                "viz_rim_px": None if self.viz_scale == "frame" and not fixed else self._rim,
+                "viz_scale": "fixed" if fixed else self.config.viz_scale,
+                "viz_rim_px": None if self.config.viz_scale == "frame" and not fixed else self._rim,
             }
         for name, stack in self._stacks.items():
             self.outputs[name] = str(stack.close())
@@ -212,7 +200,7 @@ class FlowWriters:
             ("viz", "viz"),
             ("jpg", "rawframes"),
         ):
-            if fmt in self.formats and (self.out_dir / folder).is_dir():
+            if fmt in self.config.formats and (self.out_dir / folder).is_dir():
                 self.outputs[fmt] = str(self.out_dir / folder)
         self.outputs["timestamps"] = str(
             _write_csv(self.out_dir / "timestamps.csv", ("frame", "pts"), self._timestamps)

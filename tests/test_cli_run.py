@@ -16,7 +16,7 @@ from PIL import Image
 
 from models import create_model
 from pipeline.cli import main
-from stages.decode import DecodeOptions, open_video
+from stages.decode import DecodeConfig, open_video
 from stages.flow_io import dequantize_flow
 from stages.flow_viz import caption_height, legend_width
 from tests.media import pattern_frame, write_frames
@@ -81,7 +81,7 @@ def test_every_writer_reads_back(clip: Path, parity_dir: Path, tmp_path: Path) -
 
     # pair 0 equals the model run directly on the decoded frames
     network = create_model("raft-small", checkpoint=checkpoint)
-    with open_video(clip, DecodeOptions(backend="pyav")) as reader:
+    with open_video(clip, DecodeConfig(backend="pyav")) as reader:
         decoded = [f.rgb for f in reader.frames()][:2]
     frames = [torch.from_numpy(rgb).permute(2, 0, 1)[None].float() for rgb in decoded]
     direct = network.estimate_flow(*frames, iters=2).flow[0].permute(1, 2, 0).numpy()

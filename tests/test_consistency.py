@@ -15,7 +15,6 @@ from PIL import Image
 
 from stages.consistency import (
     METRIC_KEYS,
-    ConsistencyConfig,
     batch_metrics,
     flow_gradients,
     flow_magnitude_stats,
@@ -389,9 +388,7 @@ def test_pair_metrics_keys_and_values() -> None:
     assert row["flow_mag_max"] == 3.0 and row["flow_mag_median"] == 0.0
     assert row["flow_mag_mean"] == pytest.approx(3.0 * 64 / pixels)
     # keeping motion boundaries counts more pixels
-    kept = pair_metrics(
-        frame, frame, flow_fw, flow_bw, ConsistencyConfig(exclude_motion_boundaries=False)
-    )[0]
+    kept = pair_metrics(frame, frame, flow_fw, flow_bw, exclude_motion_boundaries=False)[0]
     assert kept["counted_fraction"] > row["counted_fraction"]
 
 

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from pipeline.cli import main
-from stages.decode import DecodeOptions, open_video
+from stages.decode import DecodeConfig, open_video
 from tests.media import write_frames
 
 SIDE = 160  # frames are downscaled to this long side to keep the test fast
@@ -19,7 +19,7 @@ SIDE = 160  # frames are downscaled to this long side to keep the test fast
 
 @pytest.fixture(scope="module")
 def source_frames(videos_dir: Path) -> list[np.ndarray]:
-    options = DecodeOptions(backend="pyav", max_side=SIDE, end=1.0)
+    options = DecodeConfig(backend="pyav", max_side=SIDE, end=1.0)
     with open_video(videos_dir / "asl_again.mkv", options) as reader:
         return [frame.rgb for frame in reader.frames()]
 

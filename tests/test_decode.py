@@ -18,9 +18,9 @@ import pytest
 from stages.base import FrameChunk
 from stages.decode import (
     BACKENDS,
+    DecodeConfig,
     DecodedFrame,
     DecodeError,
-    DecodeOptions,
     VideoInfo,
     iter_chunks,
     open_video,
@@ -42,7 +42,7 @@ W, H = 64, 48
 
 
 def decode_all(path: Path, **kwargs: object) -> tuple[VideoInfo, list[DecodedFrame], list[str]]:
-    with open_video(path, DecodeOptions(**kwargs)) as reader:  # type: ignore[arg-type]
+    with open_video(path, DecodeConfig(**kwargs)) as reader:  # type: ignore[arg-type]
         frames = list(reader.frames())
         return reader.info, frames, list(reader.warnings)
 
@@ -105,12 +105,11 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
         {"start": 2.0, "end": 1.0},
         {"max_side": 0},
         {"max_side": 10.5},
-        {"threads": -1},
     ],
 )
 def test_options_are_validated(kwargs: dict[str, object]) -> None:
     with pytest.raises(ValueError):
-        DecodeOptions(**kwargs)  # type: ignore[arg-type]
+        DecodeConfig(**kwargs)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- backend agreement
@@ -330,7 +329,7 @@ def test_start_seeks_to_the_same_frames(media: Callable[..., Path]) -> None:
     for start in (1.0, 1.51, 2.95):
         expected = [f.rgb for f in everything if f.pts >= start - 1e-6]
         for backend in BACKENDS:
-            with open_video(path, DecodeOptions(backend=backend, start=start)) as reader:
+            with open_video(path, DecodeConfig(backend=backend, start=start)) as reader:
                 frames = list(reader.frames())
                 if backend == "pyav":  # seeks to the keyframe before start (one every 10 frames)
                     assert reader.frames_decoded <= len(expected) + 10
@@ -461,7 +460,7 @@ def test_errors_name_the_file(tmp_path: Path) -> None:
     for path, reason in cases.items():
         for backend in BACKENDS:
             with pytest.raises(DecodeError) as caught:
-                open_video(path, DecodeOptions(backend=backend))
+                open_video(path, DecodeConfig(backend=backend))
             error = caught.value
             assert error.path == str(path)
             assert error.reason.startswith(reason)
@@ -513,7 +512,7 @@ def _undecodable_by(backend: str, media: Callable[..., Path]) -> tuple[str, Path
         except (av.FFmpegError, ValueError):  # this build cannot encode it after all
             continue
         try:
-            Backend(probe_video(str(path)), DecodeOptions(backend=backend), DecodeState()).close()
+            Backend(probe_video(str(path)), DecodeConfig(backend=backend), DecodeState()).close()
         except Exception:  # what the reader treats as "cannot decode": fall back to PyAV
             return codec, path
     return None
@@ -691,7 +690,7 @@ def test_shared_long_clip_decodes_identically(
     path = videos_dir / "bottle-detection.mp4"
     results = {}
     for backend in BACKENDS:
-        with open_video(path, DecodeOptions(backend=backend)) as reader:
+        with open_video(path, DecodeConfig(backend=backend)) as reader:
             pts, sample = [], []
             for frame in reader.frames():
                 pts.append(frame.pts)

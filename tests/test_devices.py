@@ -7,7 +7,7 @@ import logging
 import pytest
 import torch
 
-import pipeline.devices as devices
+import stages.devices as devices
 
 
 def test_precisions_map_to_autocast_dtypes() -> None:
@@ -25,7 +25,7 @@ def test_bf16_on_a_cpu_without_bf16_instructions_warns(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, native, warned
 ) -> None:
     monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: native)
-    with caplog.at_level(logging.WARNING, logger="pipeline.devices"):
+    with caplog.at_level(logging.WARNING, logger="stages.devices"):
         devices.resolve_precision("bf16", torch.device("cpu"))
     assert ("is emulated" in caplog.text) is warned
 

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from pipeline.cli import main
 from pipeline.discovery import VideoJob, assign_ids, find_inputs
-from stages.decode import DecodeError, DecodeOptions, open_video
+from stages.decode import DecodeConfig, DecodeError, open_video
 from stages.decoding.frames_folder import FrameFolderReader, natural_key
 from tests.media import pattern_frame, read_frame_index, write_video
 
@@ -190,7 +190,7 @@ def test_frame_folder_reader(tmp_path: Path) -> None:
     for n in range(12):  # names sort wrongly as plain strings: 10, 11 before 2
         _write_png(folder / f"frame_{n}.png", pattern_frame(n, 64, 48))
     _touch(folder / ".DS_Store")
-    with open_video(folder, DecodeOptions(stride=2)) as reader:
+    with open_video(folder, DecodeConfig(stride=2)) as reader:
         assert isinstance(reader, FrameFolderReader)
         assert (reader.info.width, reader.info.height, reader.info.fps) == (64, 48, 25.0)
         assert reader.info.header_frame_count == 12 and reader.info.backend == "frames"
@@ -200,7 +200,7 @@ def test_frame_folder_reader(tmp_path: Path) -> None:
     np.testing.assert_allclose([f.pts for f in frames], [n / 25 for n in (0, 2, 4, 6, 8, 10)])
     np.testing.assert_array_equal(frames[0].rgb, pattern_frame(0, 64, 48))
 
-    with FrameFolderReader(str(folder), DecodeOptions(max_side=32, start=0.2), fps=10) as reader:
+    with FrameFolderReader(str(folder), DecodeConfig(max_side=32, start=0.2), fps=10) as reader:
         frames = list(reader)
     assert [read_frame_index(f.rgb) for f in frames] == list(range(2, 12))
     assert frames[0].rgb.shape == (24, 32, 3) and frames[0].pts == pytest.approx(0.2)

@@ -30,7 +30,7 @@ def network(parity_dir: Path):
 def _run(stage: FlowStage, frames: list[DecodedFrame], chunk_size: int) -> dict[str, np.ndarray]:
     stage.setup()
     out: dict[str, list] = {"pairs": [], "flow_fw": [], "flow_bw": [], "features": []}
-    for chunk in iter_chunks(frames, "clip", chunk_size, overlap=stage.gap):
+    for chunk in iter_chunks(frames, "clip", chunk_size, overlap=stage.config.gap):
         stage.process(chunk)
         for key in out:
             if key in chunk.artifacts:

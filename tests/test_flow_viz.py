@@ -199,13 +199,14 @@ def test_writers_draw_one_scale_per_video_with_its_legend(tmp_path) -> None:
     import torch
 
     from stages.base import FrameChunk
+    from stages.settings import OutputConfig
     from stages.writers import FlowWriters
 
     frames = np.zeros((5, 48, 64, 3), np.uint8)
     flows = np.zeros((4, 48, 64, 2), np.float32)
     flows[:, 10:30, 10:30] = (3.0, 0.0)
     flows[3, 10:30, 10:30] = (9.0, 0.0)  # later motion: darker past the rim, not rescaled
-    writers = FlowWriters(tmp_path, formats=("viz",), viz_video=False)
+    writers = FlowWriters(tmp_path, OutputConfig(formats=("viz",), viz_video=False))
     for first, last, overlap in ((0, 4, 0), (3, 5, 1)):  # two chunks: pairs 0-2, then pair 3
         pairs = np.stack([np.arange(first, last - 1), np.arange(first + 1, last)], 1)
         chunk = FrameChunk(

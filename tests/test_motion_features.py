@@ -13,7 +13,6 @@ import torch
 
 from stages.motion_features import (
     LEADING_COLUMNS,
-    MotionFeatureConfig,
     clip_features,
     clip_key,
     clip_windows,
@@ -30,6 +29,7 @@ from stages.motion_features import (
     write_clip_maps,
     write_table,
 )
+from stages.settings import FeaturesConfig
 
 # (dx, dy) in image coordinates (y down) -> HOF bin: 0 right, 2 up, 4 left, 6 down.
 DIRECTIONS = [
@@ -454,7 +454,7 @@ def test_frame_descriptor_motion_matches_the_frame_motion() -> None:
 
 
 def test_clip_features_bundles_both_families() -> None:
-    config = MotionFeatureConfig(n_bins=4)
+    config = FeaturesConfig(hof_bins=4)
     frames = _translating_frames(64, 64, 8, 0, count=3, blur=4.0)
     columns, maps = clip_features(
         config, flows=_constant_flow(8.0, 0.0, pairs=2), features=frame_descriptor(frames)
@@ -465,9 +465,9 @@ def test_clip_features_bundles_both_families() -> None:
     only_flow, no_maps = clip_features(config, flows=_constant_flow(1.0, 0.0))
     assert no_maps is None and tuple(only_flow) == flow_feature_columns(4)
     with pytest.raises(ValueError, match="patch_size"):
-        MotionFeatureConfig(patch_size=4)
+        FeaturesConfig(patch_size=4)
     with pytest.raises(ValueError, match="clip_len"):
-        MotionFeatureConfig(clip_len=1)
+        FeaturesConfig(clip_len=1)
 
 
 # --------------------------------------------------------------------------------------------

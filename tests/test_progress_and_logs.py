@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import main
-from stages.decode import DecodeOptions, open_video
+from stages.decode import DecodeConfig, open_video
 from stages.decoding.frames_folder import open_frames_folder
 from tests.media import pattern_frame, write_frames, write_video
 
@@ -48,7 +48,7 @@ def _invoke(args: list[str], **env):
 def test_expected_frames_match_the_frames_delivered(tmp_path, suffix, codec, options) -> None:
     """Matroska and WebM store no frame count: the duration and rate give it."""
     path = write_video(tmp_path / f"clip.{suffix}", num_frames=90, fps=30, codec=codec)
-    with open_video(path, DecodeOptions(**options)) as reader:
+    with open_video(path, DecodeConfig(**options)) as reader:
         expected = reader.expected_frames()
         assert expected == sum(1 for _ in reader.frames())
     if suffix != "mp4":
@@ -60,7 +60,7 @@ def test_expected_frames_of_a_frame_folder(tmp_path) -> None:
     folder.mkdir()
     for n in range(10):
         cv2.imwrite(str(folder / f"{n}.png"), pattern_frame(n, 32, 24))
-    with open_frames_folder(folder, DecodeOptions(stride=3)) as reader:
+    with open_frames_folder(folder, DecodeConfig(stride=3)) as reader:
         assert reader.expected_frames() == 4 == sum(1 for _ in reader.frames())
 
 

@@ -8,7 +8,7 @@ from typing import Protocol
 
 import numpy as np
 
-from stages.decoding.types import DecodeOptions
+from stages.decoding.types import DecodeConfig
 
 CLOCK_TOLERANCE = 1e-3
 """Largest difference (seconds) allowed between a backend's first pts and PyAV's."""
@@ -47,7 +47,7 @@ class Backend(Protocol):
     name: str
     applied_rotation: int
 
-    def frames(self, options: DecodeOptions) -> Iterator[tuple[float, np.ndarray]]:
+    def frames(self, options: DecodeConfig) -> Iterator[tuple[float, np.ndarray]]:
         """Yield ``(pts_seconds, rgb)`` for the selected frames, in presentation order.
 
         ``rgb`` is ``(h, w, 3)`` uint8 RGB as decoded (not yet resized nor rotated). Decoder

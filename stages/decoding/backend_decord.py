@@ -40,7 +40,7 @@ from stages.decoding.backend_base import CLOCK_TOLERANCE, BackendUnsupported, De
 from stages.decoding.backend_pyav import PyAVBackend
 from stages.decoding.probe import StreamProbe
 from stages.decoding.selection import select_frames
-from stages.decoding.types import DecodeOptions
+from stages.decoding.types import DecodeConfig
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class DecordBackend:
     name = "decord"
     applied_rotation = 0
 
-    def __init__(self, probe: StreamProbe, options: DecodeOptions, state: DecodeState) -> None:
+    def __init__(self, probe: StreamProbe, options: DecodeConfig, state: DecodeState) -> None:
         decord = _import_decord()
         if probe.rotation:
             raise BackendUnsupported(f"decord mis-decodes rotated streams ({probe.rotation} deg)")
@@ -102,7 +102,6 @@ class DecordBackend:
             reader = decord.VideoReader(
                 probe.path,
                 ctx=decord.cpu(0),
-                num_threads=options.threads,
                 fault_tol=FAULT_TOLERANCE,
             )
             count = len(reader)
@@ -129,7 +128,7 @@ class DecordBackend:
         self._reader = None
         self._first = None
 
-    def frames(self, options: DecodeOptions) -> Iterator[tuple[float, np.ndarray]]:
+    def frames(self, options: DecodeConfig) -> Iterator[tuple[float, np.ndarray]]:
         candidates = ((pts, index) for index, pts in enumerate(self._pts))
         wanted = [index for _, index in select_frames(candidates, options)]
         if wanted and wanted[0] == 0 and self._first is not None:
@@ -153,7 +152,7 @@ class DecordBackend:
                 yield self._pts[index], rgb.copy()  # own memory, not a view of the batch
 
     def _continue_with_pyav(
-        self, remaining: list[int], options: DecodeOptions
+        self, remaining: list[int], options: DecodeConfig
     ) -> Iterator[tuple[float, np.ndarray]]:
         """Decode the frames at the pts of ``remaining`` with PyAV, from the first of them."""
         todo = {self._pts[index] for index in remaining}

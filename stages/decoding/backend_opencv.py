@@ -20,7 +20,7 @@ import numpy as np
 from stages.decoding.backend_base import CLOCK_TOLERANCE, BackendUnsupported, DecodeState
 from stages.decoding.probe import StreamProbe
 from stages.decoding.selection import select_frames
-from stages.decoding.types import DecodeOptions
+from stages.decoding.types import DecodeConfig
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class OpenCVBackend:
 
     name = "opencv"
 
-    def __init__(self, probe: StreamProbe, options: DecodeOptions, state: DecodeState) -> None:
+    def __init__(self, probe: StreamProbe, options: DecodeConfig, state: DecodeState) -> None:
         self._probe = probe
         self._state = state
         capture = cv2.VideoCapture(probe.path, cv2.CAP_FFMPEG)
@@ -60,7 +60,7 @@ class OpenCVBackend:
     def close(self) -> None:
         self._capture.release()
 
-    def frames(self, options: DecodeOptions) -> Iterator[tuple[float, np.ndarray]]:
+    def frames(self, options: DecodeConfig) -> Iterator[tuple[float, np.ndarray]]:
         for pts, bgr in select_frames(self._timed_frames(), options):
             yield pts, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 

@@ -12,7 +12,7 @@ from av.video.reformatter import VideoReformatter
 from stages.decoding.backend_base import DecodeState
 from stages.decoding.probe import StreamProbe
 from stages.decoding.selection import EPS, select_frames
-from stages.decoding.types import DecodeOptions
+from stages.decoding.types import DecodeConfig
 
 logger = logging.getLogger(__name__)
 
@@ -31,9 +31,8 @@ class PyAVBackend:
     name = "pyav"
     applied_rotation = 0
 
-    def __init__(self, probe: StreamProbe, options: DecodeOptions, state: DecodeState) -> None:
+    def __init__(self, probe: StreamProbe, options: DecodeConfig, state: DecodeState) -> None:
         self._probe = probe
-        self._threads = options.threads
         self._state = state
         self._container, self._stream = self._open()
 
@@ -44,21 +43,19 @@ class PyAVBackend:
             if candidate.index == self._probe.stream_index:
                 stream = candidate
         stream.thread_type = "AUTO"
-        if self._threads:
-            stream.codec_context.thread_count = self._threads
         return container, stream
 
     def close(self) -> None:
         self._container.close()
 
-    def frames(self, options: DecodeOptions) -> Iterator[tuple[float, np.ndarray]]:
+    def frames(self, options: DecodeConfig) -> Iterator[tuple[float, np.ndarray]]:
         # One reformatter for the whole stream: ``frame.to_ndarray(format=...)`` builds a new
         # swscale context per frame, which is several times slower than decoding.
         reformatter = VideoReformatter()
         for pts, frame in select_frames(self._timed_frames(options), options):
             yield pts, reformatter.reformat(frame, format="rgb24").to_ndarray()
 
-    def _timed_frames(self, options: DecodeOptions) -> Iterator[tuple[float, av.VideoFrame]]:
+    def _timed_frames(self, options: DecodeConfig) -> Iterator[tuple[float, av.VideoFrame]]:
         decoded_before = self._state.decoded
         start = options.start
         if start is None or start <= self._probe.first_pts + EPS:

@@ -1,12 +1,12 @@
 """A folder of images read as one video (``open_video`` dispatches here for a folder).
 
 The images (``.jpg``, ``.jpeg``, ``.png``; hidden files skipped) are taken in natural order
-(``frame_2.png`` before ``frame_10.png``); image ``i`` gets ``pts = i / fps`` (``fps`` defaults to
-25). Frames are delivered as upright ``(H, W, 3)`` uint8 RGB (gray and 16-bit images converted,
-EXIF orientation applied), with the same selection (time range, ``target_fps``, ``stride``) and
-``max_side`` resize as a video file. An image whose size differs from the first is resized to the
-first one's size and counted in a warning; an image that cannot be read ends the sequence there,
-with a warning (as a corrupt packet ends a video stream).
+(``frame_2.png`` before ``frame_10.png``); image ``i`` gets ``pts = i / fps`` (``fps``: the
+options' ``frames_fps``). Frames are delivered as upright ``(H, W, 3)`` uint8 RGB (gray and
+16-bit images converted, EXIF orientation applied), with the same selection (time range,
+``target_fps``, ``stride``) and ``max_side`` resize as a video file. An image whose size differs
+from the first is resized to the first one's size and counted in a warning; an image that cannot
+be read ends the sequence there, with a warning (as a corrupt packet ends a video stream).
 """
 
 from __future__ import annotations
@@ -23,12 +23,9 @@ import numpy as np
 
 from stages.decoding.selection import expected_count, select_frames
 from stages.decoding.transform import FrameTransform, fit_max_side
-from stages.decoding.types import DecodedFrame, DecodeError, DecodeOptions, VideoInfo
+from stages.decoding.types import DecodeConfig, DecodedFrame, DecodeError, VideoInfo
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_FRAMES_FPS = 25.0
-"""Frame rate given to a folder of images unless the options name another."""
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
@@ -71,7 +68,8 @@ class FrameFolderReader:
     Use as a context manager; :meth:`frames` (or iterating the reader) may be done once.
     """
 
-    def __init__(self, path: str, options: DecodeOptions, fps: float = DEFAULT_FRAMES_FPS):
+    def __init__(self, path: str, options: DecodeConfig, fps: float | None = None):
+        fps = options.frames_fps if fps is None else fps
         if not fps or fps <= 0:
             raise ValueError(f"fps must be > 0, got {fps!r}")
         self.options = options
@@ -168,12 +166,10 @@ class FrameFolderReader:
         self.close()
 
 
-def open_frames_folder(path: str | os.PathLike[str], options: DecodeOptions) -> FrameFolderReader:
-    """Opens a frame folder; the frame rate is ``options.frames_fps`` when the options have
-    such a field, else :data:`DEFAULT_FRAMES_FPS`.
+def open_frames_folder(path: str | os.PathLike[str], options: DecodeConfig) -> FrameFolderReader:
+    """Opens a frame folder; the frame rate is ``options.frames_fps``.
 
     Raises:
         DecodeError: the folder holds no image, or its first image cannot be read.
     """
-    fps = getattr(options, "frames_fps", None) or DEFAULT_FRAMES_FPS
-    return FrameFolderReader(os.fspath(path), options, fps=fps)
+    return FrameFolderReader(os.fspath(path), options)

@@ -31,7 +31,7 @@ from stages.decoding.frames_folder import FrameFolderReader, open_frames_folder
 from stages.decoding.probe import StreamProbe, probe_video
 from stages.decoding.selection import expected_count
 from stages.decoding.transform import FrameTransform, fit_max_side
-from stages.decoding.types import DecodedFrame, DecodeError, DecodeOptions, VideoInfo
+from stages.decoding.types import DecodeConfig, DecodedFrame, DecodeError, VideoInfo
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def _warn_fallback(backend: str, reason: str) -> None:
     logger.log(level, "%s unavailable: %s; falling back to PyAV", backend, reason)
 
 
-def _make_backend(probe: StreamProbe, options: DecodeOptions, state: DecodeState) -> Backend:
+def _make_backend(probe: StreamProbe, options: DecodeConfig, state: DecodeState) -> Backend:
     try:
         if options.backend == "decord":
             return DecordBackend(probe, options, state)
@@ -66,12 +66,12 @@ class VideoReader:
 
     Attributes:
         info: stream facts (:class:`VideoInfo`), ``info.backend`` is the backend in use.
-        options: the :class:`DecodeOptions` it was opened with.
+        options: the :class:`DecodeConfig` it was opened with.
         warnings: problems met so far (fallbacks, early end of a corrupt stream, resolution
             changes, ...); complete once :meth:`frames` is exhausted.
     """
 
-    def __init__(self, path: str, options: DecodeOptions) -> None:
+    def __init__(self, path: str, options: DecodeConfig) -> None:
         self.options = options
         self._state = DecodeState()
         self.warnings: list[str] = self._state.warnings
@@ -194,7 +194,7 @@ class VideoReader:
 
 
 def open_video(
-    path: str | os.PathLike[str], options: DecodeOptions | None = None
+    path: str | os.PathLike[str], options: DecodeConfig | None = None
 ) -> VideoReader | FrameFolderReader:
     """Probe ``path`` and open it for decoding with ``options`` (defaults: PyAV, all frames).
 
@@ -205,5 +205,5 @@ def open_video(
             decodable frame; the folder holds no readable image.
     """
     if os.path.isdir(path):
-        return open_frames_folder(path, options or DecodeOptions())
-    return VideoReader(os.fspath(path), options or DecodeOptions())
+        return open_frames_folder(path, options or DecodeConfig())
+    return VideoReader(os.fspath(path), options or DecodeConfig())

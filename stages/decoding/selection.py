@@ -17,7 +17,7 @@ import math
 from collections.abc import Iterable, Iterator
 from typing import Generic, TypeVar
 
-from stages.decoding.types import DecodeOptions
+from stages.decoding.types import DecodeConfig
 
 T = TypeVar("T")
 
@@ -29,7 +29,7 @@ class _TimeRange(Generic[T]):
     """Iterates the frames with ``start <= pts < end``; afterwards :attr:`stop` holds the time
     the last of them stops being shown (see the module docstring), None if there was no frame."""
 
-    def __init__(self, items: Iterable[tuple[float, T]], options: DecodeOptions) -> None:
+    def __init__(self, items: Iterable[tuple[float, T]], options: DecodeConfig) -> None:
         self._items = items
         self._start = options.start
         self._end = options.end
@@ -78,7 +78,7 @@ def _resample(frames: _TimeRange[T], fps: float) -> Iterator[tuple[float, T]]:
 
 
 def select_frames(
-    items: Iterable[tuple[float, T]], options: DecodeOptions
+    items: Iterable[tuple[float, T]], options: DecodeConfig
 ) -> Iterator[tuple[float, T]]:
     """Filter ``(pts_seconds, payload)`` pairs, given in presentation order, per ``options``.
 
@@ -97,7 +97,7 @@ def expected_count(
     frame_count: int | None,
     fps: float,
     duration: float | None,
-    options: DecodeOptions,
+    options: DecodeConfig,
     first_pts: float = 0.0,
     time_base: float | None = None,
 ) -> int | None:

@@ -1,0 +1,72 @@
+"""Device and numeric-precision choices: ``auto`` devices, autocast dtypes, bf16 support."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS: dict[str, torch.dtype | None] = {
+    "fp32": None,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA, then MPS, then CPU; anything else is passed to ``torch.device``."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"invalid device {name!r}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    if device.type == "cuda" and device.index is not None:
+        count = torch.cuda.device_count()
+        if device.index >= count:
+            raise ValueError(f"device {name!r} requested but there are {count} CUDA device(s)")
+    if device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError(f"device {name!r} requested but MPS is not available")
+    return device
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for ``fp16`` / ``bf16`` (``None`` for float32).
+
+    fp16 autocast is only offered on CUDA; bf16 runs on CUDA and on CPUs (a speed mode that
+    moves the flow by a fraction of a pixel: see README).
+    """
+    if name not in PRECISIONS:
+        raise ValueError(f"unknown precision {name!r}; expected one of {', '.join(PRECISIONS)}")
+    dtype = PRECISIONS[name]
+    if dtype is torch.float16 and device.type != "cuda":
+        raise ValueError("fp16 autocast needs a CUDA device; use bf16 or fp32 on CPU")
+    if dtype is torch.bfloat16 and device.type == "cpu" and cpu_has_native_bf16() is False:
+        logger.warning(
+            "bf16 on a CPU without avx512_bf16 / amx_bf16 is emulated: measured 40-160x slower "
+            "than fp32 on an AVX2 machine (benchmarks/RESULTS.md); use --precision fp32"
+        )
+    return dtype
+
+
+def cpu_has_native_bf16() -> bool | None:
+    """Whether the CPU has bf16 dot-product instructions (``None``: cannot tell, not Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        return None
+    return None
