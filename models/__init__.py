@@ -6,8 +6,10 @@ Networks: ``raft`` (the model, its builders and ``BUILDERS``, the one table of a
 ``motionsqueeze``. Weights: ``weights`` (the registry of published checkpoints),
 ``download`` (cache and verified downloads), ``checkpoint_io`` (reading files, key layouts,
 strict loading), ``registry`` (``create_model``: an architecture by name, with weights).
+Files: ``atomic_files`` (the atomic writes every layer uses; here because this is the bottom
+layer).
 
-Imports torch and numpy only: no I/O beyond checkpoint files, no configuration objects, no
+Imports torch and numpy only: no I/O beyond checkpoint files and that helper, no configuration objects, no
 global device. See README for the API; every tensor layout is documented where it is produced.
 """
 

@@ -33,7 +33,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from stages.flow_io import FlowJpegLayout, write_bytes_atomic
+from models.atomic_files import write_bytes_atomic
+from stages.flow_jpeg import FlowJpegLayout
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from stages.flow_io import write_bytes_atomic
+from models.atomic_files import write_bytes_atomic
 from stages.settings import (
     BACKENDS,
     CORR_CHOICES,

@@ -33,9 +33,9 @@ import click
 import pandas as pd
 from tqdm import tqdm
 
+from models.atomic_files import atomic_path, write_bytes_atomic
 from stages.consistency import plot_error_over_time, summarize_video
 from stages.decode import DecodeError, iter_chunks, open_video
-from stages.flow_io import atomic_path, write_bytes_atomic
 from stages.warp_stage import chunk_pair_metrics
 
 from .cli_common import parse_set_options

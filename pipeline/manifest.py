@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from stages.flow_io import atomic_path
+from models.atomic_files import atomic_path
 
 MANIFEST_CSV = "manifest.csv"
 MANIFEST_PARQUET = "manifest.parquet"

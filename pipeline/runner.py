@@ -21,10 +21,10 @@ from pathlib import Path, PurePosixPath
 import torch
 from tqdm import tqdm
 
+from models.atomic_files import write_bytes_atomic
 from stages.clip_features import ClipFeatureStage
 from stages.decode import DecodeError, iter_chunks, open_video
 from stages.flow import FlowStage
-from stages.flow_io import write_bytes_atomic
 from stages.warp_stage import WarpStage
 from stages.writers import FlowWriters
 

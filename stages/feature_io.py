@@ -17,7 +17,8 @@ import numpy.typing as npt
 import pandas as pd
 from torch import Tensor
 
-from .flow_io import atomic_path
+from models.atomic_files import atomic_path
+
 from .motionsqueeze_maps import as_float32_array, check_maps
 
 PathLike = str | os.PathLike[str]

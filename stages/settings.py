@@ -28,7 +28,7 @@ from typing import Any
 from models import CORR_KINDS, PAD_MODES
 from models.raft import ARCHS
 
-from .flow_io import FLOW_JPEG_PRESETS, FlowJpegLayout
+from .flow_jpeg import FLOW_JPEG_PRESETS, FlowJpegLayout
 from .flow_statistics import DEFAULT_N_BINS, DEFAULT_STATIC_THRESHOLD
 
 BACKENDS: tuple[str, ...] = ("decord", "pyav", "opencv")

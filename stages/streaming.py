@@ -15,7 +15,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from .flow_io import naming_errors
+from models.atomic_files import naming_errors
 
 # Reserved header length: room for any shape we can produce, padded with spaces.
 _NPY_HEADER_BYTES = 128

@@ -27,6 +27,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from models.atomic_files import atomic_path, write_bytes_atomic
+
 from .base import FrameChunk
 from .consistency import (
     batch_metrics,
@@ -35,8 +37,8 @@ from .consistency import (
     plot_error_over_time,
     summarize_video,
 )
-from .flow_io import atomic_path, write_bytes_atomic, write_image
 from .flow_viz import caption_height, side_by_side, with_caption
+from .image_io import write_image
 from .settings import WarpConfig
 from .streaming import Mp4Writer
 from .warp import backward_warp

@@ -39,14 +39,11 @@ from typing import ClassVar
 
 import numpy as np
 
+from models.atomic_files import write_bytes_atomic
+
 from .base import FrameChunk
-from .flow_io import (
-    write_bytes_atomic,
-    write_flo,
-    write_flow_jpegs,
-    write_image,
-    write_kitti_png,
-)
+from .flow_io import write_flo, write_kitti_png
+from .flow_jpeg import write_flow_jpegs
 from .flow_viz import (
     LEGEND_MIN_HEIGHT,
     caption_height,
@@ -57,6 +54,7 @@ from .flow_viz import (
     video_scale,
     with_caption,
 )
+from .image_io import write_image
 from .settings import OutputConfig
 from .streaming import Mp4Writer, StackedNpyWriter
 

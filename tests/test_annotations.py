@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from pipeline.annotations import class_of, flow_filename_template
 from pipeline.cli import main
-from stages.flow_io import FLOW_JPEG_PRESETS
+from stages.flow_jpeg import FLOW_JPEG_PRESETS
 from tests.media import write_video
 
 # class -> clips (frames); a space in a file name cannot be listed (mmaction2 splits on it)

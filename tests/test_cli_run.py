@@ -17,7 +17,7 @@ from PIL import Image
 from models import create_model
 from pipeline.cli import main
 from stages.decode import DecodeConfig, open_video
-from stages.flow_io import dequantize_flow
+from stages.flow_jpeg import dequantize_flow
 from stages.flow_viz import caption_height, legend_width
 from tests.media import pattern_frame, write_frames
 

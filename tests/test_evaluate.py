@@ -15,7 +15,8 @@ from click.testing import CliRunner
 from pipeline.cli import main
 from pipeline.estimators import DisEstimator
 from pipeline.evaluate import PAIR_COLUMNS, evaluate_dataset, pair_metrics, resolve_pad_mode
-from stages.flow_io import write_flo, write_image, write_kitti_png
+from stages.flow_io import write_flo, write_kitti_png
+from stages.image_io import write_image
 from stages.training.readers import FlowPair, open_reader
 from stages.training.textures import procedural_texture
 

@@ -13,22 +13,24 @@ import pytest
 from PIL import Image
 
 from stages.flow_io import (
-    FLOW_JPEG_PRESETS,
     KITTI_MAX_FLOW,
     KITTI_MIN_FLOW,
-    FlowJpegLayout,
-    dequantize_flow,
-    quantize_flow,
     read_flo,
-    read_flow_jpegs,
     read_flow_npy,
     read_flow_npz,
     read_kitti_png,
     write_flo,
-    write_flow_jpegs,
     write_flow_npy,
     write_flow_npz,
     write_kitti_png,
+)
+from stages.flow_jpeg import (
+    FLOW_JPEG_PRESETS,
+    FlowJpegLayout,
+    dequantize_flow,
+    quantize_flow,
+    read_flow_jpegs,
+    write_flow_jpegs,
 )
 
 

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from models.atomic_files import write_bytes_atomic
 from pipeline.cli import main
-from stages.flow_io import write_bytes_atomic
 from tests.conftest import REPO_ROOT
 from tests.media import write_video
 

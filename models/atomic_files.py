@@ -1,0 +1,98 @@
+"""Atomic file writes: a file appears under its name complete, or not at all.
+
+Bytes go to a hidden temporary file next to the destination (``.<name>.<random>.tmp``, same
+folder so :func:`os.replace` is atomic), which is then moved over the destination; on any error
+the temporary file is removed. The temporary file is created as :func:`open` creates files (mode
+``0o666`` less the umask), so a finished file has the permissions the user's umask asks for. A
+write error that names no file (``ENOSPC`` on a full disk, ``EIO``) is raised again naming the
+destination.
+
+The one helper every layer writes through (checkpoint downloads here, outputs in ``stages``,
+the manifest and configuration in ``pipeline``); it lives in ``models``, the bottom layer, so
+that all of them can import it. Plain ``os`` only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+logger = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike[str]
+
+__all__ = ["atomic_open", "atomic_path", "create_temporary", "naming_errors", "write_bytes_atomic"]
+
+
+def create_temporary(target: PathLike, suffix: str = ".tmp") -> tuple[int, Path]:
+    """Create a hidden ``.<name>.<random><suffix>`` next to ``target``; return its fd and path.
+
+    Unlike :func:`tempfile.mkstemp` (always mode ``0o600``), the file gets ``0o666`` less the
+    umask, as :func:`open` would give ``target`` itself: renaming it into place must not narrow
+    the permissions of outputs that others (a group, a web server) are meant to read.
+    """
+    target = Path(target)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        candidate = target.with_name(f".{target.name}.{secrets.token_hex(4)}{suffix}")
+        try:
+            return os.open(candidate, flags, 0o666), candidate
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name next to {target}")
+
+
+@contextlib.contextmanager
+def naming_errors(path: PathLike) -> Iterator[None]:
+    """Raise an :class:`OSError` that names no file (``ENOSPC`` and ``EIO`` from ``write``,
+    errors of libraries writing to an open handle) again with ``path`` as its file name."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        if exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(path)) from exc
+        raise OSError(f"cannot write {path}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """Yield a hidden temporary path next to ``path``; fsync and move it over ``path`` on success.
+
+    For writers that need a file name (pandas, zip files, ``torch.save``). The destination
+    folder is created if missing; the temporary file is removed on any error. Errors that name
+    no file are raised naming ``path``.
+    """
+    target = Path(path)
+    with naming_errors(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = create_temporary(target)
+        os.close(handle)
+        try:
+            yield temporary
+            with temporary.open("rb+") as written:
+                os.fsync(written.fileno())
+            os.replace(temporary, target)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+    logger.debug("wrote %s", target)
+
+
+@contextlib.contextmanager
+def atomic_open(path: PathLike) -> Iterator[IO[bytes]]:
+    """:func:`atomic_path` as an open binary handle."""
+    with atomic_path(path) as temporary, temporary.open("wb") as handle:
+        yield handle
+
+
+def write_bytes_atomic(path: PathLike, data: Any) -> None:
+    """Write a buffer (``bytes``, or a uint8 array from ``cv2.imencode``) atomically."""
+    with atomic_open(path) as handle:
+        handle.write(memoryview(data))
