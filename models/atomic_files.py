@@ -7,6 +7,13 @@ the temporary file is removed. The temporary file is created as :func:`open` cre
 write error that names no file (``ENOSPC`` on a full disk, ``EIO``) is raised again naming the
 destination.
 
+Durability: with ``durable=True`` (the default) the temporary file is fsynced before the move,
+so after a crash the file under its name is complete even after a power loss; that is for files
+whose presence says "done": a video's ``meta.json``, the manifest, the run's configuration,
+checkpoints and downloaded weights. The many per-pair and per-video outputs are written with
+``durable=False`` (an fsync costs 3.65 ms against 0.11 ms per small file): they are only
+counted once the video's ``meta.json``, written last and durably, exists.
+
 The one helper every layer writes through (checkpoint downloads here, outputs in ``stages``,
 the manifest and configuration in ``pipeline``); it lives in ``models``, the bottom layer, so
 that all of them can import it. Plain ``os`` only.
@@ -26,7 +33,14 @@ logger = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike[str]
 
-__all__ = ["atomic_open", "atomic_path", "create_temporary", "naming_errors", "write_bytes_atomic"]
+__all__ = [
+    "atomic_open",
+    "atomic_path",
+    "commit",
+    "create_temporary",
+    "naming_errors",
+    "write_bytes_atomic",
+]
 
 
 def create_temporary(target: PathLike, suffix: str = ".tmp") -> tuple[int, Path]:
@@ -61,13 +75,21 @@ def naming_errors(path: PathLike) -> Iterator[None]:
         raise OSError(f"cannot write {path}: {exc}") from exc
 
 
+def commit(temporary: PathLike, target: PathLike, *, durable: bool = True) -> None:
+    """Move a finished temporary file over ``target`` (fsynced first when ``durable``)."""
+    if durable:
+        with open(temporary, "rb+") as written:
+            os.fsync(written.fileno())
+    os.replace(temporary, target)
+
+
 @contextlib.contextmanager
-def atomic_path(path: PathLike) -> Iterator[Path]:
-    """Yield a hidden temporary path next to ``path``; fsync and move it over ``path`` on success.
+def atomic_path(path: PathLike, *, durable: bool = True) -> Iterator[Path]:
+    """Yield a hidden temporary path next to ``path``; move it over ``path`` on success.
 
     For writers that need a file name (pandas, zip files, ``torch.save``). The destination
     folder is created if missing; the temporary file is removed on any error. Errors that name
-    no file are raised naming ``path``.
+    no file are raised naming ``path``. ``durable``: fsync before the move (module docstring).
     """
     target = Path(path)
     with naming_errors(target):
@@ -76,9 +98,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         os.close(handle)
         try:
             yield temporary
-            with temporary.open("rb+") as written:
-                os.fsync(written.fileno())
-            os.replace(temporary, target)
+            commit(temporary, target, durable=durable)
         except BaseException:
             temporary.unlink(missing_ok=True)
             raise
@@ -86,13 +106,13 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_open(path: PathLike) -> Iterator[IO[bytes]]:
+def atomic_open(path: PathLike, *, durable: bool = True) -> Iterator[IO[bytes]]:
     """:func:`atomic_path` as an open binary handle."""
-    with atomic_path(path) as temporary, temporary.open("wb") as handle:
+    with atomic_path(path, durable=durable) as temporary, temporary.open("wb") as handle:
         yield handle
 
 
-def write_bytes_atomic(path: PathLike, data: Any) -> None:
+def write_bytes_atomic(path: PathLike, data: Any, *, durable: bool = True) -> None:
     """Write a buffer (``bytes``, or a uint8 array from ``cv2.imencode``) atomically."""
-    with atomic_open(path) as handle:
+    with atomic_open(path, durable=durable) as handle:
         handle.write(memoryview(data))

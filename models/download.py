@@ -16,13 +16,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import urllib.request
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
+from .atomic_files import commit, create_temporary
 from .checkpoint_io import CheckpointError, file_header
 
 if TYPE_CHECKING:
@@ -137,8 +137,7 @@ def download_checkpoint(
 
 def _copy_to_temporary(source: IO[bytes], folder: Path, prefix: str) -> Path:
     """Stream ``source`` into a new hidden ``*.part`` file in ``folder``; return its path."""
-    handle, name = tempfile.mkstemp(prefix=prefix, suffix=".part", dir=folder)
-    path = Path(name)
+    handle, path = create_temporary(folder / prefix.strip("."), ".part")
     try:
         with os.fdopen(handle, "wb") as out:
             for chunk in iter(lambda: source.read(_CHUNK_BYTES), b""):
@@ -201,8 +200,8 @@ def _check_header(path: Path) -> None:
 
 
 def _verify_and_move(path: Path, spec: WeightSpec, target: Path) -> None:
-    """Check the file type and published hash of ``path``, then rename it to ``target``
-    atomically."""
+    """Check the file type and published hash of ``path``, then move it to ``target``
+    atomically and durably (fsynced first: a cached checkpoint is trusted as it is)."""
     _check_header(path)
     problem = hash_problem(spec, sha256_file(path)) if _has_hash(spec) else None
     if problem is not None:
@@ -210,4 +209,4 @@ def _verify_and_move(path: Path, spec: WeightSpec, target: Path) -> None:
             f"downloaded checkpoint {spec.name!r} from {spec.url} is damaged: {problem}. "
             f"{manual_hint(spec, target)}"
         )
-    os.replace(path, target)
+    commit(path, target, durable=True)

@@ -140,8 +140,10 @@ def _write_results(
     """Writes the pair's tables and plot; returns its summary row."""
     table = pd.DataFrame(rows)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(out_dir / "consistency_frames.csv", table.to_csv(index=False).encode())
-    with atomic_path(out_dir / "consistency_frames.parquet") as temporary:
+    write_bytes_atomic(
+        out_dir / "consistency_frames.csv", table.to_csv(index=False).encode(), durable=False
+    )
+    with atomic_path(out_dir / "consistency_frames.parquet", durable=False) as temporary:
         table.to_parquet(temporary, index=False)
     plot_error_over_time(
         table,

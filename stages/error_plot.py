@@ -106,7 +106,7 @@ def _format_position(value: object) -> str:
 
 def _save_atomic(figure: Figure, path: Path) -> Path:
     """Write ``figure`` as PNG to ``path`` atomically (:mod:`models.atomic_files`)."""
-    with atomic_open(path) as stream:
+    with atomic_open(path, durable=False) as stream:
         figure.savefig(stream, format="png")
     return path
 

@@ -17,7 +17,7 @@ import numpy.typing as npt
 import pandas as pd
 from torch import Tensor
 
-from models.atomic_files import atomic_path
+from models.atomic_files import atomic_open, atomic_path
 
 from .motionsqueeze_maps import as_float32_array, check_maps
 
@@ -101,7 +101,7 @@ def write_clip_maps(
         if array.dtype == object:
             raise ValueError(f"extra array {key!r} has dtype object (not storable without pickle)")
         arrays[key] = array
-    with atomic_path(path) as temporary, temporary.open("wb") as handle:
+    with atomic_open(path, durable=False) as handle:
         np.savez_compressed(handle, **arrays)
 
 
@@ -164,7 +164,7 @@ def write_table(frame: pd.DataFrame, path: PathLike) -> None:
     index, and floats written with full round-trip precision. Both are written under a
     temporary name in the destination folder and moved over ``path``.
     """
-    with atomic_path(path) as temporary:
+    with atomic_path(path, durable=False) as temporary:
         if _is_csv(path):
             frame.to_csv(temporary, index=False)
         else:

@@ -4,7 +4,8 @@ Every function here works on numpy flow laid out as ``(H, W, 2)`` (or ``(T, H, W
 stacks): channel 0 is the x (rightward) displacement, channel 1 the y (downward) displacement,
 in pixels of the frame the flow was computed at, from frame ``t`` to frame ``t + k``. Readers
 always return C-contiguous native-endian float32. Every writer is atomic
-(:mod:`models.atomic_files`): a crash never leaves a truncated file under the real name.
+(:mod:`models.atomic_files`): a crash never leaves a truncated file under the real name. They
+do not fsync (one file per pair: a video's outputs count once its ``meta.json`` exists).
 
 Action-recognition flow JPEGs are :mod:`stages.flow_jpeg`'s, RGB / gray pictures
 :mod:`stages.image_io`'s. :func:`atomic_path`, :func:`write_bytes_atomic` and
@@ -153,7 +154,7 @@ def write_flo(path: PathLike, flow: npt.ArrayLike) -> None:
         + np.array([width, height], dtype="<i4").tobytes()
     )
     payload = np.ascontiguousarray(field, dtype="<f4")
-    with atomic_open(path) as handle:
+    with atomic_open(path, durable=False) as handle:
         handle.write(header)
         handle.write(memoryview(payload).cast("B"))
 
@@ -231,7 +232,7 @@ def write_kitti_png(
     ok, buffer = cv2.imencode(".png", bgr)
     if not ok:
         raise OSError(f"{path}: OpenCV failed to encode the KITTI PNG")
-    write_bytes_atomic(path, buffer)
+    write_bytes_atomic(path, buffer, durable=False)
 
 
 def read_kitti_png(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -281,7 +282,7 @@ def write_flow_npy(path: PathLike, flow: npt.ArrayLike, dtype: npt.DTypeLike = n
     """
     array = _check_field_or_stack(flow, "flow")
     out = _cast_for_disk(array, _check_numpy_dtype(dtype), path)
-    with atomic_open(path) as handle:
+    with atomic_open(path, durable=False) as handle:
         np.save(handle, out, allow_pickle=False)
 
 
@@ -326,7 +327,7 @@ def write_flow_npz(
         if value.dtype.hasobject:
             raise ValueError(f"extra array {key!r} has dtype {value.dtype}, which needs pickling")
     out = _cast_for_disk(stack, _check_numpy_dtype(dtype), path)
-    with atomic_open(path) as handle:
+    with atomic_open(path, durable=False) as handle:
         np.savez_compressed(handle, **{_NPZ_FLOW_KEY: out}, **extras)
 
 

@@ -27,4 +27,4 @@ def write_image(path: PathLike, rgb: npt.ArrayLike, *, jpeg_quality: int = 95) -
     ok, buffer = cv2.imencode(suffix, image, params)
     if not ok:
         raise OSError(f"OpenCV could not encode {path}")
-    write_bytes_atomic(path, buffer)
+    write_bytes_atomic(path, buffer, durable=False)

@@ -1,8 +1,9 @@
 """Writers whose size is unknown until the video ends: stacked ``.npy`` / ``.npz`` and MP4.
 
 Memory stays bounded by one chunk: rows are appended to a temporary file as they arrive and
-the file is renamed into place only by :meth:`close`, so a crash never leaves a file that
-looks complete. Write errors that name no file (a full disk) are raised naming the destination.
+the file is renamed into place only by :meth:`close` (:mod:`models.atomic_files`, not fsynced:
+the video's ``meta.json`` marks it complete), so a crash never leaves a file that looks
+complete. Write errors that name no file (a full disk) are raised naming the destination.
 """
 
 from __future__ import annotations
@@ -15,14 +16,10 @@ from pathlib import Path
 import av
 import numpy as np
 
-from models.atomic_files import naming_errors
+from models.atomic_files import atomic_open, commit, create_temporary, naming_errors
 
 # Reserved header length: room for any shape we can produce, padded with spaces.
 _NPY_HEADER_BYTES = 128
-
-
-def _temporary(target: Path) -> Path:
-    return target.with_name(f".{target.name}.{os.getpid()}.tmp")
 
 
 class StackedNpyWriter:
@@ -39,10 +36,10 @@ class StackedNpyWriter:
         self.dtype = np.dtype(dtype)
         self.key = key
         self.rows = 0
-        self._npy = self.path.with_name(f".{self.path.name}.{os.getpid()}.rows.tmp")
         with naming_errors(self.path):
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self._npy, "wb")  # noqa: SIM115 - closed in close()/abort()
+            handle, self._npy = create_temporary(self.path, ".rows.tmp")
+            self._file = os.fdopen(handle, "wb")  # closed in close() / abort()
             self._write_header()
 
     def _write_header(self) -> None:
@@ -72,29 +69,27 @@ class StackedNpyWriter:
     def close(self) -> Path:
         with naming_errors(self.path):
             self._write_header()
-            self._file.flush()
-            os.fsync(self._file.fileno())
             self._file.close()
             if self.path.suffix == ".npz":
                 self._to_npz()
             else:
-                os.replace(self._npy, self.path)
+                commit(self._npy, self.path, durable=False)  # meta.json marks it complete
         return self.path
 
     def _to_npz(self) -> None:
-        tmp = _temporary(self.path)
         try:
             with (
-                zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as z,
+                atomic_open(self.path, durable=False) as handle,
+                zipfile.ZipFile(
+                    handle, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True
+                ) as z,
                 z.open(f"{self.key}.npy", "w", force_zip64=True) as entry,
                 open(self._npy, "rb") as source,
             ):
                 while block := source.read(1 << 22):
                     entry.write(block)
-            os.replace(tmp, self.path)
         finally:
             self._npy.unlink(missing_ok=True)
-            tmp.unlink(missing_ok=True)
 
     def abort(self) -> None:
         if not self._file.closed:
@@ -110,11 +105,13 @@ class Mp4Writer:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fps = fps
         self.crf = crf
-        self._tmp = _temporary(self.path)
+        self._tmp: Path | None = None
         self._container = None
         self._stream = None
 
     def _open(self, height: int, width: int) -> None:
+        handle, self._tmp = create_temporary(self.path)
+        os.close(handle)  # PyAV writes it by name
         self._container = av.open(str(self._tmp), mode="w", format="mp4")
         rate = max(1, round(self.fps)) if self.fps and self.fps > 0 else 25
         self._stream = self._container.add_stream("libx264", rate=rate)
@@ -149,11 +146,12 @@ class Mp4Writer:
             for packet in self._stream.encode():
                 self._container.mux(packet)
             self._container.close()
-            os.replace(self._tmp, self.path)
+            commit(self._tmp, self.path, durable=False)  # meta.json marks it complete
         return self.path
 
     def abort(self) -> None:
         if self._container is not None:
             with contextlib.suppress(Exception):
                 self._container.close()
-        self._tmp.unlink(missing_ok=True)
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)

@@ -160,8 +160,10 @@ class WarpStage:
             if (self.out_dir / folder).is_dir():
                 outputs[folder] = str(self.out_dir / folder)
         table = pd.DataFrame(self._rows)
-        write_bytes_atomic(self.out_dir / "consistency.csv", table.to_csv(index=False).encode())
-        with atomic_path(self.out_dir / "consistency.parquet") as temporary:
+        write_bytes_atomic(
+            self.out_dir / "consistency.csv", table.to_csv(index=False).encode(), durable=False
+        )
+        with atomic_path(self.out_dir / "consistency.parquet", durable=False) as temporary:
             table.to_parquet(temporary, index=False)
         outputs["consistency_table"] = str(self.out_dir / "consistency.parquet")
         if len(table):

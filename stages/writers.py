@@ -239,5 +239,5 @@ def _write_csv(path: Path, header: tuple[str, ...], rows) -> Path:
     writer.writerow(header)
     for row in rows:
         writer.writerow([f"{v:.6f}" if isinstance(v, float) else v for v in row])
-    write_bytes_atomic(path, buffer.getvalue().encode())
+    write_bytes_atomic(path, buffer.getvalue().encode(), durable=False)
     return path

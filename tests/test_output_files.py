@@ -77,6 +77,36 @@ def test_atomic_files_take_the_umask_like_open_does(tmp_path: Path, umask) -> No
         assert list(tmp_path.glob(".*.tmp")) == []
 
 
+def test_only_files_that_mark_completion_are_fsynced(tmp_path: Path, monkeypatch) -> None:
+    """Per-pair and per-video outputs are not fsynced (meta.json, written last, marks a video
+    complete); meta.json and the run-level files (manifest, config.yaml, the action-recognition
+    lists) are."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(Path(os.readlink(f"/proc/self/fd/{fd}")).name)
+        real_fsync(fd)
+
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc to name the fsynced files")
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    video = write_video(tmp_path / "clip.mkv", width=64, height=48, num_frames=12)
+    out = tmp_path / "out"
+    run = CliRunner().invoke(
+        main,
+        ["-q", "run", str(video), "-o", str(out), "--model", "dis", "--workers", "0",
+         "--no-progress", "--formats", "flo,npy,kitti,jpg"],
+    )  # fmt: skip
+    assert run.exit_code == 0, run.output
+    assert len(list((out / "clip" / "flo").glob("*.flo"))) == 11
+    targets = {name.split(".")[1] + "." + name.split(".")[2] for name in synced}
+    run_level = {"manifest.parquet", "manifest.csv", "config.yaml", "rawframes_flow.txt",
+                 "mmaction2_rawframes.py"}  # fmt: skip
+    assert targets <= {"meta.json", *run_level}, synced
+    assert "meta.json" in targets and "manifest.parquet" in targets
+
+
 def _failed_row(out: Path) -> dict:
     table = pd.read_csv(out / "manifest.csv", keep_default_na=False)
     assert len(table) == 1
