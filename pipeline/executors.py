@@ -1,7 +1,9 @@
 """Where videos are processed: the executor contract, the in-process executor, the factory.
 
-Every executor runs the same job, :func:`run_task` (``process_video`` with a session built once
-per worker by ``build_flow_session``), and yields ``(task, result)`` pairs as videos finish.
+Every executor runs the same job, by default :func:`run_task` (``process_video`` with a session
+built once per worker by ``build_flow_session``), and yields ``(task, result)`` pairs as videos
+finish. The job is a parameter (:data:`Job`, a picklable callable: it crosses process and node
+boundaries), which is how the test suite makes a worker crash or hang on purpose.
 
 * :class:`InProcessExecutor` (``--workers 0``): no isolation, for debugging. A native crash
   ends the run; ``--timeout`` is not available.
@@ -13,28 +15,17 @@ per worker by ``build_flow_session``), and yields ``(task, result)`` pairs as vi
   watchdog elsewhere), so a killed run leaves no worker writing into the output folder.
 * :class:`pipeline.ray_executor.RayExecutor` (``--executor ray``): one Ray actor per worker,
   each holding the model.
-
-Test hooks (for the test suite only; never set them in production): when the environment
-variable ``MOTIONPIPE_TEST_CRASH_ON`` is a substring of a video's path, the worker calls
-``os.abort()`` as it starts that video (a real native crash); ``MOTIONPIPE_TEST_HANG_ON`` makes
-it sleep instead (a video that never finishes). ``MOTIONPIPE_TEST_HANG_ONCE_ON`` is
-``SUBSTRING@MARKER``: the first worker to start a matching video creates the file ``MARKER``
-(JSON: its PID and, on Ray, its node id) and sleeps; later attempts run normally (a worker or
-node lost in the middle of a video).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import os
 import signal
-import sys
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from .config import RunConfig
 from .run_start import Estimator
@@ -42,9 +33,6 @@ from .runner import FlowSession, VideoResult, build_flow_session, process_video
 
 logger = logging.getLogger(__name__)
 
-CRASH_HOOK = "MOTIONPIPE_TEST_CRASH_ON"
-HANG_HOOK = "MOTIONPIPE_TEST_HANG_ON"
-HANG_ONCE_HOOK = "MOTIONPIPE_TEST_HANG_ONCE_ON"
 EXECUTORS = ("local", "ray")
 
 
@@ -77,38 +65,10 @@ def failed_result(task: VideoTask, error_type: str, error: str) -> VideoResult:
     )
 
 
-def _test_hooks(path: str) -> None:
-    crash_on = os.environ.get(CRASH_HOOK)
-    if crash_on and crash_on in path:
-        logger.error("test hook %s: aborting while starting %s", CRASH_HOOK, path)
-        os.abort()
-    hang_on = os.environ.get(HANG_HOOK)
-    if hang_on and hang_on in path:
-        _hang(HANG_HOOK, path)
-    substring, _, marker = os.environ.get(HANG_ONCE_HOOK, "").partition("@")
-    if substring and marker and substring in path:
-        try:
-            fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            return
-        ray = sys.modules.get("ray")
-        node = ray.get_runtime_context().get_node_id() if ray and ray.is_initialized() else None
-        os.write(fd, json.dumps({"pid": os.getpid(), "node": node}).encode())
-        os.close(fd)
-        _hang(HANG_ONCE_HOOK, path)
-
-
-def _hang(hook: str, path: str) -> None:
-    logger.error("test hook %s: hanging while starting %s", hook, path)
-    while True:
-        time.sleep(3600)
-
-
 def run_task(
     task: VideoTask, config: RunConfig, session: FlowSession, *, progress: bool
 ) -> VideoResult:
     """Processes one video; never raises for a bad video (the error is on the result)."""
-    _test_hooks(task.path)
     try:
         return process_video(
             Path(task.path),
@@ -121,6 +81,16 @@ def run_task(
     except Exception as exc:  # process_video records its errors; this is a safety net
         logger.exception("unexpected error on %s", task.path)
         return failed_result(task, type(exc).__name__, str(exc) or repr(exc))
+
+
+class Job(Protocol):
+    """What a worker does with one video: :func:`run_task`'s signature. Executors pickle it
+    into worker processes and Ray actors, so it must be a module-level function or an instance
+    of a module-level class."""
+
+    def __call__(
+        self, task: VideoTask, config: RunConfig, session: FlowSession, *, progress: bool
+    ) -> VideoResult: ...
 
 
 def pinned(config: RunConfig, device: str | None) -> RunConfig:
@@ -189,11 +159,17 @@ class InProcessExecutor(Executor):
     """Processes videos one after the other in this process (no isolation, no timeout)."""
 
     def __init__(
-        self, config: RunConfig, *, estimator: Estimator | None = None, progress: bool = True
+        self,
+        config: RunConfig,
+        *,
+        estimator: Estimator | None = None,
+        progress: bool = True,
+        job: Job = run_task,
     ) -> None:
         self.config = config
         self.estimator = estimator
         self.progress = progress
+        self.job = job
         self._session: FlowSession | None = None
 
     def results(self, tasks: Sequence[VideoTask]) -> Iterator[tuple[VideoTask, VideoResult]]:
@@ -203,7 +179,7 @@ class InProcessExecutor(Executor):
                     self._session = build_flow_session(self.config, self.estimator)
                 except Exception as exc:
                     raise WorkerStartupError(f"{type(exc).__name__}: {exc}") from exc
-            yield task, run_task(task, self.config, self._session, progress=self.progress)
+            yield task, self.job(task, self.config, self._session, progress=self.progress)
 
 
 def make_executor(
@@ -215,21 +191,22 @@ def make_executor(
     timeout: float | None = None,
     progress: bool = True,
     estimator: Estimator | None = None,
+    job: Job = run_task,
 ) -> Executor:
     """The executor for the CLI options (see the module docstring); every worker uses
-    ``estimator`` (the run's, resolved once) when it is given."""
+    ``estimator`` (the run's, resolved once) when it is given, and runs ``job`` per video."""
     if executor not in EXECUTORS:
         raise ValueError(f"executor must be one of {EXECUTORS}, got {executor!r}")
     if executor == "ray":
         from .ray_executor import RayExecutor
 
         return RayExecutor(
-            config, workers=workers, address=address, timeout=timeout, estimator=estimator
+            config, workers=workers, address=address, timeout=timeout, estimator=estimator, job=job
         )
     if workers == 0:
         if timeout is not None:
             raise ValueError("--timeout needs worker processes (--workers 1 or more)")
-        return InProcessExecutor(config, estimator=estimator, progress=progress)
+        return InProcessExecutor(config, estimator=estimator, progress=progress, job=job)
     from .worker_processes import ProcessExecutor
 
     return ProcessExecutor(
@@ -238,4 +215,5 @@ def make_executor(
         estimator=estimator,
         timeout=timeout,
         progress=progress,
+        job=job,
     )

@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from .config import RunConfig
-from .executors import Executor, VideoTask, WorkerStartupError, failed_result, pinned, run_task
+from .executors import (
+    Executor,
+    Job,
+    VideoTask,
+    WorkerStartupError,
+    failed_result,
+    pinned,
+    run_task,
+)
 from .run_start import Estimator
 from .runner import VideoResult, build_flow_session
 
@@ -25,18 +33,21 @@ logger = logging.getLogger(__name__)
 
 
 class FlowActor:
-    """The job of one Ray actor: the model, loaded once, and :func:`run_task`."""
+    """One Ray actor: the model, loaded once, and the job run on every video it is sent."""
 
-    def __init__(self, config: RunConfig, device: str | None, estimator: Estimator | None) -> None:
+    def __init__(
+        self, config: RunConfig, device: str | None, estimator: Estimator | None, job: Job
+    ) -> None:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         self.config = config
+        self.job = job
         self.session = build_flow_session(pinned(config, device), estimator)
 
     def ready(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "model": self.session.choice.model}
 
     def process(self, task: VideoTask) -> VideoResult:
-        return run_task(task, self.config, self.session, progress=False)
+        return self.job(task, self.config, self.session, progress=False)
 
 
 def _project_root() -> str:
@@ -66,6 +77,7 @@ class RayExecutor(Executor):
             starts a local Ray instance for this run.
         timeout: seconds a video may take before its actor is killed and replaced.
         estimator: the run's resolved estimator, used by every actor.
+        job: what an actor does with each video (:data:`pipeline.executors.Job`).
 
     Input and output paths must be visible under the same names on every node (a shared file
     system), and motionpipe must be importable there.
@@ -79,6 +91,7 @@ class RayExecutor(Executor):
         address: str | None = None,
         timeout: float | None = None,
         estimator: Estimator | None = None,
+        job: Job = run_task,
     ) -> None:
         try:
             import ray
@@ -90,6 +103,7 @@ class RayExecutor(Executor):
         self.config = config
         self.timeout = timeout
         self.estimator = estimator
+        self.job = job
         self._started_ray = False
         if not ray.is_initialized():
             local = address in (None, "local")
@@ -123,7 +137,7 @@ class RayExecutor(Executor):
 
     def _start(self, number: int) -> Any:
         """Creates the actor of slot ``number``; returns its ``ready()`` reference."""
-        actor = self._actor_class.remote(self.config, self._device, self.estimator)
+        actor = self._actor_class.remote(self.config, self._device, self.estimator, self.job)
         self._actors[number], self._ready[number] = actor, False
         ref = actor.ready.remote()
         self._starting[ref] = number

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from .config import RunConfig
 from .executors import (
     Executor,
+    Job,
     VideoTask,
     WorkerStartupError,
     describe_exit,
@@ -87,6 +88,7 @@ def _worker_main(
     parent_pid: int,
     threads: int | None,
     estimator: Estimator | None,
+    job: Job,
 ) -> None:
     """Entry point of a worker process: load the model once, then process tasks until told to
     stop (``None``) or the pipe closes."""
@@ -119,7 +121,7 @@ def _worker_main(
             return
         if task is None:
             return
-        conn.send(("result", run_task(task, config, session, progress=progress)))
+        conn.send(("result", job(task, config, session, progress=progress)))
 
 
 @dataclass
@@ -142,6 +144,7 @@ class ProcessExecutor(Executor):
         estimator: the run's resolved estimator (``None``: each worker resolves ``auto``).
         timeout: seconds a video may take before its worker is killed (``None``: no limit).
         progress: per-video frame bars in the workers.
+        job: what a worker does with each video (:data:`pipeline.executors.Job`).
     """
 
     def __init__(
@@ -152,6 +155,7 @@ class ProcessExecutor(Executor):
         estimator: Estimator | None = None,
         timeout: float | None = None,
         progress: bool = True,
+        job: Job = run_task,
     ) -> None:
         if not devices:
             raise ValueError("ProcessExecutor needs at least one worker")
@@ -160,6 +164,7 @@ class ProcessExecutor(Executor):
         self.devices = list(devices)
         self.timeout = timeout
         self.progress = progress
+        self.job = job
         self._context = multiprocessing.get_context("spawn")
         self._workers: list[_Worker | None] = [None] * len(self.devices)
         cpus = os.cpu_count() or 1
@@ -180,6 +185,7 @@ class ProcessExecutor(Executor):
                 os.getpid(),
                 self._threads,
                 self.estimator,
+                self.job,
             ),
             name=f"motionpipe-worker-{number}",
             daemon=True,

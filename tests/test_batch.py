@@ -1,8 +1,8 @@
 """Batch runs users can trust: bad inputs, crashes, timeouts, locks, kill and resume, Ray.
 
 Everything here runs for real: PyAV-made media, worker processes that really abort, a CLI
-subprocess that really gets SIGKILL. The native crash and the endless video use the executors'
-test hooks (``MOTIONPIPE_TEST_CRASH_ON`` / ``MOTIONPIPE_TEST_HANG_ON``).
+subprocess that really gets SIGKILL. The native crash, the endless video and the lost worker
+are jobs of :mod:`tests.failure_injection`, which the executors run in their workers.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from click.testing import CliRunner
 
 from pipeline.batch import LOCK_NAME
 from pipeline.cli import main
-from pipeline.executors import CRASH_HOOK, HANG_HOOK, HANG_ONCE_HOOK
 from pipeline.manifest import ManifestRow, read_manifest, write_manifest
 from tests.conftest import REPO_ROOT
+from tests.failure_injection import Failures, cli_command, inject
 from tests.media import (
     corrupt_copy,
     garble_packets,
@@ -144,8 +144,7 @@ def test_bad_input_corpus(tmp_path: Path, monkeypatch) -> None:
     root = tmp_path / "corpus"
     _make_corpus(root)
     out = tmp_path / "out"
-    monkeypatch.setenv(CRASH_HOOK, "crash_me")
-    monkeypatch.setenv(HANG_HOOK, "hang_me")
+    inject(monkeypatch, Failures(crash_on="crash_me", hang_on="hang_me"))
     result = _invoke(["run", str(root), "-o", str(out), *DIS, "--workers", "2", "--timeout", "6"])
     assert result.exit_code == 1, result.output
     rows = _manifest(out)
@@ -368,11 +367,11 @@ def test_second_run_is_refused_and_a_killed_run_leaves_no_worker(
     small_videos: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    env = {**os.environ, HANG_HOOK: "a.mkv"}
     first = subprocess.Popen(
-        _cli(["run", str(small_videos), "-o", str(out), *DIS]),
+        cli_command(
+            Failures(hang_on="a.mkv"), ["-q", "run", str(small_videos), "-o", str(out), *DIS]
+        ),
         cwd=REPO_ROOT,
-        env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -483,7 +482,7 @@ def test_a_ray_node_lost_mid_video_costs_one_attempt(
     from ray.cluster_utils import Cluster
 
     marker = tmp_path / "hanging.json"
-    monkeypatch.setenv(HANG_ONCE_HOOK, f"b.mkv@{marker}")
+    inject(monkeypatch, Failures(hang_once_on="b.mkv", marker=str(marker)))
     monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT))  # the workers import motionpipe
     fast_failure_detection = {
         "health_check_initial_delay_ms": 0,
@@ -530,7 +529,7 @@ def test_a_video_that_kills_its_ray_worker_twice_fails_alone(
 ) -> None:
     pytest.importorskip("ray")
     _video(small_videos / "crash_me.mkv", num_frames=4, codec="ffv1")
-    monkeypatch.setenv(CRASH_HOOK, "crash_me")  # os.abort() in whichever worker starts it
+    inject(monkeypatch, Failures(crash_on="crash_me"))  # os.abort() in whichever worker
     out = tmp_path / "out"
     result = _invoke(["run", str(small_videos), "-o", str(out), *DIS, "--executor", "ray",
                       "--address", "local", "--workers", "2"])  # fmt: skip
