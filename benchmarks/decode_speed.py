@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import stages.decoding.backend_decord as backend_decord  # noqa: E402
+from benchmarks._common import print_table  # noqa: E402
 from pipeline.example import write_example_clip  # noqa: E402
 from stages.decode import DecodeConfig, open_video  # noqa: E402
 
@@ -75,14 +76,17 @@ def main() -> None:
         f"decode-only speed, {video.name if args.video else '1920x1080 H.264 (generated)'}, "
         f"{frames} frames, median of {args.repeats} (min-max)"
     )
-    print("| decoder | fps | seconds |")
-    print("|---|---:|---:|")
-    for name, times in results.items():
-        median = statistics.median(times)
-        print(
-            f"| {name} | {frames / median:.0f} ({frames / max(times):.0f}-{frames / min(times):.0f}) "
-            f"| {median:.2f} |"
-        )
+    print_table(
+        ["decoder", "fps", "seconds"],
+        (
+            [
+                name,
+                f"{frames / median(t):.0f} ({frames / max(t):.0f}-{frames / min(t):.0f})",
+                f"{median(t):.2f}",
+            ]
+            for name, t in results.items()
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -20,36 +20,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
+from statistics import median
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from benchmarks._common import cpu_description, print_table, spread  # noqa: E402
 from models import RefineTrace, create_model  # noqa: E402
 from models.corr import build_correlation  # noqa: E402
 from models.raft import RAFT, bilinear_upsample, convex_upsample, coords_grid  # noqa: E402
-
-FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-
-
-def cpu_description() -> str:
-    """``/proc/cpuinfo`` model name and the flags that matter for these kernels."""
-    model, flags = "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    present = [f for f in FLAGS if f in flags]
-    return f"{model}; flags: {', '.join(present) or 'none of ' + ', '.join(FLAGS)}"
 
 
 def plain_refine(model: RAFT, fmap1, fmap2, context, iters: int):
@@ -115,16 +99,15 @@ def main() -> None:
                 times[name].append(time.perf_counter() - start)
     print(f"\n{args.model}, {width}x{height}, {args.iters} iterations, median of {args.rounds} "
           f"rounds (min-max); load average at end: {os.getloadavg()[0]:.1f}\n")  # fmt: skip
-    base = statistics.median(times["plain (no hook)"])
+    base = median(times["plain (no hook)"])
     base_min = min(times["plain (no hook)"])
-    print("| path | ms per refine, median (min-max) | x plain (medians) | x plain (minima) |")
-    print("|---|---:|---:|---:|")
-    for name, values in times.items():
-        median = statistics.median(values)
-        print(
-            f"| {name} | {1000 * median:.1f} ({1000 * min(values):.1f}-{1000 * max(values):.1f})"
-            f" | {median / base:.3f} | {min(values) / base_min:.3f} |"
-        )
+    print_table(
+        ["path", "ms per refine, median (min-max)", "x plain (medians)", "x plain (minima)"],
+        (
+            [name, spread(v, 1000), f"{median(v) / base:.3f}", f"{min(v) / base_min:.3f}"]
+            for name, v in times.items()
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -27,6 +27,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
+from benchmarks._common import print_table, spread  # noqa: E402
 from pipeline.allocator import set_large_block_reuse  # noqa: E402
 from pipeline.cli import main as cli  # noqa: E402
 from stages.decode import DecodeConfig, iter_chunks, open_video  # noqa: E402
@@ -55,7 +56,9 @@ def main() -> None:
     # as `run` does for frames of this size (in this process, the first run would turn it on
     # for every later flow-alone repeat)
     set_large_block_reuse(frames[0].rgb.shape[0] * frames[0].rgb.shape[1] <= 1_000_000)
-    stage = FlowStage(model=args.model, iters=args.iters, backward=True, keep_features=True)
+    stage = FlowStage(
+        model=args.model, iters=args.iters, backward=True, device="cpu", keep_features=True
+    )
     stage.setup()
 
     def flow_only() -> None:
@@ -89,23 +92,22 @@ def main() -> None:
             meta = next((Path(tmp) / f"run{repeat}").glob("*/meta.json"))
             stage_seconds.append(json.loads(meta.read_text())["seconds"])
     pairs = args.frames - 1
-    base = statistics.median(times["flow alone"])
+    base = median(times["flow alone"])
     print(
         f"{args.video.name}: {args.frames} frames ({pairs} pairs) at its native size, "
         f"{args.model} {args.iters} it, {args.threads} threads, median of {args.repeats}"
     )
-    print("| path | seconds (min-max) | pairs/s | overhead |")
-    print("|---|---:|---:|---:|")
-    for name, values in times.items():
-        median = statistics.median(values)
-        print(
-            f"| {name} | {median:.1f} ({min(values):.1f}-{max(values):.1f}) | "
-            f"{pairs / median:.2f} | {100 * (median / base - 1):+.1f}% |"
-        )
+    print_table(
+        ["path", "seconds (min-max)", "pairs/s", "overhead"],
+        (
+            [name, spread(v), f"{pairs / median(v):.2f}", f"{100 * (median(v) / base - 1):+.1f}%"]
+            for name, v in times.items()
+        ),
+    )
 
     keys = [k for k in stage_seconds[0] if k != "total"]
     print("\npipeline seconds by stage (median; decode and output stages overlap the flow stage):")
-    print(" | ".join(f"{k} {statistics.median(s[k] for s in stage_seconds):.1f}" for k in keys))
+    print(" | ".join(f"{k} {median(s[k] for s in stage_seconds):.1f}" for k in keys))
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ from tqdm import tqdm
 
 from .config import RunConfig, dump_config
 from .discovery import VideoJob
-from .executors import VideoTask, WorkerStartupError, make_executor
+from .executors import Execution, VideoTask, WorkerStartupError, make_executor
 from .manifest import MANIFEST_CSV, ManifestRow, has_manifest, read_manifest, write_manifest
 from .run_start import (
     Estimator,
@@ -280,6 +280,18 @@ def _as_batch_result(result: VideoResult, job: VideoJob, **extra: object) -> Bat
     return BatchResult(**values, rel_path=job.rel_path, **extra)
 
 
+def _unprocessed(job: VideoJob, status: str, error_type: str, error: str) -> BatchResult:
+    """The result of an input that was not processed: ``failed`` or ``skipped``, and why."""
+    return BatchResult(
+        path=str(job.path),
+        video_id=job.video_id,
+        status=status,
+        error_type=error_type,
+        error=error,
+        rel_path=job.rel_path,
+    )
+
+
 def _reused(job: VideoJob, meta: dict, out_dir: Path) -> BatchResult:
     outputs = dict(meta.get("outputs") or {})
     if "video_absolute" in meta:  # outputs relative to the output root (older: as typed)
@@ -319,14 +331,10 @@ def run_batch(
     out_root: str | Path,
     config: RunConfig,
     *,
-    workers: int | None = 1,
-    executor: str = "local",
-    address: str | None = None,
+    execution: Execution | None = None,
     resume: bool = False,
     overwrite: bool = False,
     fail_fast: bool = False,
-    timeout: float | None = None,
-    progress: bool = True,
 ) -> list[VideoResult]:
     """Processes every job into ``out_root`` and writes the manifest; see the module docstring.
 
@@ -335,13 +343,10 @@ def run_batch(
         input_root: what ``job.rel_path`` is relative to (used when a job has no ``rel_path``).
         out_root: the output folder (created if missing).
         config: the run configuration (its hash marks complete outputs).
-        workers: worker processes (``0``: in this process; ``None``: one per CUDA GPU, else 1),
-            or Ray actors with ``executor="ray"``.
-        executor: ``"local"`` or ``"ray"``; ``address``: the Ray cluster (``None``: local).
+        execution: where the videos run and the progress bars (default: one local worker
+            process, bars on).
         resume, overwrite: what to do with a non-empty output folder.
         fail_fast: stop at the first failed input; the unprocessed ones become ``skipped``.
-        timeout: seconds per video before its worker is killed (``TimeoutError``).
-        progress: an overall bar over videos and a frame bar per video.
 
     Returns:
         One :class:`BatchResult` per job, in the order of ``jobs``.
@@ -359,8 +364,8 @@ def run_batch(
         job if job.rel_path else dataclasses.replace(job, rel_path=_relative(job.path, input_root))
         for job in jobs
     ]
-    remote = executor == "ray" and address not in (None, "local")
-    estimator = resolve_estimator(config, device_here=not remote)
+    execution = execution or Execution()
+    estimator = resolve_estimator(config, device_here=not execution.remote)
     check_output_root(out_root)
     try:
         out_root.mkdir(parents=True, exist_ok=True)
@@ -392,12 +397,8 @@ def run_batch(
             estimator,
             expected,
             kept,
-            workers=workers,
-            executor=executor,
-            address=address,
+            execution=execution,
             fail_fast=fail_fast,
-            timeout=timeout,
-            progress=progress,
         )
     finally:
         lock.release()
@@ -415,12 +416,8 @@ def _run_locked(
     expected: str,
     kept: dict[int, dict],
     *,
-    workers: int | None,
-    executor: str,
-    address: str | None,
+    execution: Execution,
     fail_fast: bool,
-    timeout: float | None,
-    progress: bool,
 ) -> list[VideoResult]:
     results: list[BatchResult | None] = [None] * len(jobs)
     tasks: list[VideoTask] = []
@@ -431,14 +428,7 @@ def _run_locked(
             continue
         remove_output(out_dir, out_root)
         if job.problem:
-            results[n] = BatchResult(
-                path=str(job.path),
-                video_id=job.video_id,
-                status="failed",
-                error_type="FileNotFoundError",
-                error=job.problem,
-                rel_path=job.rel_path,
-            )
+            results[n] = _unprocessed(job, "failed", "FileNotFoundError", job.problem)
         else:
             tasks.append(VideoTask(n, str(job.path), str(out_dir), job.video_id, job.rel_path))
     if kept:
@@ -454,7 +444,7 @@ def _run_locked(
         initial=len(jobs) - len(tasks),
         desc="videos",
         unit="video",
-        disable=not progress,
+        disable=not execution.progress,
         position=0,
         dynamic_ncols=True,
     )
@@ -470,23 +460,17 @@ def _run_locked(
                     estimator,
                     save=save,
                     bar=bar,
-                    workers=workers,
-                    executor=executor,
-                    address=address,
+                    execution=execution,
                     fail_fast=fail_fast,
-                    timeout=timeout,
-                    progress=progress,
                 )
     except WorkerStartupError as exc:
         for n, job in enumerate(jobs):  # never leave rows pending for a run that cannot go on
             if results[n] is None:
-                results[n] = BatchResult(
-                    path=str(job.path),
-                    video_id=job.video_id,
-                    status="failed",
-                    error_type="WorkerStartupError",
-                    error=f"not processed: no worker could start ({exc})",
-                    rel_path=job.rel_path,
+                results[n] = _unprocessed(
+                    job,
+                    "failed",
+                    "WorkerStartupError",
+                    f"not processed: no worker could start ({exc})",
                 )
         raise
     finally:
@@ -495,13 +479,11 @@ def _run_locked(
         for n, job in enumerate(jobs):
             if results[n] is None:
                 remove_output(out_root / job.video_id, out_root)
-                results[n] = BatchResult(
-                    path=str(job.path),
-                    video_id=job.video_id,
-                    status="skipped",
-                    error_type="Skipped",
-                    error="not processed: the run stopped at the first failure (--fail-fast)",
-                    rel_path=job.rel_path,
+                results[n] = _unprocessed(
+                    job,
+                    "skipped",
+                    "Skipped",
+                    "not processed: the run stopped at the first failure (--fail-fast)",
                 )
         save()
     return [r for r in results if r is not None]
@@ -516,27 +498,15 @@ def _execute(
     *,
     save,
     bar: tqdm,
-    workers: int | None,
-    executor: str,
-    address: str | None,
+    execution: Execution,
     fail_fast: bool,
-    timeout: float | None,
-    progress: bool,
 ) -> bool:
     """Runs the tasks, filling ``results`` and saving the manifest as each video finishes.
 
     Returns True when ``fail_fast`` stopped the run early.
     """
     counts = Counter(r.status for r in results if r is not None)
-    with make_executor(
-        config,
-        estimator=estimator,
-        workers=workers,
-        executor=executor,
-        address=address,
-        timeout=timeout,
-        progress=progress,
-    ) as runner:
+    with make_executor(config, execution, estimator=estimator) as runner:
         for task, result in runner.results(tasks):
             job = jobs[task.index]
             results[task.index] = _as_batch_result(result, job)

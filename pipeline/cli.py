@@ -33,8 +33,8 @@ from .devices import PRECISIONS
 from .discovery import find_inputs
 from .estimators import build_estimator
 from .example import write_example_clip
-from .executors import EXECUTORS, WorkerStartupError
-from .images import read_rgb
+from .executors import EXECUTORS, Execution, WorkerStartupError
+from .images import read_rgb_pair
 from .logs import configure_logging
 from .run_start import RunStartError
 from .tables import collect_feature_tables
@@ -114,14 +114,9 @@ def pair(
             param_hint="--output",
         )
     try:
-        first, second = read_rgb(image1), read_rgb(image2)
+        first, second = read_rgb_pair(image1, image2)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-    if first.shape != second.shape:
-        raise click.ClickException(
-            f"images differ in size: {image1} is {first.shape[1]}x{first.shape[0]}, "
-            f"{image2} is {second.shape[1]}x{second.shape[0]}"
-        )
     try:
         estimator = build_estimator(
             model, checkpoint=checkpoint, iters=iters, pad_mode=pad_mode, device=device,
@@ -272,14 +267,10 @@ def run(
             found.root,
             output,
             config,
-            workers=workers,
-            executor=executor,
-            address=address,
+            execution=Execution(workers, executor, address, timeout, progress),
             resume=resume,
             overwrite=overwrite,
             fail_fast=fail_fast,
-            timeout=timeout,
-            progress=progress,
         )
     except OutputInUse as exc:
         raise click.UsageError(str(exc)) from None

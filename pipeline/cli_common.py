@@ -1,4 +1,4 @@
-"""Option parsing shared by the CLI commands."""
+"""Options and option parsing shared by the CLI commands."""
 
 from __future__ import annotations
 
@@ -7,7 +7,20 @@ from typing import Any
 import click
 import yaml
 
-from .config import EXPLICIT_NULL
+from .config import EXPLICIT_NULL, FlowConfig
+
+checkpoint_option = click.option(
+    "--checkpoint",
+    default=None,
+    help="Checkpoint file or registry name ('random': untrained weights). Default: the "
+    "architecture's default checkpoint.",
+)
+"""``--checkpoint`` of the commands that run one network (``inspect``, ``evaluate``)."""
+
+iters_option = click.option(
+    "--iters", type=click.IntRange(min=1), default=FlowConfig.iters, show_default=True
+)
+"""``--iters``: refinement iterations, by default the ``flow.iters`` default."""
 
 
 def parse_set_options(values: tuple[str, ...]) -> dict[str, Any]:

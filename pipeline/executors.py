@@ -37,6 +37,36 @@ EXECUTORS = ("local", "ray")
 
 
 @dataclass(frozen=True)
+class Execution:
+    """Where and how the videos run (the ``run`` options ``--workers``, ``--executor``,
+    ``--address``, ``--timeout``, ``--progress``).
+
+    Attributes:
+        workers: worker processes (``0``: in this process; ``None``: one per CUDA GPU, else 1),
+            or Ray actors with ``executor="ray"`` (``None``: one per GPU of the cluster).
+        executor: ``"local"`` or ``"ray"``.
+        address: the Ray cluster (``None`` or ``"local"``: a local Ray instance for the run).
+        timeout: seconds per video before its worker is killed (``TimeoutError``).
+        progress: an overall bar over videos and a frame bar per video.
+    """
+
+    workers: int | None = 1
+    executor: str = "local"
+    address: str | None = None
+    timeout: float | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.executor not in EXECUTORS:
+            raise ValueError(f"executor must be one of {EXECUTORS}, got {self.executor!r}")
+
+    @property
+    def remote(self) -> bool:
+        """Whether the workers run on a Ray cluster elsewhere (they check the device there)."""
+        return self.executor == "ray" and self.address not in (None, "local")
+
+
+@dataclass(frozen=True)
 class VideoTask:
     """One video to process (plain strings: it crosses process boundaries).
 
@@ -184,36 +214,36 @@ class InProcessExecutor(Executor):
 
 def make_executor(
     config: RunConfig,
+    execution: Execution,
     *,
-    workers: int | None,
-    executor: str = "local",
-    address: str | None = None,
-    timeout: float | None = None,
-    progress: bool = True,
     estimator: Estimator | None = None,
     job: Job = run_task,
 ) -> Executor:
-    """The executor for the CLI options (see the module docstring); every worker uses
+    """The executor of ``execution`` (see the module docstring); every worker uses
     ``estimator`` (the run's, resolved once) when it is given, and runs ``job`` per video."""
-    if executor not in EXECUTORS:
-        raise ValueError(f"executor must be one of {EXECUTORS}, got {executor!r}")
-    if executor == "ray":
+    e = execution
+    if e.executor == "ray":
         from .ray_executor import RayExecutor
 
         return RayExecutor(
-            config, workers=workers, address=address, timeout=timeout, estimator=estimator, job=job
+            config,
+            workers=e.workers,
+            address=e.address,
+            timeout=e.timeout,
+            estimator=estimator,
+            job=job,
         )
-    if workers == 0:
-        if timeout is not None:
+    if e.workers == 0:
+        if e.timeout is not None:
             raise ValueError("--timeout needs worker processes (--workers 1 or more)")
-        return InProcessExecutor(config, estimator=estimator, progress=progress, job=job)
+        return InProcessExecutor(config, estimator=estimator, progress=e.progress, job=job)
     from .worker_processes import ProcessExecutor
 
     return ProcessExecutor(
         config,
-        worker_devices(config, workers),
+        worker_devices(config, e.workers),
         estimator=estimator,
-        timeout=timeout,
-        progress=progress,
+        timeout=e.timeout,
+        progress=e.progress,
         job=job,
     )

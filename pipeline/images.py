@@ -22,6 +22,18 @@ def read_rgb(path: str | Path) -> np.ndarray:
         raise ValueError(f"cannot read image '{path}': {exc}") from None
 
 
+def read_rgb_pair(path1: str | Path, path2: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Two images of the same size as :func:`read_rgb` reads them; ``ValueError`` naming both
+    files when they differ in size."""
+    first, second = read_rgb(path1), read_rgb(path2)
+    if first.shape != second.shape:
+        raise ValueError(
+            f"images differ in size: {path1} is {first.shape[1]}x{first.shape[0]}, "
+            f"{path2} is {second.shape[1]}x{second.shape[0]}"
+        )
+    return first, second
+
+
 def to_model_input(rgb: np.ndarray, device: torch.device) -> torch.Tensor:
     """``(H, W, 3)`` uint8 -> ``(1, 3, H, W)`` float32 0..255 on ``device``."""
     return torch.from_numpy(rgb).permute(2, 0, 1)[None].to(device=device, dtype=torch.float32)

@@ -12,8 +12,9 @@ from models.raft import ARCHS
 from models.weights import default_checkpoint
 from stages.decode import DecodeError
 
+from .cli_common import checkpoint_option, iters_option
 from .devices import resolve_device
-from .images import read_rgb
+from .images import read_rgb_pair
 from .inspect import (
     MAX_PIXELS,
     check_pixels,
@@ -61,14 +62,9 @@ def _load_pair(images: tuple[Path, ...], video: Path | None, frame: int):
     if len(images) != 2:
         raise click.UsageError(f"need IMAGE1 IMAGE2 (or --video), got {len(images)} image(s)")
     try:
-        first, second = read_rgb(images[0]), read_rgb(images[1])
+        first, second = read_rgb_pair(images[0], images[1])
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-    if first.shape != second.shape:
-        raise click.ClickException(
-            f"images differ in size: {images[0]} is {first.shape[1]}x{first.shape[0]}, "
-            f"{images[1]} is {second.shape[1]}x{second.shape[0]}"
-        )
     return first, second, f"{images[0]} -> {images[1]}"
 
 
@@ -83,12 +79,8 @@ def _load_pair(images: tuple[Path, ...], video: Path | None, frame: int):
 @click.option("--frame", type=click.IntRange(min=0), default=0, show_default=True,
               help="With --video: the pair (FRAME, FRAME + 1), decoded frame indices.")  # fmt: skip
 @click.option("--model", type=click.Choice(ARCHS), default="raft-large", show_default=True)
-@click.option(
-    "--checkpoint", default=None,
-    help="Checkpoint file or registry name ('random': untrained weights). Default: the "
-    "architecture's default checkpoint.",
-)  # fmt: skip
-@click.option("--iters", type=click.IntRange(min=1), default=12, show_default=True)
+@checkpoint_option
+@iters_option
 @click.option(
     "--pixel", "pixels", multiple=True, metavar="X,Y", callback=_parse_pixels,
     help=f"Pixel to trace, input coordinates (repeatable, at most {MAX_PIXELS}). "

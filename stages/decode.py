@@ -1,23 +1,7 @@
-"""Public entry point of the decoding stage; the implementation lives in :mod:`stages.decoding`."""
+"""Public entry point of the decoding stage; the implementation lives in :mod:`stages.decoding`
+(the same names: ``open_video``, ``iter_chunks``, ``DecodeConfig``, ``VideoReader`` ...)."""
 
-from stages.decoding import (
-    BACKENDS,
-    DecodeConfig,
-    DecodedFrame,
-    DecodeError,
-    VideoInfo,
-    VideoReader,
-    iter_chunks,
-    open_video,
-)
+from stages import decoding
+from stages.decoding import *  # noqa: F403 - this module re-exports the package's public names
 
-__all__ = [
-    "BACKENDS",
-    "DecodeConfig",
-    "DecodeError",
-    "DecodedFrame",
-    "VideoInfo",
-    "VideoReader",
-    "iter_chunks",
-    "open_video",
-]
+__all__ = decoding.__all__

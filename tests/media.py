@@ -16,6 +16,7 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -171,41 +172,20 @@ def write_video(
     height: int = 48,
     num_frames: int = 20,
     velocity: tuple[float, float] = (2.0, 1.0),
-    codec: str = "libx264",
-    pix_fmt: str = "yuv420p",
-    fps: float | Fraction = 30,
-    pts: Sequence[int] | None = None,
-    time_base: Fraction | None = None,
     rotation: int = 0,
-    rotation_as_tag: bool = False,
-    options: Mapping[str, str] | None = None,
-    gop_size: int | None = None,
-    bit_rate: int | None = None,
+    **encoding: Any,
 ) -> Path:
     """Write :func:`pattern_frame` ``0 .. num_frames - 1`` (upright size ``width x height``).
 
     With ``rotation`` the frames are stored turned counter-clockwise by that angle, so that a
-    decoder honouring the rotation delivers exactly :func:`pattern_frame` again. The other
-    arguments are those of :func:`write_frames`.
+    decoder honouring the rotation delivers exactly :func:`pattern_frame` again. ``encoding``:
+    the other keyword arguments of :func:`write_frames` (codec, pix_fmt, fps, pts, ...).
     """
     turns = (rotation % 360) // 90
     frames = (
         np.rot90(pattern_frame(i, width, height, velocity), k=turns) for i in range(num_frames)
     )
-    return write_frames(
-        path,
-        frames,
-        codec=codec,
-        pix_fmt=pix_fmt,
-        fps=fps,
-        pts=pts,
-        time_base=time_base,
-        rotation=rotation,
-        rotation_as_tag=rotation_as_tag,
-        options=options,
-        gop_size=gop_size,
-        bit_rate=bit_rate,
-    )
+    return write_frames(path, frames, rotation=rotation, **encoding)
 
 
 def write_audio_only(path: str | Path, seconds: float = 0.5, rate: int = 8000) -> Path:

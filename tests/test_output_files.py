@@ -29,6 +29,12 @@ def umask() -> Iterator[callable]:
     os.umask(previous)
 
 
+def _run_dis(video: Path, out: Path, *args: str):
+    """``run VIDEO -o OUT`` with DIS, in this process, without bars; ``args`` added."""
+    command = ["-q", "run", str(video), "-o", str(out), "--model", "dis", "--workers", "0"]
+    return CliRunner().invoke(main, [*command, "--no-progress", *args])
+
+
 def _files(*roots: Path) -> list[Path]:
     return [p for root in roots for p in root.rglob("*") if p.is_file()]
 
@@ -38,13 +44,9 @@ def test_every_output_file_is_readable_by_others_under_umask_022(tmp_path: Path,
     (tmp_path / "in").mkdir()
     video = write_video(tmp_path / "in" / "clip.mkv", width=64, height=64, num_frames=10)
     out, report = tmp_path / "out", tmp_path / "report"
-    run = CliRunner().invoke(
-        main,
-        ["-q", "run", str(video), "-o", str(out), "--model", "dis", "--workers", "0",
-         "--no-progress", "--formats", "flo,npy,npz,kitti,jpg,viz",
-         "--set", "output.write_rgb=true", "--set", "features.enabled=true",
-         "--set", "features.clip_len=4", "--set", "warp.enabled=true"],
-    )  # fmt: skip
+    run = _run_dis(video, out, "--formats", "flo,npy,npz,kitti,jpg,viz",
+                   "--set", "output.write_rgb=true", "--set", "features.enabled=true",
+                   "--set", "features.clip_len=4", "--set", "warp.enabled=true")  # fmt: skip
     assert run.exit_code == 0, run.output
     check = CliRunner().invoke(
         main,
@@ -93,11 +95,7 @@ def test_only_files_that_mark_completion_are_fsynced(tmp_path: Path, monkeypatch
     monkeypatch.setattr(os, "fsync", recording_fsync)
     video = write_video(tmp_path / "clip.mkv", width=64, height=48, num_frames=12)
     out = tmp_path / "out"
-    run = CliRunner().invoke(
-        main,
-        ["-q", "run", str(video), "-o", str(out), "--model", "dis", "--workers", "0",
-         "--no-progress", "--formats", "flo,npy,kitti,jpg"],
-    )  # fmt: skip
+    run = _run_dis(video, out, "--formats", "flo,npy,kitti,jpg")
     assert run.exit_code == 0, run.output
     assert len(list((out / "clip" / "flo").glob("*.flo"))) == 11
     targets = {name.split(".")[1] + "." + name.split(".")[2] for name in synced}
@@ -117,11 +115,7 @@ def test_a_full_disk_names_the_file_it_could_not_write(tmp_path: Path, small_dis
     disk = small_disk(tmp_path / "disk", "1500k")
     video = write_video(tmp_path / "a.mkv", width=64, height=48, num_frames=40, codec="ffv1")
     out = disk / "out"
-    result = CliRunner().invoke(
-        main,
-        ["-q", "run", str(video), "-o", str(out), "--model", "dis", "--workers", "0",
-         "--no-progress", "--formats", "npy,flo"],
-    )  # fmt: skip
+    result = _run_dis(video, out, "--formats", "npy,flo")
     assert result.exit_code == 1, result.output
     row = _failed_row(out)
     assert row["status"] == "failed" and "[Errno 28] No space left on device" in row["error"]

@@ -114,11 +114,17 @@ def test_integer_settings_accept_exponent_notation() -> None:
 # --------------------------------------------------------------------------- resume
 
 
-def test_resume_keeps_videos_when_only_speed_settings_change(
-    tmp_path: Path, parity_dir: Path
-) -> None:
+@pytest.fixture
+def two_videos(tmp_path: Path) -> Path:
+    """``tmp_path / "in"`` holding the small videos ``a.mkv`` and ``b.mkv``."""
     for name in ("a", "b"):
         _video(tmp_path / "in" / f"{name}.mkv")
+    return tmp_path / "in"
+
+
+def test_resume_keeps_videos_when_only_speed_settings_change(
+    tmp_path: Path, parity_dir: Path, two_videos: Path
+) -> None:
     out = tmp_path / "out"
     weights = str(parity_dir / "raft_small_random.pth")
     args = ["-q", "run", str(tmp_path / "in"), "-o", str(out), "--model", "raft-small",
@@ -184,10 +190,8 @@ def test_auto_resolving_to_a_new_checkpoint_never_mixes_estimators(
 
 
 def test_videos_left_behind_with_another_estimator_refuse_the_run(
-    tmp_path: Path, parity_dir: Path
+    tmp_path: Path, parity_dir: Path, two_videos: Path
 ) -> None:
-    for name in ("a", "b"):
-        _video(tmp_path / "in" / f"{name}.mkv")
     out = tmp_path / "out"
     dis = ["run", "--model", "dis", "-o", str(out), "--workers", "0", "--no-progress"]
     assert _invoke([*dis, str(tmp_path / "in")]).exit_code == 0

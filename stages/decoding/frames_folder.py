@@ -16,14 +16,13 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
 
 import cv2
 import numpy as np
 
 from stages.decoding.selection import expected_count, select_frames
 from stages.decoding.transform import FrameTransform, fit_max_side
-from stages.decoding.types import DecodeConfig, DecodedFrame, DecodeError, VideoInfo
+from stages.decoding.types import ClosingReader, DecodeConfig, DecodedFrame, DecodeError, VideoInfo
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +61,7 @@ def read_image_rgb(path: Path) -> np.ndarray | None:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-class FrameFolderReader:
+class FrameFolderReader(ClosingReader):
     """A frame folder opened for reading; the same interface as :class:`VideoReader`.
 
     Use as a context manager; :meth:`frames` (or iterating the reader) may be done once.
@@ -104,8 +103,6 @@ class FrameFolderReader:
             backend="frames",
         )
         self.frames_delivered = 0
-        self._started = False
-        self._closed = False
 
     def expected_frames(self) -> int:
         """How many images :meth:`frames` delivers with this reader's options (unless one turns
@@ -116,19 +113,8 @@ class FrameFolderReader:
         if message not in self.warnings:
             self.warnings.append(message)
 
-    def frames(self) -> Iterator[DecodedFrame]:
-        """The selected images as :class:`DecodedFrame` (``pts = position / fps``)."""
-        if self._closed:
-            raise RuntimeError("reader is closed")
-        if self._started:
-            raise RuntimeError("frames() can be called only once per reader")
-        self._started = True
-        return self._iterate()
-
-    def __iter__(self) -> Iterator[DecodedFrame]:
-        return self.frames()
-
     def _iterate(self) -> Iterator[DecodedFrame]:
+        """The selected images (``pts = position / fps``)."""
         timed = ((n / self._fps, n) for n in range(len(self._images)))
         for pts, position in select_frames(timed, self.options):
             image = self._images[position]
@@ -153,17 +139,6 @@ class FrameFolderReader:
     def close(self) -> None:
         """Nothing to release; later calls to :meth:`frames` fail. Safe to call twice."""
         self._closed = True
-
-    def __enter__(self) -> FrameFolderReader:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def open_frames_folder(path: str | os.PathLike[str], options: DecodeConfig) -> FrameFolderReader:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
-from types import TracebackType
 
 from stages.decoding.backend_base import Backend, BackendUnsupported, DecodeState
 from stages.decoding.backend_decord import DecordBackend
@@ -31,7 +30,7 @@ from stages.decoding.frames_folder import FrameFolderReader, open_frames_folder
 from stages.decoding.probe import StreamProbe, probe_video
 from stages.decoding.selection import expected_count
 from stages.decoding.transform import FrameTransform, fit_max_side
-from stages.decoding.types import DecodeConfig, DecodedFrame, DecodeError, VideoInfo
+from stages.decoding.types import ClosingReader, DecodeConfig, DecodedFrame, DecodeError, VideoInfo
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +60,7 @@ def _make_backend(probe: StreamProbe, options: DecodeConfig, state: DecodeState)
         raise DecodeError(probe.path, f"PyAV cannot reopen the file ({exc})") from exc
 
 
-class VideoReader:
+class VideoReader(ClosingReader):
     """An opened video. Use as a context manager; :meth:`frames` may be iterated once.
 
     Attributes:
@@ -108,8 +107,6 @@ class VideoReader:
             backend=self._backend.name,
         )
         self.frames_delivered = 0
-        self._started = False
-        self._closed = False
         logger.debug("opened %s: %s", path, self.info)
 
     def expected_frames(self) -> int | None:
@@ -132,19 +129,6 @@ class VideoReader:
         """Frames the decoder produced so far (before selection; excludes frames skipped by a
         seek, and for decord only the frames it was asked for)."""
         return self._state.decoded
-
-    def frames(self) -> Iterator[DecodedFrame]:
-        """Iterate the selected frames as :class:`DecodedFrame` (upright, resized, RGB uint8).
-
-        Raises:
-            RuntimeError: when called a second time or after :meth:`close`.
-        """
-        if self._closed:
-            raise RuntimeError("reader is closed")
-        if self._started:
-            raise RuntimeError("frames() can be called only once per reader")
-        self._started = True
-        return self._iterate()
 
     def _iterate(self) -> Iterator[DecodedFrame]:
         previous: float | None = None
@@ -180,17 +164,6 @@ class VideoReader:
         if not self._closed:
             self._closed = True
             self._backend.close()
-
-    def __enter__(self) -> VideoReader:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def open_video(

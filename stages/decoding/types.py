@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from types import TracebackType
+from typing import TypeVar
 
 import numpy as np
 
 from ..settings import BACKENDS, DecodeConfig
 
-__all__ = ["BACKENDS", "DecodeConfig", "DecodeError", "DecodedFrame", "VideoInfo"]
+__all__ = ["BACKENDS", "ClosingReader", "DecodeConfig", "DecodeError", "DecodedFrame", "VideoInfo"]
+
+_Reader = TypeVar("_Reader", bound="ClosingReader")
 
 
 class DecodeError(Exception):
@@ -32,6 +37,48 @@ class DecodeError(Exception):
     def __reduce__(self) -> tuple[type[DecodeError], tuple[str, str]]:
         # Keep the two-argument constructor picklable (errors cross process boundaries).
         return (type(self), (self.path, self.reason))
+
+
+class ClosingReader:
+    """What every reader shares: :meth:`frames` once, and ``with open_video(...) as reader``
+    closing it at the end of the block. Subclasses define ``_iterate()`` (the frames) and
+    :meth:`close` (safe to call twice, sets ``_closed``)."""
+
+    _closed = False
+    _started = False
+
+    def frames(self) -> Iterator[DecodedFrame]:
+        """Iterate the selected frames as :class:`DecodedFrame` (upright, resized, RGB uint8).
+
+        Raises:
+            RuntimeError: when called a second time or after :meth:`close`.
+        """
+        if self._closed:
+            raise RuntimeError("reader is closed")
+        if self._started:
+            raise RuntimeError("frames() can be called only once per reader")
+        self._started = True
+        return self._iterate()
+
+    def __iter__(self) -> Iterator[DecodedFrame]:
+        return self.frames()
+
+    def _iterate(self) -> Iterator[DecodedFrame]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _Reader) -> _Reader:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 @dataclass(frozen=True)
