@@ -82,7 +82,8 @@ def export_model(
         if not config_file.is_file():
             raise click.ClickException(f"{run} has no config.yaml: not a training run folder")
         config = yaml.safe_load(config_file.read_text())
-        stages.append({"run": run.name, "seed": config.get("seed"), "config": config})
+        stages.append({"run": run.name, "seed": config.get("seed"),
+                       "steps_trained": _last_logged_step(run), "config": config})  # fmt: skip
     try:
         record = export_weights(
             weights, output, half=half,
@@ -92,3 +93,13 @@ def export_model(
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps({k: record[k] for k in ("file", "architecture", "dtype", "bytes",
                                                  "sha256")}))  # fmt: skip
+
+
+def _last_logged_step(run: Path) -> int | None:
+    """The last step in a run's ``log.jsonl``: where a run stopped with ``--stop-after``
+    may be before its configured ``steps``."""
+    log = run / "log.jsonl"
+    if not log.is_file():
+        return None
+    steps = [json.loads(line).get("step", 0) for line in log.read_text().splitlines() if line]
+    return max(steps, default=None)

@@ -46,7 +46,7 @@ from stages.training.textures import TexturePool, find_media, load_media_frames
 from stages.training.validation import PHOTO, build_validation_set, resized
 
 from .allocator import set_large_block_reuse
-from .config import config_hash, config_to_dict, dump_config
+from .config import ConfigError, build_config, config_hash, config_to_dict, dump_config
 from .devices import cpu_has_native_bf16, resolve_device
 from .train_config import TrainConfig
 
@@ -359,13 +359,31 @@ class Trainer:
         self._stop_signal: int | None = None
 
     # ------------------------------------------------------------------ set-up
+    def _same_config(self, state: dict[str, Any]) -> bool:
+        """Whether the run in ``state`` was made with this configuration.
+
+        The saved configuration is read again with today's defaults first, so a key added to
+        :class:`TrainConfig` after the run started (with a default that keeps the old
+        behaviour) does not block ``--resume``.
+        """
+        if state.get("config_hash") == config_hash(self.config):
+            return True
+        saved = state.get("config")
+        if not isinstance(saved, dict):
+            return False
+        try:
+            reread = build_config(TrainConfig, saved)
+        except ConfigError:
+            return False
+        return config_hash(reread) == config_hash(self.config)
+
     def _check_output(self) -> dict[str, Any] | None:
         state_path = self.output / STATE_FILE
         if self.resume:
             if not state_path.exists():
                 raise TrainingError(f"--resume: no {STATE_FILE} in {self.output}")
             state = torch.load(state_path, map_location="cpu", weights_only=False)
-            if state.get("config_hash") != config_hash(self.config):
+            if not self._same_config(state):
                 saved = state.get("config", {})
                 changed = sorted(
                     k for k in set(saved) | set(config_to_dict(self.config))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 from pathlib import Path
 
 import cv2
@@ -201,6 +203,28 @@ def test_train_command_resumes_exactly_and_writes_official_checkpoints(tmp_path:
     assert infer_architecture(load_checkpoint(straight / "model.pth")) == "raft-small-convex"
     model = create_model("raft-small-convex", checkpoint=straight / "model.pth")
     assert model.checkpoint_info is not None
+    evaluated = runner.invoke(main, ["evaluate", "layered", "--pairs", "1", "--model",
+                                     "raft-small-convex", "--checkpoint",
+                                     str(straight / "model.pth"), "--iters", "2", "--no-progress",
+                                     "-o", str(tmp_path / "eval")])  # fmt: skip
+    assert evaluated.exit_code == 0, evaluated.output
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert summary["model"] == "raft-small-convex" and summary["pairs"] == 1
+    assert math.isfinite(summary["metrics"]["epe_pixel_mean"])
+
+    shipped = tmp_path / "ship" / "tiny.pth"
+    exported = runner.invoke(main, ["export-model", str(straight / "model.pth"), "-o", str(shipped),
+                                    "--half", "--run", str(pieces)])  # fmt: skip
+    assert exported.exit_code == 0, exported.output
+    sidecar = json.loads(shipped.with_suffix(".json").read_text())
+    assert sidecar["sha256"] == hashlib.sha256(shipped.read_bytes()).hexdigest()
+    assert (sidecar["architecture"], sidecar["dtype"]) == ("raft-small-convex", "float16")
+    assert sidecar["training"][0]["steps_trained"] == 4
+    assert sidecar["training"][0]["config"]["seed"] == sidecar["training"][0]["seed"]
+    half = create_model("raft-small-convex", checkpoint=shipped).state_dict()
+    full = model.state_dict()
+    for key in full:
+        torch.testing.assert_close(half[key], full[key], atol=2e-3, rtol=1e-3)
 
     steps = [json.loads(line)["step"] for line in (pieces / "log.jsonl").read_text().splitlines()]
     assert sorted({s for s in steps}) == [1, 2, 3, 4]
@@ -212,6 +236,24 @@ def test_train_command_resumes_exactly_and_writes_official_checkpoints(tmp_path:
     changed = runner.invoke(main, ["train", "--config", str(config), "-o", str(pieces),
                                    "--resume", "--set", "optim.lr=0.1"])  # fmt: skip
     assert changed.exit_code != 0 and "optim" in changed.output
+
+
+def test_resume_accepts_a_run_saved_before_a_config_key_was_added(tmp_path: Path) -> None:
+    """A key added later with a behaviour-preserving default must not block ``--resume``."""
+    config = _tiny_config(tmp_path / "tiny.yaml", steps=2)
+    runner = CliRunner()
+    run = tmp_path / "run"
+    first = runner.invoke(main, ["train", "--config", str(config), "-o", str(run),
+                                 "--stop-after", "1"])  # fmt: skip
+    assert first.exit_code == 0, first.output
+    state = torch.load(run / "state.pt", weights_only=False)
+    for source in state["config"]["data"]:
+        del source["preset"]  # as saved before DataSource.preset existed
+    state["config_hash"] = "0123456789ab"
+    torch.save(state, run / "state.pt")
+    second = runner.invoke(main, ["train", "--config", str(config), "-o", str(run), "--resume"])
+    assert second.exit_code == 0, second.output
+    assert (run / "model.pth").exists()
 
 
 def test_official_raft_small_keys_are_what_training_saves(tmp_path: Path, parity_dir: Path) -> None:
