@@ -27,8 +27,16 @@ from stages.flow_viz import flow_to_color, largest_magnitude, legend_panel
 from .annotations import FinishedVideo
 from .annotations_cmd import LABEL_LEVEL_HELP, describe, write_run_annotations
 from .batch import OutputInUse, OutputLocked, run_batch, summary_lines
-from .cli_common import parse_set_options
-from .config import BACKENDS, CORR_CHOICES, FLOW_FORMATS, FLOW_MODELS, ConfigError, load_config
+from .cli_common import device_option, iters_option, parse_set_options
+from .config import (
+    BACKENDS,
+    CORR_CHOICES,
+    FLOW_FORMATS,
+    FLOW_MODELS,
+    ConfigError,
+    FlowConfig,
+    load_config,
+)
 from .devices import PRECISIONS
 from .discovery import find_inputs
 from .estimators import build_estimator
@@ -71,7 +79,7 @@ def main(verbose: int, quiet: bool) -> None:
 @click.option(
     "--model",
     type=click.Choice(FLOW_MODELS),
-    default="auto",
+    default=FlowConfig.model,
     show_default=True,
     help="auto: a cached official checkpoint, else the bundled model, else DIS.",
 )
@@ -81,11 +89,18 @@ def main(verbose: int, quiet: bool) -> None:
     help="Checkpoint file or registry name (default: the architecture's default checkpoint, "
     "downloaded into the cache if missing).",
 )
-@click.option("--iters", type=click.IntRange(min=1), default=12, show_default=True)
-@click.option("--pad-mode", type=click.Choice(PAD_MODES), default="sintel", show_default=True)
+@iters_option
+@click.option(
+    "--pad-mode", type=click.Choice(PAD_MODES), default=FlowConfig.pad_mode, show_default=True
+)
 @click.option("--corr", type=click.Choice(CORR_KINDS), default="all-pairs", show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps")
-@click.option("--precision", type=click.Choice(list(PRECISIONS)), default="fp32", show_default=True)
+@device_option
+@click.option(
+    "--precision",
+    type=click.Choice(list(PRECISIONS)),
+    default=FlowConfig.precision,
+    show_default=True,
+)
 @click.option(
     "--viz",
     type=click.Path(dir_okay=False, path_type=Path),

@@ -22,6 +22,11 @@ iters_option = click.option(
 )
 """``--iters``: refinement iterations, by default the ``flow.iters`` default."""
 
+device_option = click.option(
+    "--device", default=FlowConfig.device, show_default=True, help="auto, cpu, cuda, cuda:1, mps"
+)
+"""``--device`` of the commands that run one network (``pair``, ``inspect``)."""
+
 
 def parse_set_options(values: tuple[str, ...]) -> dict[str, Any]:
     """``--set KEY=VALUE`` options -> ``{"KEY": value}`` (dotted config keys).

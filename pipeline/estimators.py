@@ -96,11 +96,11 @@ def build_estimator(
     model: str,
     *,
     checkpoint: str | None = None,
-    iters: int = 12,
-    pad_mode: str = "sintel",
-    device: str = "auto",
+    iters: int = FlowConfig.iters,
+    pad_mode: str = FlowConfig.pad_mode,
+    device: str = FlowConfig.device,
     corr: str = "all-pairs",
-    precision: str = "fp32",
+    precision: str = FlowConfig.precision,
 ) -> DisEstimator | NetworkEstimator:
     """The estimator for a model name (``auto``, ``dis`` or an architecture).
 

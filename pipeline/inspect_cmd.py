@@ -12,7 +12,8 @@ from models.raft import ARCHS
 from models.weights import default_checkpoint
 from stages.decode import DecodeError
 
-from .cli_common import checkpoint_option, iters_option
+from .cli_common import checkpoint_option, device_option, iters_option
+from .config import FlowConfig
 from .devices import resolve_device
 from .images import read_rgb_pair
 from .inspect import (
@@ -86,12 +87,14 @@ def _load_pair(images: tuple[Path, ...], video: Path | None, frame: int):
     help=f"Pixel to trace, input coordinates (repeatable, at most {MAX_PIXELS}). "
     "Default: the image centre.",
 )  # fmt: skip
-@click.option("--pad-mode", type=click.Choice(PAD_MODES), default="sintel", show_default=True)
+@click.option(
+    "--pad-mode", type=click.Choice(PAD_MODES), default=FlowConfig.pad_mode, show_default=True
+)
 @click.option("--corr", type=click.Choice(CORR_KINDS), default="all-pairs", show_default=True)
 @click.option("--gt", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Ground-truth flow (.flo, .npy, KITTI .png): EPE per iteration, true "
               "correspondences in the pictures.")  # fmt: skip
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps")
+@device_option
 def inspect(
     images: tuple[Path, ...],
     output: Path,
