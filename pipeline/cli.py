@@ -17,12 +17,12 @@ import sys
 from pathlib import Path
 
 import click
-import cv2
 import numpy as np
 
 from models import CORR_KINDS, PAD_MODES, CheckpointError
 from stages.flow_io import write_flo, write_flow_npy, write_kitti_png
 from stages.flow_viz import flow_to_color, largest_magnitude, legend_panel
+from stages.image_io import write_image
 
 from .annotations import FinishedVideo
 from .annotations_cmd import LABEL_LEVEL_HELP, describe, write_run_annotations
@@ -150,8 +150,10 @@ def pair(
         picture = np.concatenate(
             [flow_to_color(flow, max_flow=rim), legend_panel(flow.shape[0], rim, "max")], axis=1
         )
-        if not cv2.imwrite(str(viz), np.ascontiguousarray(picture[..., ::-1])):
-            raise click.ClickException(f"cannot write {viz}")
+        try:
+            write_image(viz, picture)
+        except (OSError, ValueError) as exc:
+            raise click.ClickException(f"cannot write {viz}: {exc}") from None
         logger.info("wrote %s", viz)
 
 

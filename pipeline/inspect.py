@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from models import RAFT, Padder, RefineTrace
+from models.atomic_files import atomic_open
 from stages.decode import open_video
 from stages.flow_io import read_flo, read_flow_npy, read_kitti_png
 
@@ -300,9 +301,9 @@ def save_arrays(inspection: Inspection, output: str | Path) -> list[Path]:
     ins = inspection
     written = [out / "iterations.npz", out / "correlation.npz"]
     extra = {} if ins.epe is None else {"epe": ins.epe}
-    np.savez(written[0], flow=ins.flows, delta=ins.delta, update=ins.update, **extra)
+    _savez(written[0], flow=ins.flows, delta=ins.delta, update=ins.update, **extra)
     levels = {f"level{k}": level.astype(np.float32) for k, level in enumerate(ins.correlation)}
-    np.savez(
+    _savez(
         written[1],
         pixels=ins.pixels.astype(np.int32),
         cells=ins.cells.astype(np.int32),
@@ -316,11 +317,17 @@ def save_arrays(inspection: Inspection, output: str | Path) -> list[Path]:
     )
     if ins.convex is not None:
         written.append(out / "upsampling.npz")
-        np.savez(written[-1], weights=ins.convex, cell_weights=ins.convex_cell)
+        _savez(written[-1], weights=ins.convex, cell_weights=ins.convex_cell)
     if ins.attention is not None:
         written.append(out / "attention.npz")
-        np.savez(written[-1], attention=ins.attention.astype(np.float32))
+        _savez(written[-1], attention=ins.attention.astype(np.float32))
     return written
+
+
+def _savez(path: Path, **arrays: np.ndarray) -> None:
+    """``np.savez`` of ``arrays`` to ``path``, atomically (not fsynced: a debugging output)."""
+    with atomic_open(path, durable=False) as handle:
+        np.savez(handle, **arrays)
 
 
 def default_pixel(width: int, height: int) -> tuple[int, int]:

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import FuncFormatter
 
+from models.atomic_files import atomic_open, write_bytes_atomic
 from stages.flow_viz import flow_to_color
 
 from .inspect import Inspection
@@ -38,7 +39,8 @@ class Picture:
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    with atomic_open(path, durable=False) as handle:
+        fig.savefig(handle, format="png", dpi=DPI, bbox_inches="tight")
     return path
 
 
@@ -358,5 +360,5 @@ def write_report(
         f"{pixel_rows}</table>" + "".join(figures) + "</body></html>\n"
     )
     path = out / "report.html"
-    path.write_text(page, encoding="utf-8")
+    write_bytes_atomic(path, page.encode("utf-8"), durable=False)
     return path

@@ -130,6 +130,22 @@ def test_bad_input_fails_clearly_without_meta(tmp_path: Path) -> None:
     assert not (out / "broken" / "meta.json").exists()
 
 
+def test_pair_writes_the_flow_and_its_picture(tmp_path: Path) -> None:
+    images = []
+    for t in (0, 1):
+        path = tmp_path / f"{t}.png"
+        Image.fromarray(pattern_frame(t, WIDTH, HEIGHT)).save(path)
+        images.append(str(path))
+    flow_file, picture = tmp_path / "flow.flo", tmp_path / "flow.png"
+    result = _invoke(["pair", *images, "-o", str(flow_file), "--model", "dis",
+                      "--viz", str(picture)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert cv2.readOpticalFlow(str(flow_file)).shape == (HEIGHT, WIDTH, 2)
+    drawn = cv2.imread(str(picture))
+    assert drawn.shape[0] == HEIGHT and drawn.shape[1] > WIDTH  # flow, then the colour key
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
 def test_config_errors_name_the_key(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         main, ["run", "x.mp4", "-o", str(tmp_path), "--set", "flow.itres=3"]
