@@ -23,29 +23,13 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks._common import cpu_description  # noqa: E402
 from models.losses import sequence_loss  # noqa: E402
 from models.raft import BUILDERS  # noqa: E402
 from pipeline.allocator import set_large_block_reuse  # noqa: E402
 from pipeline.devices import cpu_has_native_bf16  # noqa: E402
 from stages.training.synthetic import LayeredPairConfig, generate_pair  # noqa: E402
 from stages.training.textures import TexturePool  # noqa: E402
-
-FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-
-
-def cpu_description() -> str:
-    """``/proc/cpuinfo`` model name and the flags that matter for these kernels."""
-    model, flags = "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    present = [f for f in FLAGS if f in flags]
-    return f"{model}; flags: {', '.join(present) or 'none of ' + ', '.join(FLAGS)}"
 
 
 def step_seconds(model_name, batch, size, iters, autocast, steps, device, convex_every) -> float:

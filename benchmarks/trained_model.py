@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.train_speed import cpu_description  # noqa: E402
+from benchmarks._common import cpu_description  # noqa: E402
 from pipeline.estimators import DisEstimator, build_estimator  # noqa: E402
 from pipeline.evaluate import evaluate_dataset  # noqa: E402
 from stages.training.textures import find_media, load_media_frames  # noqa: E402
