@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 
 from models import CheckpointError
-from models.weights import auto_order, default_checkpoint, resolve_checkpoint
+from models.weights import WEIGHTS, auto_order, default_checkpoint, resolve_checkpoint
 
 from .config import FlowConfig
 
@@ -53,10 +53,12 @@ def choose_model(flow: FlowConfig) -> ModelChoice:
                 problems.append(str(exc))
             continue
         return ModelChoice(spec.arch, spec.name)
-    reason = problems[0] if problems else "no checkpoint in the cache"
+    reason = problems[0] if problems else "no official checkpoint in the cache"
+    opt_in = [spec for spec in WEIGHTS.values() if spec.bundled and spec.auto_rank is None]
+    hint = f", or use the model shipped with motionpipe: --model {opt_in[0].arch}" if opt_in else ""
     notice = (
         f"model 'auto': no learned flow model available ({reason}); using OpenCV DIS "
-        f"({flow.dis_preset}). Put a checkpoint in the cache or pass --checkpoint."
+        f"({flow.dis_preset}). Put a checkpoint in the cache or pass --checkpoint{hint}."
     )
     logger.warning(notice)
     return ModelChoice("dis", None, notice)

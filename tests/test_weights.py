@@ -514,7 +514,10 @@ def test_registry_has_all_names_with_https_urls() -> None:
 
 def test_registry_entries_are_consistent() -> None:
     for spec in W.WEIGHTS.values():
-        if spec.layout == "torchvision":
+        if spec.bundled:
+            assert spec.url == (W.BUNDLED_DIR / spec.file_name).as_uri()
+            assert spec.sha256 is not None and spec.archive_member is None
+        elif spec.layout == "torchvision":
             assert spec.url.startswith("https://download.pytorch.org/models/raft_")
             assert spec.url.endswith(f"/{spec.file_name}")
             assert spec.file_name.endswith(f"-{spec.sha256_prefix}.pth")
