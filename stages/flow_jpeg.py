@@ -10,7 +10,7 @@ channel 1 = y (down). Files are written atomically (:func:`stages.image_io.write
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Literal, get_args
@@ -170,35 +170,24 @@ class FlowJpegLayout:
         return self.image_template.format(self._number(index))
 
 
+_TSN_LAYOUT = FlowJpegLayout(
+    x_template="flow_x_{:05d}.jpg",
+    y_template="flow_y_{:05d}.jpg",
+    image_template="img_{:05d}.jpg",
+    index_base=1,
+    bound=20.0,
+    rounding="half_even",
+    jpeg_quality=95,
+)
+
+# Each preset as its difference from TSN's layout.
 FLOW_JPEG_PRESETS: Mapping[str, FlowJpegLayout] = MappingProxyType(
     {
-        "denseflow": FlowJpegLayout(
-            x_template="flow_x_{:05d}.jpg",
-            y_template="flow_y_{:05d}.jpg",
-            image_template="img_{:05d}.jpg",
-            index_base=0,
-            bound=20.0,
-            rounding="half_even",
-            jpeg_quality=95,
+        "denseflow": replace(_TSN_LAYOUT, index_base=0),
+        "mmaction2": replace(
+            _TSN_LAYOUT, x_template="x_{:05d}.jpg", y_template="y_{:05d}.jpg", rounding="truncate"
         ),
-        "mmaction2": FlowJpegLayout(
-            x_template="x_{:05d}.jpg",
-            y_template="y_{:05d}.jpg",
-            image_template="img_{:05d}.jpg",
-            index_base=1,
-            bound=20.0,
-            rounding="truncate",
-            jpeg_quality=95,
-        ),
-        "tsn": FlowJpegLayout(
-            x_template="flow_x_{:05d}.jpg",
-            y_template="flow_y_{:05d}.jpg",
-            image_template="img_{:05d}.jpg",
-            index_base=1,
-            bound=20.0,
-            rounding="half_even",
-            jpeg_quality=95,
-        ),
+        "tsn": _TSN_LAYOUT,
     }
 )
 """Flow-JPEG layouts of widely used extraction tools, read from their source code.
