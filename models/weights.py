@@ -216,17 +216,15 @@ def _torchvision(
     )
 
 
-_BUNDLED_FILE = "motionpipe-small-v1.pth"
-
-
-def _bundled(name: str, arch: Arch, file_name: str, sha256: str, **flags) -> WeightSpec:
-    """Entry for a model this project trained itself and ships in :data:`BUNDLED_DIR`."""
+def _bundled(name: str, arch: Arch, sha256: str, **flags) -> WeightSpec:
+    """Entry for a model this project trained itself and ships in :data:`BUNDLED_DIR` as
+    ``NAME.pth`` (its provenance in ``NAME.json`` beside it)."""
     return WeightSpec(
         **flags,
         name=name,
         arch=arch,
-        url=(BUNDLED_DIR / file_name).as_uri(),
-        file_name=file_name,
+        url=(BUNDLED_DIR / f"{name}.pth").as_uri(),
+        file_name=f"{name}.pth",
         layout="official",
         training_data=(
             "the project's own generated pairs only: layered sprites (stage 1), then layered + "
@@ -317,7 +315,6 @@ _ENTRIES: tuple[WeightSpec, ...] = (
     _bundled(
         "motionpipe-small-v1",
         "raft-small-convex",
-        _BUNDLED_FILE,
         "bbb045bc4502dfea115ca7213b4f846c1f0f0b1583dab4658192061cec905571",
         # Not in model: auto's order yet: on the held-out sets it beats DIS on average but not
         # on every kind of scene (benchmarks/RESULTS.md), at 45x DIS's time. Opt in with

@@ -57,7 +57,7 @@ def choose_model(flow: FlowConfig) -> ModelChoice:
     opt_in = [spec for spec in WEIGHTS.values() if spec.bundled and spec.auto_rank is None]
     hint = f", or use the model shipped with motionpipe: --model {opt_in[0].arch}" if opt_in else ""
     notice = (
-        f"model 'auto': no learned flow model available ({reason}); using OpenCV DIS "
+        f"model 'auto': {reason}; using OpenCV DIS "
         f"({flow.dis_preset}). Put a checkpoint in the cache or pass --checkpoint{hint}."
     )
     logger.warning(notice)

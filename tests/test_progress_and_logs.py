@@ -142,7 +142,9 @@ def test_model_notice_is_printed_once_and_nothing_claims_a_download(tmp_path) ->
     notice = json.loads((out / "clip" / "meta.json").read_text())["model_notice"]
     text = result.output  # stdout and stderr
     if notice:  # auto fell back to DIS (no checkpoint and no bundled model here)
-        assert text.count("no learned flow model available") == 1
+        assert (
+            text.count("model 'auto': no official checkpoint in the cache; using OpenCV DIS") == 1
+        )
     assert "download" not in text.lower()
 
 
