@@ -14,7 +14,6 @@ after a warm-up, DIS alike. Learning curve: the validation records of each ``--r
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -29,6 +28,7 @@ import torch  # noqa: E402
 from benchmarks._common import cpu_description  # noqa: E402
 from pipeline.estimators import DisEstimator, build_estimator  # noqa: E402
 from pipeline.evaluate import evaluate_dataset  # noqa: E402
+from pipeline.training import read_log  # noqa: E402
 from stages.training.textures import find_media, load_media_frames  # noqa: E402
 from stages.training.validation import build_validation_set  # noqa: E402
 
@@ -76,7 +76,7 @@ def learning_curve(runs: list[Path]) -> None:
     print("\n| run | step | val layered EPE | val photo EPE | train loss (last 25 steps) |")
     print("|---|---:|---:|---:|---:|")
     for run in runs:
-        records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+        records = read_log(run)
         losses = {r["step"]: r["loss"] for r in records if "loss" in r}
         for record in records:
             if "val/layered/epe" not in record:

@@ -14,7 +14,7 @@ from models import CheckpointError
 from .cli_common import parse_set_options
 from .config import ConfigError
 from .train_config import load_train_config
-from .training import Trainer, TrainingError, export_weights
+from .training import Trainer, TrainingError, export_weights, read_log
 
 logger = logging.getLogger(__name__)
 
@@ -98,8 +98,4 @@ def export_model(
 def _last_logged_step(run: Path) -> int | None:
     """The last step in a run's ``log.jsonl``: where a run stopped with ``--stop-after``
     may be before its configured ``steps``."""
-    log = run / "log.jsonl"
-    if not log.is_file():
-        return None
-    steps = [json.loads(line).get("step", 0) for line in log.read_text().splitlines() if line]
-    return max(steps, default=None)
+    return max((record["step"] for record in read_log(run)), default=None)

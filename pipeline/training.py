@@ -53,6 +53,7 @@ from .train_config import TrainConfig
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "state.pt"
+LOG_FILE = "log.jsonl"
 #: The tensors of a training sample (see :mod:`stages.training.datasets`).
 TRAINING_KEYS = ("image1", "image2", "flow", "valid")
 FINAL_WEIGHTS = "model.pth"
@@ -285,11 +286,20 @@ def validate(model: RAFT, sets: dict[str, list], *, iters: int) -> dict[str, flo
     return results
 
 
+def read_log(run: Path) -> list[dict[str, Any]]:
+    """The records of a run folder's ``log.jsonl`` in order (training windows and validations);
+    empty if the run has none yet."""
+    path = Path(run) / LOG_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 class _Log:
     """log.jsonl, curves.png and (when installed) TensorBoard."""
 
     def __init__(self, folder: Path) -> None:
-        self.path = folder / "log.jsonl"
+        self.folder = folder
         self.plot_path = folder / "curves.png"
         self.writer = None
         with contextlib.suppress(Exception):  # TensorBoard is optional
@@ -298,20 +308,15 @@ class _Log:
             self.writer = SummaryWriter(str(folder / "tensorboard"))
 
     def write(self, record: dict[str, Any]) -> None:
-        with self.path.open("a", encoding="utf-8") as handle:
+        with (self.folder / LOG_FILE).open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
         if self.writer is not None:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)):
                     self.writer.add_scalar(key, value, record["step"])
 
-    def records(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-
     def plot(self) -> None:
-        write_curves(self.records(), self.plot_path)
+        write_curves(read_log(self.folder), self.plot_path)
 
 
 def write_curves(records: list[dict[str, Any]], path: Path) -> None:
