@@ -36,7 +36,7 @@ from tqdm import tqdm
 from models.atomic_files import atomic_path, write_bytes_atomic
 from stages.consistency import plot_error_over_time, summarize_video
 from stages.decode import DecodeError, iter_chunks, open_video
-from stages.warp_stage import chunk_pair_metrics
+from stages.warp_stage import pair_products
 
 from .cli_common import parse_set_options
 from .config import FLOW_MODELS, ConfigError, RunConfig, WarpConfig, load_config
@@ -117,9 +117,12 @@ def _compare_chunks(src_chunks, proc_chunks, session: FlowSession, warp: WarpCon
             src_frames += sum(c.num_frames - c.overlap for c in src_chunks)
             return rows, src_frames, proc_frames
         session.stage.process(src_chunk)
+        source = list(pair_products(src_chunk, src_chunk.frames, warp))
+        masks = [products.masks for products in source]  # the flow's, the same for both videos
+        processed = pair_products(src_chunk, proc_chunk.frames, warp, masks)
         for ours, theirs in zip(
-            chunk_pair_metrics(src_chunk, src_chunk.frames, warp),
-            chunk_pair_metrics(src_chunk, proc_chunk.frames, warp),
+            (products.row for products in source),
+            (products.row for products in processed),
             strict=True,
         ):
             row = {k: ours[k] for k in ("frame_t", "frame_t_k", "pts_t")}

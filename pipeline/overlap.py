@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
+
+import torch
 
 T = TypeVar("T")
 _DONE = object()
@@ -62,16 +65,32 @@ class Prefetcher(Generic[T]):
 
 
 class Consumer(Generic[T]):
-    """Runs ``handle(item)`` for submitted items, in order, in a background thread."""
+    """Runs ``handle(item)`` for submitted items, in order, in a background thread.
 
-    def __init__(self, handle: Callable[[T], None], depth: int = 2) -> None:
+    ``threads``: PyTorch intra-op threads of that thread (default: the process default). Several
+    consumers beside a flow estimator that keeps the cores busy each do best with few: two
+    threads per op on a 2-core machine already busy spend more time waiting for each other
+    than computing.
+    """
+
+    def __init__(self, handle: Callable[[T], None], depth: int = 2, threads: int | None = None):
         self._handle = handle
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._ready = threading.Event()
+        default = torch.get_num_threads()
+        self._thread = threading.Thread(target=self._run, args=(threads,), daemon=True)
         self._thread.start()
+        self._ready.wait()
+        if threads is not None:
+            # the thread's set_num_threads also changed the process default new threads take
+            torch.set_num_threads(default)
 
-    def _run(self) -> None:
+    def _run(self, threads: int | None) -> None:
+        if threads is not None:
+            torch.get_num_threads()  # a thread takes the default at its first call: before ours
+            torch.set_num_threads(threads)
+        self._ready.set()
         while True:
             item = self._queue.get()
             if item is _DONE:
@@ -104,3 +123,70 @@ class Consumer(Generic[T]):
         self._thread.join()
         if self._error is not None:
             raise self._error
+
+
+class OutputStages:
+    """The stages after flow, each in its own :class:`Consumer` thread, fed the same chunks.
+
+    The stages only read a chunk, so they run side by side: the slowest one, not their sum,
+    sets the pace beside the flow estimator. ``seconds[stage.name]`` accumulates each stage's
+    time; ``on_chunk_done(chunk)`` runs once every stage has handled the chunk. Each thread
+    gets an equal share of the process's PyTorch threads (at least one).
+    """
+
+    def __init__(
+        self,
+        stages: list,
+        seconds: dict[str, float],
+        on_chunk_done: Callable[[object], None],
+        depth: int = 2,
+    ) -> None:
+        self._seconds = seconds
+        self._on_chunk_done = on_chunk_done
+        self._remaining: dict[int, int] = {}
+        self._lock = threading.Lock()
+        self._submitted = 0
+        threads = max(1, torch.get_num_threads() // max(1, len(stages)))
+        self._consumers = [
+            Consumer(self._handler(stage), depth=depth, threads=threads) for stage in stages
+        ]
+
+    def _handler(self, stage) -> Callable[[tuple[int, object]], None]:
+        def handle(item: tuple[int, object]) -> None:
+            number, chunk = item
+            tick = time.perf_counter()
+            stage.process(chunk)
+            self._seconds[stage.name] += time.perf_counter() - tick
+            with self._lock:
+                self._remaining[number] -= 1
+                done = self._remaining[number] == 0
+                if done:
+                    del self._remaining[number]
+            if done:
+                self._on_chunk_done(chunk)
+
+        return handle
+
+    def submit(self, chunk: object) -> None:
+        """Hands ``chunk`` to every stage; re-raises a stage's earlier error."""
+        number, self._submitted = self._submitted, self._submitted + 1
+        with self._lock:
+            self._remaining[number] = len(self._consumers)
+        for consumer in self._consumers:
+            consumer.submit((number, chunk))
+
+    def close(self) -> None:
+        """Waits for every stage to finish every chunk; re-raises the first error."""
+        errors = []
+        for consumer in self._consumers:
+            try:
+                consumer.close()
+            except BaseException as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def cancel(self) -> None:
+        """Drops the chunks not yet handled and waits for the threads (used on failure)."""
+        for consumer in self._consumers:
+            consumer.cancel()

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from models.atomic_files import write_bytes_atomic
 from stages.clip_features import ClipFeatureStage
 from stages.decode import DecodeError, iter_chunks, open_video
+from stages.devices import cpu_info
 from stages.flow import FlowStage
 from stages.warp_stage import WarpStage
 from stages.writers import FlowWriters
@@ -32,7 +33,7 @@ from .allocator import set_large_block_reuse
 from .config import RunConfig, config_to_dict
 from .logs import VERBOSE, quiet_libraries
 from .model_choice import ModelChoice, choose_model
-from .overlap import Consumer, Prefetcher
+from .overlap import OutputStages, Prefetcher
 from .run_start import Estimator, check_loaded_checkpoint, results_hash, results_key
 
 logger = logging.getLogger(__name__)
@@ -176,15 +177,10 @@ def process_video(
                 leave=False,
             )
 
-            def finish_chunk(chunk) -> None:
-                for stage in stages:
-                    tick = time.perf_counter()
-                    stage.process(chunk)
-                    seconds[stage.name] += time.perf_counter() - tick
-                advance(bar, chunk.num_frames - chunk.overlap)
-
             prefetch = Prefetcher(_timed(chunks, seconds, "decode"), depth=1)
-            outputs = Consumer(finish_chunk, depth=2)
+            outputs = OutputStages(
+                stages, seconds, lambda chunk: advance(bar, chunk.num_frames - chunk.overlap)
+            )
             try:
                 with bar:
                     for chunk in prefetch:
@@ -288,6 +284,7 @@ def _write_meta(out_dir: Path, result: VideoResult, config, session: FlowSession
             "python": platform.python_version(),
             "torch": torch.__version__,
         },
+        "machine": {**cpu_info(), "torch_threads": torch.get_num_threads()},
     }
     write_bytes_atomic(out_dir / "meta.json", json.dumps(meta, indent=2).encode())
     result.outputs["meta"] = str(out_dir / "meta.json")

@@ -24,8 +24,10 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -39,9 +41,11 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "METRIC_KEYS",
     "Difference",
+    "FlowMasks",
     "batch_metrics",
     "flow_gradients",
     "flow_magnitude_stats",
+    "flow_masks",
     "forward_backward_occlusion",
     "masked_channel_mean",
     "motion_boundaries",
@@ -178,7 +182,7 @@ def motion_boundaries(
     """
     field = flow.to(_float_dtype(flow))
     d_dx, d_dy = flow_gradients(field, difference=difference)
-    variation = (d_dx**2 + d_dy**2).sum(dim=1, keepdim=True)
+    variation = (d_dx.square() + d_dy.square()).sum(dim=1, keepdim=True)
     return variation > alpha1 * _squared_norm(field) + alpha2
 
 
@@ -251,7 +255,7 @@ def warping_error(
         ``(B,)`` E_warp per pair, float32 (float64 for float64 inputs).
     """
     residual, counted = _aligned_residual(frame_t, frame_t1, flow_fw, mask, require_valid)
-    return masked_channel_mean(residual**2, counted)
+    return masked_channel_mean(residual.square(), counted)
 
 
 def photometric_error(
@@ -293,10 +297,43 @@ def flow_magnitude_stats(flow: torch.Tensor) -> dict[str, torch.Tensor]:
     magnitude = _squared_norm(field).sqrt().flatten(1)  # (B, H*W)
     return {
         "mean": magnitude.mean(dim=1),
-        "median": _quantile(magnitude, 0.5),
-        "p95": _quantile(magnitude, 0.95),
+        **dict(zip(("median", "p95"), _quantiles(magnitude, (0.5, 0.95)), strict=True)),
         "max": magnitude.amax(dim=1),
     }
+
+
+@dataclass(frozen=True)
+class FlowMasks:
+    """The masks of a batch of flows that metrics and mask files share.
+
+    ``occluded``: ``(B, 1, H, W)`` bool, :func:`forward_backward_occlusion` (None without
+    backward flow). ``boundaries``: ``(B, 1, H, W)`` bool, :func:`motion_boundaries`.
+    """
+
+    occluded: torch.Tensor | None
+    boundaries: torch.Tensor
+
+
+def flow_masks(
+    flow_fw: torch.Tensor,
+    flow_bw: torch.Tensor | None,
+    config: WarpConfig | None = None,
+    *,
+    difference: Difference = "central",
+) -> FlowMasks:
+    """Occlusion (when ``flow_bw`` is given) and motion-boundary masks of ``flow_fw``
+    ``(B, 2, H, W)`` with ``config``'s tolerances (the ``warp`` section's defaults without)."""
+    config = config or WarpConfig()
+    fw = flow_fw.to(_float_dtype(flow_fw))
+    occluded = None
+    if flow_bw is not None:
+        occluded = forward_backward_occlusion(
+            fw, flow_bw, alpha1=config.fb_alpha1, alpha2=config.fb_alpha2
+        )
+    boundaries = motion_boundaries(
+        fw, alpha1=config.mb_alpha1, alpha2=config.mb_alpha2, difference=difference
+    )
+    return FlowMasks(occluded, boundaries)
 
 
 def batch_metrics(
@@ -308,6 +345,8 @@ def batch_metrics(
     *,
     difference: Difference = "central",
     exclude_motion_boundaries: bool = True,
+    masks: FlowMasks | None = None,
+    warped: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """All per-pair metrics for a batch of pairs, as ``(B,)`` tensors keyed by :data:`METRIC_KEYS`.
 
@@ -336,6 +375,11 @@ def batch_metrics(
         difference: gradient operator of :func:`motion_boundaries`.
         exclude_motion_boundaries: drop motion-boundary pixels from the error masks, as Lai
             et al.'s occlusion maps do.
+        masks: the :func:`flow_masks` of these flows with this ``config`` and ``difference``,
+            when the caller already has them (computed here otherwise).
+        warped: ``backward_warp(frame_t1, flow_fw, padding="border")`` with the frames in
+            [0, 1] and both in float32 (float64 for float64 inputs), when the caller already
+            has it (computed here otherwise).
 
     Returns:
         ``{key: (B,) tensor}``, float32 (float64 for float64 inputs), on the inputs' device.
@@ -345,19 +389,12 @@ def batch_metrics(
     _check_pair(frames_t, frames_t1, flow_fw)
     dtype = _float_dtype(frames_t, flow_fw)
     fw = flow_fw.to(dtype)
-    warped, inside = backward_warp(frames_t1.to(dtype), fw, padding="border")
-    boundaries = motion_boundaries(
-        fw,
-        alpha1=config.mb_alpha1,
-        alpha2=config.mb_alpha2,
-        difference=difference,
-    )
+    warped, inside = warped or backward_warp(frames_t1.to(dtype), fw, padding="border")
+    masks = masks or flow_masks(fw, flow_bw, config, difference=difference)
+    boundaries, occluded = masks.boundaries, masks.occluded
     counted = inside
     occluded_fraction = torch.full((fw.shape[0],), math.nan, dtype=dtype, device=fw.device)
-    if flow_bw is not None:
-        occluded = forward_backward_occlusion(
-            fw, flow_bw, alpha1=config.fb_alpha1, alpha2=config.fb_alpha2
-        )
+    if occluded is not None:
         counted = counted & ~occluded
         occluded_fraction = _fraction(occluded, dtype)
     if exclude_motion_boundaries:
@@ -365,7 +402,7 @@ def batch_metrics(
     residual = warped - frames_t.to(dtype)
     magnitude = flow_magnitude_stats(fw)
     return {
-        "e_warp": masked_channel_mean(residual**2, counted),
+        "e_warp": masked_channel_mean(residual.square(), counted),
         "photometric_error": masked_channel_mean(residual.abs(), counted),
         "occluded_fraction": occluded_fraction,
         "valid_fraction": _fraction(inside, dtype),
@@ -469,15 +506,34 @@ def _unit_frames(frames: torch.Tensor) -> torch.Tensor:
     return frames
 
 
-def _quantile(values: torch.Tensor, q: float) -> torch.Tensor:
-    """Row-wise linear-interpolation quantile of ``values`` (B, N), as ``numpy.percentile``."""
+def _quantiles(values: torch.Tensor, qs: Sequence[float]) -> list[torch.Tensor]:
+    """Row-wise linear-interpolation quantiles of ``values`` (B, N), as ``numpy.percentile``:
+    one ``(B,)`` tensor per ``q``."""
     count = values.shape[1]
-    position = q * (count - 1)
-    lower = math.floor(position)
-    upper = min(lower + 1, count - 1)
-    low = values.kthvalue(lower + 1, dim=1).values
-    high = values.kthvalue(upper + 1, dim=1).values
-    return low + (position - lower) * (high - low)
+    positions = [q * (count - 1) for q in qs]
+    ranks = sorted(
+        {r for p in positions for r in (math.floor(p), min(math.floor(p) + 1, count - 1))}
+    )
+    order = dict(zip(ranks, _order_statistics(values, ranks), strict=True))
+    results = []
+    for position in positions:
+        lower = math.floor(position)
+        low, high = order[lower], order[min(lower + 1, count - 1)]
+        results.append(low + (position - lower) * (high - low))
+    return results
+
+
+def _order_statistics(values: torch.Tensor, ranks: list[int]) -> list[torch.Tensor]:
+    """The ``rank``-th smallest (0-based) of each row of ``values`` (B, N) for every rank.
+
+    On a CPU one multi-rank ``numpy.partition`` per row finds them all (several times faster
+    than one ``kthvalue`` per rank); both order NaN last.
+    """
+    if values.device.type != "cpu" or values.requires_grad:
+        return [values.kthvalue(rank + 1, dim=1).values for rank in ranks]
+    parted = np.partition(values.detach().numpy(), ranks, axis=1)[:, ranks]  # (B, len(ranks))
+    picked = torch.from_numpy(parted)
+    return [picked[:, i] for i in range(len(ranks))]
 
 
 def _fraction(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -487,7 +543,8 @@ def _fraction(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 def _squared_norm(flow: torch.Tensor) -> torch.Tensor:
     """``u^2 + v^2`` of a ``(B, 2, H, W)`` flow, as ``(B, 1, H, W)``."""
-    return (flow**2).sum(dim=1, keepdim=True)
+    u, v = flow[:, 0:1], flow[:, 1:2]
+    return u * u + v * v
 
 
 def _float_dtype(*tensors: torch.Tensor) -> torch.dtype:

@@ -26,6 +26,7 @@ stretched to full saturation as a per-frame maximum does).
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import cv2
@@ -103,18 +104,20 @@ _WHEEL = make_color_wheel()
 
 
 def _check_flow(flow: npt.ArrayLike) -> np.ndarray:
+    """``flow`` as an ``(H, W, 2)`` float32 array (float64 when given float64)."""
     array = np.asarray(flow)
     if array.ndim != 3 or array.shape[-1] != 2:
         raise ValueError(f"flow must be (H, W, 2), got shape {array.shape}")
-    return array.astype(np.float64)
+    return array.astype(np.float64 if array.dtype == np.float64 else np.float32, copy=False)
 
 
 def _valid_mask(flow: np.ndarray) -> np.ndarray:
     """``(H, W)`` True where both components are finite and not Middlebury 'unknown'."""
-    finite = np.isfinite(flow).all(axis=-1)
+    # NaN compares False and infinities exceed the threshold: one test covers all three.
     with np.errstate(invalid="ignore"):
-        known = (np.abs(flow) <= UNKNOWN_FLOW_THRESHOLD).all(axis=-1)
-    return finite & known
+        return (np.abs(flow[..., 0]) <= UNKNOWN_FLOW_THRESHOLD) & (
+            np.abs(flow[..., 1]) <= UNKNOWN_FLOW_THRESHOLD
+        )
 
 
 def _normaliser(flow: np.ndarray, valid: np.ndarray, max_flow: float | None) -> float:
@@ -126,25 +129,34 @@ def _normaliser(flow: np.ndarray, valid: np.ndarray, max_flow: float | None) -> 
         return scale
     if not valid.any():
         return 1.0
-    largest = float(np.sqrt((flow[valid] ** 2).sum(axis=-1)).max())
+    largest = float(np.sqrt((flow[valid].astype(np.float64) ** 2).sum(axis=-1)).max())
     return largest if largest > 0 else 1.0
 
 
 def _wheel_colors(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Colour normalised flow ``(u, v)`` (rim at magnitude 1); returns float RGB in 0..1."""
+    """Colour normalised flow ``(u, v)`` (rim at magnitude 1); returns RGB in 0..1 of ``u``'s
+    dtype, ``(H, W, 3)``."""
+    real = u.dtype.type
     count = _WHEEL.shape[0]
-    radius = np.sqrt(u**2 + v**2)
+    wheel = (_WHEEL / 255.0).astype(u.dtype)
+    radius = np.hypot(u, v)
     # Adding +0.0 turns -0.0 into +0.0, so atan2 sees -v = -0.0 for every v == 0 and rightward
     # flow maps to entry 0 (pure red) whatever the sign of its zero y component.
-    angle = np.arctan2(-(v + 0.0), -(u + 0.0)) / np.pi  # -1 .. 1, -1 for flow pointing right
-    position = (angle + 1.0) / 2.0 * (count - 1)  # 0 .. count - 1
-    lower = np.floor(position).astype(np.int64)
-    upper = (lower + 1) % count
+    angle = np.arctan2(-(v + real(0.0)), -(u + real(0.0)))  # -pi .. pi, -pi pointing right
+    position = (angle / real(np.pi) + real(1.0)) * real((count - 1) / 2.0)  # 0 .. count - 1
+    lower = np.floor(position)
     weight = (position - lower)[..., None]
-    color = ((1.0 - weight) * _WHEEL[lower] + weight * _WHEEL[upper]) / 255.0
-    inside = (radius <= 1.0)[..., None]
-    # Inside the rim: desaturate toward white with decreasing magnitude; outside: darken.
-    return np.where(inside, 1.0 - radius[..., None] * (1.0 - color), color * _OUT_OF_RANGE_DIM)
+    lower = lower.astype(np.intp)
+    upper = lower + 1
+    upper[upper == count] = 0
+    below, above = np.take(wheel, lower, axis=0), np.take(wheel, upper, axis=0)
+    color = below + weight * (above - below)
+    # Inside the rim: desaturate toward white with decreasing magnitude (1 - r (1 - c));
+    # outside: darken (0.75 c). Both are offset + gain * c, computed per pixel first.
+    inside = radius <= 1.0
+    offset = np.where(inside, real(1.0) - radius, real(0.0))[..., None]
+    gain = np.where(inside, radius, real(_OUT_OF_RANGE_DIM))[..., None]
+    return offset + gain * color
 
 
 def flow_to_color(
@@ -153,7 +165,8 @@ def flow_to_color(
     """Render a flow field with the Middlebury colour coding.
 
     Args:
-        flow: ``(H, W, 2)`` flow in pixels (x right, y down), any real dtype.
+        flow: ``(H, W, 2)`` flow in pixels (x right, y down), any real dtype (computed in
+            float64 for float64 input, else in float32).
         max_flow: magnitude in pixels drawn fully saturated. Default: the largest magnitude
             among valid pixels of this field. Pass a fixed value to give every frame of a video
             the same scale; longer vectors are drawn at 75 % brightness.
@@ -169,9 +182,11 @@ def flow_to_color(
     field = _check_flow(flow)
     valid = _valid_mask(field)
     scale = _normaliser(field, valid, max_flow)
-    safe = np.where(valid[..., None], field, 0.0) / scale
+    safe = np.where(valid[..., None], field, 0.0).astype(field.dtype, copy=False)
+    safe *= field.dtype.type(1.0 / scale)
     color = _wheel_colors(safe[..., 0], safe[..., 1])
-    image = np.floor(255.0 * np.clip(color, 0.0, 1.0)).astype(np.uint8)
+    color *= 255.0
+    image = np.clip(color, 0.0, 255.0).astype(np.uint8)  # truncation: floor, as >= 0
     image[~valid] = 0
     if convert_to_bgr:
         image = np.ascontiguousarray(image[..., ::-1])
@@ -323,6 +338,7 @@ def legend_width(height: int) -> int:
     return int(np.clip(round(0.6 * height), 72, 240))
 
 
+@functools.lru_cache(maxsize=16)
 def legend_panel(height: int, rim: float, how: str) -> np.ndarray:
     """The colour key of a flow picture: the wheel and what its rim means, on a dark strip.
 
@@ -335,7 +351,8 @@ def legend_panel(height: int, rim: float, how: str) -> np.ndarray:
     Returns:
         ``(height, legend_width(height), 3)`` uint8 RGB: the wheel (hue = direction the flow
         points, white = still, full colour at the rim), then ``rim = X px`` and ``how``. What
-        does not fit a short panel is cut off (see :data:`LEGEND_MIN_HEIGHT`).
+        does not fit a short panel is cut off (see :data:`LEGEND_MIN_HEIGHT`). Read-only:
+        panels are cached, since every picture of a video at one scale has the same.
     """
     if height < 1:
         raise ValueError(f"height must be >= 1 pixel, got {height}")
@@ -357,6 +374,7 @@ def legend_panel(height: int, rim: float, how: str) -> np.ndarray:
         region[disc] = wheel[disc]
         top += diameter + margin
     _put_lines(panel, lines, top, margin, width - 2 * margin, line_height)
+    panel.flags.writeable = False  # cached: every picture of a video shares it
     return panel
 
 

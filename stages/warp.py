@@ -16,7 +16,7 @@ The sampler reads the four neighbours with ``index_select`` instead of calling
 sample position reads the pixel exactly, so zero flow is the identity bit for bit and integer
 shifts move pixels without blur. Results otherwise equal
 ``grid_sample(image, grid, mode, padding_mode, align_corners=True)`` to rounding, and gradients
-flow to both the image and the flow. On CPU it costs about 4x ``grid_sample``.
+flow to both the image and the flow. Band by band it costs about 2-3x ``grid_sample`` on a CPU.
 
 Border handling (``padding``), for sample points outside the frame:
 
@@ -144,21 +144,52 @@ def backward_warp(
     if not image.is_floating_point():
         image = image.to(torch.float32)
     compute_dtype = _compute_dtype(image, flow)
-    _, _, height, width = image.shape
-    positions = sample_positions(flow, dtype=compute_dtype)
-    valid = inside_frame(positions, height, width)
-    x = _finite_positions(positions[:, 0:1], width)  # (B, 1, H, W)
-    y = _finite_positions(positions[:, 1:2], height)
-    if padding == "zeros":
-        # A ring of zeros around the image: neighbours outside read it once indices are
-        # clamped to the ring, which is grid_sample's zeros padding without per-corner masks.
-        source, ring = F.pad(image, (1, 1, 1, 1)), 1
-    else:
-        source, ring = image, 0
-        x = x.clamp(0, width - 1)
-        y = y.clamp(0, height - 1)
+    batch, _, height, width = image.shape
     sampler = _bilinear if mode == "bilinear" else _nearest
-    return sampler(source, x, y, ring).to(image.dtype), valid
+    rows = max(1, _BAND_PIXELS // width)
+    warped_parts, valid_parts = [], []
+    for b in range(batch):
+        # contiguous: index_select reads a channels-last image (frames from numpy) ~6x slower
+        if padding == "zeros":
+            # A ring of zeros around the image: neighbours outside read it once indices are
+            # clamped to the ring, which is grid_sample's zeros padding without per-corner
+            # masks.
+            source, ring = F.pad(image[b : b + 1].contiguous(), (1, 1, 1, 1)), 1
+        else:
+            source, ring = image[b : b + 1].contiguous(), 0
+        for top in range(0, height, rows):
+            band = flow[b : b + 1, :, top : top + rows]
+            positions = _band_positions(band, top, compute_dtype)
+            valid_parts.append(inside_frame(positions, height, width))
+            x = _finite_positions(positions[:, 0:1], width)  # (1, 1, rows, W)
+            y = _finite_positions(positions[:, 1:2], height)
+            if ring == 0:
+                x = x.clamp(0, width - 1)
+                y = y.clamp(0, height - 1)
+            warped_parts.append(sampler(source, x, y, ring).to(image.dtype))
+    return _assemble(warped_parts, batch), _assemble(valid_parts, batch)
+
+
+# Pixels per band of backward_warp: the dozen temporaries of a band then stay in the CPU caches,
+# which made warping a 16-frame 768x432 chunk 4-5x faster than one pass over the whole batch.
+_BAND_PIXELS = 65536
+
+
+def _band_positions(flow_band: torch.Tensor, top: int, dtype: torch.dtype) -> torch.Tensor:
+    """Sample points ``p + flow(p)`` of a band of rows starting at row ``top``: (1, 2, rows, W)."""
+    _, _, rows, width = flow_band.shape
+    grid = pixel_grid(rows, width, dtype=dtype, device=flow_band.device)
+    grid[:, 1] += top
+    return grid + flow_band.to(dtype)
+
+
+def _assemble(parts: list[torch.Tensor], batch: int) -> torch.Tensor:
+    """Band results, batch item after batch item, back to one ``(B, C, H, W)`` tensor."""
+    if len(parts) == 1:
+        return parts[0]
+    per_item = len(parts) // batch
+    items = [torch.cat(parts[i * per_item : (i + 1) * per_item], dim=2) for i in range(batch)]
+    return items[0] if batch == 1 else torch.cat(items, dim=0)
 
 
 def _finite_positions(coordinate: torch.Tensor, size: int) -> torch.Tensor:

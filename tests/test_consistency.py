@@ -13,11 +13,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from stages.base import FrameChunk
 from stages.consistency import (
     METRIC_KEYS,
     batch_metrics,
     flow_gradients,
     flow_magnitude_stats,
+    flow_masks,
     forward_backward_occlusion,
     masked_channel_mean,
     motion_boundaries,
@@ -27,6 +29,9 @@ from stages.consistency import (
     summarize_video,
     warping_error,
 )
+from stages.settings import WarpConfig
+from stages.warp import backward_warp
+from stages.warp_stage import WarpStage
 
 # --------------------------------------------------------------------------------------------
 # Synthetic scenes
@@ -510,3 +515,54 @@ def test_non_finite_flow_counts_as_occluded() -> None:
     # exactly (0, 3) but its footprint includes (0, 4) with weight 0
     expected[0, 0, 3, 0] = True
     assert torch.equal(occluded, expected)
+
+
+def test_precomputed_masks_and_warp_give_the_same_metrics() -> None:
+    generator = torch.Generator().manual_seed(12)
+    frames = torch.rand(3, 3, 24, 32, generator=generator)
+    flows = torch.randn(2, 2, 24, 32, generator=generator) * 3
+    back = torch.randn(2, 2, 24, 32, generator=generator) * 3
+    plain = batch_metrics(frames[:-1], frames[1:], flows, back)
+    masks = flow_masks(flows, back)
+    warped = backward_warp(frames[1:], flows, padding="border")
+    given = batch_metrics(frames[:-1], frames[1:], flows, back, masks=masks, warped=warped)
+    for key in METRIC_KEYS:
+        torch.testing.assert_close(given[key], plain[key], equal_nan=True, rtol=0, atol=0)
+    assert torch.equal(masks.occluded, forward_backward_occlusion(flows, back))
+    assert torch.equal(masks.boundaries, motion_boundaries(flows))
+    assert flow_masks(flows, None).occluded is None
+
+
+def test_flow_magnitude_quantiles_agree_on_every_path() -> None:
+    """numpy's multi-rank partition (CPU) and kthvalue (other devices, autograd) agree."""
+    generator = torch.Generator().manual_seed(6)
+    flow = torch.randn(3, 2, 31, 37, generator=generator) * 4
+    flow[1, :, 0, 0] = float("nan")
+    fast = flow_magnitude_stats(flow)
+    tracked = flow_magnitude_stats(flow.clone().requires_grad_(True))
+    for key in ("median", "p95"):
+        torch.testing.assert_close(fast[key], tracked[key].detach(), rtol=0, atol=0)
+
+
+def test_warp_stage_pictures_are_black_where_the_flow_leaves_the_frame(tmp_path: Path) -> None:
+    generator = torch.Generator().manual_seed(13)
+    frames = torch.randint(0, 256, (2, 20, 30, 3), dtype=torch.uint8, generator=generator)
+    flow = torch.zeros(1, 2, 20, 30)
+    flow[:, 0] = 2.5  # the last 3 columns point past the right edge
+    chunk = FrameChunk(
+        "v", frames.numpy(), np.arange(2), np.arange(2) / 25.0,
+        artifacts={"pairs": np.array([[0, 1]]), "flow_fw": flow, "flow_bw": -flow},
+    )  # fmt: skip
+    stage = WarpStage(tmp_path, WarpConfig(enabled=True, video=False), fps=25.0)
+    stage.setup()
+    stage.process(chunk)
+    stage.finish()
+    picture = np.asarray(Image.open(tmp_path / "warped" / "000000.png"))
+    source = frames[1].numpy().astype(np.float64)
+    expected = np.round((source[:, 2:29] + source[:, 3:30]) / 2)  # x + 2.5: half-way
+    np.testing.assert_allclose(picture[:, :27], expected, atol=1)
+    assert (picture[:, 27:] == 0).all()  # x + 2.5 > 29: outside
+    occlusion = np.asarray(Image.open(tmp_path / "occlusion" / "000000.png"))
+    assert (occlusion[:, 27:] == 255).all() and (occlusion[:, :27] == 0).all()
+    table = pd.read_csv(tmp_path / "consistency.csv")
+    assert table["valid_fraction"][0] == pytest.approx(27 / 30)

@@ -223,3 +223,18 @@ def test_writers_draw_one_scale_per_video_with_its_legend(tmp_path) -> None:
     assert pictures[0].shape == (48, 64 + legend_width(48), 3)
     np.testing.assert_array_equal(pictures[0][:, 64:], legend_panel(48, rim, "per video"))
     assert pictures[3][20, 20].max() < pictures[0][20, 20].max()  # 9 px: past the rim, dimmed
+
+
+def test_float32_flow_is_coloured_like_float64_flow() -> None:
+    """float32 input is computed in float32 (2x faster): at most one level off, rarely."""
+    flow = np.random.default_rng(4).normal(0, 5, (60, 80, 2))
+    wide = flow_to_color(flow, max_flow=8.0).astype(int)
+    narrow = flow_to_color(flow.astype(np.float32), max_flow=8.0).astype(int)
+    assert np.abs(wide - narrow).max() <= 1 and (wide != narrow).mean() < 1e-3
+
+
+def test_legend_panels_are_cached_and_read_only() -> None:
+    panel = legend_panel(120, 2.5, "per video")
+    assert legend_panel(120, 2.5, "per video") is panel
+    assert not panel.flags.writeable
+    assert legend_panel(120, 2.6, "per video") is not panel

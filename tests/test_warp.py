@@ -262,3 +262,20 @@ def test_non_finite_flow_is_invalid_and_reads_the_padding(padding: str, fill: fl
     for y, x in bad:
         assert not bool(valid[0, 0, y, x])
         assert warped[0, :, y, x].tolist() == [fill, fill]
+
+
+@pytest.mark.parametrize("padding", ["zeros", "border"])
+def test_frames_larger_than_a_band_warp_as_a_whole(padding: str) -> None:
+    """Frames of several row bands (here ~3.4) give the grid_sample result across band edges,
+    and a channels-last batch (frames from numpy) the same as a contiguous one."""
+    generator = torch.Generator().manual_seed(3)
+    image = torch.rand(2, 3, 300, 768, generator=generator, dtype=torch.float64)
+    flow = 6 * torch.randn(2, 2, 300, 768, generator=generator, dtype=torch.float64)
+    warped, valid = backward_warp(image, flow, padding=padding)
+    reference = _grid_sample_reference(image, flow, "bilinear", padding)
+    torch.testing.assert_close(warped, reference, atol=1e-9, rtol=0)
+    np.testing.assert_array_equal(
+        valid.numpy(), inside_frame(sample_positions(flow), 300, 768).numpy()
+    )
+    channels_last = image.contiguous(memory_format=torch.channels_last)
+    assert torch.equal(backward_warp(channels_last, flow, padding=padding)[0], warped)

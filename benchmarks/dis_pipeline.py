@@ -1,0 +1,99 @@
+"""Does the pipeline keep up with a fast estimator? DIS with every output against flow.npy only.
+
+    python benchmarks/dis_pipeline.py [--frames 100] [--size 768x432] [--repeats 3]
+
+The clip: the first ``--frames`` frames of the shared ``bottle-detection.mp4`` scaled to
+``--size`` (bicubic) and encoded as H.264 (CRF 18) with PyAV into a temporary folder. Both
+paths are whole ``run`` processes (start-up included) with ``--model dis``, alternated,
+median of the repeats:
+
+- ``flow.npy only``: the default outputs (forward flow into flow.npy);
+- ``all outputs``: npy, flow JPEGs, viz PNGs + viz.mp4, warp (warped frames and video,
+  occlusion and motion-boundary masks, consistency metrics; backward flow for the occlusion
+  test) and motion features (MotionSqueeze maps, flow statistics).
+
+The per-stage seconds of the last ``all outputs`` run (from meta.json; the output stages run
+side by side, so they overlap) are printed under the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from statistics import median
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks._common import cpu_description, print_table, spread  # noqa: E402
+
+ALL_OUTPUTS = [
+    "--formats", "npy,jpg,viz", "--set", "warp.enabled=true", "--set", "features.enabled=true",
+]  # fmt: skip
+
+
+def make_clip(source: Path, target: Path, frames: int, width: int, height: int) -> None:
+    """Writes the first ``frames`` frames of ``source`` scaled to ``width x height`` as H.264."""
+    import av
+    import cv2
+
+    with av.open(str(source)) as inp, av.open(str(target), "w") as out:
+        stream = out.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"crf": "18"}
+        for written, frame in enumerate(inp.decode(video=0), start=1):
+            rgb = cv2.resize(frame.to_ndarray(format="rgb24"), (width, height), cv2.INTER_CUBIC)
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+            if written == frames:
+                break
+        out.mux(stream.encode())
+
+
+def timed_run(clip: Path, out: Path, extra: list[str]) -> float:
+    command = [
+        sys.executable, str(REPO / "run_pipeline.py"), "run", str(clip), "-o", str(out),
+        "--model", "dis", "--no-progress", "--overwrite", *extra,
+    ]  # fmt: skip
+    start = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--video", type=Path, default=REPO.parent / "shared/videos/bottle-detection.mp4"
+    )
+    parser.add_argument("--frames", type=int, default=100)
+    parser.add_argument("--size", default="768x432")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    width, height = (int(v) for v in args.size.split("x"))
+    print(f"CPU: {cpu_description()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        clip = Path(tmp) / "clip.mp4"
+        make_clip(args.video, clip, args.frames, width, height)
+        times: dict[str, list[float]] = {"flow.npy only": [], "all outputs": []}
+        for _ in range(args.repeats):
+            times["flow.npy only"].append(timed_run(clip, Path(tmp) / "npy", []))
+            times["all outputs"].append(timed_run(clip, Path(tmp) / "all", ALL_OUTPUTS))
+        stages = json.loads((Path(tmp) / "all/clip/meta.json").read_text())["seconds"]
+    base = median(times["flow.npy only"])
+    print(f"\n{args.frames} frames {width}x{height}, DIS (medium), {args.repeats} repeats\n")
+    print_table(
+        ["outputs", "seconds (min-max)", "ratio"],
+        [
+            [name, spread(values, digits=2), f"{median(values) / base:.2f}x"]
+            for name, values in times.items()
+        ],
+    )
+    print("\nstage seconds of the last 'all outputs' run: " + json.dumps(stages))
+
+
+if __name__ == "__main__":
+    main()
