@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from statistics import median
 
-FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-"""CPU flags that matter for the convolution and matmul kernels these scripts time."""
+from stages.devices import cpu_info
 
 
-def cpu_description(flags: Sequence[str] = FLAGS) -> str:
-    """``/proc/cpuinfo`` model name and which of ``flags`` the CPU has."""
-    model, present = "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                present = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    found = [f for f in flags if f in present]
-    return f"{model}; flags: {', '.join(found) or 'none of ' + ', '.join(flags)}"
+def cpu_description() -> str:
+    """The CPU model and which of the flags that decide kernel speed it has
+    (:func:`stages.devices.cpu_info`)."""
+    info = cpu_info()
+    return f"{info['model']}; {info['cores']} cores; flags: {', '.join(info['flags']) or 'none'}"
 
 
 def spread(values: Sequence[float], scale: float = 1.0, digits: int = 1) -> str:

@@ -40,6 +40,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    from benchmarks._common import cpu_description
+
+    print(f"CPU: {cpu_description()}")
     torch.set_num_threads(args.threads)
     print(
         "| model | fp32 s/pair | bf16 s/pair | speed-up | EPE bf16 vs fp32 mean / p99 / max (px) |"

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import stages.decoding.backend_decord as backend_decord  # noqa: E402
-from benchmarks._common import print_table  # noqa: E402
+from benchmarks._common import cpu_description, print_table  # noqa: E402
 from pipeline.example import write_example_clip  # noqa: E402
 from stages.decode import DecodeConfig, open_video  # noqa: E402
 
@@ -55,6 +55,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--backends", nargs="+", default=["decord", "pyav", "opencv"])
     args = parser.parse_args()
+    print(f"CPU: {cpu_description()}")
     with tempfile.TemporaryDirectory() as tmp:
         video = args.video or write_example_clip(
             Path(tmp) / "clip1080.mp4", num_frames=240, width=1920, height=1080

@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -250,16 +249,6 @@ def _run_child(model_name: str, size: str, path: str, args: argparse.Namespace) 
     return result
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def _table(results: dict[tuple[str, str, str], list[dict]]) -> str:
     lines = [
         "| model | size | path | s/pair median (min-max) | pairs/s | CPU s/pair/thread | "
@@ -351,6 +340,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks._common import cpu_description
+
     if args.quick:
         args.models, args.sizes, args.repeats, args.pairs = ["raft-small"], ["640x360"], 1, 2
         args.chunk_pairs = 2
@@ -365,7 +357,7 @@ def main() -> None:
 
     policy = "PASSIVE" if args.omp_passive else os.environ.get("OMP_WAIT_POLICY", "unset")
     print(
-        f"CPU: {_cpu_model()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, "
+        f"CPU: {cpu_description()}, torch {torch.__version__}, "
         f"{args.threads} threads, {args.iters} iterations, float32, {args.pairs} consecutive "
         f"pairs per run, {args.repeats} rounds, video: {args.chunk_pairs} pairs per chunk, "
         f"batches of {args.batch_pairs}, CPU workers {args.cpu_workers or 'auto'}, "

@@ -43,6 +43,9 @@ def main() -> None:
     args = parser.parse_args()
     repo = Path(__file__).resolve().parents[1]
     sys.path.insert(0, str(repo))
+    from benchmarks._common import cpu_description
+
+    print(f"CPU: {cpu_description()}")
     from pipeline.example import write_example_clip
 
     rows = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -55,6 +56,10 @@ def main() -> None:
     if args.child:
         print(json.dumps(_child(args.model, width, height, args.corr[0], args.iters, args.threads)))
         return
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from benchmarks._common import cpu_description
+
+    print(f"CPU: {cpu_description()}")
     rows = []
     for corr in args.corr:
         command = [sys.executable, __file__, "--child", "--size", args.size, "--model", args.model,

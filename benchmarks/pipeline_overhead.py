@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
-from benchmarks._common import print_table, spread  # noqa: E402
+from benchmarks._common import cpu_description, print_table, spread  # noqa: E402
 from pipeline.allocator import set_large_block_reuse  # noqa: E402
 from pipeline.cli import main as cli  # noqa: E402
 from stages.decode import DecodeConfig, iter_chunks, open_video  # noqa: E402
@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    print(f"CPU: {cpu_description()}")
     torch.set_num_threads(args.threads)
     with open_video(args.video, DecodeConfig(backend="pyav")) as reader:
         frames = []

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
+import platform
 
 import torch
 
@@ -59,14 +62,36 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     return dtype
 
 
-def cpu_has_native_bf16() -> bool | None:
-    """Whether the CPU has bf16 dot-product instructions (``None``: cannot tell, not Linux)."""
+KERNEL_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "asimd")
+"""CPU flags that decide which convolution / matmul kernels are fast (x86 vector and matrix
+units; ``asimd``: ARM NEON)."""
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_info() -> dict[str, object]:
+    """This machine's CPU: ``{"model": str, "flags": [the KERNEL_FLAGS it has], "cores": int}``.
+
+    From ``/proc/cpuinfo`` (Linux); elsewhere ``model`` is :func:`platform.processor` and
+    ``flags`` is empty.
+    """
+    model, present = None, set()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+            for line in cpuinfo:  # the first processor's entries describe them all
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Model") and model is None:
+                    model = value.strip()
+                elif key.strip() in ("flags", "Features") and not present:
+                    present = set(value.split())
     except OSError:
+        pass
+    model = model or platform.processor() or "unknown"
+    flags = [flag for flag in KERNEL_FLAGS if flag in present]
+    return {"model": model, "flags": flags, "cores": os.cpu_count() or 1}
+
+
+def cpu_has_native_bf16() -> bool | None:
+    """Whether the CPU has bf16 dot-product instructions (``None``: cannot tell, not Linux)."""
+    if not os.path.exists("/proc/cpuinfo"):
         return None
-    return None
+    return bool({"avx512_bf16", "amx_bf16"} & set(cpu_info()["flags"]))

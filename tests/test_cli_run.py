@@ -57,6 +57,7 @@ def test_quickstart_runs_offline_with_dis(offline, tmp_path: Path) -> None:
     meta = json.loads((out / "example" / "meta.json").read_text())
     assert meta["model"] == "dis" and "OpenCV DIS" in meta["model_notice"]
     assert (meta["frames"], meta["pairs"]) == (12, 11)
+    assert meta["machine"]["cores"] >= 1 and isinstance(meta["machine"]["flags"], list)
     flow = np.load(out / "example" / "flow.npy")
     assert flow.shape == (11, 240, 320, 2)
     # the generated background drifts right by 1 px per frame

@@ -32,6 +32,11 @@ def test_bf16_on_a_cpu_without_bf16_instructions_warns(
 
 def test_cpu_flags_are_read() -> None:
     assert devices.cpu_has_native_bf16() in (True, False, None)
+    info = devices.cpu_info()
+    assert info["model"] and info["cores"] >= 1
+    assert set(info["flags"]) <= set(devices.KERNEL_FLAGS)
+    if devices.cpu_has_native_bf16():
+        assert {"avx512_bf16", "amx_bf16"} & set(info["flags"])
 
 
 def test_devices_that_are_not_there_are_refused_by_name() -> None:
