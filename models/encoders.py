@@ -8,10 +8,11 @@ Fast kernels (``fast_kernels`` attribute of the modules, on by default, see
 :meth:`models.raft.RAFT.set_fast_kernels`): in inference on CPU in float32,
 
 - 3x3 stride-1 convolutions run through PyTorch's bundled NNPACK Winograd kernel
-  (``torch._nnpack_spatial_convolution``, F(6x6, 3x3)), one image at a time. On the
-  2-core AVX2 machines this project targets it is ~2-2.5x faster than oneDNN's direct
-  convolution; its float32 rounding error is ~1e-5 relative (oneDNN: ~2e-6), which moves RAFT
-  flow by ~1e-4 px. NNPACK is reached through a private PyTorch op, so it is guarded: where
+  (``torch._nnpack_spatial_convolution``, F(6x6, 3x3)), one image at a time, where it is the
+  faster of the two on this machine for that shape (:mod:`models.kernel_choice` times both on
+  first use). On the 2-core AVX2 machines this project started on it is ~2-2.5x faster than
+  oneDNN's direct convolution; its float32 rounding error is ~1e-5 relative (oneDNN: ~2e-6),
+  which moves RAFT flow by ~1e-4 px. NNPACK is reached through a private PyTorch op, so it is guarded: where
   it is missing (some builds), or raises anything at all (a build that lacks it, a changed
   signature, a refused shape), the public ``F.conv2d`` runs instead; a failure is logged once
   as a warning and NNPACK is not tried again in this process.
@@ -31,6 +32,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .kernel_choice import KERNELS, conv_key
 
 logger = logging.getLogger(__name__)
 
@@ -112,12 +115,29 @@ def conv2d(
     *,
     fast: bool,
 ) -> torch.Tensor:
-    """Stride-1 convolution ``(B, C, H, W) -> (B, O, H', W')``; NNPACK Winograd when ``fast``.
+    """Stride-1 convolution ``(B, C, H, W) -> (B, O, H', W')``; with ``fast``, on the 3x3
+    shapes NNPACK takes (:func:`winograd_applies`), the faster of NNPACK and PyTorch's default
+    on this machine for this shape (:data:`models.kernel_choice.KERNELS`, timed on first use).
 
     NNPACK runs one image at a time: for a batch PyTorch would switch to NNPACK's training
     entry point, which is no faster than oneDNN here.
     """
     if fast and winograd_applies(x, weight, padding):
+        return KERNELS.run(
+            conv_key(x, weight),
+            {
+                "nnpack": lambda: nnpack_conv2d(x, weight, bias, padding),
+                "onednn": lambda: F.conv2d(x, weight, bias, padding=padding),
+            },
+        )
+    return F.conv2d(x, weight, bias, padding=padding)
+
+
+def nnpack_conv2d(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: tuple[int, int]
+) -> torch.Tensor:
+    """NNPACK, or PyTorch's convolution once NNPACK has failed (then for the whole process)."""
+    if _nnpack_ready():
         try:
             return _nnpack_conv2d(x.contiguous(), weight.contiguous(), bias, padding)
         except Exception as error:  # a private op: whatever it raises, the public one takes over

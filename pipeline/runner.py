@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from models.atomic_files import write_bytes_atomic
+from models.kernel_choice import KERNELS
 from stages.clip_features import ClipFeatureStage
 from stages.decode import DecodeError, iter_chunks, open_video
 from stages.devices import cpu_info
@@ -31,6 +32,7 @@ from stages.writers import FlowWriters
 
 from .allocator import set_large_block_reuse
 from .config import RunConfig, config_to_dict
+from .kernel_cache import load_kernel_choices, save_kernel_choices
 from .logs import VERBOSE, quiet_libraries
 from .model_choice import ModelChoice, choose_model
 from .overlap import OutputStages, Prefetcher
@@ -80,6 +82,7 @@ def build_flow_session(config: RunConfig, estimator: Estimator | None = None) ->
     occlusion test needs it.
     """
     quiet_libraries()  # also in worker processes, which configure their own logging
+    load_kernel_choices()
     flow = config.flow
     choice = estimator.choice if estimator is not None else choose_model(flow)
     resolved = dataclasses.replace(
@@ -210,6 +213,7 @@ def process_video(
         result.frames, result.pairs = writers.num_frames, writers.num_pairs
         result.seconds = {k: round(v, 4) for k, v in seconds.items()}
         result.seconds["total"] = round(time.perf_counter() - started, 4)
+        save_kernel_choices()
         _write_meta(out_dir, result, config, session, info)
         logger.log(
             VERBOSE,
@@ -285,6 +289,7 @@ def _write_meta(out_dir: Path, result: VideoResult, config, session: FlowSession
             "torch": torch.__version__,
         },
         "machine": {**cpu_info(), "torch_threads": torch.get_num_threads()},
+        "kernels": KERNELS.used(),
     }
     write_bytes_atomic(out_dir / "meta.json", json.dumps(meta, indent=2).encode())
     result.outputs["meta"] = str(out_dir / "meta.json")

@@ -25,7 +25,7 @@ from typing import TypeVar
 
 import torch
 
-from models.encoders import conv2d
+from models.encoders import nnpack_conv2d
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -37,8 +37,9 @@ _nnpack_primed = False
 def prime_nnpack(threads: int) -> None:
     """Creates NNPACK's process-wide thread pool with ``threads`` threads, unless a NNPACK
     convolution already ran in this process (the pool cannot be resized). The call goes through
-    :func:`models.encoders.conv2d`, so a build without a working NNPACK just runs the ordinary
-    convolution."""
+    :func:`models.encoders.nnpack_conv2d` (not the per-shape kernel choice, which may pick
+    the other kernel for this tiny shape), so a build without a working NNPACK just runs the
+    ordinary convolution."""
     global _nnpack_primed
     with _NNPACK_PRIMED:
         if _nnpack_primed:
@@ -48,7 +49,7 @@ def prime_nnpack(threads: int) -> None:
         torch.set_num_threads(threads)
         try:
             with torch.inference_mode():
-                conv2d(torch.zeros(1, 8, 4, 4), torch.zeros(8, 8, 3, 3), None, (1, 1), fast=True)
+                nnpack_conv2d(torch.zeros(1, 8, 4, 4), torch.zeros(8, 8, 3, 3), None, (1, 1))
         finally:
             torch.set_num_threads(previous)
 
