@@ -30,12 +30,16 @@ class Padder:
     """Pads ``(..., H, W)`` tensors so that H and W are multiples of ``multiple``.
 
     ``pads`` is ``(left, right, top, bottom)`` in pixels, the order ``F.pad`` expects.
+    ``minimum``: smallest padded side; a smaller image is padded further (the same way, with
+    replicated borders), so networks whose pyramid needs a few pixels at 1/64 scale still run
+    on tiny frames. 0 (the default) pads exactly as the official code.
     """
 
     height: int
     width: int
     mode: PadMode = "sintel"
     multiple: int = 8
+    minimum: int = 0
 
     def __post_init__(self) -> None:
         if self.mode not in PAD_MODES:
@@ -45,8 +49,8 @@ class Padder:
 
     @property
     def pads(self) -> tuple[int, int, int, int]:
-        pad_h = -self.height % self.multiple
-        pad_w = -self.width % self.multiple
+        pad_h = max(self.height + -self.height % self.multiple, self.minimum) - self.height
+        pad_w = max(self.width + -self.width % self.multiple, self.minimum) - self.width
         left, right = pad_w // 2, pad_w - pad_w // 2
         if self.mode == "sintel":
             return left, right, pad_h // 2, pad_h - pad_h // 2

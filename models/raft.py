@@ -396,21 +396,17 @@ class RAFT(nn.Module):
     ) -> FlowOutput:
         """Flow for a batch of pairs of any size ``(B, 3, H, W)`` float 0..255 RGB.
 
-        Pads to a multiple of 8 (``sintel`` or ``kitti`` mode), runs the network in inference
+        Pads to a multiple of 8 (``sintel`` or ``kitti`` mode; frames with a side under
+        :attr:`min_input_size` further, with replicated borders), runs the network in inference
         mode and crops ``flow`` back to ``(B, 2, H, W)``. ``flow_low`` stays on the padded 1/8
         grid so that it can be fed back as ``flow_init`` (see
         :func:`models.warm_start.forward_interpolate`).
         """
         if image1.ndim != 4 or image1.shape[1] != 3:
             raise ValueError(f"images must be (B, 3, H, W) float 0..255, got {tuple(image1.shape)}")
-        padder = Padder(image1.shape[-2], image1.shape[-1], mode=pad_mode)
-        padded_h, padded_w = padder.padded_size
-        if min(padded_h, padded_w) < self.min_input_size:
-            raise ValueError(
-                f"{self.arch} needs inputs of at least {self.min_input_size}x"
-                f"{self.min_input_size} pixels after padding, got {padded_h}x{padded_w}; "
-                "upscale the frames first"
-            )
+        padder = Padder(
+            image1.shape[-2], image1.shape[-1], mode=pad_mode, minimum=self.min_input_size
+        )
         out = self.forward(
             padder.pad(image1.float()),
             padder.pad(image2.float()),

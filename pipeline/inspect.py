@@ -207,12 +207,7 @@ def inspect_pair(
     check_pixels(pixels, width, height)
     if gt is not None and gt[0].shape != (height, width, 2):
         raise ValueError(f"ground truth is {gt[0].shape}, the images are ({height}, {width}, 2)")
-    padder = Padder(height, width, mode=pad_mode)
-    if min(padder.padded_size) < model.min_input_size:
-        raise ValueError(
-            f"{model.arch} needs inputs of at least {model.min_input_size} pixels a side after "
-            f"padding, got {padder.padded_size[0]}x{padder.padded_size[1]}"
-        )
+    padder = Padder(height, width, mode=pad_mode, minimum=model.min_input_size)
     device = next(model.parameters()).device
     pads = padder.pads
     pixel_array = np.asarray(pixels, dtype=np.int64).reshape(-1, 2)

@@ -84,6 +84,18 @@ def test_odd_size_equals_manual_pad_forward_crop(small_model, frames, mode) -> N
     assert torch.isfinite(out.flow).all()
 
 
+@pytest.mark.parametrize("mode", ["sintel", "kitti"])
+def test_frames_under_the_pyramid_minimum_are_padded_further(small_model, frames, mode) -> None:
+    padder = Padder(20, 70, mode=mode, minimum=64)
+    assert padder.padded_size == (64, 72)
+    left, right, top, bottom = padder.pads
+    assert (left, right) == (1, 1) and (top, bottom) == ((22, 22) if mode == "sintel" else (0, 44))
+    assert Padder(100, 70, mode=mode, minimum=64).pads == Padder(100, 70, mode=mode).pads
+    image1, image2 = frames[0][..., :20, :30], frames[1][..., :20, :30]
+    out = small_model.estimate_flow(image1, image2, iters=2, pad_mode=mode)
+    assert out.flow.shape == (1, 2, 20, 30) and torch.isfinite(out.flow).all()
+
+
 def test_pad_modes_differ(small_model, frames) -> None:
     image1, image2 = frames[0][..., :131, :203], frames[1][..., :131, :203]
     sintel = small_model.estimate_flow(image1, image2, iters=3, pad_mode="sintel")
