@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from statistics import median
 
 from stages.devices import cpu_info
@@ -28,3 +29,9 @@ def print_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> None
     print("|---|" + "---:|" * (len(header) - 1))
     for row in rows:
         print("| " + " | ".join(str(cell) for cell in row) + " |")
+
+
+def add_video_argument(parser) -> None:
+    """``--video``: the clip a benchmark runs on; default the shared ``bottle-detection.mp4``."""
+    default = Path(__file__).resolve().parents[2] / "shared/videos/bottle-detection.mp4"
+    parser.add_argument("--video", type=Path, default=default)

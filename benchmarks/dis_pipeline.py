@@ -30,7 +30,7 @@ from statistics import median
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks._common import cpu_description, print_table, spread  # noqa: E402
+from benchmarks._common import add_video_argument, cpu_description, print_table, spread  # noqa: E402
 
 ALL_OUTPUTS = [
     "--formats", "npy,jpg,viz", "--set", "warp.enabled=true", "--set", "features.enabled=true",
@@ -66,9 +66,7 @@ def timed_run(clip: Path, out: Path, extra: list[str]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--video", type=Path, default=REPO.parent / "shared/videos/bottle-detection.mp4"
-    )
+    add_video_argument(parser)
     parser.add_argument("--frames", type=int, default=100)
     parser.add_argument("--size", default="768x432")
     parser.add_argument("--repeats", type=int, default=3)

@@ -27,7 +27,12 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
-from benchmarks._common import cpu_description, print_table, spread  # noqa: E402
+from benchmarks._common import (  # noqa: E402
+    add_video_argument,
+    cpu_description,
+    print_table,
+    spread,
+)
 from pipeline.allocator import set_large_block_reuse  # noqa: E402
 from pipeline.cli import main as cli  # noqa: E402
 from stages.decode import DecodeConfig, iter_chunks, open_video  # noqa: E402
@@ -36,9 +41,7 @@ from stages.flow import FlowStage  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--video", type=Path, default=REPO.parent / "shared/videos/bottle-detection.mp4"
-    )
+    add_video_argument(parser)
     parser.add_argument("--frames", type=int, default=33)
     parser.add_argument("--model", default="raft-large")
     parser.add_argument("--iters", type=int, default=12)

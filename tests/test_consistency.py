@@ -404,11 +404,17 @@ def test_pair_metrics_without_backward_flow() -> None:
     assert row["valid_fraction"] == pytest.approx(23 / 24) == row["counted_fraction"]
 
 
+def _random_clip(seed: int, pairs: int, height: int, width: int, scale: float):
+    """``pairs + 1`` random frames in [0, 1] and random forward / backward flows (px)."""
+    generator = torch.Generator().manual_seed(seed)
+    frames = torch.rand(pairs + 1, 3, height, width, generator=generator)
+    flows = torch.randn(pairs, 2, height, width, generator=generator) * scale
+    back = torch.randn(pairs, 2, height, width, generator=generator) * scale
+    return frames, flows, back
+
+
 def test_batched_metrics_match_one_pair_at_a_time() -> None:
-    generator = torch.Generator().manual_seed(11)
-    frames = torch.rand(4, 3, 16, 20, generator=generator)
-    flows = torch.randn(3, 2, 16, 20, generator=generator) * 2
-    back = torch.randn(3, 2, 16, 20, generator=generator) * 2
+    frames, flows, back = _random_clip(11, 3, 16, 20, scale=2.0)
     batch = pair_metrics(frames[:-1], frames[1:], flows, back)
     for i in range(3):
         single = pair_metrics(
@@ -518,10 +524,7 @@ def test_non_finite_flow_counts_as_occluded() -> None:
 
 
 def test_precomputed_masks_and_warp_give_the_same_metrics() -> None:
-    generator = torch.Generator().manual_seed(12)
-    frames = torch.rand(3, 3, 24, 32, generator=generator)
-    flows = torch.randn(2, 2, 24, 32, generator=generator) * 3
-    back = torch.randn(2, 2, 24, 32, generator=generator) * 3
+    frames, flows, back = _random_clip(12, 2, 24, 32, scale=3.0)
     plain = batch_metrics(frames[:-1], frames[1:], flows, back)
     masks = flow_masks(flows, back)
     warped = backward_warp(frames[1:], flows, padding="border")
