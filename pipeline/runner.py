@@ -25,7 +25,7 @@ from models.atomic_files import write_bytes_atomic
 from models.kernel_choice import KERNELS
 from stages.clip_features import ClipFeatureStage
 from stages.decode import DecodeError, iter_chunks, open_video
-from stages.devices import cpu_info
+from stages.devices import cpu_info, precision_name
 from stages.flow import FlowStage
 from stages.warp_stage import WarpStage
 from stages.writers import FlowWriters
@@ -100,7 +100,7 @@ def build_flow_session(config: RunConfig, estimator: Estimator | None = None) ->
         estimator = Estimator(choice.model, choice.checkpoint, sha256, choice.notice, device.type)
     else:
         check_loaded_checkpoint(estimator, info)
-    return FlowSession(stage, estimator, str(device), flow.precision)
+    return FlowSession(stage, estimator, str(device), precision_name(stage.autocast))
 
 
 def make_video_stages(config: RunConfig, out_dir: Path, video_id: str, fps: float) -> list:

@@ -46,8 +46,9 @@ def resolve_device(name: str) -> torch.device:
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     """Autocast dtype for ``fp16`` / ``bf16`` (``None`` for float32).
 
-    fp16 autocast is only offered on CUDA; bf16 runs on CUDA and on CPUs (a speed mode that
-    moves the flow by a fraction of a pixel: see README).
+    fp16 autocast is only offered on CUDA; bf16 runs on CUDA and on CPUs with bf16
+    instructions (a speed mode that moves the flow by a fraction of a pixel: see README); on a
+    CPU that would emulate it, float32 runs instead, with a warning.
     """
     if name not in PRECISIONS:
         raise ValueError(f"unknown precision {name!r}; expected one of {', '.join(PRECISIONS)}")
@@ -56,10 +57,16 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
         raise ValueError("fp16 autocast needs a CUDA device; use bf16 or fp32 on CPU")
     if dtype is torch.bfloat16 and device.type == "cpu" and cpu_has_native_bf16() is False:
         logger.warning(
-            "bf16 on a CPU without avx512_bf16 / amx_bf16 is emulated: measured 40-160x slower "
-            "than fp32 on an AVX2 machine (benchmarks/RESULTS.md); use --precision fp32"
+            "bf16 on a CPU without avx512_bf16 / amx_bf16 is emulated (measured 40-160x slower "
+            "than fp32 on an AVX2 machine, benchmarks/RESULTS.md): running fp32 instead"
         )
+        return None
     return dtype
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """``"fp32"``, ``"fp16"`` or ``"bf16"`` for an autocast dtype from :func:`resolve_precision`."""
+    return next(name for name, value in PRECISIONS.items() if value == dtype)
 
 
 KERNEL_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "asimd")

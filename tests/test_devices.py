@@ -26,8 +26,10 @@ def test_bf16_on_a_cpu_without_bf16_instructions_warns(
 ) -> None:
     monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: native)
     with caplog.at_level(logging.WARNING, logger="stages.devices"):
-        devices.resolve_precision("bf16", torch.device("cpu"))
+        dtype = devices.resolve_precision("bf16", torch.device("cpu"))
     assert ("is emulated" in caplog.text) is warned
+    assert dtype is (None if warned else torch.bfloat16)  # emulated bf16 runs as fp32
+    assert devices.precision_name(dtype) == ("fp32" if warned else "bf16")
 
 
 def test_cpu_flags_are_read() -> None:
