@@ -394,8 +394,8 @@ def test_second_run_is_refused_and_a_killed_run_leaves_no_worker(
 
 def _snapshot(out: Path) -> dict[str, object]:
     """Every file below ``out``, comparable between two output folders: bytes, except that
-    meta.json drops its timings and names the output root generically, and the manifest drops
-    its timings and the ``reused`` flag."""
+    meta.json drops how it ran (timings, threads, kernels chosen) and names the output root
+    generically, and the manifest drops its timings and the ``reused`` flag."""
     files: dict[str, object] = {}
     for path in sorted(out.rglob("*")):
         if not path.is_file():
@@ -403,7 +403,8 @@ def _snapshot(out: Path) -> dict[str, object]:
         rel = path.relative_to(out).as_posix()
         if path.name == "meta.json":
             meta = json.loads(path.read_text(encoding="utf-8"))
-            meta.pop("seconds")
+            for how_it_ran in ("seconds", "machine", "kernels"):
+                meta.pop(how_it_ran)
             text = json.dumps(meta, sort_keys=True).replace(str(out), "<OUT>")
             files[rel] = text
         elif rel in ("manifest.csv", "manifest.parquet"):
