@@ -138,6 +138,32 @@ def test_pure_translation_gives_constant_flow() -> None:
     assert np.ptp(pair.flow[..., 0]) < 1e-4 and np.ptp(pair.flow[..., 1]) < 1e-4
 
 
+def test_camouflaged_sprites_share_the_background_texture_and_move_on_their_own() -> None:
+    """camouflage=1: the sprite is another placement of the background's texture, so its
+    colours match the background's while its motion differs; camouflage=0 (the default)
+    draws nothing extra, so the pairs of earlier configs stay the same."""
+    still = (MotionRange(1.0, 0.0, 0.0),)
+    moving = (MotionRange(1.0, 6.0, 6.0),)
+    common = dict(height=96, width=96, sprites=(1, 1), sprite_size=(0.5, 0.5), nonrigid=0,
+                  background_motion=still, sprite_motion=moving, flat_sprites=0, noise=0)  # fmt: skip
+    pool = TexturePool(seed=3, pool_size=8, size=256)
+    pair = generate_pair(np.random.default_rng(4), pool, LayeredPairConfig(**common, camouflage=1))
+    moved = np.linalg.norm(pair.flow, axis=-1) > 3
+    assert 0.05 < moved.mean() < 0.6  # the sprite, and it moves
+    inside, outside = pair.image1[moved].astype(float), pair.image1[~moved].astype(float)
+    assert np.abs(inside.mean(0) - outside.mean(0)).max() < 25  # same texture, same colours
+    plain = LayeredPairConfig(**common)
+    assert plain.camouflage == 0
+    np.testing.assert_array_equal(
+        generate_pair(np.random.default_rng(4), pool, plain).image1,
+        generate_pair(
+            np.random.default_rng(4), pool, LayeredPairConfig(**common, camouflage=0)
+        ).image1,
+    )
+    with pytest.raises(ValueError, match="camouflage"):
+        LayeredPairConfig(camouflage=1.5)
+
+
 @pytest.mark.parametrize("kind", PROCEDURAL_KINDS)
 def test_procedural_textures_are_deterministic_rgb(kind: str) -> None:
     a = procedural_texture(np.random.default_rng(1), 64, kind)

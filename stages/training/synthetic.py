@@ -78,6 +78,10 @@ class LayeredPairConfig:
         texture_rotation: largest texture rotation (degrees).
         flat_sprites: probability of a sprite with a flat (shaded) colour instead of a texture.
         noise: largest standard deviation of per-frame Gaussian pixel noise (0..255 scale).
+        camouflage: probability of a sprite cut from the background's own texture (another
+            placement of it: the same statistics, other content), so that only its motion
+            sets it apart, as an animal against foliage or a square of noise over noise. 0
+            draws nothing (the pairs of earlier settings are unchanged).
     """
 
     height: int = 256
@@ -99,6 +103,7 @@ class LayeredPairConfig:
     texture_rotation: float = 180.0
     flat_sprites: float = 0.1
     noise: float = 3.0
+    camouflage: float = 0.0
 
     def __post_init__(self) -> None:
         if self.height < 8 or self.width < 8:
@@ -115,6 +120,8 @@ class LayeredPairConfig:
         lo, hi = self.texture_scale
         if not 0 < lo <= hi:
             raise ValueError(f"texture_scale must satisfy 0 < low <= high, got {(lo, hi)}")
+        if not 0 <= self.camouflage <= 1:
+            raise ValueError(f"camouflage must be a probability in [0, 1], got {self.camouflage}")
 
 
 @dataclass
@@ -208,6 +215,19 @@ def _placed_texture(
     return texture, _similarity(centre, angle, scale, (0.0, 0.0), shift)
 
 
+def _placed_like(
+    rng: np.random.Generator, texture: np.ndarray, placed: np.ndarray, config, centre
+) -> tuple[np.ndarray, np.ndarray]:
+    """Another placement of ``texture`` at the scale of its placement ``placed`` (a 3x3 map
+    from layer space to texture pixels): random rotation and offset, as :func:`_placed_texture`."""
+    scale = math.sqrt(abs(np.linalg.det(placed[:2, :2])))
+    angle = rng.uniform(-config.texture_rotation, config.texture_rotation)
+    th, tw = texture.shape[:2]
+    target = (rng.uniform(0.25, 0.75) * tw, rng.uniform(0.25, 0.75) * th)
+    shift = np.asarray(target) - np.asarray(centre)
+    return texture, _similarity(centre, angle, scale, (0.0, 0.0), shift)
+
+
 def _smooth_displacement(rng: np.random.Generator, height: int, width: int, amplitude: float):
     cells = int(rng.integers(3, 7))
     coarse = rng.normal(0, amplitude / 2, (cells, cells, 2)).astype(np.float32)
@@ -293,6 +313,7 @@ def generate_pair(
     layers: list[tuple[_Layer, np.ndarray]] = []
     texture, to_texture = _placed_texture(rng, pool, config, centre, generation)
     layers.append((_Layer(texture, to_texture), camera))
+    background = (texture, to_texture)
 
     margin = int(max(h, w) / 2 + 64)
     canvas = (h + 2 * margin, w + 2 * margin)
@@ -308,7 +329,9 @@ def generate_pair(
             (0.0, 0.0),
             _random_shift(rng, config.sprite_motion),
         )
-        if rng.random() < config.flat_sprites:
+        if config.camouflage > 0 and rng.random() < config.camouflage:
+            texture, to_texture = _placed_like(rng, *background, config, sc)
+        elif rng.random() < config.flat_sprites:
             texture, to_texture = _flat_texture(rng), _similarity(sc, 0, 64 / (2 * radius + 1),
                                                                    (0, 0), (32 - sc[0], 32 - sc[1]))  # fmt: skip
         else:
