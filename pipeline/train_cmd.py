@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+from itertools import pairwise
 from pathlib import Path
 
 import click
@@ -84,6 +86,7 @@ def export_model(
         config = yaml.safe_load(config_file.read_text())
         stages.append({"run": run.name, "seed": config.get("seed"),
                        "steps_trained": _last_logged_step(run), "config": config})  # fmt: skip
+    _steps_handed_on(stages)
     try:
         record = export_weights(
             weights, output, half=half,
@@ -93,6 +96,20 @@ def export_model(
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps({k: record[k] for k in ("file", "architecture", "dtype", "bytes",
                                                  "sha256")}))  # fmt: skip
+
+
+def _steps_handed_on(stages: list[dict]) -> None:
+    """A stage that started from an earlier run's ``checkpoints/step_N.pth`` took that run at
+    step N, whatever the earlier run did afterwards: its ``steps_trained`` becomes N."""
+    for earlier, later in pairwise(stages):
+        start = Path(str(later["config"].get("init_checkpoint") or ""))
+        match = re.fullmatch(r"step_(\d+)\.pth", start.name)
+        if (
+            match
+            and start.parent.name == "checkpoints"
+            and start.parent.parent.name == earlier["run"]
+        ):
+            earlier["steps_trained"] = int(match.group(1))
 
 
 def _last_logged_step(run: Path) -> int | None:

@@ -282,6 +282,20 @@ def test_resume_accepts_a_run_saved_before_a_config_key_was_added(tmp_path: Path
     assert (run / "model.pth").exists()
 
 
+def test_a_stage_started_from_a_snapshot_records_the_earlier_run_at_that_step() -> None:
+    from pipeline.train_cmd import _steps_handed_on
+
+    stages = [
+        {"run": "stage1", "steps_trained": 4803, "config": {"init_checkpoint": None}},
+        {"run": "stage2", "steps_trained": 1500,
+         "config": {"init_checkpoint": "runs/stage1/checkpoints/step_004500.pth"}},
+        {"run": "stage3", "steps_trained": 3000,
+         "config": {"init_checkpoint": "runs/stage2/model.pth"}},
+    ]  # fmt: skip
+    _steps_handed_on(stages)
+    assert [stage["steps_trained"] for stage in stages] == [4500, 1500, 3000]
+
+
 def test_official_raft_small_keys_are_what_training_saves(tmp_path: Path, parity_dir: Path) -> None:
     """A raft-small training checkpoint has exactly the official file's keys and shapes."""
     from models import raft_small
