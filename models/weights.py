@@ -313,13 +313,14 @@ _ENTRIES: tuple[WeightSpec, ...] = (
         f"Raft_Small_Weights.C_T_V2 ({_RETRAINED}; torchvision's default)",
     ),
     _bundled(
-        "motionpipe-small-v1",
+        "motionpipe-small-v2",
         "raft-small-convex",
-        "bbb045bc4502dfea115ca7213b4f846c1f0f0b1583dab4658192061cec905571",
-        # Not in model: auto's order yet: on the held-out sets it beats DIS on average but not
-        # on every kind of scene (benchmarks/RESULTS.md), at 45x DIS's time. Opt in with
-        # --model raft-small-convex.
+        "aa443132645f3c47c43759c73627a0bd602743b9de219a63e3cabc6762e51a3f",
+        # Last in model: auto's order: a cached official checkpoint is better; DIS only when
+        # the package lost its file. It beats DIS on every held-out set with real textures
+        # (benchmarks/RESULTS.md), not on procedural noise with small motions.
         default=True,
+        auto_rank=10,
     ),
 )
 

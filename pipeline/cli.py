@@ -81,7 +81,7 @@ def main(verbose: int, quiet: bool) -> None:
     type=click.Choice(FLOW_MODELS),
     default=FlowConfig.model,
     show_default=True,
-    help="auto: a cached official checkpoint, else DIS; raft-small-convex: the shipped model.",
+    help="auto: a cached official checkpoint, else the shipped model (raft-small-convex).",
 )
 @click.option(
     "--checkpoint",

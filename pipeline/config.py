@@ -277,8 +277,8 @@ KEY_HELP: dict[str, str] = {
     "decode.frames_fps": "frame rate given to folders of image frames (pts = index / fps)",
     # flow
     "flow.model": (
-        f"{' | '.join(FLOW_MODELS)} (auto: a cached official checkpoint, else OpenCV DIS; "
-        "raft-small-convex: the model shipped in the package)"
+        f"{' | '.join(FLOW_MODELS)} (auto: a cached official checkpoint, else the model "
+        "shipped in the package, raft-small-convex)"
     ),
     "flow.checkpoint": "registry name or .pth path; needs an explicit model (random: untrained)",
     "flow.iters": "refinement iterations (RAFT/GMA)",

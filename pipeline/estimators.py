@@ -105,7 +105,7 @@ def build_estimator(
     """The estimator for a model name (``auto``, ``dis`` or an architecture).
 
     ``auto`` resolves as ``run`` does (:func:`pipeline.model_choice.choose_model`: a local
-    learned checkpoint, else DIS with a notice). An architecture without ``checkpoint`` uses
+    official checkpoint, else the model shipped in the package). An architecture without ``checkpoint`` uses
     its default checkpoint; ``checkpoint="random"`` gives untrained weights.
 
     Raises:

@@ -133,7 +133,7 @@ class DecodeConfig:
 class FlowConfig:
     """Which flow estimator runs and how (README, "Configuration", has every key's meaning).
 
-    ``model`` (``auto``: a cached official checkpoint, else DIS),
+    ``model`` (``auto``: a cached official checkpoint, else the shipped model),
     ``checkpoint`` and ``device`` (``auto``) are requests: the pipeline resolves them
     (``pipeline.model_choice``, ``resolve_device``) and gives :class:`stages.flow.FlowStage`
     the resolved copy. ``download`` is read by the checkpoint resolution only.

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from models import create_model
+from models.weights import WEIGHTS
 from pipeline.cli import main
 from stages.decode import DecodeConfig, open_video
 from stages.flow_jpeg import dequantize_flow
@@ -45,7 +46,7 @@ def _invoke(args: list[str]):
     return CliRunner().invoke(main, ["-q", *args], catch_exceptions=False)
 
 
-def test_quickstart_runs_offline_with_dis(offline, tmp_path: Path) -> None:
+def test_quickstart_runs_offline_with_the_shipped_model(offline, tmp_path: Path) -> None:
     example = tmp_path / "example.mp4"
     assert _invoke(["example", str(example), "--frames", "12"]).exit_code == 0
     out = tmp_path / "out"
@@ -55,7 +56,8 @@ def test_quickstart_runs_offline_with_dis(offline, tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     meta = json.loads((out / "example" / "meta.json").read_text())
-    assert meta["model"] == "dis" and "OpenCV DIS" in meta["model_notice"]
+    assert meta["model"] == "raft-small-convex" and not meta["model_notice"]
+    assert meta["checkpoint"]["sha256"] == WEIGHTS["motionpipe-small-v2"].sha256
     assert (meta["frames"], meta["pairs"]) == (12, 11)
     assert meta["machine"]["cores"] >= 1 and isinstance(meta["machine"]["flags"], list)
     flow = np.load(out / "example" / "flow.npy")
