@@ -100,11 +100,6 @@ class KernelChoices:
         """The kernel chosen for ``key``, or ``None`` before its first use."""
         return self._decisions.get(key)
 
-    def decisions(self) -> dict[str, str]:
-        """Every known choice (loaded or timed), for saving."""
-        with self._lock:
-            return dict(self._decisions)
-
     def timed_keys(self) -> set[str]:
         """Keys timed in this process (not loaded): what a cache has not seen yet."""
         with self._lock:
@@ -120,13 +115,6 @@ class KernelChoices:
         with self._lock:
             for key, name in decisions.items():
                 self._decisions.setdefault(str(key), str(name))
-
-    def clear(self) -> None:
-        """Forgets every choice (the next use of each key times again)."""
-        with self._lock:
-            self._decisions.clear()
-            self._timed.clear()
-            self._used.clear()
 
 
 KERNELS = KernelChoices()
