@@ -180,6 +180,11 @@ class RAFT(nn.Module):
         """Smallest padded side (pixels) the correlation pyramid accepts."""
         return 8 * 2 ** (self.corr_levels - 1)
 
+    def padder(self, height: int, width: int, mode: PadMode = "sintel") -> Padder:
+        """The :class:`Padder` for ``height x width`` frames: multiples of 8 in ``mode``, and at
+        least :attr:`min_input_size` a side (smaller frames are padded further)."""
+        return Padder(height, width, mode=mode, minimum=self.min_input_size)
+
     def encode_features(
         self, images: torch.Tensor, *, autocast: torch.dtype | None = None
     ) -> torch.Tensor:
@@ -404,9 +409,7 @@ class RAFT(nn.Module):
         """
         if image1.ndim != 4 or image1.shape[1] != 3:
             raise ValueError(f"images must be (B, 3, H, W) float 0..255, got {tuple(image1.shape)}")
-        padder = Padder(
-            image1.shape[-2], image1.shape[-1], mode=pad_mode, minimum=self.min_input_size
-        )
+        padder = self.padder(image1.shape[-2], image1.shape[-1], pad_mode)
         out = self.forward(
             padder.pad(image1.float()),
             padder.pad(image2.float()),

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models import RAFT, Padder, RefineTrace
+from models import RAFT, RefineTrace
 from models.atomic_files import atomic_open
 from stages.decode import open_video
 from stages.flow_io import read_flo, read_flow_npy, read_kitti_png
@@ -207,7 +207,7 @@ def inspect_pair(
     check_pixels(pixels, width, height)
     if gt is not None and gt[0].shape != (height, width, 2):
         raise ValueError(f"ground truth is {gt[0].shape}, the images are ({height}, {width}, 2)")
-    padder = Padder(height, width, mode=pad_mode, minimum=model.min_input_size)
+    padder = model.padder(height, width, pad_mode)
     device = next(model.parameters()).device
     pads = padder.pads
     pixel_array = np.asarray(pixels, dtype=np.int64).reshape(-1, 2)

@@ -223,9 +223,7 @@ class FlowStage:
             self.setup()
         network = self.network
         carry = self._fresh_carry(chunk)
-        padder = Padder(
-            chunk.height, chunk.width, mode=self.config.pad_mode, minimum=network.min_input_size
-        )
+        padder = network.padder(chunk.height, chunk.width, self.config.pad_mode)
         corr = self._corr_kind(padder)
         encode_batch, batch_pairs = self.batch_sizes(padder, corr)
         encode_workers, refine_workers = self._side_by_side(padder, corr, batch_pairs)
