@@ -25,7 +25,7 @@ sampling grid there and returns NaN flow for such inputs; zeros keep the other l
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -104,6 +104,16 @@ class AllPairsCorrelation:
         return torch.cat(out, dim=-1).permute(0, 3, 1, 2).contiguous().float()
 
 
+class _LevelRows(NamedTuple):
+    """One pyramid level of the second frame's features as a table of rows: ``table`` is
+    ``(B * (height * width + 1), C)``, a trailing zero row per batch item standing for every
+    out-of-image position; ``height x width`` is the level's size on the feature grid."""
+
+    table: torch.Tensor
+    height: int
+    width: int
+
+
 class OnDemandCorrelation:
     """Window-only correlation with memory linear in the number of positions.
 
@@ -154,16 +164,15 @@ class OnDemandCorrelation:
             self.box**2 * c + tile**2 * self.box**2 + tile**2 * (2 * radius + 2) ** 2
         )
         self.tiles_per_chunk = max(1, max_chunk_bytes // per_tile_bytes)
-        self.levels: list[tuple[torch.Tensor, int, int]] = []
+        self.levels: list[_LevelRows] = []
         f2 = fmap2
         for level in range(num_levels):
             if level > 0:
                 f2 = F.avg_pool2d(f2, 2, stride=2)
             h2, w2 = f2.shape[-2:]
-            # (B * (h2*w2 + 1), C): a trailing zero row per batch item stands for every
-            # out-of-image position.
+            # A trailing zero row per batch item stands for every out-of-image position.
             rows = torch.cat([f2.reshape(b, c, h2 * w2).transpose(1, 2), f2.new_zeros(b, 1, c)], 1)
-            self.levels.append((rows.reshape(-1, c), h2, w2))
+            self.levels.append(_LevelRows(rows.reshape(-1, c), h2, w2))
 
     def __call__(self, coords: torch.Tensor) -> torch.Tensor:
         """``coords`` ``(B, 2, h, w)`` (x, y on the 1/8 grid) -> ``(B, levels*(2r+1)^2, h, w)``."""
@@ -179,17 +188,17 @@ class OnDemandCorrelation:
         tiled = padded.view(b, 2, self.tiles_y, t, self.tiles_x, t)
         tiled = tiled.permute(0, 2, 4, 3, 5, 1).reshape(-1, t * t, 2)  # (B*tiles, t*t, 2)
         levels = []
-        for level, (rows, h2, w2) in enumerate(self.levels):
-            if h2 == 1 or w2 == 1:
+        for level, rows in enumerate(self.levels):
+            if rows.height == 1 or rows.width == 1:
                 levels.append(tiled.new_zeros(tiled.shape[0], t * t, k, k))
                 continue
-            levels.append(self._level(tiled / 2**level, rows, h2, w2))
+            levels.append(self._level(tiled / 2**level, rows))
         out = torch.stack(levels, dim=2)  # (B*tiles, t*t, L, k_dx, k_dy)
         out = out.view(b, self.tiles_y, self.tiles_x, t, t, self.num_levels * k * k)
         out = out.permute(0, 5, 1, 3, 2, 4).reshape(b, -1, self.tiles_y * t, self.tiles_x * t)
         return out[:, :, :h, :w].contiguous()
 
-    def _level(self, centres: torch.Tensor, rows: torch.Tensor, h2: int, w2: int) -> torch.Tensor:
+    def _level(self, centres: torch.Tensor, rows: _LevelRows) -> torch.Tensor:
         """Windows of one level for every tile: ``(B*tiles, t*t, k_dx, k_dy)``."""
         r, box = self.radius, self.box
         m = 2 * r + 2
@@ -201,16 +210,18 @@ class OnDemandCorrelation:
         fits = (spread <= box).all(dim=1)
         tiles_per_batch = self.tiles_y * self.tiles_x
         item = torch.arange(base.shape[0], device=base.device) // tiles_per_batch
-        row_offset = item * (h2 * w2 + 1)  # first row of each tile's batch item in ``rows``
+        row_offset = item * (
+            rows.height * rows.width + 1
+        )  # first row of each tile's batch item in ``rows``
         dots = centres.new_empty(base.shape[0], base.shape[1], m, m)  # [.., y, x]
         boxed = torch.nonzero(fits).flatten()
         for start in range(0, boxed.numel(), self.tiles_per_chunk):
             ids = boxed[start : start + self.tiles_per_chunk]
-            dots[ids] = self._boxed_dots(ids, rows, h2, w2, base[ids], low[ids], row_offset[ids])
+            dots[ids] = self._boxed_dots(ids, rows, base[ids], low[ids], row_offset[ids])
         spread_out = torch.nonzero(~fits).flatten()
         if spread_out.numel():
             dots[spread_out] = self._gathered_dots(
-                spread_out, rows, h2, w2, base[spread_out], row_offset[spread_out]
+                spread_out, rows, base[spread_out], row_offset[spread_out]
             )
         fx = frac[..., 0, None, None]
         fy = frac[..., 1, None, None]
@@ -221,9 +232,10 @@ class OnDemandCorrelation:
 
     @staticmethod
     def _row_index(
-        xs: torch.Tensor, ys: torch.Tensor, h2: int, w2: int, row_offset: torch.Tensor
+        xs: torch.Tensor, ys: torch.Tensor, rows: _LevelRows, row_offset: torch.Tensor
     ) -> torch.Tensor:
-        """Row of ``rows`` for integer positions ``ys[..., :, None]``, ``xs[..., None, :]``."""
+        """Row of ``rows.table`` for integer positions ``ys[..., :, None]``, ``xs[..., None, :]``."""
+        h2, w2 = rows.height, rows.width
         inside = ((ys >= 0) & (ys < h2))[..., :, None] & ((xs >= 0) & (xs < w2))[..., None, :]
         index = torch.where(inside, ys[..., :, None] * w2 + xs[..., None, :], h2 * w2)
         return index + row_offset.view(-1, *([1] * (index.ndim - 1)))
@@ -231,9 +243,7 @@ class OnDemandCorrelation:
     def _boxed_dots(
         self,
         ids: torch.Tensor,
-        rows: torch.Tensor,
-        h2: int,
-        w2: int,
+        rows: _LevelRows,
         base: torch.Tensor,
         low: torch.Tensor,
         row_offset: torch.Tensor,
@@ -241,8 +251,8 @@ class OnDemandCorrelation:
         """Dots via one box per tile: ``(n, t*t, m, m)`` indexed ``[y, x]``."""
         n, c, box, m = ids.numel(), self.channels, self.box, 2 * self.radius + 2
         span = torch.arange(box, device=base.device)
-        index = self._row_index(low[:, 0, None] + span, low[:, 1, None] + span, h2, w2, row_offset)
-        boxes = rows.index_select(0, index.reshape(-1)).view(n, box * box, c)
+        index = self._row_index(low[:, 0, None] + span, low[:, 1, None] + span, rows, row_offset)
+        boxes = rows.table.index_select(0, index.reshape(-1)).view(n, box * box, c)
         products = torch.bmm(self.query[ids], boxes.transpose(1, 2))  # (n, t*t, box*box)
         step = torch.arange(m, device=base.device)
         local = base - low[:, None, :] - self.radius  # window origin inside the box
@@ -252,21 +262,15 @@ class OnDemandCorrelation:
         return torch.gather(products, 2, pick).view(n, -1, m, m)
 
     def _gathered_dots(
-        self,
-        ids: torch.Tensor,
-        rows: torch.Tensor,
-        h2: int,
-        w2: int,
-        base: torch.Tensor,
-        row_offset: torch.Tensor,
+        self, ids: torch.Tensor, rows: _LevelRows, base: torch.Tensor, row_offset: torch.Tensor
     ) -> torch.Tensor:
         """Dots by gathering each query's window: ``(n, t*t, m, m)`` indexed ``[y, x]``."""
         n, c, m = ids.numel(), self.channels, 2 * self.radius + 2
         step = torch.arange(-self.radius, self.radius + 2, device=base.device)
         index = self._row_index(
-            base[..., 0, None] + step, base[..., 1, None] + step, h2, w2, row_offset
+            base[..., 0, None] + step, base[..., 1, None] + step, rows, row_offset
         )  # (n, t*t, m, m)
-        windows = rows.index_select(0, index.reshape(-1)).view(-1, m * m, c)
+        windows = rows.table.index_select(0, index.reshape(-1)).view(-1, m * m, c)
         queries = self.query[ids].reshape(-1, c, 1)
         return torch.bmm(windows, queries).view(n, -1, m, m)
 

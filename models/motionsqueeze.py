@@ -40,9 +40,11 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "MOTIONSQUEEZE_KEY_PREFIXES",
+    "OFFICIAL_WINDOW",
     "FlowRefinement",
     "MotionSqueeze",
     "MotionSqueezeOutput",
+    "SoftArgmaxWindow",
     "l2_normalize_channels",
     "local_correlation",
     "soft_argmax_displacement",
@@ -56,6 +58,27 @@ L2_NORM_EPS = 1e-6
 MOTIONSQUEEZE_KEY_PREFIXES: tuple[str, ...] = ("chnl_reduction.", "flow_refinement.")
 
 _TRAINING_PREFIXES: tuple[str, ...] = ("module.", "base_model.")
+
+
+class SoftArgmaxWindow(NamedTuple):
+    """The matching window of :func:`local_correlation` + :func:`soft_argmax_displacement`,
+    with the official MotionSqueeze values as defaults (displacements up to 7 cells per step).
+
+    Attributes:
+        patch_size: odd window side ``P >= 3`` in cells.
+        dilation: window spacing in cells.
+        sigma: Gaussian width around the arg-max, in window cells.
+        temperature: softmax inverse temperature.
+    """
+
+    patch_size: int = 15
+    dilation: int = 1
+    sigma: float = 5.0
+    temperature: float = 100.0
+
+
+OFFICIAL_WINDOW = SoftArgmaxWindow()
+"""MotionSqueeze's official matching window (patch 15, no dilation, sigma 5, temperature 100)."""
 
 
 class MotionSqueezeOutput(NamedTuple):

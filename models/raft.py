@@ -302,6 +302,14 @@ class RAFT(nn.Module):
             flow_up=flow_up, mask=mask, num_levels=self.corr_levels,
         )  # fmt: skip
 
+    def _encode_pair(
+        self, image1: torch.Tensor, image2: torch.Tensor, autocast: torch.dtype | None
+    ) -> tuple[torch.Tensor, torch.Tensor, Context]:
+        """Feature maps of both padded frames (one encoder pass) and the context of the first."""
+        _check_padded_pair(image1, image2)
+        fmap1, fmap2 = self.encode_features(torch.cat([image1, image2]), autocast=autocast).chunk(2)
+        return fmap1, fmap2, self.encode_context(image1, autocast=autocast)
+
     def flow_predictions(
         self,
         image1: torch.Tensor,
@@ -334,12 +342,9 @@ class RAFT(nn.Module):
         Returns:
             ``N`` tensors ``(B, 2, H, W)`` float32 in pixels, the last one the final estimate.
         """
-        _check_padded_pair(image1, image2)
         if iters < 1:
             raise ValueError(f"iters must be >= 1, got {iters}")
-        fmaps = self.encode_features(torch.cat([image1, image2]), autocast=autocast)
-        fmap1, fmap2 = fmaps.chunk(2)
-        context = self.encode_context(image1, autocast=autocast)
+        fmap1, fmap2, context = self._encode_pair(image1, image2, autocast)
         b, _, h, w = fmap1.shape
         corr_fn = build_correlation(
             "all-pairs", fmap1, fmap2, num_levels=self.corr_levels, radius=self.corr_radius
@@ -378,10 +383,7 @@ class RAFT(nn.Module):
         autocast: torch.dtype | None = None,
     ) -> FlowOutput:
         """Flow for a batch of *padded* pairs ``(B, 3, H, W)`` 0..255 (H, W multiples of 8)."""
-        _check_padded_pair(image1, image2)
-        fmaps = self.encode_features(torch.cat([image1, image2]), autocast=autocast)
-        fmap1, fmap2 = fmaps.chunk(2)
-        context = self.encode_context(image1, autocast=autocast)
+        fmap1, fmap2, context = self._encode_pair(image1, image2, autocast)
         flow_low, flow_up = self.refine(
             fmap1, fmap2, context, iters=iters, flow_init=flow_init, corr=corr, autocast=autocast
         )

@@ -312,17 +312,10 @@ def _reused(job: VideoJob, meta: dict, out_dir: Path) -> BatchResult:
 
 
 def _row(job: VideoJob, result: BatchResult | None, hash_: str) -> ManifestRow:
-    row = ManifestRow(path=job.rel_path, video_id=job.video_id, config_hash=hash_)
     if result is None:
-        return row
-    row.status = result.status
-    row.reused = result.reused
-    row.error_type, row.error = result.error_type, result.error
-    row.frames, row.pairs = result.frames, result.pairs
-    row.seconds = dict(result.seconds)
-    row.outputs = dict(result.outputs)
-    row.warnings = list(result.warnings)
-    return row
+        return ManifestRow(path=job.rel_path, video_id=job.video_id, config_hash=hash_)
+    outcome = result.outcome() | {"path": job.rel_path, "video_id": job.video_id}
+    return ManifestRow(**outcome, reused=result.reused, config_hash=hash_)
 
 
 def run_batch(

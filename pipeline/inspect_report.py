@@ -38,10 +38,11 @@ class Picture:
     caption: str
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def _picture(fig: Figure, path: Path, title: str, caption: str) -> Picture:
+    """Saves ``fig`` as the PNG ``path`` and returns it with its title and caption."""
     with atomic_open(path, durable=False) as handle:
         fig.savefig(handle, format="png", dpi=DPI, bbox_inches="tight")
-    return path
+    return Picture(path, title, caption)
 
 
 def pca_rgb(maps: list[np.ndarray]) -> list[np.ndarray]:
@@ -116,8 +117,7 @@ def iterations_picture(ins: Inspection, out: Path) -> Picture:
         f"(saturated at {scale:.1f} px; hue = direction). Below: how far each iteration moved "
         "the flow; a converging network gives a falling curve."
     )
-    path = _save(fig, out / "iterations.png")
-    return Picture(path, "Flow after each iteration", caption)
+    return _picture(fig, out / "iterations.png", "Flow after each iteration", caption)
 
 
 def overview_picture(ins: Inspection, out: Path) -> Picture:
@@ -145,7 +145,7 @@ def overview_picture(ins: Inspection, out: Path) -> Picture:
         "The input pair with the traced pixels numbered on frame 1 and their correspondences "
         f"({ins.target_source}) on frame 2, the final flow and, when given, the ground truth."
     )
-    return Picture(_save(fig, out / "overview.png"), "The pair", caption)
+    return _picture(fig, out / "overview.png", "The pair", caption)
 
 
 def correlation_picture(ins: Inspection, p: int, out: Path) -> Picture:
@@ -192,8 +192,12 @@ def correlation_picture(ins: Inspection, p: int, out: Path) -> Picture:
         "Bottom: the values the motion encoder read in each window at the last iteration, on "
         "the colour scale of the map above (bilinear samples; zeros outside the map)."
     )
-    path = _save(fig, out / f"pixel{p}_correlation.png")
-    return Picture(path, f"Pixel {p}: correlation pyramid and lookup windows", caption)
+    return _picture(
+        fig,
+        out / f"pixel{p}_correlation.png",
+        f"Pixel {p}: correlation pyramid and lookup windows",
+        caption,
+    )
 
 
 def features_picture(ins: Inspection, out: Path) -> Picture:
@@ -223,7 +227,7 @@ def features_picture(ins: Inspection, out: Path) -> Picture:
         f"({channels['context']} channels) and the GRU hidden state ({channels['hidden_initial']}"
         " channels) before the first and after the last iteration, on one basis."
     )
-    return Picture(_save(fig, out / "features.png"), "Features, context, hidden state", caption)
+    return _picture(fig, out / "features.png", "Features, context, hidden state", caption)
 
 
 def upsampling_picture(ins: Inspection, p: int, out: Path) -> Picture | None:
@@ -260,8 +264,9 @@ def upsampling_picture(ins: Inspection, p: int, out: Path) -> Picture | None:
         "(they sum to 1), right, for each of the 8x8 pixels of its cell (the pixel outlined). "
         "Weights concentrated on one side keep motion boundaries sharp."
     )
-    path = _save(fig, out / f"pixel{p}_upsampling.png")
-    return Picture(path, f"Pixel {p}: convex upsampling weights", caption)
+    return _picture(
+        fig, out / f"pixel{p}_upsampling.png", f"Pixel {p}: convex upsampling weights", caption
+    )
 
 
 def attention_picture(ins: Inspection, p: int, out: Path) -> Picture | None:
@@ -294,8 +299,7 @@ def attention_picture(ins: Inspection, p: int, out: Path) -> Picture | None:
         f"features{', mean of ' + str(heads) + ' heads' if heads > 1 else ''}): the cells whose "
         "motion GMA mixes into this pixel's motion features at every iteration."
     )
-    path = _save(fig, out / f"pixel{p}_attention.png")
-    return Picture(path, f"Pixel {p}: GMA attention", caption)
+    return _picture(fig, out / f"pixel{p}_attention.png", f"Pixel {p}: GMA attention", caption)
 
 
 def write_pictures(ins: Inspection, output: str | Path) -> list[Picture]:

@@ -21,12 +21,14 @@ so a run that is killed leaves a manifest of what had finished; inputs not finis
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -34,26 +36,36 @@ from models.atomic_files import atomic_path
 
 MANIFEST_CSV = "manifest.csv"
 MANIFEST_PARQUET = "manifest.parquet"
-STATUSES = ("ok", "failed", "skipped", "pending")
 _FIRST_STAGES = ("decode", "flow", "writers", "write")
 
 
 @dataclass
-class ManifestRow:
-    """One input's row; see the module docstring for the meaning of each field."""
+class Outcome:
+    """What happened to one input: the fields a run's result and its manifest row share (see
+    the module docstring for each)."""
 
     path: str
     video_id: str
     status: str = "pending"
-    reused: bool = False
     error_type: str = ""
     error: str = ""
     frames: int = 0
     pairs: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
-    config_hash: str = ""
     warnings: list[str] = field(default_factory=list)
+
+    def outcome(self) -> dict[str, Any]:
+        """The :class:`Outcome` fields by name, containers copied."""
+        return {f.name: copy.copy(getattr(self, f.name)) for f in dataclasses.fields(Outcome)}
+
+
+@dataclass
+class ManifestRow(Outcome):
+    """One input's row: its :class:`Outcome`, whether it was reused, and the config's hash."""
+
+    reused: bool = False
+    config_hash: str = ""
 
 
 def relative_outputs(outputs: dict[str, str], out_root: Path) -> dict[str, str]:

@@ -34,6 +34,7 @@ from .allocator import set_large_block_reuse
 from .config import RunConfig, config_to_dict
 from .kernel_cache import load_kernel_choices, save_kernel_choices
 from .logs import VERBOSE, quiet_libraries
+from .manifest import Outcome
 from .model_choice import ModelChoice, choose_model
 from .overlap import OutputStages, Prefetcher
 from .run_start import Estimator, check_loaded_checkpoint, results_hash, results_key
@@ -42,19 +43,11 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class VideoResult:
-    """What happened to one input; one manifest row."""
+class VideoResult(Outcome):
+    """What happened to one input (``ok`` unless said otherwise), and the summary figures of
+    its outputs."""
 
-    path: str
-    video_id: str
     status: str = "ok"
-    error_type: str = ""
-    error: str = ""
-    frames: int = 0
-    pairs: int = 0
-    seconds: dict[str, float] = field(default_factory=dict)
-    outputs: dict[str, str] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
     summary: dict[str, dict] = field(default_factory=dict)
 
 

@@ -8,16 +8,17 @@ border. Memory is bounded by the chunk size, never by the video length.
 A stage is a dataclass whose fields are its configuration, with a stable ``name`` (a class
 variable) and the methods the runner calls: ``setup()`` once per worker to load heavy
 resources (models), ``process(chunk) -> chunk`` once per chunk in order, ``teardown()`` once
-per worker, and, where a stage writes per-video files, ``finish()`` once per video after its
-last chunk (returns ``{output name: path}``). Stages attach their results to ``chunk.artifacts`` under
-documented keys and return the chunk. A stage never prints, never decides skipping and never
-touches global state; the runner in ``pipeline/`` owns ordering, progress, error policy and the
-manifest.
+per worker, and, where a stage writes per-video files (:class:`VideoOutputStage`),
+``finish()`` once per video after its last chunk (returns ``{output name: path}``). Stages
+attach their results to ``chunk.artifacts`` under documented keys and return the chunk. A
+stage never prints, never decides skipping and never touches global state; the runner in
+``pipeline/`` owns ordering, progress, error policy and the manifest.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -69,3 +70,17 @@ class FrameChunk:
     @property
     def width(self) -> int:
         return int(self.frames.shape[2])
+
+
+@dataclass
+class VideoOutputStage:
+    """Base of the stages that write one video's files into ``out_dir`` (a path; created by
+    :meth:`setup`). Subclasses that define ``__post_init__`` call this one first."""
+
+    out_dir: Path
+
+    def __post_init__(self) -> None:
+        self.out_dir = Path(self.out_dir)
+
+    def setup(self) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)

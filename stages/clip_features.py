@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 import torch
 
-from .base import FrameChunk
+from .base import FrameChunk, VideoOutputStage
 from .feature_io import features_table, write_clip_maps, write_table
 from .flow_statistics import flow_stack_to_numpy
 from .frame_descriptor import frame_descriptor
@@ -33,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class ClipFeatureStage:
+class ClipFeatureStage(VideoOutputStage):
     """Per-clip motion features for one video.
 
     Attributes:
@@ -46,12 +45,11 @@ class ClipFeatureStage:
 
     name: ClassVar[str] = "features"
 
-    out_dir: Path
     video_id: str
     config: FeaturesConfig = field(default_factory=FeaturesConfig)
 
     def __post_init__(self) -> None:
-        self.out_dir = Path(self.out_dir)
+        super().__post_init__()
         self._features: dict[int, torch.Tensor] = {}
         self._flows: dict[int, np.ndarray] = {}
         self._pts: dict[int, float] = {}
@@ -59,9 +57,6 @@ class ClipFeatureStage:
         self._next_start = 0
         self._seen = 0
         self.source = "encoder"
-
-    def setup(self) -> None:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
 
     def process(self, chunk: FrameChunk) -> FrameChunk:
         indices = [int(i) for i in chunk.indices]

@@ -89,6 +89,25 @@ class _Carry:
     flow_low_bw: torch.Tensor | None = None
 
 
+@dataclass
+class _ChunkWork:
+    """What the network steps of one chunk share: the chunk, the video frame index of each of
+    its frames, the encoder outputs carried across chunk borders, the padding, the device and
+    the correlation kind."""
+
+    chunk: FrameChunk
+    indices: list[int]
+    carry: _Carry
+    padder: Padder
+    device: torch.device
+    corr: str
+
+    def images(self, frames: list[int]) -> torch.Tensor:
+        """Chunk-local frames -> padded ``(n, 3, H', W')`` float32 0..255 on the device."""
+        batch = torch.from_numpy(self.chunk.frames[frames]).to(self.device)
+        return self.padder.pad(batch.permute(0, 3, 1, 2).float())
+
+
 class FlowStage:
     """Optical flow with RAFT / RAFT-small / GMA or OpenCV DIS.
 
@@ -222,22 +241,20 @@ class FlowStage:
         if self.network is None:
             self.setup()
         network = self.network
-        carry = self._fresh_carry(chunk)
         padder = network.padder(chunk.height, chunk.width, self.config.pad_mode)
         corr = self._corr_kind(padder)
         encode_batch, batch_pairs = self.batch_sizes(padder, corr)
         encode_workers, refine_workers = self._side_by_side(padder, corr, batch_pairs)
-        device = next(network.parameters()).device
         indices = [int(i) for i in chunk.indices]
+        carry = self._fresh_carry(chunk)
+        device = next(network.parameters()).device
+        work = _ChunkWork(chunk, indices, carry, padder, device, corr)
 
-        features = self._encode_missing(
-            chunk, padder, device, indices, carry, encode_batch, encode_workers
-        )
+        features = self._encode_missing(work, encode_batch, encode_workers)
         keep = set(indices[len(indices) - self.config.gap :]) if not chunk.is_last else set()
         flows = self._refine_by_source(
-            chunk, starts, padder, device, indices, carry, corr, batch_pairs, encode_batch, keep,
-            refine_workers,
-        )  # fmt: skip
+            work, starts, batch_pairs, encode_batch, keep, refine_workers
+        )
         chunk.artifacts["flow_fw"] = flows["fw"]
         if self.config.backward:
             chunk.artifacts["flow_bw"] = flows["bw"]
@@ -306,31 +323,19 @@ class FlowStage:
         height, width = padder.padded_size
         return "on-demand" if height * width > self.config.on_demand_above_pixels else "all-pairs"
 
-    def _images(self, chunk: FrameChunk, frames: list[int], padder: Padder, device) -> torch.Tensor:
-        """Chunk-local frames -> padded ``(n, 3, H', W')`` float32 0..255 on ``device``."""
-        batch = torch.from_numpy(chunk.frames[frames]).to(device)
-        return padder.pad(batch.permute(0, 3, 1, 2).float())
-
     def _encode_missing(
-        self,
-        chunk: FrameChunk,
-        padder: Padder,
-        device,
-        indices: list[int],
-        carry: _Carry,
-        batch: int,
-        workers: CpuWorkers | None,
+        self, work: _ChunkWork, batch: int, workers: CpuWorkers | None
     ) -> dict[int, torch.Tensor]:
         """Feature maps of the chunk's frames not carried over: in groups of ``batch``, or one
         frame per worker task."""
+        indices, carry = work.indices, work.carry
         missing = [t for t, i in enumerate(indices) if i not in carry.features]
         size = 1 if workers is not None else batch
         groups = [missing[start : start + size] for start in range(0, len(missing), size)]
 
         def encode(group: list[int]) -> torch.Tensor:
             with torch.inference_mode():
-                images = self._images(chunk, group, padder, device)
-                return self.network.encode_features(images, autocast=self.autocast)
+                return self.network.encode_features(work.images(group), autocast=self.autocast)
 
         if workers is not None:
             encoded = workers.map(encode, groups)
@@ -341,35 +346,21 @@ class FlowStage:
                 carry.features[indices[t]] = fmap
         return carry.features
 
-    def _contexts(
-        self,
-        chunk: FrameChunk,
-        padder: Padder,
-        device,
-        indices: list[int],
-        carry: _Carry,
-        sources: list[int],
-        batch: int,
-    ) -> None:
-        missing = [t for t in sources if indices[t] not in carry.contexts]
+    def _contexts(self, work: _ChunkWork, sources: list[int], batch: int) -> None:
+        """Contexts of the chunk-local ``sources`` not computed yet, ``batch`` frames at a time."""
+        contexts = work.carry.contexts
+        missing = [t for t in sources if work.indices[t] not in contexts]
         with torch.inference_mode():
             for start in range(0, len(missing), batch):
                 group = missing[start : start + batch]
-                context = self.network.encode_context(
-                    self._images(chunk, group, padder, device), autocast=self.autocast
-                )
+                context = self.network.encode_context(work.images(group), autocast=self.autocast)
                 for n, t in enumerate(group):
-                    carry.contexts[indices[t]] = context.select(slice(n, n + 1))
+                    contexts[work.indices[t]] = context.select(slice(n, n + 1))
 
     def _refine_by_source(
         self,
-        chunk: FrameChunk,
+        work: _ChunkWork,
         starts: range,
-        padder: Padder,
-        device,
-        indices: list[int],
-        carry: _Carry,
-        corr: str,
         batch_pairs: int,
         encode_batch: int,
         keep: set[int],
@@ -401,19 +392,17 @@ class FlowStage:
         context_batch = window if workers is not None else encode_batch
 
         def run_window(group: list[int]) -> dict[str, list[torch.Tensor]]:
-            self._contexts(chunk, padder, device, indices, carry, group, context_batch)
+            self._contexts(work, group, context_batch)
             window_flows: dict[str, list[torch.Tensor]] = {"fw": [], "bw": []}
             for direction, pairs in by_source.items():
                 todo = [pairs[t] for t in group if t in pairs]
                 for start in range(0, len(todo), batch):
                     window_flows[direction].append(
-                        self._refine_batch(
-                            todo[start : start + batch], indices, carry, padder, corr, direction
-                        )
+                        self._refine_batch(work, todo[start : start + batch], direction)
                     )
             for t in group:
-                if indices[t] not in keep:
-                    carry.contexts.pop(indices[t], None)
+                if work.indices[t] not in keep:
+                    work.carry.contexts.pop(work.indices[t], None)
             return window_flows
 
         windows = [sources[begin : begin + window] for begin in range(0, len(sources), window)]
@@ -425,21 +414,16 @@ class FlowStage:
         for result in results:
             for direction, parts in result.items():
                 flows[direction].extend(parts)
-        empty = torch.zeros(0, 2, padder.height, padder.width)
+        empty = torch.zeros(0, 2, work.padder.height, work.padder.width)
         return {key: torch.cat(parts) if parts else empty for key, parts in flows.items()}
 
     def _refine_batch(
-        self,
-        pairs: list[tuple[int, int]],
-        indices: list[int],
-        carry: _Carry,
-        padder: Padder,
-        corr: str,
-        direction: str,
+        self, work: _ChunkWork, pairs: list[tuple[int, int]], direction: str
     ) -> torch.Tensor:
         """Flow ``(n, 2, H, W)`` float32 on the CPU of chunk-local ``pairs`` (source, target)."""
-        src = [indices[a] for a, _ in pairs]
-        dst = [indices[b] for _, b in pairs]
+        carry = work.carry
+        src = [work.indices[a] for a, _ in pairs]
+        dst = [work.indices[b] for _, b in pairs]
         with torch.inference_mode():
             context = _cat_contexts([carry.contexts[i] for i in src])
             flow_init = self._warm_start_init(carry, direction) if self.config.warm_start else None
@@ -449,12 +433,12 @@ class FlowStage:
                 context,
                 iters=self.config.iters,
                 flow_init=flow_init,
-                corr=corr,
+                corr=work.corr,
                 autocast=self.autocast,
             )
         if self.config.warm_start:
             setattr(carry, f"flow_low_{direction}", flow_low)
-        return padder.unpad(flow_up).float().cpu()
+        return work.padder.unpad(flow_up).float().cpu()
 
     @staticmethod
     def _warm_start_init(carry: _Carry, direction: str) -> torch.Tensor | None:

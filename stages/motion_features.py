@@ -71,6 +71,8 @@ import numpy as np
 import numpy.typing as npt
 from torch import Tensor
 
+from models.motionsqueeze import SoftArgmaxWindow
+
 from .feature_io import (
     LEADING_COLUMNS,
     ClipMaps,
@@ -265,12 +267,10 @@ def clip_features(
         )
     maps = None
     if features is not None:
-        maps = motionsqueeze_maps(
-            features,
-            patch_size=config.patch_size,
-            sigma=config.sigma,
-            temperature=config.temperature,
+        window = SoftArgmaxWindow(
+            patch_size=config.patch_size, sigma=config.sigma, temperature=config.temperature
         )
+        maps = motionsqueeze_maps(features, window)
         columns.update(
             motionsqueeze_statistics(
                 maps.displacement,

@@ -16,7 +16,12 @@ import numpy.typing as npt
 import torch
 from torch import Tensor
 
-from models.motionsqueeze import local_correlation, soft_argmax_displacement
+from models.motionsqueeze import (
+    OFFICIAL_WINDOW,
+    SoftArgmaxWindow,
+    local_correlation,
+    soft_argmax_displacement,
+)
 
 from .flow_statistics import (
     DEFAULT_N_BINS,
@@ -49,20 +54,16 @@ class MotionMaps(NamedTuple):
 
 def motionsqueeze_maps(
     features: Tensor,
+    window: SoftArgmaxWindow = OFFICIAL_WINDOW,
     *,
-    patch_size: int = 15,
-    dilation: int = 1,
-    sigma: float = 5.0,
-    temperature: float = 100.0,
     pairs_per_batch: int = 4,
 ) -> MotionMaps:
     """Parameter-free MotionSqueeze motion maps of consecutive per-frame feature maps.
 
     For each pair ``(t, t + 1)``: :func:`models.motionsqueeze.local_correlation` (cosine
     similarity over a ``patch_size`` window) then :func:`models.motionsqueeze.
-    soft_argmax_displacement` (kernel soft-argmax). The defaults are the official
-    MotionSqueeze ones (patch 15, sigma 5, temperature 100, no dilation): displacements up to
-    7 cells per frame. Unlike the trained module there is no learned 1x1 channel reduction:
+    soft_argmax_displacement` (kernel soft-argmax) with ``window`` (by default the official
+    MotionSqueeze one: patch 15, sigma 5, temperature 100, no dilation). Unlike the trained module there is no learned 1x1 channel reduction:
     the maps are matched as given. The confidence is the best cosine similarity: it is high
     for a textureless region too (everything matches), so it measures how well the best match
     fits, not how unique it is. Runs without autograd on the device of ``features``; pairs
@@ -73,10 +74,7 @@ def motionsqueeze_maps(
         features: ``(T, C, h, w)`` float per-frame feature maps of one clip, ``T >= 2``
             (RAFT's feature encoder: ``C = 256`` or ``128`` at 1/8 resolution; or
             :func:`stages.frame_descriptor.frame_descriptor`).
-        patch_size: odd window side ``P >= 3`` in cells.
-        dilation: window spacing in cells.
-        sigma: Gaussian width around the arg-max, in window cells.
-        temperature: softmax inverse temperature.
+        window: the matching window and soft-argmax parameters.
         pairs_per_batch: pairs per correlation call (>= 1).
 
     Returns:
@@ -95,10 +93,10 @@ def motionsqueeze_maps(
         for first in range(0, pairs, pairs_per_batch):
             last = min(first + pairs_per_batch, pairs)
             corr = local_correlation(
-                features[first:last], features[first + 1 : last + 1], patch_size, dilation
+                features[first:last], features[first + 1 : last + 1], *window[:2]
             )  # (b, P*P, h, w)
             displacement, confidence = soft_argmax_displacement(
-                corr, patch_size, dilation, sigma, temperature
+                corr, *window
             )  # (b, 2, h, w), (b, 1, h, w)
             displacements.append(displacement.float())
             confidences.append(confidence.float())

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from models import CORR_KINDS, PAD_MODES
+from models.motionsqueeze import OFFICIAL_WINDOW
 from models.raft import ARCHS
 
 from .flow_jpeg import FLOW_JPEG_PRESETS, FlowJpegLayout
@@ -282,9 +283,9 @@ class FeaturesConfig:
     drop_tail: bool = False
     hof_bins: int = DEFAULT_N_BINS
     static_threshold: float = DEFAULT_STATIC_THRESHOLD
-    patch_size: int = 15
-    sigma: float = 5.0
-    temperature: float = 100.0
+    patch_size: int = OFFICIAL_WINDOW.patch_size
+    sigma: float = OFFICIAL_WINDOW.sigma
+    temperature: float = OFFICIAL_WINDOW.temperature
     maps: bool = True
     maps_dtype: str = "float16"
     table_format: str = "parquet"

@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -31,7 +30,7 @@ import torch
 
 from models.atomic_files import atomic_path, write_bytes_atomic
 
-from .base import FrameChunk
+from .base import FrameChunk, VideoOutputStage
 from .consistency import (
     FlowMasks,
     batch_metrics,
@@ -119,7 +118,7 @@ def _mask_png(mask: torch.Tensor) -> np.ndarray:
 
 
 @dataclass
-class WarpStage:
+class WarpStage(VideoOutputStage):
     """Warped frames, masks and per-pair consistency metrics for one video.
 
     Attributes:
@@ -133,17 +132,13 @@ class WarpStage:
 
     name: ClassVar[str] = "warp"
 
-    out_dir: Path
     config: WarpConfig = field(default_factory=WarpConfig)
     fps: float = 25.0
 
     def __post_init__(self) -> None:
-        self.out_dir = Path(self.out_dir)
+        super().__post_init__()
         self._rows: list[dict[str, float]] = []
         self._mp4: Mp4Writer | None = None
-
-    def setup(self) -> None:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
 
     def process(self, chunk: FrameChunk) -> FrameChunk:
         pairs = chunk.artifacts["pairs"]

@@ -41,7 +41,7 @@ import numpy as np
 
 from models.atomic_files import write_bytes_atomic
 
-from .base import FrameChunk
+from .base import FrameChunk, VideoOutputStage
 from .flow_io import write_flo, write_kitti_png
 from .flow_jpeg import write_flow_jpegs
 from .flow_viz import (
@@ -65,7 +65,7 @@ VIDEO_PERCENTILE = 99.0
 
 
 @dataclass
-class FlowWriters:
+class FlowWriters(VideoOutputStage):
     """Writes the flow of one video in every selected format.
 
     Attributes:
@@ -79,12 +79,11 @@ class FlowWriters:
 
     name: ClassVar[str] = "writers"
 
-    out_dir: Path
     config: OutputConfig = field(default_factory=OutputConfig)
     fps: float = 25.0
 
     def __post_init__(self) -> None:
-        self.out_dir = Path(self.out_dir)
+        super().__post_init__()
         self.jpg_layout = self.config.jpg_layout
         self._stacks: dict[str, StackedNpyWriter] = {}
         self._mp4: Mp4Writer | None = None
@@ -93,9 +92,6 @@ class FlowWriters:
         self._rim: float | None = self.config.viz_max_flow
         self.outputs: dict[str, str] = {}
         self.summary: dict[str, object] = {}
-
-    def setup(self) -> None:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
 
     def process(self, chunk: FrameChunk) -> FrameChunk:
         new = range(chunk.overlap, chunk.num_frames)  # frames not already seen

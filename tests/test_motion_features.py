@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from models.motionsqueeze import SoftArgmaxWindow
 from stages.motion_features import (
     LEADING_COLUMNS,
     clip_features,
@@ -358,7 +359,7 @@ def test_motionsqueeze_recovers_a_translation(motion: tuple[int, int]) -> None:
 
 def test_motionsqueeze_window_parameters_set_the_units() -> None:
     features = _translating_features(4, -2, count=3)
-    maps = motionsqueeze_maps(features, patch_size=7, dilation=2)
+    maps = motionsqueeze_maps(features, SoftArgmaxWindow(patch_size=7, dilation=2))
     inner = maps.displacement[:, :, 4:-4, 4:-4] * 3 * 2  # radius 3, dilation 2
     torch.testing.assert_close(inner[:, 0], torch.full_like(inner[:, 0], 4.0), atol=1e-4, rtol=0)
     torch.testing.assert_close(inner[:, 1], torch.full_like(inner[:, 1], -2.0), atol=1e-4, rtol=0)

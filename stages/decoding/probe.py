@@ -15,7 +15,7 @@ from fractions import Fraction
 
 import av
 
-from stages.decoding.types import DecodeError
+from stages.decoding.types import DecodeError, StreamHeader
 
 logger = logging.getLogger(__name__)
 
@@ -47,19 +47,12 @@ class StreamClock:
 
 
 @dataclass(frozen=True)
-class StreamProbe:
-    """What the probe learned; see :class:`VideoInfo` for field meanings."""
+class StreamProbe(StreamHeader):
+    """What the probe learned: the stream's header, which stream it is, its clock and the
+    presentation time of its first frame (seconds from the stream start)."""
 
     path: str
     stream_index: int
-    source_width: int
-    source_height: int
-    rotation: int
-    fps: float
-    header_frame_count: int | None
-    codec: str
-    pix_fmt: str
-    duration: float | None
     clock: StreamClock
     first_pts: float
 

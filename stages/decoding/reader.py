@@ -92,17 +92,10 @@ class VideoReader(ClosingReader):
             decoder_size, (probe.rotation - applied) % 360, (width, height)
         )
         self.info = VideoInfo(
+            **probe.header(),
             path=path,
             width=width,
             height=height,
-            source_width=probe.source_width,
-            source_height=probe.source_height,
-            rotation=probe.rotation,
-            fps=probe.fps,
-            header_frame_count=probe.header_frame_count,
-            codec=probe.codec,
-            pix_fmt=probe.pix_fmt,
-            duration=probe.duration,
             stream_start=probe.clock.start_seconds,
             backend=self._backend.name,
         )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from types import TracebackType
 from typing import TypeVar
 
@@ -11,7 +11,15 @@ import numpy as np
 
 from ..settings import BACKENDS, DecodeConfig
 
-__all__ = ["BACKENDS", "ClosingReader", "DecodeConfig", "DecodeError", "DecodedFrame", "VideoInfo"]
+__all__ = [
+    "BACKENDS",
+    "ClosingReader",
+    "DecodeConfig",
+    "DecodeError",
+    "DecodedFrame",
+    "StreamHeader",
+    "VideoInfo",
+]
 
 _Reader = TypeVar("_Reader", bound="ClosingReader")
 
@@ -82,12 +90,10 @@ class ClosingReader:
 
 
 @dataclass(frozen=True)
-class VideoInfo:
-    """Facts about the video stream being decoded, read with PyAV whatever the backend.
+class StreamHeader:
+    """What a video stream declares about itself, before any decoding choice is made.
 
     Attributes:
-        path: the path as given to :func:`open_video`.
-        width, height: size of the delivered frames (after rotation and ``max_side``).
         source_width, source_height: coded frame size as stored in the stream (before rotation).
         rotation: clockwise rotation in degrees (0, 90, 180 or 270) applied to stored frames to
             display them upright, from the stream's display matrix or, failing that, a legacy
@@ -100,14 +106,8 @@ class VideoInfo:
         codec: decoder name, e.g. ``"h264"``.
         pix_fmt: stored pixel format, e.g. ``"yuv420p"``, ``"yuvj420p"``, ``"gray"``.
         duration: stream (or container) duration in seconds, ``None`` if unknown.
-        stream_start: absolute timestamp (seconds) of the stream start that is subtracted from
-            every frame's presentation time to give :attr:`DecodedFrame.pts`.
-        backend: the backend actually used (may differ from the requested one after a fallback).
     """
 
-    path: str
-    width: int
-    height: int
     source_width: int
     source_height: int
     rotation: int
@@ -116,6 +116,28 @@ class VideoInfo:
     codec: str
     pix_fmt: str
     duration: float | None
+
+    def header(self) -> dict[str, object]:
+        """The :class:`StreamHeader` fields of this object, by name (to build a subclass)."""
+        return {f.name: getattr(self, f.name) for f in fields(StreamHeader)}
+
+
+@dataclass(frozen=True)
+class VideoInfo(StreamHeader):
+    """Facts about the video stream being decoded, read with PyAV whatever the backend: the
+    :class:`StreamHeader` fields, and
+
+    Attributes:
+        path: the path as given to :func:`open_video`.
+        width, height: size of the delivered frames (after rotation and ``max_side``).
+        stream_start: absolute timestamp (seconds) of the stream start that is subtracted from
+            every frame's presentation time to give :attr:`DecodedFrame.pts`.
+        backend: the backend actually used (may differ from the requested one after a fallback).
+    """
+
+    path: str
+    width: int
+    height: int
     stream_start: float
     backend: str
 
