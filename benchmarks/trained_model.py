@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from benchmarks._common import cpu_description  # noqa: E402
 from pipeline.estimators import DisEstimator, build_estimator  # noqa: E402
 from pipeline.evaluate import evaluate_dataset  # noqa: E402
-from pipeline.training import read_log  # noqa: E402
+from pipeline.training_log import read_log  # noqa: E402
 from stages.training.textures import find_media, load_media_frames  # noqa: E402
 from stages.training.validation import build_validation_set  # noqa: E402
 

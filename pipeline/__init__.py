@@ -7,7 +7,7 @@ failure policy), ``executors`` (the contract, in-process), ``worker_processes``,
 ``ray_executor``, ``overlap``,
 ``allocator``. Commands: ``cli`` with ``cli_common`` and one module per command beside its
 library (``consistency_cmd``, ``evaluate`` / ``evaluate_cmd``, ``inspect`` / ``inspect_cmd`` /
-``inspect_report``, ``training`` / ``train_cmd``).
+``inspect_report``, ``training`` / ``training_log`` / ``train_cmd``).
 
 Imports ``stages`` and ``models``; ``run_pipeline.py`` is the only thing above it.
 """

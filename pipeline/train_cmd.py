@@ -16,7 +16,8 @@ from models import CheckpointError
 from .cli_common import parse_set_options
 from .config import ConfigError
 from .train_config import load_train_config
-from .training import Trainer, TrainingError, export_weights, read_log
+from .training import Trainer, TrainingError, export_weights
+from .training_log import read_log
 
 logger = logging.getLogger(__name__)
 

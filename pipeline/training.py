@@ -20,9 +20,9 @@ SIGINT / SIGTERM save the state before the process exits.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
-import math
 import os
 import signal
 import time
@@ -49,14 +49,17 @@ from .allocator import set_large_block_reuse
 from .config import ConfigError, build_config, config_hash, config_to_dict, dump_config
 from .devices import cpu_has_native_bf16, resolve_device
 from .train_config import TrainConfig
+from .training_log import RunLog
 
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "state.pt"
-LOG_FILE = "log.jsonl"
 #: The tensors of a training sample (see :mod:`stages.training.datasets`).
 TRAINING_KEYS = ("image1", "image2", "flow", "valid")
 FINAL_WEIGHTS = "model.pth"
+#: Settings that decide when a run logs and saves, not what it computes: ``--resume`` accepts
+#: new values for them (e.g. more frequent checkpoints for a run that keeps being stopped).
+BOOKKEEPING_KEYS = ("log_every", "checkpoint_every", "keep_checkpoints")
 
 
 class TrainingError(RuntimeError):
@@ -286,74 +289,6 @@ def validate(model: RAFT, sets: dict[str, list], *, iters: int) -> dict[str, flo
     return results
 
 
-def read_log(run: Path) -> list[dict[str, Any]]:
-    """The records of a run folder's ``log.jsonl`` in order (training windows and validations);
-    empty if the run has none yet."""
-    path = Path(run) / LOG_FILE
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-class _Log:
-    """log.jsonl, curves.png and (when installed) TensorBoard."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.plot_path = folder / "curves.png"
-        self.writer = None
-        with contextlib.suppress(Exception):  # TensorBoard is optional
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(folder / "tensorboard"))
-
-    def write(self, record: dict[str, Any]) -> None:
-        with (self.folder / LOG_FILE).open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
-        if self.writer is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self.writer.add_scalar(key, value, record["step"])
-
-    def plot(self) -> None:
-        write_curves(read_log(self.folder), self.plot_path)
-
-
-def write_curves(records: list[dict[str, Any]], path: Path) -> None:
-    """PNG of the training loss and every validation EPE against the step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    train = [r for r in records if "loss" in r]
-    val_keys = sorted({k for r in records for k in r if k.startswith("val/") and k.endswith("epe")})
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    if train:
-        axes[0].plot([r["step"] for r in train], [r["loss"] for r in train], lw=0.8, label="loss")
-        axes[0].plot([r["step"] for r in train], [r["epe"] for r in train], lw=0.8,
-                     label="train EPE (px)")  # fmt: skip
-        axes[0].set_yscale("log")
-        axes[0].legend()
-    axes[0].set_xlabel("step")
-    axes[0].set_title("training batches")
-    for key in val_keys:
-        points = [(r["step"], r[key]) for r in records if key in r]
-        axes[1].plot(*zip(*points, strict=True), marker="o", ms=3, label=key[4:-4])
-    axes[1].set_yscale("log")
-    axes[1].set_xlabel("step")
-    axes[1].set_ylabel("EPE (px)")
-    axes[1].set_title("validation (held-out)")
-    if val_keys:
-        axes[1].legend()
-    for ax in axes:
-        ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-
-
 class Trainer:
     """Trains one model as :class:`TrainConfig` says, into a run folder."""
 
@@ -369,7 +304,7 @@ class Trainer:
 
         The saved configuration is read again with today's defaults first, so a key added to
         :class:`TrainConfig` after the run started (with a default that keeps the old
-        behaviour) does not block ``--resume``.
+        behaviour) does not block ``--resume``; nor does a change of :data:`BOOKKEEPING_KEYS`.
         """
         if state.get("config_hash") == config_hash(self.config):
             return True
@@ -380,7 +315,8 @@ class Trainer:
             reread = build_config(TrainConfig, saved)
         except ConfigError:
             return False
-        return config_hash(reread) == config_hash(self.config)
+        current = {key: getattr(self.config, key) for key in BOOKKEEPING_KEYS}
+        return config_hash(dataclasses.replace(reread, **current)) == config_hash(self.config)
 
     def _check_output(self) -> dict[str, Any] | None:
         state_path = self.output / STATE_FILE
@@ -393,6 +329,7 @@ class Trainer:
                 changed = sorted(
                     k for k in set(saved) | set(config_to_dict(self.config))
                     if saved.get(k) != config_to_dict(self.config).get(k)
+                    and k not in BOOKKEEPING_KEYS
                 )  # fmt: skip
                 raise TrainingError(
                     f"--resume: the configuration differs from the run in {self.output} "
@@ -511,7 +448,7 @@ class Trainer:
             drop_last=True,
         )
         val_sets = self._validation_sets(device)
-        log = _Log(self.output)
+        log = RunLog(self.output)
         logger.info(
             "training %s: steps %d-%d of %d, batch %d, crop %s, precision %s, device %s, %d threads",
             config.model, step, stop, config.steps, config.batch_size, config.crop,
@@ -585,14 +522,8 @@ class Trainer:
     def _finish(self, model, step: int, *, interrupted: bool, metrics) -> TrainResult:
         path = self.output / FINAL_WEIGHTS
         save_weights(model, path)
-        _Log(self.output).plot()
+        RunLog(self.output).plot()
         return TrainResult(step, path, interrupted, metrics)
-
-
-def pairs_per_second(records: list[dict[str, Any]]) -> float:
-    """Median training throughput over a log's records (pairs per second)."""
-    values = [r["pairs_per_s"] for r in records if "pairs_per_s" in r]
-    return float(np.median(values)) if values else math.nan
 
 
 def default_threads() -> int:
