@@ -8,6 +8,7 @@ name as the CLI takes it (``auto``, ``dis`` or an architecture).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -44,27 +45,22 @@ class DisEstimator:
         return out
 
 
+@dataclass
 class NetworkEstimator:
     """A RAFT-family network: ``estimate_flow`` on one pair at a time.
 
     ``corr`` and ``autocast`` are passed on (all-pairs correlation and float32 by default).
     """
 
-    def __init__(
-        self,
-        network: RAFT,
-        *,
-        iters: int = 12,
-        pad_mode: str = "sintel",
-        corr: str = "all-pairs",
-        autocast: torch.dtype | None = None,
-    ) -> None:
-        self.network = network
-        self.iters = iters
-        self.pad_mode = pad_mode
-        self.corr = corr
-        self.autocast = autocast
-        self.device = next(network.parameters()).device
+    network: RAFT = field(repr=False)
+    _: KW_ONLY
+    iters: int = 12
+    pad_mode: str = "sintel"
+    corr: str = "all-pairs"
+    autocast: torch.dtype | None = None
+
+    def __post_init__(self) -> None:
+        self.device = next(self.network.parameters()).device
 
     @torch.inference_mode()
     def __call__(self, image1: np.ndarray, image2: np.ndarray) -> np.ndarray:
