@@ -25,7 +25,6 @@ from .inspect import (
     read_video_pair,
     save_arrays,
 )
-from .inspect_report import write_pictures, write_report
 from .model_choice import RANDOM_WEIGHTS
 
 logger = logging.getLogger(__name__)
@@ -148,6 +147,8 @@ def inspect(
         )  # fmt: skip
     except (CheckpointError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
+    from .inspect_report import write_pictures, write_report  # matplotlib: only when drawing
+
     arrays = save_arrays(result, output)
     pictures = write_pictures(result, output)
     facts = {

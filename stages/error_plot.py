@@ -9,13 +9,15 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from models.atomic_files import atomic_open
+
+if TYPE_CHECKING:  # matplotlib is imported when a plot is drawn, not with the pipeline (0.5 s)
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 __all__ = ["plot_error_over_time"]
 
@@ -54,6 +56,9 @@ def plot_error_over_time(
     Raises:
         ValueError: a requested column is missing, or ``worst`` is negative.
     """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     names = [columns] if isinstance(columns, str) else list(columns)
     _check_plot_args(per_frame, names, x, worst)
     figure = Figure(figsize=(10, 4), dpi=dpi)

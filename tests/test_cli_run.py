@@ -155,3 +155,20 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
         main, ["run", "x.mp4", "-o", str(tmp_path), "--set", "flow.itres=3"]
     )
     assert result.exit_code != 0 and "flow.itres" in result.output
+
+
+def test_the_cli_and_its_workers_start_without_matplotlib() -> None:
+    """Plotting libraries load when a picture is drawn, not with every ``run`` (each worker
+    process imports the pipeline again; matplotlib alone took ~0.5 s of that)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pipeline.cli, pipeline.worker_processes, pipeline.runner; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib'))"
+    )
+    root = Path(__file__).resolve().parents[1]
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
+    )
+    assert loaded.stdout.strip() == "[]"
