@@ -42,10 +42,36 @@ def iter_example_frames(
     for t in range(num_frames):
         shift = round(BACKGROUND_VELOCITY[0] * t)
         frame = np.take(background, columns - shift, axis=1, mode="wrap")
-        sx = round(40 + SQUARE_VELOCITY[0] * t) % (width - 64)
-        sy = round(30 + SQUARE_VELOCITY[1] * t) % (height - 64)
+        sx, sy = _square_origin(t, width, height)
         frame[sy : sy + 64, sx : sx + 64] = square
         yield frame
+
+
+def _square_origin(t: int, width: int, height: int) -> tuple[int, int]:
+    x = round(40 + SQUARE_VELOCITY[0] * t) % (width - 64)
+    y = round(30 + SQUARE_VELOCITY[1] * t) % (height - 64)
+    return x, y
+
+
+def example_ground_truth(
+    t: int, width: int = 320, height: int = 240
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The exact flow from frame ``t`` to ``t + 1`` of :func:`iter_example_frames`.
+
+    Returns ``(flow, square)``: flow ``(height, width, 2)`` float32 pixels (channel 0 = x),
+    the background's velocity everywhere but on the square, whose pixels (``square``, bool
+    ``(height, width)``) move with it; background pixels the square covers at ``t + 1`` keep
+    the background's motion. ``None`` for a pair in which the square wraps around.
+    """
+    (x0, y0), (x1, y1) = _square_origin(t, width, height), _square_origin(t + 1, width, height)
+    if (x1 - x0, y1 - y0) != (round(SQUARE_VELOCITY[0]), round(SQUARE_VELOCITY[1])):
+        return None
+    flow = np.empty((height, width, 2), np.float32)
+    flow[...] = BACKGROUND_VELOCITY
+    square = np.zeros((height, width), bool)
+    square[y0 : y0 + 64, x0 : x0 + 64] = True
+    flow[square] = SQUARE_VELOCITY
+    return flow, square
 
 
 def write_example_clip(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -15,6 +16,7 @@ from models.weights import BUNDLED_DIR, WEIGHTS, auto_order, sha256_file
 from pipeline.cli import main
 from pipeline.config import FlowConfig
 from pipeline.estimators import DisEstimator, build_estimator
+from pipeline.example import example_ground_truth, iter_example_frames
 from pipeline.model_choice import choose_model
 from stages.decode import DecodedFrame, iter_chunks
 from stages.flow import FlowStage
@@ -88,6 +90,29 @@ def test_bundled_model_beats_dis_on_held_out_pairs(videos_dir: Path, name: str, 
     assert network.describe()["model"] == BUNDLED[0].arch
     network_epe, dis_epe = epe(network), epe(dis)
     assert network_epe < ratio * dis_epe, (network_epe, dis_epe)
+
+
+def test_example_ground_truth_is_exact_and_the_bundled_model_follows_it() -> None:
+    """The quickstart scene's own ground truth: warping frame t+1 back with it gives frame t
+    (exactly on the square and wherever the background stays visible). The shipped model's
+    error on it is a regression guard for README's first picture (over all 47 pairs,
+    ``benchmarks/trained_model.py``: 0.25 px mean, 1.51 px on the square, DIS 0.05 / 0.22)."""
+    frames = list(iter_example_frames(4))
+    network = build_estimator(BUNDLED[0].arch)
+    overall, on_square = [], []
+    for t in range(3):
+        truth = example_ground_truth(t)
+        assert truth is not None
+        flow, square = truth
+        h, w = square.shape
+        gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+        back = cv2.remap(frames[t + 1], gx + flow[..., 0], gy + flow[..., 1], cv2.INTER_NEAREST)
+        same = (back == frames[t]).all(axis=-1)
+        assert same[square].all() and same[~square].mean() > 0.98
+        error = np.linalg.norm(network(frames[t], frames[t + 1]) - flow, axis=-1)
+        overall.append(error.mean())
+        on_square.append(error[square].mean())
+    assert np.mean(overall) < 0.5 and np.mean(on_square) < 2.0, (overall, on_square)
 
 
 def test_pair_and_run_load_it_offline(tmp_path: Path, empty_cache: Path) -> None:
