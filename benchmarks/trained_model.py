@@ -1,11 +1,12 @@
 """A trained model against OpenCV DIS: accuracy on held-out sets, inference speed, learning curve.
 
     python benchmarks/trained_model.py [--model auto] [--checkpoint PATH] [--iters 12 24] \
-        [--runs runs/motionpipe-small ...]
+        [--refine none auto] [--runs runs/motionpipe-small ...]
 
 Accuracy: the generator's held-out validation sets (``layered``, ``photo``; seed and texture
 clips that training did not use), end-point error against the exact ground truth, for the
-model at each ``--iters`` and for DIS (medium). Speed: seconds per pair at each ``--sizes``
+model at each ``--iters`` and ``--refine`` (``flow.refine``; by default without and with what
+the checkpoint's registry entry asks for) and for DIS (medium). Speed: seconds per pair at each ``--sizes``
 through ``estimate_flow`` (float32, fast kernels, one pair at a time), median of ``--repeats``
 after a warm-up, DIS alike. Quickstart scene: the example clip's frames (as generated) against
 their exact flow, over all pixels, on the moving square and on the background. Learning curve: the validation records of each ``--runs`` folder's
@@ -120,6 +121,8 @@ def main() -> None:
     parser.add_argument("--model", default="auto")
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--iters", type=int, nargs="+", default=[12])
+    parser.add_argument("--refine", nargs="+", default=["none", "auto"],
+                        choices=["none", "auto", "variational"])  # fmt: skip
     parser.add_argument("--sets", nargs="+", default=["layered", "photo"])
     parser.add_argument("--pairs", type=int, default=32)
     parser.add_argument("--seed", type=int, default=2026)
@@ -136,9 +139,15 @@ def main() -> None:
     print(f"CPU: {cpu_description()}; torch {torch.__version__}, {args.threads} threads\n")
     estimators = {}
     for iters in args.iters:
-        estimator = build_estimator(args.model, checkpoint=args.checkpoint, iters=iters)
-        info = estimator.describe()
-        estimators[f"{info['model']} ({info.get('checkpoint')}), {iters} it"] = estimator
+        for refine in args.refine:
+            estimator = build_estimator(
+                args.model, checkpoint=args.checkpoint, iters=iters, refine=refine
+            )
+            info = estimator.describe()
+            title = f"{info['model']} ({info.get('checkpoint')}), {iters} it"
+            if info["refine"] != "none":
+                title += f" + {info['refine']}"
+            estimators.setdefault(title, estimator)
     estimators[DIS_TITLE] = DisEstimator()
     if "accuracy" not in args.skip:
         accuracy(args, estimators)

@@ -27,7 +27,7 @@ from stages.image_io import write_image
 from .annotations import FinishedVideo
 from .annotations_cmd import LABEL_LEVEL_HELP, describe, write_run_annotations
 from .batch import OutputInUse, OutputLocked, run_batch, summary_lines
-from .cli_common import device_option, iters_option, parse_set_options
+from .cli_common import device_option, iters_option, parse_set_options, refine_option
 from .config import (
     BACKENDS,
     CORR_CHOICES,
@@ -101,6 +101,7 @@ def main(verbose: int, quiet: bool) -> None:
     default=FlowConfig.precision,
     show_default=True,
 )
+@refine_option()
 @click.option(
     "--viz",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -119,6 +120,7 @@ def pair(
     corr: str,
     device: str,
     precision: str,
+    refine: str,
     viz: Path | None,
 ) -> None:
     """Estimate optical flow from IMAGE1 to IMAGE2 (read as RGB)."""
@@ -135,7 +137,7 @@ def pair(
     try:
         estimator = build_estimator(
             model, checkpoint=checkpoint, iters=iters, pad_mode=pad_mode, device=device,
-            corr=corr, precision=precision,
+            corr=corr, precision=precision, refine=refine,
         )  # fmt: skip
         logger.info("estimator: %s", estimator.describe())
         flow = estimator(first, second)  # (H, W, 2)
@@ -173,6 +175,7 @@ def pair(
 @click.option("--backward/--no-backward", default=None, help="Also backward flow.")
 @click.option("--warm-start/--no-warm-start", default=None)
 @click.option("--corr", type=click.Choice(CORR_CHOICES))
+@refine_option(default=None)
 @click.option(
     "--set",
     "settings",
@@ -259,6 +262,7 @@ def run(
         "device": "flow.device", "precision": "flow.precision", "formats": "output.formats",
         "decoder": "decode.backend", "chunk_size": "decode.chunk_size", "gap": "flow.gap",
         "backward": "flow.backward", "warm_start": "flow.warm_start", "corr": "flow.corr",
+        "refine": "flow.refine",
     }  # fmt: skip
     overrides = {names[k]: v for k, v in flags.items()}
     overrides.update(parse_set_options(settings))

@@ -7,6 +7,8 @@ from typing import Any
 import click
 import yaml
 
+from stages.flow_refine import REFINE_CHOICES
+
 from .config import EXPLICIT_NULL, FlowConfig
 
 checkpoint_option = click.option(
@@ -26,6 +28,18 @@ device_option = click.option(
     "--device", default=FlowConfig.device, show_default=True, help="auto, cpu, cuda, cuda:1, mps"
 )
 """``--device`` of the commands that run one network (``pair``, ``inspect``)."""
+
+
+def refine_option(default: str | None = FlowConfig.refine):
+    """``--refine`` (``flow.refine``); ``default=None`` for ``run``, where the config decides."""
+    return click.option(
+        "--refine",
+        type=click.Choice(REFINE_CHOICES),
+        default=default,
+        show_default=default is not None,
+        help="Variational refinement of network flow at full resolution: auto (where the "
+        "checkpoint's registry entry asks for it, e.g. the shipped model), none, variational.",
+    )
 
 
 def parse_set_options(values: tuple[str, ...]) -> dict[str, Any]:

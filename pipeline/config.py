@@ -295,6 +295,7 @@ KEY_HELP: dict[str, str] = {
     "flow.dis_preset": "OpenCV DIS preset: ultrafast | fast | medium",
     "flow.memory_budget_mb": "working memory (MiB) the batches shrink to fit for large frames",
     "flow.cpu_workers": "frames / pairs computed side by side on a CPU (null: 2 where useful)",
+    "flow.refine": "variational refinement of network flow: auto (where the checkpoint asks) | none | variational",
     "flow.download": "allow downloading a named registry checkpoint missing from the cache",
     # output
     "output.formats": f"any of {', '.join(FLOW_FORMATS)}",

@@ -16,6 +16,7 @@ import torch
 
 from models import RAFT, create_model
 from stages.flow import DisFlow
+from stages.flow_refine import refine_flow, resolve_refine
 
 from .config import FlowConfig
 from .devices import resolve_device, resolve_precision
@@ -58,6 +59,7 @@ class NetworkEstimator:
     pad_mode: str = "sintel"
     corr: str = "all-pairs"
     autocast: torch.dtype | None = None
+    refine: str = "none"
 
     def __post_init__(self) -> None:
         self.device = next(self.network.parameters()).device
@@ -72,7 +74,8 @@ class NetworkEstimator:
             corr=self.corr,
             autocast=self.autocast,
         )
-        return result.flow[0].permute(1, 2, 0).float().cpu().numpy()  # (H, W, 2)
+        flow = result.flow[0].permute(1, 2, 0).float().cpu().numpy()  # (H, W, 2)
+        return refine_flow(flow, image1, image2) if self.refine == "variational" else flow
 
     def describe(self) -> dict[str, Any]:
         """What the summary records about the estimator (checkpoint source and sha256)."""
@@ -84,6 +87,7 @@ class NetworkEstimator:
             "checkpoint_sha256": info.sha256 if info else None,
             "iters": self.iters,
             "pad_mode": self.pad_mode,
+            "refine": self.refine,
             "device": str(self.device),
         }
 
@@ -97,12 +101,14 @@ def build_estimator(
     device: str = FlowConfig.device,
     corr: str = "all-pairs",
     precision: str = FlowConfig.precision,
+    refine: str = FlowConfig.refine,
 ) -> DisEstimator | NetworkEstimator:
     """The estimator for a model name (``auto``, ``dis`` or an architecture).
 
     ``auto`` resolves as ``run`` does (:func:`pipeline.model_choice.choose_model`: a local
-    official checkpoint, else the model shipped in the package). An architecture without ``checkpoint`` uses
-    its default checkpoint; ``checkpoint="random"`` gives untrained weights.
+    official checkpoint, else the model shipped in the package). An architecture without
+    ``checkpoint`` uses its default checkpoint; ``checkpoint="random"`` gives untrained weights.
+    ``refine`` as ``flow.refine`` (:mod:`stages.flow_refine`).
 
     Raises:
         ValueError: ``checkpoint`` with ``auto`` / ``dis``, an unknown model or device.
@@ -120,4 +126,7 @@ def build_estimator(
     torch_device = resolve_device(device)
     autocast = resolve_precision(precision, torch_device)
     network = create_model(choice.model, checkpoint=choice.checkpoint, device=torch_device)
-    return NetworkEstimator(network, iters=iters, pad_mode=pad_mode, corr=corr, autocast=autocast)
+    return NetworkEstimator(
+        network, iters=iters, pad_mode=pad_mode, corr=corr, autocast=autocast,
+        refine=resolve_refine(refine, choice.model, choice.checkpoint),
+    )  # fmt: skip

@@ -14,6 +14,7 @@ from stages.training.readers import READER_KINDS, FlowPair, open_reader
 from stages.training.textures import find_media, load_media_frames
 from stages.training.validation import VALIDATION_SETS, build_validation_set
 
+from .cli_common import refine_option
 from .config import ConfigError
 from .estimators import build_estimator
 from .evaluate import evaluate_dataset, resolve_pad_mode
@@ -71,6 +72,7 @@ def _generated_set(name: str, pairs: int, seed: int, textures: tuple[Path, ...])
     help="auto: kitti for kitti / hd1k, sintel otherwise.",
 )  # fmt: skip
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps")
+@refine_option()
 @click.option("--max-pairs", type=click.IntRange(min=1), default=None, help="Only the first N.")
 @click.option(
     "--pairs", "num_pairs", type=click.IntRange(min=1), default=32, show_default=True,
@@ -96,6 +98,7 @@ def evaluate(
     iters: int,
     pad_mode: str,
     device: str,
+    refine: str,
     max_pairs: int | None,
     num_pairs: int,
     seed: int,
@@ -124,6 +127,7 @@ def evaluate(
             iters=iters,
             pad_mode=resolve_pad_mode(pad_mode, dataset),
             device=device,
+            refine=refine,
         )
     except (CheckpointError, ConfigError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None

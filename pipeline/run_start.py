@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from models import CheckpointError, create_model
+from stages.flow_refine import resolve_refine
 
 from .config import RunConfig, config_to_dict
 from .devices import resolve_device, resolve_precision
@@ -165,6 +166,10 @@ def results_key(config: RunConfig, estimator: Estimator) -> dict[str, Any]:
     flow = key["flow"]
     flow.pop("checkpoint", None)
     flow["model"] = estimator.model
+    # recorded only when on, so the hash of runs without refinement is what it was before
+    refine = resolve_refine(flow.pop("refine", "auto"), estimator.model, estimator.checkpoint)
+    if refine != "none":
+        flow["refine"] = refine
     if estimator.is_network:
         for name in DIS_SETTINGS:
             flow.pop(name, None)

@@ -27,6 +27,7 @@ from stages.clip_features import ClipFeatureStage
 from stages.decode import DecodeError, iter_chunks, open_video
 from stages.devices import cpu_info, precision_name
 from stages.flow import FlowStage
+from stages.flow_refine import resolve_refine
 from stages.warp_stage import WarpStage
 from stages.writers import FlowWriters
 
@@ -83,6 +84,7 @@ def build_flow_session(config: RunConfig, estimator: Estimator | None = None) ->
         model=choice.model,
         checkpoint=choice.checkpoint,
         backward=flow.backward or (config.warp.enabled and config.warp.occlusion),
+        refine=resolve_refine(flow.refine, choice.model, choice.checkpoint),
     )
     stage = FlowStage(resolved, keep_features=config.features.enabled)
     stage.setup()
@@ -267,6 +269,7 @@ def _write_meta(out_dir: Path, result: VideoResult, config, session: FlowSession
         "checkpoint": checkpoint,
         "model_notice": session.choice.notice,
         "iters": stage.config.iters if stage.is_network else None,
+        "refine": stage.refine if stage.is_network else None,
         "gap": stage.config.gap,
         "device": session.device,
         "precision": session.precision,

@@ -29,6 +29,7 @@ from models import ARCHS, RAFT, Context, Padder, create_model, forward_interpola
 from .base import FrameChunk
 from .cpu_workers import CpuWorkers
 from .devices import resolve_device, resolve_precision
+from .flow_refine import refine_flows, resolve_refine
 from .settings import DIS_PRESET_NAMES, FlowConfig
 
 logger = logging.getLogger(__name__)
@@ -127,6 +128,9 @@ class FlowStage:
             threads, else 1. Where one encoder pass or one refinement per worker would exceed
             the budget (large frames), and for warm-started refinement (a chain), frames and
             pairs run one at a time with all threads.
+            ``refine``: variational refinement of each network flow at full resolution
+            (:mod:`stages.flow_refine`; ``auto``: where the checkpoint's registry entry asks
+            for it).
         keep_features: attach the per-frame encoder maps (for the motion-feature stage).
         network: an already built network (its device wins over ``config.device``).
         **changes: fields of ``config`` to replace (``FlowStage(model="dis", backward=True)``).
@@ -148,6 +152,10 @@ class FlowStage:
                 f"flow model {self.config.model!r} must be resolved to one of "
                 f"{(*NETWORK_MODELS, 'dis')} before the stage is built"
             )
+        checkpoint = self.config.checkpoint
+        if checkpoint is None and getattr(network, "checkpoint_info", None) is not None:
+            checkpoint = network.checkpoint_info.source  # a given network's weights decide
+        self.refine = resolve_refine(self.config.refine, self.config.model, checkpoint)
         self.keep_features = keep_features
         self.network = network
         self.autocast: torch.dtype | None = None
@@ -255,6 +263,12 @@ class FlowStage:
         flows = self._refine_by_source(
             work, starts, batch_pairs, encode_batch, keep, refine_workers
         )
+        if self.refine == "variational":
+            gap = self.config.gap
+            flows["fw"] = refine_flows(flows["fw"], chunk.frames, [(t, t + gap) for t in starts])
+            if self.config.backward:
+                backward = [(t + gap, t) for t in starts]
+                flows["bw"] = refine_flows(flows["bw"], chunk.frames, backward)
         chunk.artifacts["flow_fw"] = flows["fw"]
         if self.config.backward:
             chunk.artifacts["flow_bw"] = flows["bw"]

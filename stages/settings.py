@@ -30,6 +30,7 @@ from models.motionsqueeze import OFFICIAL_WINDOW
 from models.raft import ARCHS
 
 from .flow_jpeg import FLOW_JPEG_PRESETS, FlowJpegLayout
+from .flow_refine import REFINE_CHOICES
 from .flow_statistics import DEFAULT_N_BINS, DEFAULT_STATIC_THRESHOLD
 
 BACKENDS: tuple[str, ...] = ("decord", "pyav", "opencv")
@@ -157,8 +158,10 @@ class FlowConfig:
     memory_budget_mb: int = 2048
     cpu_workers: int | None = None
     download: bool = True
+    refine: str = "auto"
 
     def __post_init__(self) -> None:
+        require(self.refine in REFINE_CHOICES, f"flow.refine must be one of {REFINE_CHOICES}")
         require(self.model in FLOW_MODELS, f"flow.model must be one of {FLOW_MODELS}")
         require(self.iters >= 1, "flow.iters must be >= 1")
         require(self.gap >= 1, "flow.gap must be >= 1")

@@ -100,6 +100,22 @@ def test_results_key_leaves_out_what_only_changes_speed_or_placement() -> None:
         base, dis
     )
     assert results_hash(key) == results_hash(json.loads(json.dumps(key)))
+    # refinement: "auto" that resolves to none keys as before; on, it changes the results
+    assert results_key(load_config(None, {"flow.refine": "none"}), network) == key
+    refined = results_key(load_config(None, {"flow.refine": "variational"}), network)
+    assert refined != key and refined["flow"]["refine"] == "variational"
+    shipped = Estimator("raft-small-convex", "motionpipe-small-v2", "ef" * 32)
+    assert results_key(base, shipped) == refined_key(shipped, "variational")
+    assert results_key(load_config(None, {"flow.refine": "none"}), shipped) != results_key(
+        base, shipped
+    )
+    assert results_key(load_config(None, {"flow.refine": "variational"}), dis) == results_key(
+        base, dis
+    )
+
+
+def refined_key(estimator: Estimator, refine: str) -> dict:
+    return results_key(load_config(None, {"flow.refine": refine}), estimator)
 
 
 def test_integer_settings_accept_exponent_notation() -> None:
