@@ -10,7 +10,9 @@ import torch
 import stages.devices as devices
 
 
-def test_precisions_map_to_autocast_dtypes() -> None:
+def test_precisions_map_to_autocast_dtypes(monkeypatch: pytest.MonkeyPatch) -> None:
+    # as on a CPU with bf16 instructions, whatever this one has (emulated bf16: next test)
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
     cpu = torch.device("cpu")
     assert devices.resolve_precision("fp32", cpu) is None
     assert devices.resolve_precision("bf16", cpu) is torch.bfloat16
