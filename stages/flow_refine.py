@@ -4,10 +4,11 @@ RAFT-family networks estimate flow on a 1/8 grid and upsample it; a small model 
 leaves sub-pixel errors on smooth texture and a band of about one grid cell along motion
 boundaries. OpenCV's ``VariationalRefinement`` (the last step of DIS: a few fixed-point
 iterations of a brightness / gradient constancy energy with a smoothness term, solved by SOR
-from the given flow) removes much of both at a small cost (about 70 ms per pair at 1024x436 on
-two cores, OpenCV's default 5 + 5 iterations). Measured on the shipped model
-(``benchmarks/trained_model.py``): quickstart scene 0.25 -> 0.14 px, held-out photo pairs
-0.39 -> 0.34 px, layered 2.48 -> 2.42 px, better on every held-out pair.
+from the given flow) removes much of both at a small cost (56 ms per pair at 1024x436 on two
+cores, OpenCV's default 5 + 5 iterations). Measured on the shipped model
+(``benchmarks/trained_model.py``, benchmarks/RESULTS.md): quickstart scene 0.25 -> 0.14 px,
+held-out ``photo`` 0.38 -> 0.33 px and ``layered`` 1.91 -> 1.83 px (32 pairs each), better
+on each of the first 16 pairs of both sets.
 
 ``flow.refine``: ``auto`` refines after the checkpoints whose registry entry asks for it
 (:attr:`models.weights.WeightSpec.refine`), ``variational`` always, ``none`` never. DIS
