@@ -12,6 +12,7 @@ import click
 import yaml
 
 from models import CheckpointError
+from models.weights import BUNDLED_DIR, WEIGHTS
 
 from .cli_common import parse_set_options
 from .config import ConfigError
@@ -71,7 +72,8 @@ def train(
 @click.option("--half", is_flag=True, help="Store float16 tensors (half the size).")
 @click.option(
     "--run", "runs", multiple=True, type=click.Path(file_okay=False, exists=True, path_type=Path),
-    help="Training run folder(s) that made the weights, in order (their config.yaml is recorded).",
+    help="Training run folder(s) that made the weights, in order (their config.yaml is recorded; "
+    "a first run that started from a bundled model also records that model's stages).",
 )  # fmt: skip
 @click.option("--name", default=None, help="Name recorded in the sidecar.")
 def export_model(
@@ -88,6 +90,8 @@ def export_model(
         stages.append({"run": run.name, "seed": config.get("seed"),
                        "steps_trained": _last_logged_step(run), "config": config})  # fmt: skip
     _steps_handed_on(stages)
+    if stages:
+        stages = _inherited_stages(stages[0]["config"].get("init_checkpoint")) + stages
     try:
         record = export_weights(
             weights, output, half=half,
@@ -111,6 +115,22 @@ def _steps_handed_on(stages: list[dict]) -> None:
             and start.parent.parent.name == earlier["run"]
         ):
             earlier["steps_trained"] = int(match.group(1))
+
+
+def _inherited_stages(init_checkpoint: str | None) -> list[dict]:
+    """The recorded stages of a bundled model the first run started from (its sidecar's
+    ``training``), so a fine-tune of the shipped model carries the whole recipe."""
+    spec = WEIGHTS.get(str(init_checkpoint)) if init_checkpoint else None
+    if spec is None or not spec.bundled:
+        return []
+    sidecar = (BUNDLED_DIR / spec.file_name).with_suffix(".json")
+    try:
+        return list(json.loads(sidecar.read_text())["training"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise click.ClickException(
+            f"{init_checkpoint} is a bundled model but its provenance {sidecar} cannot be read "
+            f"({exc}); the exported sidecar would lose its earlier stages"
+        ) from None
 
 
 def _last_logged_step(run: Path) -> int | None:

@@ -284,6 +284,30 @@ def test_resume_accepts_a_run_saved_before_a_config_key_was_added(tmp_path: Path
     assert (run / "model.pth").exists()
 
 
+def test_export_of_a_fine_tuned_bundled_model_keeps_its_recipe(tmp_path: Path) -> None:
+    """A run that started from the shipped model: the exported sidecar lists the shipped
+    model's recorded stages first, then the new run."""
+    from models.weights import BUNDLED_DIR, WEIGHTS
+
+    bundled = next(spec for spec in WEIGHTS.values() if spec.bundled)
+    recipe = json.loads((BUNDLED_DIR / bundled.file_name).with_suffix(".json").read_text())
+    run = tmp_path / "finetune"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"seed": 7, "init_checkpoint": bundled.name}))
+    (run / "log.jsonl").write_text(json.dumps({"step": 3, "loss": 1.0}) + "\n")
+    shipped = tmp_path / "tuned.pth"
+    result = CliRunner().invoke(main, ["export-model", str(BUNDLED_DIR / bundled.file_name),
+                                       "-o", str(shipped), "--run", str(run)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    training = json.loads(shipped.with_suffix(".json").read_text())["training"]
+    assert training[:-1] == recipe["training"]
+    assert (training[-1]["run"], training[-1]["seed"], training[-1]["steps_trained"]) == (
+        "finetune",
+        7,
+        3,
+    )
+
+
 def test_a_stage_started_from_a_snapshot_records_the_earlier_run_at_that_step() -> None:
     from pipeline.train_cmd import _steps_handed_on
 
