@@ -57,7 +57,8 @@ def test_quickstart_runs_offline_with_the_shipped_model(offline, tmp_path: Path)
     assert result.exit_code == 0, result.output
     meta = json.loads((out / "example" / "meta.json").read_text())
     assert meta["model"] == "raft-small-convex" and not meta["model_notice"]
-    assert meta["checkpoint"]["sha256"] == WEIGHTS["motionpipe-small-v2"].sha256
+    shipped = next(spec for spec in WEIGHTS.values() if spec.bundled)
+    assert meta["checkpoint"]["sha256"] == shipped.sha256
     assert (meta["frames"], meta["pairs"]) == (12, 11)
     assert meta["machine"]["cores"] >= 1 and isinstance(meta["machine"]["flags"], list)
     flow = np.load(out / "example" / "flow.npy")

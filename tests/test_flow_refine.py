@@ -11,10 +11,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from models.weights import WEIGHTS
 from pipeline.cli import main
 from pipeline.config import ConfigError, load_config
 from stages.flow_refine import refine_flow, refine_flows, resolve_refine
 from stages.settings import FlowConfig
+
+SHIPPED = next(spec for spec in WEIGHTS.values() if spec.bundled)
 
 
 def _shifted_pair(dx: float, dy: float, size: tuple[int, int] = (96, 128)):
@@ -30,12 +33,12 @@ def _shifted_pair(dx: float, dy: float, size: tuple[int, int] = (96, 128)):
 
 
 def test_auto_follows_the_registry_entry() -> None:
-    assert resolve_refine("auto", "raft-small-convex", "motionpipe-small-v2") == "variational"
+    assert resolve_refine("auto", SHIPPED.arch, SHIPPED.name) == "variational"
     assert resolve_refine("auto", "raft-large", "raft-things") == "none"
     assert resolve_refine("auto", "raft-large", "/some/file.pth") == "none"
     assert resolve_refine("auto", "raft-large", None) == "none"
     assert resolve_refine("variational", "raft-large", "raft-things") == "variational"
-    assert resolve_refine("none", "raft-small-convex", "motionpipe-small-v2") == "none"
+    assert resolve_refine("none", SHIPPED.arch, SHIPPED.name) == "none"
     # DIS ends with the same step already
     assert resolve_refine("variational", "dis", None) == "none"
     with pytest.raises(ValueError, match="refine must be one of"):

@@ -104,7 +104,8 @@ def test_results_key_leaves_out_what_only_changes_speed_or_placement() -> None:
     assert results_key(load_config(None, {"flow.refine": "none"}), network) == key
     refined = results_key(load_config(None, {"flow.refine": "variational"}), network)
     assert refined != key and refined["flow"]["refine"] == "variational"
-    shipped = Estimator("raft-small-convex", "motionpipe-small-v2", "ef" * 32)
+    bundled = next(spec for spec in auto_order() if spec.bundled)
+    shipped = Estimator(bundled.arch, bundled.name, "ef" * 32)
     assert results_key(base, shipped) == refined_key(shipped, "variational")
     assert results_key(load_config(None, {"flow.refine": "none"}), shipped) != results_key(
         base, shipped
