@@ -6,9 +6,8 @@ boundaries. OpenCV's ``VariationalRefinement`` (the last step of DIS: a few fixe
 iterations of a brightness / gradient constancy energy with a smoothness term, solved by SOR
 from the given flow) removes much of both at a small cost (56 ms per pair at 1024x436 on two
 cores, OpenCV's default 5 + 5 iterations). Measured on the shipped model
-(``benchmarks/trained_model.py``, benchmarks/RESULTS.md): quickstart scene 0.25 -> 0.14 px,
-held-out ``photo`` 0.38 -> 0.33 px and ``layered`` 1.91 -> 1.83 px (32 pairs each), better
-on each of the first 16 pairs of both sets.
+(``benchmarks/trained_model.py``, benchmarks/RESULTS.md): quickstart scene 0.24 -> 0.13 px,
+held-out ``photo`` 0.37 -> 0.32 px and ``layered`` 1.82 -> 1.74 px (32 pairs each).
 
 ``flow.refine``: ``auto`` refines after the checkpoints whose registry entry asks for it
 (:attr:`models.weights.WeightSpec.refine`), ``variational`` always, ``none`` never. DIS

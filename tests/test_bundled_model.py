@@ -75,8 +75,8 @@ def _photo_pairs(count: int, size: tuple[int, int]):
 def test_bundled_model_beats_dis_on_held_out_pairs(videos_dir: Path, name: str, ratio) -> None:
     """A regression guard on the held-out validation family (seed 2026, texture clips the
     training never used): its first 4 pairs, with the refinement ``auto`` gives it. Over 32
-    pairs (benchmarks/RESULTS.md) the model scores 1.83 vs DIS 4.15 px on ``layered`` (better
-    on 26 of 32 pairs; 1.91 unrefined) and 0.33 vs 0.59 on ``photo`` (31 of 32; 0.38)."""
+    pairs (benchmarks/RESULTS.md) the model scores 1.74 vs DIS 4.15 px on ``layered`` (better
+    on 27 of 32 pairs; 1.82 unrefined) and 0.32 vs 0.59 on ``photo`` (31 of 32; 0.37)."""
     clips = [videos_dir / "asl_milk.mkv", videos_dir / "asl_night.mkv"]
     media = load_media_frames(find_media(clips), frames_per_video=8)
     _, pairs = build_validation_set(name, pairs=4, seed=2026, media_frames=media)
@@ -97,8 +97,8 @@ def test_example_ground_truth_is_exact_and_the_bundled_model_follows_it() -> Non
     """The quickstart scene's own ground truth: warping frame t+1 back with it gives frame t
     (exactly on the square and wherever the background stays visible). The shipped model's
     error on it is a regression guard for README's first picture (over all 47 pairs,
-    ``benchmarks/trained_model.py``: 0.14 px mean and 0.88 px on the square with the
-    variational refinement its registry entry asks for, 0.25 / 1.51 without; DIS 0.05 / 0.22)."""
+    ``benchmarks/trained_model.py``: 0.13 px mean and 0.87 px on the square with the
+    variational refinement its registry entry asks for, 0.24 / 1.51 without; DIS 0.05 / 0.22)."""
     frames = list(iter_example_frames(4))
     estimators = {refine: build_estimator(BUNDLED[0].arch, refine=refine)
                   for refine in ("auto", "none")}  # fmt: skip
