@@ -27,7 +27,6 @@ from stages.clip_features import ClipFeatureStage
 from stages.decode import DecodeError, iter_chunks, open_video
 from stages.devices import cpu_info, precision_name
 from stages.flow import FlowStage
-from stages.flow_refine import resolve_refine
 from stages.warp_stage import WarpStage
 from stages.writers import FlowWriters
 
@@ -84,7 +83,6 @@ def build_flow_session(config: RunConfig, estimator: Estimator | None = None) ->
         model=choice.model,
         checkpoint=choice.checkpoint,
         backward=flow.backward or (config.warp.enabled and config.warp.occlusion),
-        refine=resolve_refine(flow.refine, choice.model, choice.checkpoint),
     )
     stage = FlowStage(resolved, keep_features=config.features.enabled)
     stage.setup()
