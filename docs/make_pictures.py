@@ -64,7 +64,7 @@ def save(path: Path, rgb: np.ndarray) -> None:
 
 
 def write_clip(path: Path, frames, fps: float = 24.0) -> Path:
-    writer = Mp4Writer(path, fps, crf=16)
+    writer = Mp4Writer(path, fps, crf=16, preset="veryfast")
     for frame in frames:
         writer.write(frame)
     return writer.close()

@@ -83,7 +83,7 @@ def write_example_clip(
     height: int = 240,
 ) -> Path:
     """Writes the example clip to ``path`` (MP4) and returns the path."""
-    writer = Mp4Writer(path, fps, crf=16)
+    writer = Mp4Writer(path, fps, crf=16, preset="veryfast")
     for frame in iter_example_frames(num_frames, width, height):
         writer.write(frame)
     return writer.close()

@@ -86,6 +86,7 @@ def forward_backward_occlusion(
     *,
     alpha1: float = 0.01,
     alpha2: float = 0.5,
+    warped_bw: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Forward-backward consistency check of Sundaram et al. 2010.
 
@@ -103,13 +104,16 @@ def forward_backward_occlusion(
         flow_bw: ``(B, 2, H, W)`` flow t+k -> t in pixels.
         alpha1: relative tolerance (dimensionless), 0.01 in the paper.
         alpha2: absolute tolerance in pixels^2, 0.5 in the paper.
+        warped_bw: ``backward_warp(flow_bw, flow_fw, padding="border")`` in the flows' common
+            dtype, when the caller has it (the warp stage warps a frame and the backward flow
+            together, since they share the sample points); computed here otherwise.
 
     Returns:
         ``(B, 1, H, W)`` bool on ``flow_fw``'s grid (frame t), True = occluded.
     """
     _check_same_flow_shapes(flow_fw, flow_bw)
     fw = flow_fw.to(_float_dtype(flow_fw, flow_bw))
-    bw_at_target, inside = backward_warp(flow_bw.to(fw.dtype), fw, padding="border")
+    bw_at_target, inside = warped_bw or backward_warp(flow_bw.to(fw.dtype), fw, padding="border")
     round_trip = _squared_norm(fw + bw_at_target)
     tolerance = alpha1 * (_squared_norm(fw) + _squared_norm(bw_at_target)) + alpha2
     consistent = round_trip < tolerance  # False for NaN
@@ -320,15 +324,17 @@ def flow_masks(
     config: WarpConfig | None = None,
     *,
     difference: Difference = "central",
+    warped_bw: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> FlowMasks:
     """Occlusion (when ``flow_bw`` is given) and motion-boundary masks of ``flow_fw``
-    ``(B, 2, H, W)`` with ``config``'s tolerances (the ``warp`` section's defaults without)."""
+    ``(B, 2, H, W)`` with ``config``'s tolerances (the ``warp`` section's defaults without).
+    ``warped_bw``: as :func:`forward_backward_occlusion`'s."""
     config = config or WarpConfig()
     fw = flow_fw.to(_float_dtype(flow_fw))
     occluded = None
     if flow_bw is not None:
         occluded = forward_backward_occlusion(
-            fw, flow_bw, alpha1=config.fb_alpha1, alpha2=config.fb_alpha2
+            fw, flow_bw, alpha1=config.fb_alpha1, alpha2=config.fb_alpha2, warped_bw=warped_bw
         )
     boundaries = motion_boundaries(
         fw, alpha1=config.mb_alpha1, alpha2=config.mb_alpha2, difference=difference

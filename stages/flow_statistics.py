@@ -153,10 +153,17 @@ def _field_gradients(u: np.ndarray, v: np.ndarray) -> _FieldGradients:
     return _FieldGradients(du_dx, du_dy, dv_dx, dv_dy)
 
 
+def _magnitude(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``sqrt(x^2 + y^2)`` of float32 ``(H, W)`` arrays with OpenCV's vectorised
+    :func:`cv2.magnitude` (within an ulp of :func:`numpy.hypot`, which took 10x as long and a
+    third of a field's statistics)."""
+    return cv2.magnitude(x, y)
+
+
 def _mbh_counts(grads: _FieldGradients, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
     """Un-normalised MBHx and MBHy of one field, ``(n_bins,)`` float64 each."""
-    mag_u = np.hypot(grads.du_dx, grads.du_dy)
-    mag_v = np.hypot(grads.dv_dx, grads.dv_dy)
+    mag_u = _magnitude(grads.du_dx, grads.du_dy)
+    mag_v = _magnitude(grads.dv_dx, grads.dv_dy)
     mbhx = orientation_histogram(grads.du_dx, grads.du_dy, mag_u, n_bins)
     mbhy = orientation_histogram(grads.dv_dx, grads.dv_dy, mag_v, n_bins)
     return mbhx, mbhy
@@ -230,7 +237,7 @@ def _accumulate_flow(stack: np.ndarray, n_bins: int, threshold: float) -> _FlowS
     )
     for index in range(fields):
         u, v = _field_components(stack, index)
-        magnitude = np.hypot(u, v)  # (H, W) float32
+        magnitude = _magnitude(u, v)  # (H, W) float32
         sums.magnitudes[index * pixels : (index + 1) * pixels] = magnitude.ravel()
         sums.hof[:] += _hof_counts(u, v, magnitude, n_bins, threshold)
         grads = _field_gradients(u, v)

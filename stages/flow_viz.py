@@ -137,16 +137,17 @@ def _normaliser(flow: np.ndarray, valid: np.ndarray, max_flow: float | None) -> 
     return largest if largest > 0 else 1.0
 
 
-def _wheel_image(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def _wheel_image(u: torch.Tensor, v: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
     """Colour normalised flow ``(u, v)`` ``(H, W)`` (rim at magnitude 1); returns ``(H, W, 3)``
-    uint8 RGB, ``floor(255 * colour)`` computed in ``u``'s dtype.
+    uint8 RGB, ``floor(255 * colour)`` computed in ``u``'s dtype, black where ``known`` (bool
+    ``(H, W)``) is False.
 
-    Torch rather than numpy for its vectorised ``atan2`` and in-place arithmetic, one colour
-    plane at a time (4-5x the numpy version's speed on one core): this runs for every picture
-    of every video.
+    Torch rather than numpy for its vectorised ``atan2`` and in-place arithmetic, on colour
+    planes (4-5x the numpy version's speed on one core, 2x again with one gather for the three
+    planes): this runs for every picture of every video.
     """
     count = _WHEEL.shape[0]
-    wheel = torch.from_numpy(_WHEEL / 255.0).to(u.dtype)
+    wheel = torch.from_numpy(_WHEEL.T / 255.0).to(u.dtype)  # (3, count)
     radius = torch.hypot(u, v)
     # Adding +0.0 turns -0.0 into +0.0, so atan2 sees -v = -0.0 for every v == 0 and rightward
     # flow maps to entry 0 (pure red) whatever the sign of its zero y component.
@@ -157,17 +158,17 @@ def _wheel_image(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     lower = lower.to(torch.int64)
     upper = torch.where(lower + 1 == count, 0, lower + 1)
     # Inside the rim: desaturate toward white with decreasing magnitude (1 - r (1 - c));
-    # outside: darken (0.75 c). Both are offset + gain * c, computed per pixel first.
-    inside = radius <= 1.0
+    # outside: darken (0.75 c). Both are offset + gain * c, computed per pixel first; unknown
+    # pixels get gain and offset 0, which draws them black.
+    inside = (radius <= 1.0) & known
     offset = torch.where(inside, 1.0 - radius, 0.0)
-    gain = torch.where(inside, radius, _OUT_OF_RANGE_DIM)
-    planes = []
-    for channel in wheel.unbind(dim=1):
-        below, above = channel.take(lower), channel.take(upper)
-        color = above.sub_(below).mul_(weight).add_(below)  # below + weight (above - below)
-        value = color.mul_(gain).add_(offset).mul_(255.0).clamp_(0.0, 255.0)
-        planes.append(value.to(torch.uint8))  # truncation: floor, as >= 0
-    return torch.stack(planes, dim=-1)
+    gain = torch.where(inside, radius, torch.where(known, _OUT_OF_RANGE_DIM, 0.0))
+    planes = wheel.shape[0], *u.shape
+    below = wheel.index_select(1, lower.reshape(-1)).view(planes)
+    above = wheel.index_select(1, upper.reshape(-1)).view(planes)
+    color = above.sub_(below).mul_(weight).add_(below)  # below + weight (above - below)
+    value = color.mul_(gain).add_(offset).mul_(255.0).clamp_(0.0, 255.0)
+    return value.to(torch.uint8).permute(1, 2, 0).contiguous()  # truncation: floor, as >= 0
 
 
 def flow_to_color(
@@ -196,9 +197,7 @@ def flow_to_color(
     known = torch.from_numpy(valid)
     safe = torch.where(known.unsqueeze(-1), torch.from_numpy(field), 0.0)
     safe *= 1.0 / scale
-    image = _wheel_image(safe[..., 0], safe[..., 1])
-    image[~known] = 0
-    image = image.numpy()
+    image = _wheel_image(safe[..., 0], safe[..., 1], known).numpy()
     if convert_to_bgr:
         image = np.ascontiguousarray(image[..., ::-1])
     return image

@@ -147,26 +147,30 @@ def backward_warp(
     batch, _, height, width = image.shape
     sampler = _bilinear if mode == "bilinear" else _nearest
     rows = max(1, _BAND_PIXELS // width)
+    columns = torch.arange(width, dtype=compute_dtype, device=flow.device)
+    finite = _all_finite(flow)  # then no band needs the NaN / inf replacement
     warped_parts, valid_parts = [], []
     for b in range(batch):
-        # contiguous: index_select reads a channels-last image (frames from numpy) ~6x slower
-        if padding == "zeros":
-            # A ring of zeros around the image: neighbours outside read it once indices are
-            # clamped to the ring, which is grid_sample's zeros padding without per-corner
-            # masks.
-            source, ring = F.pad(image[b : b + 1].contiguous(), (1, 1, 1, 1)), 1
-        else:
-            source, ring = image[b : b + 1].contiguous(), 0
+        source = _Source(image[b : b + 1], padding)
         for top in range(0, height, rows):
-            band = flow[b : b + 1, :, top : top + rows]
-            positions = _band_positions(band, top, compute_dtype)
-            valid_parts.append(inside_frame(positions, height, width))
-            x = _finite_positions(positions[:, 0:1], width)  # (1, 1, rows, W)
-            y = _finite_positions(positions[:, 1:2], height)
-            if ring == 0:
-                x = x.clamp(0, width - 1)
-                y = y.clamp(0, height - 1)
-            warped_parts.append(sampler(source, x, y, ring).to(image.dtype))
+            band = flow[b : b + 1, :, top : top + rows].to(compute_dtype)
+            row_numbers = torch.arange(
+                top, top + band.shape[2], dtype=compute_dtype, device=flow.device
+            )
+            x = band[:, 0:1] + columns  # (1, 1, rows, W) sample points in pixels
+            y = band[:, 1:2] + row_numbers[:, None]
+            if padding == "border" and finite:
+                # clamping leaves exactly the points inside the frame unchanged
+                x_in, y_in = x.clamp(0, width - 1), y.clamp(0, height - 1)
+                valid_parts.append((x_in == x) & (y_in == y))
+                x, y = x_in, y_in
+            else:
+                valid_parts.append((x >= 0) & (x <= width - 1) & (y >= 0) & (y <= height - 1))
+                if not finite:
+                    x, y = _finite_positions(x, width), _finite_positions(y, height)
+                if padding == "border":
+                    x, y = x.clamp(0, width - 1), y.clamp(0, height - 1)
+            warped_parts.append(sampler(source, x, y).to(image.dtype))
     return _assemble(warped_parts, batch), _assemble(valid_parts, batch)
 
 
@@ -175,12 +179,44 @@ def backward_warp(
 _BAND_PIXELS = 65536
 
 
-def _band_positions(flow_band: torch.Tensor, top: int, dtype: torch.dtype) -> torch.Tensor:
-    """Sample points ``p + flow(p)`` of a band of rows starting at row ``top``: (1, 2, rows, W)."""
-    _, _, rows, width = flow_band.shape
-    grid = pixel_grid(rows, width, dtype=dtype, device=flow_band.device)
-    grid[:, 1] += top
-    return grid + flow_band.to(dtype)
+class _Source:
+    """One image ``(1, C, H, W)`` laid out so that every neighbour a sampler reads exists.
+
+    ``"zeros"``: a ring of two zero pixels around the image. Sample points are clamped to
+    ``[-2, W] x [-2, H]`` before their neighbours are taken, so a point outside the frame reads
+    zeros exactly where ``grid_sample(padding_mode="zeros")`` counts 0, and no neighbour index
+    needs a clamp of its own. ``"border"``: sample points are already inside the frame; one
+    extra column and row (copies of the last) hold the right / lower neighbours of points on
+    the last column / row, which get weight 0.
+
+    The copy is contiguous: ``index_select`` reads a channels-last image (frames from numpy)
+    about 6x slower.
+    """
+
+    def __init__(self, image: torch.Tensor, padding: str) -> None:
+        self.height, self.width = image.shape[2:]
+        if padding == "zeros":
+            self.ring = 2
+            pixels = F.pad(image, (2, 2, 2, 2))
+        else:
+            self.ring = 0
+            pixels = F.pad(image, (0, 1, 0, 1), mode="replicate")
+        self.pixels = pixels.contiguous()  # F.pad keeps a channels-last layout
+        self.stride = self.pixels.shape[3]  # of a row
+        count = self.pixels.shape[2] * self.stride
+        self.index_dtype = torch.int32 if count < 2**31 else torch.int64
+
+    def flat_index(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Flat pixel index of integer-valued points ``x, y`` of the unpadded image (already
+        clamped into ``[-ring, W - 1 + ring] x [-ring, H - 1 + ring]``)."""
+        column, row = x.to(self.index_dtype), y.to(self.index_dtype)
+        return row.add_(self.ring).mul_(self.stride).add_(column).add_(self.ring)
+
+    def take(self, index: torch.Tensor) -> torch.Tensor:
+        """Every channel at flat pixel indices ``index`` ``(1, 1, h, w)``: ``(1, C, h, w)``."""
+        channels = self.pixels.shape[1]
+        picked = self.pixels.reshape(channels, -1).index_select(1, index.reshape(-1))
+        return picked.reshape(1, channels, *index.shape[2:])
 
 
 def _assemble(parts: list[torch.Tensor], batch: int) -> torch.Tensor:
@@ -192,66 +228,50 @@ def _assemble(parts: list[torch.Tensor], batch: int) -> torch.Tensor:
     return items[0] if batch == 1 else torch.cat(items, dim=0)
 
 
+def _all_finite(flow: torch.Tensor) -> bool:
+    """Whether every value of ``flow`` is finite (one pass: min and max propagate NaN)."""
+    if flow.numel() == 0:
+        return True
+    low, high = flow.aminmax()
+    return bool(torch.isfinite(low) & torch.isfinite(high))
+
+
 def _finite_positions(coordinate: torch.Tensor, size: int) -> torch.Tensor:
     """Replace NaN and -inf by -2 and +inf by ``size + 1``: positions outside the image."""
     return torch.nan_to_num(coordinate, nan=-2.0, posinf=size + 1.0, neginf=-2.0)
 
 
-def _index(coordinate: torch.Tensor, size: int, ring: int) -> torch.Tensor:
-    """Integer-valued ``coordinate`` of the unpadded image to an int64 index of the source.
+def _bilinear(source: _Source, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples at ``x``, ``y`` ``(1, 1, h, w)``, pixel coordinates of the unpadded
+    image; returns ``(1, C, h, w)`` in the positions' dtype.
 
-    The source has ``ring`` extra pixels on each side; the index is clamped into it.
+    The four neighbours are the top-left one and its right, lower and lower-right neighbours
+    in the padded layout (:class:`_Source`), weighted ``(1 - fx) (1 - fy)``, ``fx (1 - fy)``,
+    ``(1 - fx) fy``, ``fx fy`` and summed in that order.
     """
-    return (coordinate.clamp(-ring, size - 1 + ring) + ring).to(torch.int64)
-
-
-def _bilinear(source: torch.Tensor, x: torch.Tensor, y: torch.Tensor, ring: int) -> torch.Tensor:
-    """Bilinear samples at ``x``, ``y`` (B, 1, h, w), pixel coordinates of the unpadded image.
-
-    ``source`` is ``(B, C, H + 2 ring, W + 2 ring)``; every neighbour index is clamped into it,
-    so a neighbour outside reads the zero ring (or, with ``ring = 0`` and clamped positions,
-    the border). Returns ``(B, C, h, w)`` in the positions' dtype.
-    """
-    height, width = source.shape[2] - 2 * ring, source.shape[3] - 2 * ring
-    x0 = torch.floor(x)
-    y0 = torch.floor(y)
+    x0, y0 = torch.floor(x.detach()), torch.floor(y.detach())
     fx = x - x0  # weight of the right neighbour, in [0, 1)
     fy = y - y0  # weight of the lower neighbour
-    columns = (_index(x0, width, ring), _index(x0 + 1, width, ring))
-    row_starts = (
-        _index(y0, height, ring) * source.shape[3],
-        _index(y0 + 1, height, ring) * source.shape[3],
-    )
-    out = torch.zeros(
-        (source.shape[0], source.shape[1], *x.shape[2:]), dtype=x.dtype, device=source.device
-    )
-    for row_start, weight_y in zip(row_starts, (1 - fy, fy), strict=True):
-        for column, weight_x in zip(columns, (1 - fx, fx), strict=True):
-            out.addcmul_(weight_y * weight_x, _take(source, row_start + column).to(x.dtype))
+    # Clamped to [-2, W] (zeros), a point left or right of the frame has two zero-ring
+    # neighbours, which grid_sample counts as 0; the clamp only bounds the indices.
+    x0.clamp_(-source.ring, source.width - 1 + source.ring // 2)
+    y0.clamp_(-source.ring, source.height - 1 + source.ring // 2)
+    top_left = source.flat_index(x0, y0)
+    neighbours = (top_left, top_left + 1, top_left + source.stride, top_left + (source.stride + 1))
+    weights_x = (1 - fx, fx)
+    weights = [wy * wx for wy in (1 - fy, fy) for wx in weights_x]
+    out = torch.zeros((1, source.pixels.shape[1], *x.shape[2:]), dtype=x.dtype, device=x.device)
+    for index, weight in zip(neighbours, weights, strict=True):
+        out.addcmul_(weight, source.take(index).to(x.dtype))
     return out
 
 
-def _nearest(source: torch.Tensor, x: torch.Tensor, y: torch.Tensor, ring: int) -> torch.Tensor:
+def _nearest(source: _Source, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Nearest-pixel samples (round half to even); same layout as :func:`_bilinear`."""
-    height, width = source.shape[2] - 2 * ring, source.shape[3] - 2 * ring
-    rows = _index(torch.round(y), height, ring)
-    columns = _index(torch.round(x), width, ring)
-    return _take(source, rows * source.shape[3] + columns).to(x.dtype)
-
-
-def _take(source: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Read ``source`` (B, C, H, W) at flat pixel indices ``index`` (B, 1, h, w) int64.
-
-    Returns ``(B, C, h, w)`` in ``source``'s dtype, every channel read at the same pixel.
-    (``index_select`` per batch item is about twice as fast as ``gather`` with an index
-    expanded over the channels.)
-    """
-    batch, channels = source.shape[:2]
-    flat = source.reshape(batch, channels, -1)  # (B, C, H*W)
-    flat_index = index.reshape(batch, -1)  # (B, h*w)
-    picked = [flat[b].index_select(1, flat_index[b]) for b in range(batch)]  # each (C, h*w)
-    stacked = picked[0][None] if batch == 1 else torch.stack(picked)
-    return stacked.reshape(batch, channels, *index.shape[2:])
+    ring = source.ring
+    column = torch.round(x).clamp_(-ring, source.width - 1 + ring)
+    row = torch.round(y).clamp_(-ring, source.height - 1 + ring)
+    return source.take(source.flat_index(column, row)).to(x.dtype)
 
 
 def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:

@@ -99,8 +99,17 @@ def pair_products(
         bw = None if flow_bw is None else flow_bw[n : n + 1]
         first = unit[local[int(a)] : local[int(a)] + 1]
         second = unit[local[int(b)] : local[int(b)] + 1]
-        pair_masks = masks[n] if masks is not None else flow_masks(fw, bw, config)
-        warped, inside = backward_warp(second, fw, padding="border")
+        if masks is not None:
+            pair_masks = masks[n]
+            warped, inside = backward_warp(second, fw, padding="border")
+        elif bw is not None and bw.dtype == second.dtype:
+            # frame and backward flow share the sample points: one warp for both
+            both, inside = backward_warp(torch.cat([second, bw], dim=1), fw, padding="border")
+            warped = both[:, :-2]
+            pair_masks = flow_masks(fw, bw, config, warped_bw=(both[:, -2:], inside))
+        else:
+            pair_masks = flow_masks(fw, bw, config)
+            warped, inside = backward_warp(second, fw, padding="border")
         metrics = batch_metrics(
             first, second, fw, bw, config, masks=pair_masks, warped=(warped, inside)
         )

@@ -31,7 +31,7 @@ from stages.consistency import (
 )
 from stages.settings import WarpConfig
 from stages.warp import backward_warp
-from stages.warp_stage import WarpStage
+from stages.warp_stage import WarpStage, pair_products
 
 # --------------------------------------------------------------------------------------------
 # Synthetic scenes
@@ -534,6 +534,36 @@ def test_precomputed_masks_and_warp_give_the_same_metrics() -> None:
     assert torch.equal(masks.occluded, forward_backward_occlusion(flows, back))
     assert torch.equal(masks.boundaries, motion_boundaries(flows))
     assert flow_masks(flows, None).occluded is None
+
+
+def test_warp_stage_warps_frame_and_backward_flow_in_one_pass_exactly() -> None:
+    """The warp stage samples frame t+1 and the backward flow together (same sample points);
+    the warped frame, the masks and every metric equal the separate calls bit for bit."""
+    frames, flows, back = _random_clip(14, 3, 40, 52, scale=4.0)
+    flows[1, :, 5:9, 7:12] = 80.0  # some targets far outside the frame
+    pixels = (frames * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    chunk = FrameChunk(
+        "v", pixels, np.arange(4), np.arange(4) / 25.0,
+        artifacts={"pairs": np.array([[0, 1], [1, 2], [2, 3]]), "flow_fw": flows,
+                   "flow_bw": back},
+    )  # fmt: skip
+    config = WarpConfig(enabled=True)
+    unit = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0
+    for n, products in enumerate(pair_products(chunk, pixels, config)):
+        fw, bw = flows[n : n + 1], back[n : n + 1]
+        warped, inside = backward_warp(unit[n + 1 : n + 2], fw, padding="border")
+        masks = flow_masks(fw, bw, config)
+        assert torch.equal(products.warped, warped) and torch.equal(products.inside, inside)
+        assert torch.equal(products.masks.occluded, masks.occluded)
+        assert torch.equal(products.masks.boundaries, masks.boundaries)
+        metrics = batch_metrics(unit[n : n + 1], unit[n + 1 : n + 2], fw, bw, config)
+        for key in METRIC_KEYS:
+            assert products.row[key] == float(metrics[key][0]) or math.isnan(products.row[key])
+    bw_at_target = backward_warp(back, flows, padding="border")
+    assert torch.equal(
+        forward_backward_occlusion(flows, back, warped_bw=bw_at_target),
+        forward_backward_occlusion(flows, back),
+    )
 
 
 def test_flow_magnitude_quantiles_agree_on_every_path() -> None:

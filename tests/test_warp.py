@@ -279,3 +279,33 @@ def test_frames_larger_than_a_band_warp_as_a_whole(padding: str) -> None:
     )
     channels_last = image.contiguous(memory_format=torch.channels_last)
     assert torch.equal(backward_warp(channels_last, flow, padding=padding)[0], warped)
+
+
+@pytest.mark.parametrize("padding", ["zeros", "border"])
+def test_far_away_finite_points_read_the_padding(padding: str) -> None:
+    """Finite sample points far outside the frame (1e20 px) read 0 with zeros padding and the
+    nearest border pixel with border padding; nothing overflows to inf or NaN."""
+    image = torch.arange(1.0, 21.0).view(1, 1, 4, 5)
+    flow = torch.zeros(1, 2, 4, 5)
+    flow[0, 0, 0, 0], flow[0, 1, 0, 0] = 1e20, 1e20  # far right and below: corner (3, 4)
+    flow[0, 0, 1, 1], flow[0, 1, 1, 1] = -1e20, 0.25  # far left on row 1.25
+    flow[0, 1, 2, 3] = -3e7  # far above column 3
+    warped, valid = backward_warp(image, flow, padding=padding)
+    assert bool(torch.isfinite(warped).all())
+    assert [bool(valid[0, 0, y, x]) for y, x in [(0, 0), (1, 1), (2, 3)]] == [False] * 3
+    got = [float(warped[0, 0, y, x]) for y, x in [(0, 0), (1, 1), (2, 3)]]
+    if padding == "zeros":
+        assert got == [0.0, 0.0, 0.0]
+    else:
+        assert got == [20.0, 0.75 * 6.0 + 0.25 * 11.0, 4.0]
+
+
+@pytest.mark.parametrize(("padding", "expected"), [("zeros", [2.5, 5.0]), ("border", [5.0, 5.0])])
+def test_one_pixel_image(padding: str, expected: list[float]) -> None:
+    """A 1x1 image: half a pixel to the right reads half the pixel (zeros) or all of it."""
+    image = torch.full((1, 1, 1, 1), 5.0)
+    warped = [
+        float(backward_warp(image, _constant_flow(1, 1, 1, dx, 0.0), padding=padding)[0])
+        for dx in (0.5, 0.0)
+    ]
+    assert warped == expected
