@@ -4,14 +4,16 @@
 
 The clip: the first ``--frames`` frames of the shared ``bottle-detection.mp4`` scaled to
 ``--size`` (bicubic) and encoded as H.264 (CRF 18) with PyAV into a temporary folder. Both
-paths are whole ``run`` processes (start-up included) with ``--model dis``, alternated,
-median of the repeats:
+paths are whole ``run`` processes (start-up included) with ``--model dis``, alternated;
+ratios are medians of the per-repeat ratios:
 
 - ``flow.npy only``: the default outputs (forward flow into flow.npy);
 - ``all outputs``: npy, flow JPEGs, viz PNGs + viz.mp4, warp (warped frames and video,
   occlusion and motion-boundary masks, consistency metrics; backward flow for the occlusion
   test) and motion features (MotionSqueeze maps, flow statistics).
 
+The table gives wall time and CPU time (user + system of the whole process tree): on a shared
+host the wall time of a 2-core job swings with the neighbours' load, its CPU time much less.
 The per-stage seconds of the last ``all outputs`` run (from meta.json; the output stages run
 side by side, so they overlap) are printed under the table.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import subprocess
 import sys
 import tempfile
@@ -54,14 +57,25 @@ def make_clip(source: Path, target: Path, frames: int, width: int, height: int) 
         out.mux(stream.encode())
 
 
-def timed_run(clip: Path, out: Path, extra: list[str]) -> float:
+def timed_run(clip: Path, out: Path, extra: list[str]) -> tuple[float, float]:
+    """Wall and CPU seconds (user + system, the command and its worker processes) of one run."""
     command = [
         sys.executable, str(REPO / "run_pipeline.py"), "run", str(clip), "-o", str(out),
         "--model", "dis", "--no-progress", "--overwrite", *extra,
     ]  # fmt: skip
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(command, check=True, capture_output=True)
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu
+
+
+def _ratio(values: list[float], base: list[float]) -> str:
+    """Median of the repeat-by-repeat ratios (each repeat runs both back to back, so a host
+    that slows down for a while slows both sides of a ratio)."""
+    return f"{median(v / b for v, b in zip(values, base, strict=True)):.2f}x"
 
 
 def main() -> None:
@@ -76,18 +90,25 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         clip = Path(tmp) / "clip.mp4"
         make_clip(args.video, clip, args.frames, width, height)
-        times: dict[str, list[float]] = {"flow.npy only": [], "all outputs": []}
+        runs: dict[str, list[tuple[float, float]]] = {"flow.npy only": [], "all outputs": []}
         for _ in range(args.repeats):
-            times["flow.npy only"].append(timed_run(clip, Path(tmp) / "npy", []))
-            times["all outputs"].append(timed_run(clip, Path(tmp) / "all", ALL_OUTPUTS))
+            runs["flow.npy only"].append(timed_run(clip, Path(tmp) / "npy", []))
+            runs["all outputs"].append(timed_run(clip, Path(tmp) / "all", ALL_OUTPUTS))
         stages = json.loads((Path(tmp) / "all/clip/meta.json").read_text())["seconds"]
-    base = median(times["flow.npy only"])
+    walls = {name: [wall for wall, _ in values] for name, values in runs.items()}
+    cpus = {name: [cpu for _, cpu in values] for name, values in runs.items()}
     print(f"\n{args.frames} frames {width}x{height}, DIS (medium), {args.repeats} repeats\n")
     print_table(
-        ["outputs", "seconds (min-max)", "ratio"],
+        ["outputs", "wall s (min-max)", "wall ratio", "CPU s (min-max)", "CPU ratio"],
         [
-            [name, spread(values, digits=2), f"{median(values) / base:.2f}x"]
-            for name, values in times.items()
+            [
+                name,
+                spread(walls[name], digits=2),
+                _ratio(walls[name], walls["flow.npy only"]),
+                spread(cpus[name], digits=2),
+                _ratio(cpus[name], cpus["flow.npy only"]),
+            ]
+            for name in runs
         ],
     )
     print("\nstage seconds of the last 'all outputs' run: " + json.dumps(stages))
