@@ -104,7 +104,11 @@ def inside_frame(positions: torch.Tensor, height: int, width: int) -> torch.Tens
         ``(B, 1, H', W')`` bool, True iff ``0 <= x <= width - 1`` and ``0 <= y <= height - 1``.
         NaN positions are outside.
     """
-    x, y = positions[:, 0:1], positions[:, 1:2]
+    return _inside(positions[:, 0:1], positions[:, 1:2], height, width)
+
+
+def _inside(x: torch.Tensor, y: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """:func:`inside_frame` of points given as their ``x`` and ``y`` tensors."""
     return (x >= 0) & (x <= width - 1) & (y >= 0) & (y <= height - 1)
 
 
@@ -165,7 +169,7 @@ def backward_warp(
                 valid_parts.append((x_in == x) & (y_in == y))
                 x, y = x_in, y_in
             else:
-                valid_parts.append((x >= 0) & (x <= width - 1) & (y >= 0) & (y <= height - 1))
+                valid_parts.append(_inside(x, y, height, width))
                 if not finite:
                     x, y = _finite_positions(x, width), _finite_positions(y, height)
                 if padding == "border":
@@ -182,10 +186,10 @@ _BAND_PIXELS = 65536
 class _Source:
     """One image ``(1, C, H, W)`` laid out so that every neighbour a sampler reads exists.
 
-    ``"zeros"``: a ring of two zero pixels around the image. Sample points are clamped to
-    ``[-2, W] x [-2, H]`` before their neighbours are taken, so a point outside the frame reads
-    zeros exactly where ``grid_sample(padding_mode="zeros")`` counts 0, and no neighbour index
-    needs a clamp of its own. ``"border"``: sample points are already inside the frame; one
+    ``"zeros"``: a ring of two zero pixels around the image. The top-left neighbour of a
+    sample point is clamped to ``[-2, W] x [-2, H]``, so a point outside the frame reads zeros
+    exactly where ``grid_sample(padding_mode="zeros")`` counts 0, and the other three
+    neighbours need no clamp of their own. ``"border"``: sample points are already inside the frame; one
     extra column and row (copies of the last) hold the right / lower neighbours of points on
     the last column / row, which get weight 0.
 
