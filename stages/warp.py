@@ -163,17 +163,17 @@ def backward_warp(
             )
             x = band[:, 0:1] + columns  # (1, 1, rows, W) sample points in pixels
             y = band[:, 1:2] + row_numbers[:, None]
-            if padding == "border" and finite:
-                # clamping leaves exactly the points inside the frame unchanged
-                x_in, y_in = x.clamp(0, width - 1), y.clamp(0, height - 1)
+            if padding == "border":
+                # the clamp leaves exactly the points inside the frame unchanged (NaN never
+                # compares equal), so it also tells which are valid
+                x_in = (x if finite else _finite_positions(x, width)).clamp(0, width - 1)
+                y_in = (y if finite else _finite_positions(y, height)).clamp(0, height - 1)
                 valid_parts.append((x_in == x) & (y_in == y))
                 x, y = x_in, y_in
             else:
                 valid_parts.append(_inside(x, y, height, width))
                 if not finite:
                     x, y = _finite_positions(x, width), _finite_positions(y, height)
-                if padding == "border":
-                    x, y = x.clamp(0, width - 1), y.clamp(0, height - 1)
             warped_parts.append(sampler(source, x, y).to(image.dtype))
     return _assemble(warped_parts, batch), _assemble(valid_parts, batch)
 
@@ -187,11 +187,11 @@ class _Source:
     """One image ``(1, C, H, W)`` laid out so that every neighbour a sampler reads exists.
 
     ``"zeros"``: a ring of two zero pixels around the image. The top-left neighbour of a
-    sample point is clamped to ``[-2, W] x [-2, H]``, so a point outside the frame reads zeros
-    exactly where ``grid_sample(padding_mode="zeros")`` counts 0, and the other three
-    neighbours need no clamp of their own. ``"border"``: sample points are already inside the frame; one
-    extra column and row (copies of the last) hold the right / lower neighbours of points on
-    the last column / row, which get weight 0.
+    sample point is clamped to ``[-2, W] x [-2, H]`` (:meth:`top_left`), so a point outside
+    the frame reads zeros exactly where ``grid_sample(padding_mode="zeros")`` counts 0, and
+    the other three neighbours need no clamp of their own. ``"border"``: sample points are
+    already inside the frame; one extra column and row (copies of the last) hold the right /
+    lower neighbours of points on the last column / row, which get weight 0.
 
     The copy is contiguous: ``index_select`` reads a channels-last image (frames from numpy)
     about 6x slower.
@@ -209,6 +209,15 @@ class _Source:
         self.stride = self.pixels.shape[3]  # of a row
         count = self.pixels.shape[2] * self.stride
         self.index_dtype = torch.int32 if count < 2**31 else torch.int64
+
+    def top_left(self, x0: torch.Tensor, y0: torch.Tensor) -> torch.Tensor:
+        """Flat index of the top-left neighbours ``floor(x), floor(y)`` of sample points, each
+        clamped (in place) so that it and its right / lower neighbours lie in the layout: to
+        ``[-2, W] x [-2, H]`` with the zero ring, to the frame with border padding."""
+        reach = self.ring // 2  # how far past the last pixel a top-left neighbour may lie
+        x0.clamp_(-self.ring, self.width - 1 + reach)
+        y0.clamp_(-self.ring, self.height - 1 + reach)
+        return self.flat_index(x0, y0)
 
     def flat_index(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Flat pixel index of integer-valued points ``x, y`` of the unpadded image (already
@@ -256,11 +265,9 @@ def _bilinear(source: _Source, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor
     x0, y0 = torch.floor(x.detach()), torch.floor(y.detach())
     fx = x - x0  # weight of the right neighbour, in [0, 1)
     fy = y - y0  # weight of the lower neighbour
-    # Clamped to [-2, W] (zeros), a point left or right of the frame has two zero-ring
-    # neighbours, which grid_sample counts as 0; the clamp only bounds the indices.
-    x0.clamp_(-source.ring, source.width - 1 + source.ring // 2)
-    y0.clamp_(-source.ring, source.height - 1 + source.ring // 2)
-    top_left = source.flat_index(x0, y0)
+    # a point left or right of the frame gets two zero-ring neighbours, which grid_sample
+    # counts as 0: the clamp in top_left only bounds the indices
+    top_left = source.top_left(x0, y0)
     neighbours = (top_left, top_left + 1, top_left + source.stride, top_left + (source.stride + 1))
     weights_x = (1 - fx, fx)
     weights = [wy * wx for wy in (1 - fy, fy) for wx in weights_x]
