@@ -13,6 +13,7 @@ from PIL import Image
 
 import models.encoders as encoders
 from models import RAFT, create_model
+from models.kernel_choice import KernelChoices
 
 WEIGHTS = {
     "raft-large": "raft_large_random.pth",
@@ -59,9 +60,13 @@ def reference_flow(model: RAFT, pair: tuple[torch.Tensor, torch.Tensor]) -> torc
 
 @pytest.fixture
 def fresh_nnpack_state(monkeypatch: pytest.MonkeyPatch) -> dict[str, bool]:
-    """NNPACK's process-wide state, emptied for one test and put back afterwards."""
+    """NNPACK's process-wide state, emptied for one test and put back afterwards, with an
+    empty kernel-choice table: choices loaded or timed earlier in the process (e.g. from this
+    machine's kernel cache by a ``run`` test) may have settled on oneDNN for these shapes, and
+    then NNPACK would never be offered."""
     state: dict[str, bool] = {}
     monkeypatch.setattr(encoders, "_NNPACK_STATE", state)
+    monkeypatch.setattr(encoders, "KERNELS", KernelChoices())
     return state
 
 
