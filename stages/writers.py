@@ -75,12 +75,16 @@ class FlowWriters(VideoOutputStage):
             docstring; pictures under :data:`stages.flow_viz.LEGEND_MIN_HEIGHT` pixels tall get
             no legend).
         fps: frame rate for ``viz.mp4``.
+        write_backward: write the chunks' backward flow (``flow_bw``) as well. The runner
+            passes ``flow.backward``: backward flow that only the warp stage's occlusion test
+            asked for is used there and not written.
     """
 
     name: ClassVar[str] = "writers"
 
     config: OutputConfig = field(default_factory=OutputConfig)
     fps: float = 25.0
+    write_backward: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -107,7 +111,8 @@ class FlowWriters(VideoOutputStage):
         local = {int(index): n for n, index in enumerate(chunk.indices)}
         pts = {int(index): float(p) for index, p in zip(chunk.indices, chunk.pts, strict=True)}
         self._pairs.extend((int(a), int(b), pts[int(a)], pts[int(b)]) for a, b in pairs)
-        for key, suffix in (("flow_fw", ""), ("flow_bw", "_bw")):
+        directions = [("flow_fw", "")] + ([("flow_bw", "_bw")] if self.write_backward else [])
+        for key, suffix in directions:
             if key in chunk.artifacts:
                 flows = chunk.artifacts[key].permute(0, 2, 3, 1).numpy()  # (P, H, W, 2)
                 if (
@@ -188,14 +193,16 @@ class FlowWriters(VideoOutputStage):
         if self._mp4 is not None:
             self.outputs["viz_mp4"] = str(self._mp4.close())
             self._mp4 = None
-        for fmt, folder in (
-            ("flo", "flo"),
-            ("kitti", "kitti"),
-            ("viz", "viz"),
-            ("jpg", "rawframes"),
+        for name, fmt, folder in (
+            ("flo", "flo", "flo"),
+            ("flo_bw", "flo", "flo_bw"),
+            ("kitti", "kitti", "kitti"),
+            ("kitti_bw", "kitti", "kitti_bw"),
+            ("viz", "viz", "viz"),
+            ("jpg", "jpg", "rawframes"),
         ):
             if fmt in self.config.formats and (self.out_dir / folder).is_dir():
-                self.outputs[fmt] = str(self.out_dir / folder)
+                self.outputs[name] = str(self.out_dir / folder)
         self.outputs["timestamps"] = str(
             _write_csv(self.out_dir / "timestamps.csv", ("frame", "pts"), self._timestamps)
         )

@@ -81,7 +81,12 @@ def test_every_writer_reads_back(clip: Path, parity_dir: Path, tmp_path: Path) -
     stacked = np.load(video / "flow.npy")
     assert stacked.shape == (FRAMES - 1, HEIGHT, WIDTH, 2) and stacked.dtype == np.float32
     np.testing.assert_array_equal(np.load(video / "flow.npz")["flow"], stacked)
-    assert np.load(video / "flow_bw.npy").shape == stacked.shape
+    backward = np.load(video / "flow_bw.npy")
+    assert backward.shape == stacked.shape
+    for t in (0, FRAMES - 2):
+        np.testing.assert_array_equal(
+            cv2.readOpticalFlow(str(video / "flo_bw" / f"{t:06d}.flo")), backward[t]
+        )
 
     # pair 0 equals the model run directly on the decoded frames
     network = create_model("raft-small", checkpoint=checkpoint)
@@ -116,6 +121,7 @@ def test_every_writer_reads_back(clip: Path, parity_dir: Path, tmp_path: Path) -
     assert timestamps.shape == (FRAMES, 2) and np.all(np.diff(timestamps[:, 1]) > 0)
     meta = json.loads((video / "meta.json").read_text())
     assert meta["checkpoint"]["sha256"] and meta["iters"] == 2 and meta["status"] == "ok"
+    assert {"npy_bw", "npz_bw", "flo_bw", "kitti_bw"} <= set(meta["outputs"])
     assert set(meta["kernels"].values()) <= {"nnpack", "onednn"}  # chosen on this machine
     assert not list(video.rglob("*.tmp"))
 

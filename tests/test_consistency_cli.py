@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -130,4 +131,7 @@ def test_run_writes_warped_frames_masks_and_metrics(copies, tmp_path: Path) -> N
     warped = np.asarray(Image.open(video / "warped" / "000000.png"))
     occlusion = np.asarray(Image.open(video / "occlusion" / "000000.png"))
     assert warped.shape[:2] == occlusion.shape and set(np.unique(occlusion)) <= {0, 255}
-    assert (video / "warped.mp4").is_file() and (video / "flow_bw.npy").is_file()
+    assert (video / "warped.mp4").is_file()
+    # the occlusion test's backward flow is written only when --backward asks for it
+    assert not (video / "flow_bw.npy").exists()
+    assert "npy_bw" not in json.loads((video / "meta.json").read_text())["outputs"]
