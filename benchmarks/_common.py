@@ -1,7 +1,12 @@
-"""Helpers shared by the benchmark scripts: what CPU ran them, and their Markdown tables."""
+"""Helpers shared by the benchmark scripts: what CPU ran them, whole-process timing, and their
+Markdown tables."""
 
 from __future__ import annotations
 
+import resource
+import subprocess
+import sys
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from statistics import median
@@ -35,3 +40,15 @@ def add_video_argument(parser) -> None:
     """``--video``: the clip a benchmark runs on; default the shared ``bottle-detection.mp4``."""
     default = Path(__file__).resolve().parents[2] / "shared/videos/bottle-detection.mp4"
     parser.add_argument("--video", type=Path, default=default)
+
+
+def timed_pipeline(arguments: Sequence[str]) -> tuple[float, float]:
+    """Wall and CPU seconds (user + system of the command and its worker processes) of one
+    ``python run_pipeline.py ARGUMENTS`` process; raises if it fails."""
+    command = [sys.executable, str(Path(__file__).resolve().parents[1] / "run_pipeline.py")]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    subprocess.run([*command, *arguments], check=True, capture_output=True)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)

@@ -22,18 +22,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from statistics import median
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks._common import add_video_argument, cpu_description, print_table, spread  # noqa: E402
+from benchmarks._common import (  # noqa: E402
+    add_video_argument,
+    cpu_description,
+    print_table,
+    spread,
+    timed_pipeline,
+)
 
 ALL_OUTPUTS = [
     "--formats", "npy,jpg,viz", "--set", "warp.enabled=true", "--set", "features.enabled=true",
@@ -58,18 +61,10 @@ def make_clip(source: Path, target: Path, frames: int, width: int, height: int) 
 
 
 def timed_run(clip: Path, out: Path, extra: list[str]) -> tuple[float, float]:
-    """Wall and CPU seconds (user + system, the command and its worker processes) of one run."""
-    command = [
-        sys.executable, str(REPO / "run_pipeline.py"), "run", str(clip), "-o", str(out),
-        "--model", "dis", "--no-progress", "--overwrite", *extra,
-    ]  # fmt: skip
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    subprocess.run(command, check=True, capture_output=True)
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return wall, cpu
+    """Wall and CPU seconds of one ``run`` of ``clip`` with DIS (:func:`timed_pipeline`)."""
+    return timed_pipeline(
+        ["run", str(clip), "-o", str(out), "--model", "dis", "--no-progress", "--overwrite", *extra]
+    )
 
 
 def _ratio(values: list[float], base: list[float]) -> str:

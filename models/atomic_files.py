@@ -22,8 +22,10 @@ that all of them can import it. Plain ``os`` only.
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +41,7 @@ __all__ = [
     "commit",
     "create_temporary",
     "naming_errors",
+    "remove_leftover_temporaries",
     "write_bytes_atomic",
 ]
 
@@ -59,6 +62,23 @@ def create_temporary(target: PathLike, suffix: str = ".tmp") -> tuple[int, Path]
         except FileExistsError:
             continue
     raise FileExistsError(f"no free temporary name next to {target}")
+
+
+def remove_leftover_temporaries(target: PathLike) -> list[Path]:
+    """Delete the temporary files that writers of ``target`` killed mid-write left next to it
+    (``.<name>.<8 hex digits>.tmp``); return their paths.
+
+    Only for a caller that knows no one writes ``target`` now (a run that holds its output
+    folder's lock), since a live writer's temporary file has the same name.
+    """
+    target = Path(target)
+    own = re.compile(rf"\.{re.escape(target.name)}\.[0-9a-f]{{8}}\.tmp")
+    removed = []
+    for path in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+        if own.fullmatch(path.name):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 @contextlib.contextmanager

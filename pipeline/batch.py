@@ -4,7 +4,9 @@ Rules that make a batch trustworthy:
 
 * **One run per output folder.** The run holds an exclusive ``flock`` on ``OUT/.motionpipe.lock``
   (the file holds the PID of the holder); a second run on the same folder refuses at once and
-  names the lock and the PID. The lock file is removed when the run ends.
+  names the lock and the PID. The lock file is removed when the run ends. Holding it, a run
+  deletes the temporary files a killed run left half-written beside the manifest and
+  ``config.yaml``.
 * **A folder that holds a previous run is not silently reused.** If ``OUT`` is not empty, the
   run refuses unless ``resume`` (keep the complete videos, redo the rest) or ``overwrite``
   (redo every input) is given; ``resume`` also needs ``OUT`` to look like a motionpipe output
@@ -25,8 +27,9 @@ Rules that make a batch trustworthy:
   the folder's previous manifest that this run does not include must have been made with the
   same model and checkpoint, or the run refuses to start.
 * **The manifest follows the run** (see :mod:`pipeline.manifest`): written at the start (inputs
-  ``pending``) and after every finished video; inputs a run could not process because its
-  workers could not start are ``failed``, never left ``pending``.
+  ``pending``), after finished videos (in at most 5 % of the run's time) and at the end; inputs
+  a run could not process because its workers could not start are ``failed``, never left
+  ``pending``.
 * **Failures stay per video**: see :mod:`pipeline.executors`; ``fail_fast`` stops at the first
   failure and marks what was not processed ``skipped``.
 """
@@ -41,17 +44,26 @@ import shutil
 import socket
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 from tqdm import tqdm
 
+from models.atomic_files import remove_leftover_temporaries
+
 from .config import RunConfig, dump_config
 from .discovery import VideoJob
 from .executors import Execution, VideoTask, WorkerStartupError, make_executor
-from .manifest import MANIFEST_CSV, ManifestRow, has_manifest, read_manifest, write_manifest
+from .manifest import (
+    MANIFEST_CSV,
+    MANIFEST_PARQUET,
+    ManifestRow,
+    RunManifest,
+    has_manifest,
+    read_manifest,
+)
 from .run_start import (
     Estimator,
     RunStartError,
@@ -67,6 +79,7 @@ from .runner import VideoResult, output_root
 logger = logging.getLogger(__name__)
 
 LOCK_NAME = ".motionpipe.lock"
+CONFIG_NAME = "config.yaml"
 
 
 class OutputLocked(RuntimeError):
@@ -155,7 +168,7 @@ def check_output_folder(out_root: Path, *, resume: bool, overwrite: bool) -> Non
     entries = [name for name in os.listdir(out_root) if name != LOCK_NAME]
     if not entries or overwrite:
         return
-    ours = has_manifest(out_root) or (out_root / "config.yaml").exists()
+    ours = has_manifest(out_root) or (out_root / CONFIG_NAME).exists()
     if ours and resume:
         return
     if ours:
@@ -368,6 +381,9 @@ def run_batch(
         raise RunStartError(f"cannot use output folder {out_root}: {exc}") from None
     try:
         check_output_folder(out_root, resume=resume, overwrite=overwrite)
+        for name in (MANIFEST_PARQUET, MANIFEST_CSV, CONFIG_NAME):
+            for path in remove_leftover_temporaries(out_root / name):  # a killed run's
+                logger.debug("removed %s, left by an interrupted write", path)
         if resume or overwrite:
             check_left_behind(out_root, jobs, estimator)
         key = results_key(config, estimator)
@@ -380,7 +396,7 @@ def run_batch(
                 "; ".join(f"{reason} ({count} video(s))" for reason, count in redone.items()),
             )
         try:
-            dump_config(config, out_root / "config.yaml")
+            dump_config(config, out_root / CONFIG_NAME)
         except OSError as exc:
             raise RunStartError(f"cannot write to output folder {out_root}: {exc}") from None
         return _run_locked(
@@ -427,10 +443,15 @@ def _run_locked(
     if kept:
         logger.info("%d of %d inputs already complete (--resume): kept", len(kept), len(jobs))
 
-    def save() -> None:
-        write_manifest([_row(j, r, expected) for j, r in zip(jobs, results, strict=True)], out_root)
+    manifest = RunManifest(
+        [_row(j, r, expected) for j, r in zip(jobs, results, strict=True)], out_root
+    )
+    manifest.save(force=True)
 
-    save()
+    def record(n: int, result: BatchResult) -> None:
+        results[n] = result
+        manifest.set(n, _row(jobs[n], result, expected))
+
     failed_early = any(r is not None and r.status == "failed" for r in results)
     bar = tqdm(
         total=len(jobs),
@@ -451,7 +472,8 @@ def _run_locked(
                     results,
                     config,
                     estimator,
-                    save=save,
+                    record=record,
+                    manifest=manifest,
                     bar=bar,
                     execution=execution,
                     fail_fast=fail_fast,
@@ -459,26 +481,32 @@ def _run_locked(
     except WorkerStartupError as exc:
         for n, job in enumerate(jobs):  # never leave rows pending for a run that cannot go on
             if results[n] is None:
-                results[n] = _unprocessed(
-                    job,
-                    "failed",
-                    "WorkerStartupError",
-                    f"not processed: no worker could start ({exc})",
+                record(
+                    n,
+                    _unprocessed(
+                        job,
+                        "failed",
+                        "WorkerStartupError",
+                        f"not processed: no worker could start ({exc})",
+                    ),
                 )
         raise
     finally:
-        save()
+        manifest.save(force=True)
     if stopped:
         for n, job in enumerate(jobs):
             if results[n] is None:
                 remove_output(out_root / job.video_id, out_root)
-                results[n] = _unprocessed(
-                    job,
-                    "skipped",
-                    "Skipped",
-                    "not processed: the run stopped at the first failure (--fail-fast)",
+                record(
+                    n,
+                    _unprocessed(
+                        job,
+                        "skipped",
+                        "Skipped",
+                        "not processed: the run stopped at the first failure (--fail-fast)",
+                    ),
                 )
-        save()
+        manifest.save(force=True)
     return [r for r in results if r is not None]
 
 
@@ -489,12 +517,14 @@ def _execute(
     config: RunConfig,
     estimator: Estimator,
     *,
-    save,
+    record: Callable[[int, BatchResult], None],
+    manifest: RunManifest,
     bar: tqdm,
     execution: Execution,
     fail_fast: bool,
 ) -> bool:
-    """Runs the tasks, filling ``results`` and saving the manifest as each video finishes.
+    """Runs the tasks; ``record(index, result)`` files each result as its video finishes and
+    the manifest is saved within its time budget (:class:`pipeline.manifest.RunManifest`).
 
     Returns True when ``fail_fast`` stopped the run early.
     """
@@ -502,9 +532,9 @@ def _execute(
     with make_executor(config, execution, estimator=estimator) as runner:
         for task, result in runner.results(tasks):
             job = jobs[task.index]
-            results[task.index] = _as_batch_result(result, job)
+            record(task.index, _as_batch_result(result, job))
+            manifest.save()
             counts[result.status] += 1
-            save()
             bar.set_postfix(ok=counts["ok"], failed=counts["failed"], refresh=False)
             bar.update(1)
             if fail_fast and result.status == "failed":

@@ -1,8 +1,12 @@
 """The run manifest: one row per input, written as ``manifest.parquet`` and ``manifest.csv``.
 
-Both files are rewritten atomically (temporary file, fsync, rename) every time a video finishes,
-so a run that is killed leaves a manifest of what had finished; inputs not finished yet are
-``pending`` there. Columns, in order:
+Both files are rewritten atomically (temporary file, fsync, rename) as videos finish, so a run
+that is killed leaves a manifest of what had finished; inputs not finished yet are ``pending``
+there. A run rewrites them after every video unless the writing would take more than
+:data:`MAX_WRITE_SHARE` of its time (a folder of thousands of short videos: each rewrite grows
+with the row count); then a video that finished since the last write stays ``pending`` in a
+killed run's manifest until ``--resume``, which trusts only ``meta.json``, finds it complete. The
+manifest is always written when the run ends or is interrupted. Columns, in order:
 
 | column | meaning |
 |---|---|
@@ -25,17 +29,21 @@ import copy
 import dataclasses
 import json
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from models.atomic_files import atomic_path
 
 MANIFEST_CSV = "manifest.csv"
 MANIFEST_PARQUET = "manifest.parquet"
+MAX_WRITE_SHARE = 0.05
+"""A run keeps the time spent rewriting its manifest under this share of its time (see above)."""
 _FIRST_STAGES = ("decode", "flow", "writers", "write")
 
 
@@ -68,47 +76,74 @@ class ManifestRow(Outcome):
     config_hash: str = ""
 
 
-def relative_outputs(outputs: dict[str, str], out_root: Path) -> dict[str, str]:
+def relative_outputs(outputs: dict[str, str], out_root: str | Path) -> dict[str, str]:
     """Output paths relative to the output root (POSIX separators) where they lie below it."""
     root = os.path.abspath(out_root)
+    cwd = os.getcwd()
     relative = {}
     for name, value in outputs.items():
-        absolute = os.path.abspath(value)
+        absolute = os.path.normpath(os.path.join(cwd, value))
         if os.path.commonpath([root, absolute]) == root:
             value = os.path.relpath(absolute, root).replace(os.sep, "/")
         relative[name] = value
     return relative
 
 
-def _seconds_columns(rows: Sequence[ManifestRow]) -> list[str]:
-    names = {name for row in rows for name in row.seconds}
+def _cells(row: ManifestRow, out_root: str | Path | None) -> dict[str, Any]:
+    """A row's table cells; ``seconds`` stays a dict until the table knows every stage."""
+    outputs = row.outputs if out_root is None else relative_outputs(row.outputs, out_root)
+    return {
+        "path": row.path,
+        "video_id": row.video_id,
+        "status": row.status,
+        "reused": bool(row.reused),
+        "error_type": row.error_type,
+        "error": row.error,
+        "frames": int(row.frames),
+        "pairs": int(row.pairs),
+        "seconds": row.seconds,
+        "outputs": json.dumps(outputs, sort_keys=True, ensure_ascii=False),
+        "config_hash": row.config_hash,
+        "warnings": json.dumps(row.warnings, ensure_ascii=False),
+    }
+
+
+def _seconds_columns(cells: Sequence[dict[str, Any]]) -> list[str]:
+    names = {name for c in cells for name in c["seconds"]}
     first = [name for name in _FIRST_STAGES if name in names]
     rest = sorted(names - set(first) - {"total"})
     return first + rest + (["total"] if "total" in names else [])
 
 
-def to_frame(rows: Sequence[ManifestRow]) -> pd.DataFrame:
-    """The manifest as a table (columns as in the module docstring)."""
-    stages = _seconds_columns(rows)
-    columns: dict[str, list] = {
-        "path": [r.path for r in rows],
-        "video_id": [r.video_id for r in rows],
-        "status": [r.status for r in rows],
-        "reused": [bool(r.reused) for r in rows],
-        "error_type": [r.error_type for r in rows],
-        "error": [r.error for r in rows],
-        "frames": [int(r.frames) for r in rows],
-        "pairs": [int(r.pairs) for r in rows],
+def _table(cells: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    stages = _seconds_columns(cells)
+    columns: dict[str, Any] = {
+        name: [c[name] for c in cells]
+        for name in ("path", "video_id", "status", "reused", "error_type", "error")
     }
+    columns["frames"] = np.array([c["frames"] for c in cells], dtype=np.int64)
+    columns["pairs"] = np.array([c["pairs"] for c in cells], dtype=np.int64)
+    columns["reused"] = np.array(columns["reused"], dtype=bool)
     for stage in stages:
-        columns[f"seconds_{stage}"] = [r.seconds.get(stage) for r in rows]
-    columns["outputs"] = [json.dumps(r.outputs, sort_keys=True, ensure_ascii=False) for r in rows]
-    columns["config_hash"] = [r.config_hash for r in rows]
-    columns["warnings"] = [json.dumps(r.warnings, ensure_ascii=False) for r in rows]
-    frame = pd.DataFrame(columns)
-    for stage in stages:
-        frame[f"seconds_{stage}"] = frame[f"seconds_{stage}"].astype("float64")
-    return frame.astype({"frames": "int64", "pairs": "int64", "reused": "bool"})
+        seconds = [c["seconds"].get(stage) for c in cells]
+        columns[f"seconds_{stage}"] = np.array(seconds, dtype=np.float64)  # None -> NaN
+    for name in ("outputs", "config_hash", "warnings"):
+        columns[name] = [c[name] for c in cells]
+    return pd.DataFrame(columns)
+
+
+def to_frame(rows: Sequence[ManifestRow]) -> pd.DataFrame:
+    """The manifest as a table (columns as in the module docstring), outputs as given."""
+    return _table([_cells(r, None) for r in rows])
+
+
+def _write_table(frame: pd.DataFrame, root: Path) -> tuple[Path, Path]:
+    parquet, csv = root / MANIFEST_PARQUET, root / MANIFEST_CSV
+    with atomic_path(parquet) as temporary:
+        frame.to_parquet(temporary, index=False)
+    with atomic_path(csv) as temporary:
+        frame.to_csv(temporary, index=False, encoding="utf-8", lineterminator="\n")
+    return parquet, csv
 
 
 def write_manifest(rows: Sequence[ManifestRow], out_root: str | Path) -> tuple[Path, Path]:
@@ -116,15 +151,40 @@ def write_manifest(rows: Sequence[ManifestRow], out_root: str | Path) -> tuple[P
 
     Output paths below ``out_root`` are stored relative to it.
     """
-    root = Path(out_root)
-    rows = [dataclasses.replace(r, outputs=relative_outputs(r.outputs, root)) for r in rows]
-    frame = to_frame(rows)
-    parquet, csv = root / MANIFEST_PARQUET, root / MANIFEST_CSV
-    with atomic_path(parquet) as temporary:
-        frame.to_parquet(temporary, index=False)
-    with atomic_path(csv) as temporary:
-        frame.to_csv(temporary, index=False, encoding="utf-8", lineterminator="\n")
-    return parquet, csv
+    return _write_table(_table([_cells(r, out_root) for r in rows]), Path(out_root))
+
+
+class RunManifest:
+    """The manifest of a run in progress: rows change one at a time, the files follow.
+
+    A row is turned into table cells once, when it is set (relative paths, JSON), so a rewrite
+    costs a table of ready cells, not a pass over every row's outputs. :meth:`save` rewrites
+    both files unless the rewrites so far would then exceed :data:`MAX_WRITE_SHARE` of the time
+    since the manifest was created; ``force=True`` always writes.
+    """
+
+    def __init__(self, rows: Sequence[ManifestRow], out_root: str | Path) -> None:
+        self.out_root = Path(out_root)
+        self._cells = [_cells(r, self.out_root) for r in rows]
+        self._unsaved = True
+        self._started = time.perf_counter()
+        self._writing = 0.0  # seconds spent writing so far
+
+    def set(self, index: int, row: ManifestRow) -> None:
+        self._cells[index] = _cells(row, self.out_root)
+        self._unsaved = True
+
+    def save(self, *, force: bool = False) -> bool:
+        """Writes the manifest if it changed and the time budget allows; True if it wrote."""
+        if not self._unsaved:
+            return False
+        start = time.perf_counter()
+        if not force and self._writing > MAX_WRITE_SHARE * (start - self._started):
+            return False
+        _write_table(_table(self._cells), self.out_root)
+        self._writing += time.perf_counter() - start
+        self._unsaved = False
+        return True
 
 
 def read_manifest(out_root: str | Path) -> pd.DataFrame:

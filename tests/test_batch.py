@@ -22,9 +22,10 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+import pipeline.manifest as manifest_module
 from pipeline.batch import LOCK_NAME
 from pipeline.cli import main
-from pipeline.manifest import ManifestRow, read_manifest, write_manifest
+from pipeline.manifest import ManifestRow, RunManifest, read_manifest, write_manifest
 from tests.conftest import REPO_ROOT
 from tests.failure_injection import Failures, cli_command, inject
 from tests.media import (
@@ -326,6 +327,55 @@ def test_manifest_files(tmp_path: Path) -> None:
     assert list(csv["path"]) == ["a/clip one.mp4", "b.mp4", "é.mp4"]
     assert csv["error"][1] == "cannot decode 'b.mp4': empty file"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.csv", "manifest.parquet"]
+
+
+def test_run_manifest_keeps_its_writing_within_its_time_share(tmp_path: Path, monkeypatch) -> None:
+    """Rows change one at a time; a save within the budget writes them, one over it is put off
+    (the row stays unsaved, not lost) and a forced save writes whatever changed."""
+    rows = [ManifestRow(path=f"{n}.mp4", video_id=str(n)) for n in range(3)]
+    manifest = RunManifest(rows, tmp_path)
+    assert manifest.save() and list(read_manifest(tmp_path)["status"]) == ["pending"] * 3
+    assert not manifest.save(force=True)  # nothing changed
+    monkeypatch.setattr(manifest_module, "MAX_WRITE_SHARE", 0.0)  # every save is over budget
+    flow = tmp_path / "1" / "flow.npy"
+    manifest.set(
+        1, ManifestRow(path="1.mp4", video_id="1", status="ok", outputs={"npy": str(flow)})
+    )
+    assert not manifest.save()
+    assert list(read_manifest(tmp_path)["status"]) == ["pending"] * 3
+    assert manifest.save(force=True)
+    table = read_manifest(tmp_path)
+    assert list(table["status"]) == ["pending", "ok", "pending"]
+    assert json.loads(table["outputs"][1]) == {"npy": "1/flow.npy"}
+
+
+def test_a_resumed_run_removes_what_a_killed_write_left(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    _video(folder / "v.mkv", width=32, height=32, num_frames=3, codec="ffv1")
+    out = tmp_path / "out"
+    assert _invoke(["run", str(folder), "-o", str(out), *DIS, "--workers", "0"]).exit_code == 0
+    leftovers = [out / ".manifest.parquet.0a1b2c3d.tmp", out / ".config.yaml.ffffffff.tmp"]
+    kept = [out / ".manifest.parquet.mine.tmp"]
+    for path in leftovers + kept:
+        path.write_bytes(b"")
+    assert _invoke(["run", str(folder), "-o", str(out), *DIS, "--resume"]).exit_code == 0
+    assert not any(path.exists() for path in leftovers)
+    assert all(path.exists() for path in kept)  # not a name the writers give
+
+
+def test_a_run_over_its_manifest_budget_still_ends_with_every_row(
+    tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setattr(manifest_module, "MAX_WRITE_SHARE", 0.0)  # only forced writes
+    folder = tmp_path / "in"
+    for n in range(3):
+        _video(folder / f"v{n}.mkv", width=32, height=32, num_frames=3, codec="ffv1")
+    (folder / "broken.mp4").write_text("not a video")
+    out = tmp_path / "out"
+    result = _invoke(["run", str(folder), "-o", str(out), *DIS, "--workers", "0"])
+    assert result.exit_code != 0
+    statuses = {path: row["status"] for path, row in _manifest(out).items()}
+    assert statuses == {"v0.mkv": "ok", "v1.mkv": "ok", "v2.mkv": "ok", "broken.mp4": "failed"}
 
 
 def _children(pid: int) -> list[int]:
