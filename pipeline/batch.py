@@ -15,7 +15,9 @@ Rules that make a batch trustworthy:
   is resolved and loaded, and the output folder checked (creatable, writable, room on its disk),
   before the folder is created or changed; a failure is one :class:`RunStartError` line naming
   the setting or path.
-* **Never trust a partial output.** A video counts as done only when its ``meta.json`` exists,
+* **Never trust a partial output.** A failed video's output folder is deleted when its failure
+  is recorded (a decoding fault found after some frames, a crash, a timeout), so only its
+  manifest row remains. A video counts as done only when its ``meta.json`` exists,
   says ``"status": "ok"``, names the same video id and carries the run's results hash (the
   settings that change the numbers, see :mod:`pipeline.run_start`). With ``resume`` such a video
   is kept (manifest row ``status=ok``, ``reused=True``, its numbers taken from ``meta.json``);
@@ -194,6 +196,15 @@ def remove_output(out_dir: Path, out_root: Path) -> None:
         os.unlink(target)
     elif os.path.isdir(target):
         shutil.rmtree(target)
+
+
+def _remove_failed_output(out_dir: Path, out_root: Path) -> None:
+    """Deletes what a failed video wrote, so that nothing of it passes for output; a folder
+    that cannot be deleted is logged (it has no ``meta.json``, so it never counts as done)."""
+    try:
+        remove_output(out_dir, out_root)
+    except OSError as exc:
+        logger.warning("cannot delete the outputs of a failed video in %s: %s", out_dir, exc)
 
 
 def finished_meta(out_dir: Path, video_id: str) -> dict | None:
@@ -474,6 +485,7 @@ def _run_locked(
                     estimator,
                     record=record,
                     manifest=manifest,
+                    out_root=out_root,
                     bar=bar,
                     execution=execution,
                     fail_fast=fail_fast,
@@ -519,6 +531,7 @@ def _execute(
     *,
     record: Callable[[int, BatchResult], None],
     manifest: RunManifest,
+    out_root: Path,
     bar: tqdm,
     execution: Execution,
     fail_fast: bool,
@@ -532,6 +545,8 @@ def _execute(
     with make_executor(config, execution, estimator=estimator) as runner:
         for task, result in runner.results(tasks):
             job = jobs[task.index]
+            if result.status != "ok":
+                _remove_failed_output(Path(task.out_dir), out_root)
             record(task.index, _as_batch_result(result, job))
             manifest.save()
             counts[result.status] += 1

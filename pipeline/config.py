@@ -275,6 +275,8 @@ KEY_HELP: dict[str, str] = {
     "decode.max_side": "shrink so the longer side is at most this many pixels (null: keep)",
     "decode.chunk_size": "pairs per chunk: bounds memory, independent of the video length",
     "decode.frames_fps": "frame rate given to folders of image frames (pts = index / fps)",
+    "decode.keep_incomplete": "keep the frames of a truncated or corrupt video up to the fault "
+    "(false: the video fails)",
     # flow
     "flow.model": (
         f"{' | '.join(FLOW_MODELS)} (auto: a cached official checkpoint, else the model "

@@ -208,6 +208,8 @@ def process_video(
         result.seconds["total"] = round(time.perf_counter() - started, 4)
         save_kernel_choices()
         _write_meta(out_dir, result, config, session, info)
+        if result.warnings:
+            logger.warning("%s: %s", path, "; ".join(result.warnings))
         logger.log(
             VERBOSE,
             "%s: %d frames, %d pairs in %.1f s (%s)",

@@ -90,6 +90,10 @@ class DecodeConfig:
         chunk_size: pairs per chunk (:func:`stages.decoding.iter_chunks`): bounds memory,
             independent of the video length.
         frames_fps: frame rate assigned to a folder of image frames (pts = index / fps).
+        keep_incomplete: a stream that ends early (a decoding error, a truncated file, an
+            unreadable image in a frame folder) raises :class:`DecodeError` after its last
+            good frame, so the video fails; ``True`` keeps the frames decoded up to the fault
+            (the reader's warnings say why it ended).
     """
 
     backend: str = "pyav"
@@ -100,6 +104,7 @@ class DecodeConfig:
     max_side: int | None = None
     chunk_size: int = 16
     frames_fps: float = 25.0
+    keep_incomplete: bool = False
 
     def __post_init__(self) -> None:
         require(self.backend in BACKENDS, f"decode.backend must be one of {BACKENDS}")
@@ -128,6 +133,10 @@ class DecodeConfig:
         )
         require(
             _is_finite(self.frames_fps) and self.frames_fps > 0, "decode.frames_fps must be > 0"
+        )
+        require(
+            isinstance(self.keep_incomplete, bool),
+            f"decode.keep_incomplete must be true or false, got {self.keep_incomplete!r}",
         )
 
 

@@ -109,6 +109,7 @@ def write_frames(
     options: Mapping[str, str] | None = None,
     gop_size: int | None = None,
     bit_rate: int | None = None,
+    container_options: Mapping[str, str] | None = None,
 ) -> Path:
     """Encode stored-orientation RGB frames into ``path`` (the container follows the suffix).
 
@@ -126,6 +127,7 @@ def write_frames(
         options: encoder options (default :data:`DEFAULT_OPTIONS` for the codec).
         gop_size: keyframe interval.
         bit_rate: target bit rate (default :data:`DEFAULT_BIT_RATE` for the codec).
+        container_options: muxer options, e.g. ``{"movflags": "faststart"}`` (MP4 index first).
     """
     path = Path(path)
     if rotation % 90:
@@ -135,7 +137,7 @@ def write_frames(
     rate = Fraction(fps).limit_denominator(1001 * 1000)
     if pts is not None and time_base is None:
         time_base = Fraction(1, 1000)
-    with av.open(str(path), "w") as container:
+    with av.open(str(path), "w", options=dict(container_options or {})) as container:
         stream = container.add_stream(codec, rate=rate)
         stream.pix_fmt = pix_fmt
         stream.options = dict(DEFAULT_OPTIONS.get(codec, {}) if options is None else options)

@@ -189,7 +189,7 @@ def test_real_frame_count_not_header(media: Callable[..., Path], tmp_path: Path)
     mp4 = media(suffix=".mp4", num_frames=30, gop_size=10)
     broken = garble_packets(mp4, tmp_path / "broken.mp4", first=12)
     for backend in BACKENDS:
-        info, frames, warnings = decode_all(broken, backend=backend)
+        info, frames, warnings = decode_all(broken, backend=backend, keep_incomplete=True)
         assert info.backend == backend
         assert info.header_frame_count == 30
         assert pattern_ids(frames) == list(range(12))
@@ -207,7 +207,7 @@ def test_decoder_error_mid_stream_keeps_the_frames_before_it(
     good = media(suffix=suffix, codec=codec, num_frames=30, gop_size=10)
     bad = garble_packets(good, tmp_path / f"bad{suffix}", first=12)
     for backend in BACKENDS:
-        info, frames, warnings = decode_all(bad, backend=backend)
+        info, frames, warnings = decode_all(bad, backend=backend, keep_incomplete=True)
         # Every backend stops at the same frame. decord's decoder thread runs ahead and reports
         # the error early, even while opening: PyAV then decodes the rest, or all.
         assert pattern_ids(frames) == list(range(12))
@@ -218,6 +218,27 @@ def test_decoder_error_mid_stream_keeps_the_frames_before_it(
             assert any(w.startswith(("decord failed", "decord unavailable")) for w in warnings)
         else:
             assert info.backend == backend
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".mp4", ".avi"])
+def test_a_decoding_error_fails_the_video_after_its_good_frames(
+    media: Callable[..., Path], tmp_path: Path, suffix: str
+) -> None:
+    """By default a stream the decoder cannot finish is not passed off as the whole video: the
+    good frames come first (the pipeline has already used them), then DecodeError says where."""
+    codec = "mpeg4" if suffix == ".avi" else "libx264"
+    good = media(suffix=suffix, codec=codec, num_frames=30, gop_size=10)
+    bad = garble_packets(good, tmp_path / f"bad{suffix}", first=12)
+    for backend in ("pyav", "decord"):  # OpenCV reports no decoder errors
+        delivered = []
+        fault = r"incomplete video: decoding stopped after.*; 12 frame"
+        with (
+            open_video(bad, DecodeConfig(backend=backend)) as reader,
+            pytest.raises(DecodeError, match=fault),
+        ):
+            for frame in reader.frames():
+                delivered.append(frame)
+        assert pattern_ids(delivered) == list(range(12))
 
 
 def test_concealed_corruption_is_delivered_and_reported(
@@ -240,11 +261,35 @@ def test_truncated_file_decodes_its_complete_frames(
     cut = corrupt_copy(full, tmp_path / "cut.mkv", at=0.6, truncate=True)
     counts = set()
     for backend in BACKENDS:
-        _, frames, _ = decode_all(cut, backend=backend)
+        _, frames, warnings = decode_all(cut, backend=backend, keep_incomplete=True)
         assert 0 < len(frames) < 40
         assert pattern_ids(frames) == list(range(len(frames)))
+        assert any("the track declares 1.333 s (truncated file)" in w for w in warnings)
         counts.add(len(frames))
+        with pytest.raises(DecodeError, match="incomplete video: the frames end at"):
+            decode_all(cut, backend=backend)
     assert len(counts) == 1
+
+
+@pytest.mark.parametrize(
+    ("suffix", "codec", "fault"),
+    [(".mp4", "libx264", "ends inside a frame's data|decoding stopped"),
+     (".avi", "mpeg4", "ends inside a frame's data"),
+     (".webm", "libvpx-vp9", "the track declares")],
+)  # fmt: skip
+def test_truncated_files_fail_whatever_the_container(
+    media: Callable[..., Path], tmp_path: Path, suffix: str, codec: str, fault: str
+) -> None:
+    """A cut file (a download that stopped) fails by default, in every container whose header
+    tells: MP4 (with the index in front, as web videos have it: with the index at the end a cut
+    file does not open at all), AVI, WebM/Matroska; a whole file of each passes."""
+    options = {"movflags": "faststart"} if suffix == ".mp4" else {}
+    full = media(suffix=suffix, codec=codec, num_frames=30, container_options=options)
+    assert len(decode_all(full)[1]) == 30
+    for at in (0.6, 0.9):
+        cut = corrupt_copy(full, tmp_path / f"cut{at}{suffix}", at=at, truncate=True)
+        with pytest.raises(DecodeError, match=f"incomplete video: .*({fault})"):
+            decode_all(cut)
 
 
 @pytest.mark.parametrize("suffix", [".mkv", ".mp4"])

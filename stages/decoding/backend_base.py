@@ -25,14 +25,22 @@ class DecodeState:
     Attributes:
         warnings: human-readable problems met while decoding (shown in the manifest).
         decoded: frames the decoder produced (before selection; after any seek).
+        cut_short_by: why the stream ended before its end (a decoding error, a truncated
+            file), or None: the frames delivered are not the whole video.
     """
 
     warnings: list[str] = field(default_factory=list)
     decoded: int = 0
+    cut_short_by: str | None = None
 
     def warn(self, message: str) -> None:
         if message not in self.warnings:
             self.warnings.append(message)
+
+    def cut_short(self, reason: str) -> None:
+        """Record that the stream ended early (the first reason is kept) and warn."""
+        self.cut_short_by = self.cut_short_by or reason
+        self.warn(reason)
 
 
 class Backend(Protocol):

@@ -18,13 +18,14 @@ logger = logging.getLogger(__name__)
 
 
 class PyAVBackend:
-    """Decodes with ``container.decode(stream)`` and converts to ``rgb24`` with one reusable
+    """Decodes the stream's packets one by one and converts to ``rgb24`` with one reusable
     ``VideoReformatter`` (equivalent to ``frame.to_ndarray(format="rgb24")``, much faster).
 
     Conversion is FFmpeg's swscale, honouring the stream's colour range (``yuvj*`` full range)
     and colour matrix tags; gray and 10-bit formats come out as 8-bit RGB. Timestamps are the
     frames' own pts. Frames the decoder flags as corrupt (errors it concealed) are delivered and
-    listed in a warning. A ``start`` time is reached by seeking to the keyframe before it; should
+    listed in a warning; a stream that ends in a decoding error or inside a packet (a truncated
+    file) is recorded as cut short (:meth:`DecodeState.cut_short`). A ``start`` time is reached by seeking to the keyframe before it; should
     the container seek past it, the file is reopened and decoded from the beginning instead.
     """
 
@@ -89,23 +90,32 @@ class PyAVBackend:
         last_ticks: int | None = None
         pts: float | None = None
         corrupt: list[float] = []
+        last_packet_corrupt = False
         try:
-            for frame in self._container.decode(self._stream):
-                self._state.decoded += 1
-                ticks = frame.pts
-                if ticks is None:
-                    ticks = clock.start_ticks if last_ticks is None else last_ticks + step
-                    self._state.warn("frames without a timestamp: pts extrapolated from the fps")
-                last_ticks = int(ticks)
-                pts = clock.seconds(last_ticks)
-                if frame.is_corrupt:
-                    corrupt.append(pts)
-                yield pts, frame
+            for packet in self._container.demux(self._stream):
+                if packet.size:  # the final, empty packet only flushes the decoder
+                    last_packet_corrupt = packet.is_corrupt
+                for frame in packet.decode():
+                    self._state.decoded += 1
+                    ticks = frame.pts
+                    if ticks is None:
+                        ticks = clock.start_ticks if last_ticks is None else last_ticks + step
+                        self._state.warn(
+                            "frames without a timestamp: pts extrapolated from the fps"
+                        )
+                    last_ticks = int(ticks)
+                    pts = clock.seconds(last_ticks)
+                    if frame.is_corrupt:
+                        corrupt.append(pts)
+                    yield pts, frame
+            if last_packet_corrupt:  # the demuxer read fewer bytes than the packet declares
+                where = "" if pts is None else f" after the frame at pts {pts:.3f} s"
+                self._state.cut_short(f"the file ends inside a frame's data{where} (truncated)")
         except av.FFmpegError as exc:
             where = (
                 "before the first frame" if pts is None else f"after the frame at pts {pts:.3f} s"
             )
-            self._state.warn(f"decoding stopped {where}: {exc}")
+            self._state.cut_short(f"decoding stopped {where}: {exc}")
         finally:
             if corrupt:
                 shown = ", ".join(f"{t:.3f}" for t in corrupt[:5])

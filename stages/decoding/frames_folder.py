@@ -6,7 +6,9 @@ options' ``frames_fps``). Frames are delivered as upright ``(H, W, 3)`` uint8 RG
 16-bit images converted, EXIF orientation applied), with the same selection (time range,
 ``target_fps``, ``stride``) and ``max_side`` resize as a video file. An image whose size differs
 from the first is resized to the first one's size and counted in a warning; an image that cannot
-be read ends the sequence there, with a warning (as a corrupt packet ends a video stream).
+be read ends the sequence there, as a decoding error ends a video stream: the iteration raises
+:class:`DecodeError` after the last good image (with ``keep_incomplete``, it ends with a
+warning).
 """
 
 from __future__ import annotations
@@ -22,7 +24,14 @@ import numpy as np
 
 from stages.decoding.selection import expected_count, select_frames
 from stages.decoding.transform import FrameTransform, fit_max_side
-from stages.decoding.types import ClosingReader, DecodeConfig, DecodedFrame, DecodeError, VideoInfo
+from stages.decoding.types import (
+    ClosingReader,
+    DecodeConfig,
+    DecodedFrame,
+    DecodeError,
+    VideoInfo,
+    incomplete_video,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -120,10 +129,12 @@ class FrameFolderReader(ClosingReader):
             image = self._images[position]
             rgb = self._first if position == 0 else read_image_rgb(image)
             if rgb is None:
-                self._warn(
-                    f"image '{image.name}' cannot be read; the sequence ends after "
-                    f"{self.frames_delivered} frames"
-                )
+                fault = f"image '{image.name}' cannot be read"
+                self._warn(f"{fault}; the sequence ends after {self.frames_delivered} frames")
+                if not self.options.keep_incomplete:
+                    raise incomplete_video(
+                        self.info.path, fault, self.frames_delivered, len(self._images)
+                    )
                 break
             yield DecodedFrame(index=self.frames_delivered, pts=pts, rgb=self._transform(rgb))
             self.frames_delivered += 1

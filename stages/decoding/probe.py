@@ -48,13 +48,28 @@ class StreamClock:
 
 @dataclass(frozen=True)
 class StreamProbe(StreamHeader):
-    """What the probe learned: the stream's header, which stream it is, its clock and the
-    presentation time of its first frame (seconds from the stream start)."""
+    """What the probe learned: the stream's header, which stream it is, its clock, the
+    presentation time of its first frame (seconds from the stream start) and, where the
+    container states it for the video track alone (Matroska's per-track ``DURATION`` tag), the
+    track's duration in seconds (``track_duration``; None elsewhere)."""
 
     path: str
     stream_index: int
     clock: StreamClock
     first_pts: float
+    track_duration: float | None = None
+
+
+def _tag_seconds(metadata: dict[str, str], key: str) -> float | None:
+    """An ``HH:MM:SS.fraction`` tag (any case) in seconds, or None."""
+    for name, value in metadata.items():
+        if name.lower() == key.lower():
+            try:
+                hours, minutes, seconds = value.split(":")
+                return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+            except ValueError:
+                return None
+    return None
 
 
 def _normalise_rotation(clockwise_degrees: float, path: str) -> int:
@@ -175,4 +190,5 @@ def _probe_container(container: av.container.InputContainer, path: str) -> Strea
         duration=duration,
         clock=clock,
         first_pts=clock.seconds(int(first.pts)) if first.pts is not None else 0.0,
+        track_duration=_tag_seconds(dict(stream.metadata), "DURATION"),
     )

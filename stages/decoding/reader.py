@@ -7,10 +7,14 @@ and the same resize. Pixel values agree exactly for 8-bit sources; for 10-bit 4:
 backends' FFmpeg versions convert chroma differently (a few levels on average, more at sharp
 colour edges).
 
-Corrupt streams: when the decoder fails after at least one frame, the frames decoded so far
-are delivered, the iteration ends and :attr:`VideoReader.warnings` says why. Frames after the
-fault are not recovered (backends disagree on what follows a fault). A stream that yields no
-frame at all raises :class:`DecodeError` from :func:`open_video`.
+Corrupt streams: when the decoder fails after at least one frame, or the file ends inside a
+frame's data (a truncated file), the frames decoded so far are delivered and the iteration then
+raises :class:`DecodeError` naming the fault, so that a cut-short video never passes for a
+whole one; with ``DecodeConfig.keep_incomplete`` the iteration just ends and
+:attr:`VideoReader.warnings` says why. Frames after the fault are not recovered (backends
+disagree on what follows a fault). Errors the decoder conceals (frames flagged corrupt) only
+warn. A stream that yields no frame at all raises :class:`DecodeError` from
+:func:`open_video`.
 
 Decoding runs in-process; decord (and, rarely, FFmpeg) can abort the interpreter on some broken
 files, so the batch runner isolates each video in a subprocess.
@@ -30,7 +34,14 @@ from stages.decoding.frames_folder import FrameFolderReader, open_frames_folder
 from stages.decoding.probe import StreamProbe, probe_video
 from stages.decoding.selection import expected_count
 from stages.decoding.transform import FrameTransform, fit_max_side
-from stages.decoding.types import ClosingReader, DecodeConfig, DecodedFrame, DecodeError, VideoInfo
+from stages.decoding.types import (
+    ClosingReader,
+    DecodeConfig,
+    DecodedFrame,
+    DecodeError,
+    VideoInfo,
+    incomplete_video,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +88,8 @@ class VideoReader(ClosingReader):
         probe = probe_video(path)
         self._backend = _make_backend(probe, options, self._state)
         self._header_frame_count = probe.header_frame_count
+        self._track_duration = probe.track_duration
+        self._last_pts: float | None = None
         self._first_pts = probe.first_pts
         self._time_base = float(probe.clock.time_base)
 
@@ -128,7 +141,7 @@ class VideoReader(ClosingReader):
         for pts, rgb in self._backend.frames(self.options):
             if previous is not None and pts <= previous:
                 self._state.warn("timestamps are not strictly increasing")
-            previous = pts
+            previous = self._last_pts = pts
             yield DecodedFrame(index=self.frames_delivered, pts=pts, rgb=self._transform(rgb))
             self.frames_delivered += 1
         self._check_after_end()
@@ -151,6 +164,30 @@ class VideoReader(ClosingReader):
             )
         if self.frames_delivered == 0:
             self._state.warn("no frame in the selected range")
+        if unselected and header is None:
+            self._check_track_duration()
+        if self._state.cut_short_by and not opts.keep_incomplete:
+            raise incomplete_video(
+                self.info.path, self._state.cut_short_by, self.frames_delivered, header
+            )
+
+    def _check_track_duration(self) -> None:
+        """A stream without a frame count whose frames end well before the duration its track
+        declares (a Matroska file cut short keeps its header) was cut short. The tag counts
+        from time 0 of the file (FFmpeg writes the track's end time), so the frames' end is
+        taken on that clock too, which can only make the check more lenient for a muxer that
+        counts from the first frame. Three frame intervals (at least 0.1 s) of slack allow for
+        rounding and a last frame's length."""
+        declared, last = self._track_duration, self._last_pts
+        if declared is None or last is None or not self.info.fps:
+            return
+        interval = 1.0 / self.info.fps
+        end = max(self.info.stream_start, 0.0) + last + interval
+        if declared - end > max(3 * interval, 0.1):
+            self._state.cut_short(
+                f"the frames end at {end:.3f} s, the track declares {declared:.3f} s "
+                "(truncated file)"
+            )
 
     def close(self) -> None:
         """Release the decoder. Safe to call more than once."""
