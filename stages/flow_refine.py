@@ -65,6 +65,8 @@ def refine_flows(
     host = flows.detach().float().cpu().permute(0, 2, 3, 1).contiguous().numpy()  # (n, H, W, 2)
     refiner = cv2.VariationalRefinement.create()
     for n, (a, b) in enumerate(pairs):
-        flow = np.ascontiguousarray(host[n])
+        # a copy, not np.ascontiguousarray: numpy calls a view with a side of 1 contiguous
+        # whatever its strides, and OpenCV refuses such strides
+        flow = np.array(host[n], copy=True)
         host[n] = refiner.calc(gray[a], gray[b], flow)
     return torch.from_numpy(host).permute(0, 3, 1, 2).contiguous().to(flows.device)

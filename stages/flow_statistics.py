@@ -24,8 +24,8 @@ Orientation bins (HOF, MBH, MotionSqueeze directions)
     bin ``k`` is our bin ``(n - k) % n``.
 Spatial derivatives
     :func:`numpy.gradient` with unit spacing: centred differences ``(f[i+1] - f[i-1]) / 2`` in
-    the interior, one-sided differences on the first/last row and column. Units: pixels of
-    flow per pixel of image, per frame step (``1/frame``).
+    the interior, one-sided differences on the first/last row and column, 0 across a side of
+    a single pixel. Units: pixels of flow per pixel of image, per frame step (``1/frame``).
 """
 
 from __future__ import annotations
@@ -72,8 +72,8 @@ def _check_flow_stack(flows: npt.ArrayLike) -> np.ndarray:
         array = array[None]
     if array.ndim != 4 or array.shape[-1] != 2 or array.shape[0] < 1:
         raise ValueError(f"flows must be (N, H, W, 2) or (H, W, 2), got shape {array.shape}")
-    if array.shape[1] < 2 or array.shape[2] < 2:
-        raise ValueError(f"flow fields must be at least 2x2 (gradients), got {array.shape}")
+    if array.shape[1] < 1 or array.shape[2] < 1:
+        raise ValueError(f"flow fields must not be empty, got shape {array.shape}")
     if not np.issubdtype(array.dtype, np.floating):
         raise ValueError(f"flows must be floating point, got dtype {array.dtype}")
     return array
@@ -146,10 +146,18 @@ class _FieldGradients(NamedTuple):
     dv_dy: np.ndarray
 
 
+def _derivatives(field: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(d/dy, d/dx)`` of an ``(H, W)`` field; 0 along a side of one pixel (no neighbour)."""
+    return tuple(
+        np.gradient(field, axis=axis) if field.shape[axis] > 1 else np.zeros_like(field)
+        for axis in (0, 1)  # axis 0 = y (down), axis 1 = x (right)
+    )
+
+
 def _field_gradients(u: np.ndarray, v: np.ndarray) -> _FieldGradients:
-    """Centred-difference derivatives of ``u`` and ``v`` (``(H, W)`` each, H, W >= 2)."""
-    du_dy, du_dx = np.gradient(u)  # axis 0 = y (down), axis 1 = x (right)
-    dv_dy, dv_dx = np.gradient(v)
+    """Centred-difference derivatives of ``u`` and ``v`` (``(H, W)`` each)."""
+    du_dy, du_dx = _derivatives(u)
+    dv_dy, dv_dx = _derivatives(v)
     return _FieldGradients(du_dx, du_dy, dv_dx, dv_dy)
 
 
@@ -294,7 +302,7 @@ def flow_statistics(
 
     Args:
         flows: ``(N, H, W, 2)`` (``N = T - 1`` pairs of the clip) or ``(H, W, 2)`` float flow,
-            px/frame at the frame's resolution, x right, y down; fields at least 2x2, finite.
+            px/frame at the frame's resolution, x right, y down; fields of any size, finite.
         n_bins: orientation bins of HOF and MBH.
         static_threshold: px/frame at or below which a pixel is static (HOF static bin and
             ``moving_fraction``).

@@ -120,3 +120,13 @@ def test_pair_refines_as_asked(tmp_path: Path) -> None:
         flows[refine] = read_flo(output)
     expected = refine_flow(flows["none"], image1, image2)
     assert np.abs(flows["variational"] - expected).max() < 1e-4
+
+
+@pytest.mark.parametrize(("height", "width"), [(1, 1), (1, 5), (5, 1)])
+def test_refining_fields_with_a_side_of_one_pixel(height: int, width: int) -> None:
+    """numpy calls such views contiguous whatever their strides, OpenCV does not: the refiner
+    gets a real copy (a 1x1 video used to fail with an OpenCV layout error)."""
+    flows = torch.full((2, 2, height, width), 0.5)
+    frames = np.random.default_rng(0).integers(0, 256, (3, height, width, 3), dtype=np.uint8)
+    refined = refine_flows(flows, frames, [(0, 1), (1, 2)])
+    assert refined.shape == flows.shape and bool(torch.isfinite(refined).all())

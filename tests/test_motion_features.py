@@ -294,6 +294,20 @@ def test_flow_statistics_on_estimated_flow_follow_the_screen_convention() -> Non
         assert columns["flow_mag_p50"] == pytest.approx(2.0, abs=0.1)
 
 
+def test_fields_of_one_pixel_row_column_or_both_have_statistics() -> None:
+    """A side of one pixel has no neighbour, so no derivative along it (0): a 1x1 video's
+    flow gets its HOF and a zero MBH; a one-row field with u = x has divergence 1."""
+    tiny = flow_statistics(np.array([[[[3.0, 0.0]]]] * 2, np.float32))  # (2, 1, 1, 2), right
+    assert all(math.isfinite(value) for value in tiny.values())
+    assert tiny["hof_00"] > 0.9 and tiny["mbhx_mag_mean"] == tiny["flow_div_mean"] == 0.0
+    row = np.zeros((2, 1, 6, 2), np.float32)
+    row[..., 0] = np.arange(6)  # u grows to the right
+    stats = flow_statistics(row)
+    assert stats["flow_div_mean"] == pytest.approx(1.0) and stats["mbhx_00"] > 0.99
+    column = flow_statistics(np.ascontiguousarray(row.transpose(0, 2, 1, 3)))  # (2, 6, 1, 2)
+    assert column["flow_div_mean"] == 0.0  # u varies down the column: no x derivative
+
+
 def test_flow_stack_to_numpy_and_input_checks() -> None:
     torch_flow = torch.zeros(2, 2, 5, 6)
     torch_flow[:, 0] = 1.5
@@ -305,8 +319,8 @@ def test_flow_stack_to_numpy_and_input_checks() -> None:
         flow_stack_to_numpy(torch.zeros(2, 3, 5, 6))
     with pytest.raises(ValueError, match="H, W, 2"):
         flow_statistics(np.zeros((2, 5, 6, 3), np.float32))
-    with pytest.raises(ValueError, match="2x2"):
-        flow_statistics(np.zeros((2, 1, 6, 2), np.float32))
+    with pytest.raises(ValueError, match="empty"):
+        flow_statistics(np.zeros((2, 0, 6, 2), np.float32))
     with pytest.raises(ValueError, match="floating"):
         flow_statistics(np.zeros((2, 5, 6, 2), np.int16))
     bad = np.zeros((2, 5, 6, 2), np.float32)
