@@ -448,7 +448,7 @@ def _run_locked(
             continue
         remove_output(out_dir, out_root)
         if job.problem:
-            results[n] = _unprocessed(job, "failed", "FileNotFoundError", job.problem)
+            results[n] = _unprocessed(job, "failed", job.problem_type, job.problem)
         else:
             tasks.append(VideoTask(n, str(job.path), str(out_dir), job.video_id, job.rel_path))
     if kept:

@@ -6,7 +6,8 @@ An input is one of:
 * a folder: every video below it (recursive; extensions case-insensitive; hidden entries and
   macOS ``._*`` AppleDouble files skipped; symbolic links followed, each real folder scanned
   once so that a link to an ancestor cannot loop; a broken link with a video extension becomes
-  a job that fails with the reason), plus every *frame folder* below it;
+  a job that fails with the reason; so does a folder that cannot be listed), plus every
+  *frame folder* below it (a folder with a single image and no video is named in a warning);
 * a list file (``.txt`` / ``.lst``: one path per line, blank lines and ``#`` comments ignored;
   ``.csv``: a ``path`` column): relative paths are relative to the list file's folder; a listed
   folder is scanned like a folder input; a listed path that does not exist becomes a failed job.
@@ -39,7 +40,10 @@ from stages.decoding.frames_folder import IMAGE_EXTENSIONS, natural_key
 logger = logging.getLogger(__name__)
 
 #: Container extensions treated as videos (compared lower-case).
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
+VIDEO_EXTENSIONS = (
+    ".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv",
+    ".ts", ".mts", ".m2ts", ".flv", ".3gp", ".ogv", ".mxf", ".vob",
+)  # fmt: skip
 
 LIST_EXTENSIONS = (".txt", ".lst", ".csv")
 """An input file with one of these extensions is a list of inputs."""
@@ -59,8 +63,9 @@ class VideoJob:
         video_id: output folder name relative to the output root (POSIX separators).
         rel_path: the input's path relative to the input root (POSIX separators).
         kind: ``"video"`` or ``"frames"`` (a folder of images).
-        problem: why the input cannot be processed at all (broken link, listed file missing);
-            ``None`` for a normal input.
+        problem: why the input cannot be processed at all (broken link, listed file missing,
+            folder that cannot be read); ``None`` for a normal input.
+        problem_type: the error type its manifest row names.
     """
 
     path: Path
@@ -68,6 +73,7 @@ class VideoJob:
     rel_path: str = ""
     kind: str = "video"
     problem: str | None = None
+    problem_type: str = "FileNotFoundError"
 
 
 @dataclass(frozen=True)
@@ -133,8 +139,9 @@ def _scan_folder(
         current, current_rel = stack.pop()
         try:
             entries = sorted(os.scandir(current), key=lambda e: e.name)
-        except OSError as exc:
-            logger.warning("cannot read folder %s: %s; skipped", current, exc.strerror or exc)
+        except OSError as exc:  # a row in the failure record: its videos are not lost silently
+            reason = f"cannot read the folder: {exc.strerror or exc}"
+            jobs.append(VideoJob(current, "", str(current_rel), "frames", reason, "OSError"))
             continue
         images = 0
         videos = 0
@@ -174,6 +181,14 @@ def _scan_folder(
                 images += 1
         if images >= MIN_FRAME_FOLDER_IMAGES and videos == 0:
             jobs.append(VideoJob(current, "", str(current_rel), "frames"))
+        elif images and videos == 0:
+            logger.warning(
+                "%s holds %d image(s) and no video: not a frame folder (a video needs %d "
+                "frames); skipped",
+                current,
+                images,
+                MIN_FRAME_FOLDER_IMAGES,
+            )
         stack.extend(reversed(subfolders))
 
 

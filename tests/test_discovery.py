@@ -60,6 +60,34 @@ def test_folder_is_searched_recursively_with_readable_ids(tmp_path: Path) -> Non
     assert all(job.path == root / job.rel_path for job in jobs)
 
 
+def test_what_a_folder_scan_cannot_use_is_said(tmp_path: Path, monkeypatch, caplog) -> None:
+    """Transport-stream videos are videos; a folder with one image (a frame folder needs two)
+    is named in a warning; a folder that cannot be listed becomes a failed job, so what it
+    holds is not lost without a word. (Tests run as root, whom permissions do not stop, so
+    the listing error is raised for that folder here.)"""
+    root = tmp_path / "in"
+    _touch(root / "camera.MTS")
+    _touch(root / "broadcast.ts")
+    _write_png(root / "poster" / "0001.png", pattern_frame(0, 64, 48))
+    _touch(root / "locked" / "inside.mp4")
+    real_scandir = os.scandir
+
+    def scandir(path):
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr("pipeline.discovery.os.scandir", scandir)
+    jobs = {job.rel_path: job for job in find_inputs(root).jobs}
+    assert sorted(jobs) == ["broadcast.ts", "camera.MTS", "locked"]
+    locked = jobs["locked"]
+    assert (locked.problem, locked.problem_type) == (
+        "cannot read the folder: Permission denied",
+        "OSError",
+    )
+    assert any("poster holds 1 image(s) and no video" in r.message for r in caplog.records)
+
+
 def test_single_file_input(tmp_path: Path) -> None:
     video = _touch(tmp_path / "My Clip.MP4")
     found = find_inputs(video)
@@ -214,9 +242,14 @@ def test_frame_folder_awkward_images(tmp_path: Path) -> None:
     _write_png(folder / "2.png", pattern_frame(2, 80, 60))  # another size
     _touch(folder / "3.png", b"not an image")
     _write_png(folder / "4.png", pattern_frame(4, 64, 48))
-    with open_video(folder) as reader:
+    with open_video(folder, DecodeConfig(keep_incomplete=True)) as reader:
         frames = list(reader.frames())
         warnings = reader.warnings
+    with (
+        open_video(folder) as reader,
+        pytest.raises(DecodeError, match=r"incomplete video: image '3.png' cannot be read; 3 fr"),
+    ):
+        assert len(list(reader.frames())) == 3
     assert [f.rgb.shape for f in frames] == [(48, 64, 3)] * 3
     assert all(f.rgb.dtype == np.uint8 for f in frames)
     assert read_frame_index(frames[1].rgb) == 1 and read_frame_index(frames[2].rgb) == 2
