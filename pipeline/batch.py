@@ -76,7 +76,7 @@ from .run_start import (
     results_hash,
     results_key,
 )
-from .runner import VideoResult, output_root
+from .runner import VideoResult, input_fingerprint, output_root
 
 logger = logging.getLogger(__name__)
 
@@ -237,11 +237,25 @@ def _plan_resume(
         meta = finished_meta(out_root / job.video_id, job.video_id)
         if meta is None:
             continue
-        if meta.get("config_hash") == expected:
-            kept[n] = meta
-        else:
+        if meta.get("config_hash") != expected:
             redone[_why_redone(meta, key)] += 1
+        elif _input_changed(job, meta):
+            redone["the input changed since (size or modification time)"] += 1
+        else:
+            kept[n] = meta
     return kept, redone
+
+
+def _input_changed(job: VideoJob, meta: dict) -> bool:
+    """Whether the input differs from the one the outputs were made from (a meta.json from
+    before inputs were recorded is taken as unchanged)."""
+    recorded = meta.get("input")
+    if not isinstance(recorded, dict):
+        return False
+    try:
+        return input_fingerprint(job.path) != recorded
+    except OSError:
+        return True
 
 
 def _meta_estimator(meta: dict) -> tuple[tuple[str | None, str | None], str]:

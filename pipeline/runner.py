@@ -25,6 +25,7 @@ from models.atomic_files import write_bytes_atomic
 from models.kernel_choice import KERNELS
 from stages.clip_features import ClipFeatureStage
 from stages.decode import DecodeError, iter_chunks, open_video
+from stages.decoding.frames_folder import list_images
 from stages.devices import cpu_info, precision_name
 from stages.flow import FlowStage
 from stages.warp_stage import WarpStage
@@ -152,6 +153,7 @@ def process_video(
     stages: list = []
     started = time.perf_counter()
     try:
+        fingerprint = input_fingerprint(path)  # before decoding: what the outputs come from
         with open_video(path, config.decode) as reader:
             info = reader.info
             if session.device == "cpu":  # see pipeline.allocator
@@ -207,7 +209,7 @@ def process_video(
         result.seconds = {k: round(v, 4) for k, v in seconds.items()}
         result.seconds["total"] = round(time.perf_counter() - started, 4)
         save_kernel_choices()
-        _write_meta(out_dir, result, config, session, info)
+        _write_meta(out_dir, result, config, session, info, fingerprint)
         if result.warnings:
             logger.warning("%s: %s", path, "; ".join(result.warnings))
         logger.log(
@@ -232,6 +234,21 @@ def process_video(
     return result
 
 
+def input_fingerprint(path: str | Path) -> dict[str, int]:
+    """Size and modification time of an input (a frame folder: of its images together), so
+    that ``--resume`` can tell an input replaced since its outputs were made. A file swapped for
+    one of the same size and time (``cp -p``) passes; the content is not read."""
+    if os.path.isdir(path):
+        stats = [image.stat() for image in list_images(path)]
+        return {
+            "images": len(stats),
+            "size": sum(st.st_size for st in stats),
+            "mtime_ns": max((st.st_mtime_ns for st in stats), default=0),
+        }
+    st = os.stat(path)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
 def output_root(out_dir: Path, video_id: str) -> Path:
     """The run's output folder, from a video's folder and its id (``OUT/a/b`` and ``a/b``)."""
     depth = len(PurePosixPath(video_id).parts)
@@ -244,7 +261,9 @@ def relative_path(path: str | Path, root: Path) -> str:
     return os.path.relpath(os.path.abspath(path), os.path.abspath(root)).replace(os.sep, "/")
 
 
-def _write_meta(out_dir: Path, result: VideoResult, config, session: FlowSession, info) -> None:
+def _write_meta(
+    out_dir: Path, result: VideoResult, config, session: FlowSession, info, fingerprint: dict
+) -> None:
     stage = session.stage
     key = results_key(config, session.estimator)
     checkpoint = None
@@ -255,6 +274,7 @@ def _write_meta(out_dir: Path, result: VideoResult, config, session: FlowSession
         "status": "ok",
         "video": relative_path(result.path, root),
         "video_absolute": os.path.abspath(result.path),
+        "input": fingerprint,
         "video_id": result.video_id,
         "frames": result.frames,
         "pairs": result.pairs,

@@ -290,6 +290,32 @@ def test_output_folder_rules_and_resume(small_videos: Path, tmp_path: Path) -> N
     assert not any(r["reused"] for r in _manifest(out).values())
 
 
+def test_resume_redoes_inputs_replaced_since(tmp_path: Path) -> None:
+    """A video file replaced by another (here: the whole download after a truncated one) and a
+    frame folder that gained an image are redone; an untouched input is kept."""
+    folder = tmp_path / "in"
+    for name in ("same.mkv", "replaced.mkv"):
+        _video(folder / name, num_frames=3, codec="ffv1")
+    (folder / "frames").mkdir()
+    for n in range(3):
+        assert cv2.imwrite(str(folder / "frames" / f"{n}.png"), pattern_frame(n)[..., ::-1])
+    out = tmp_path / "out"
+    base = ["run", str(folder), "-o", str(out), *DIS, "--workers", "0"]
+    assert _invoke(base).exit_code == 0
+    _video(folder / "replaced.mkv", num_frames=5, codec="ffv1")
+    assert cv2.imwrite(str(folder / "frames" / "3.png"), pattern_frame(3)[..., ::-1])
+    resumed = _invoke([*base, "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    rows = _manifest(out)
+    assert {path: (row["reused"], row["frames"]) for path, row in rows.items()} == {
+        "same.mkv": (True, 3),
+        "replaced.mkv": (False, 5),
+        "frames": (False, 4),
+    }
+    meta = json.loads((out / "replaced" / "meta.json").read_text())
+    assert meta["input"]["size"] == (folder / "replaced.mkv").stat().st_size
+
+
 def test_manifest_files(tmp_path: Path) -> None:
     rows = [
         ManifestRow(
