@@ -120,7 +120,7 @@ BAD_ROWS = {
     "bad/notes.mp4": ("DecodeError", "not a readable media file"),
     "bad/audio_only.mp4": ("DecodeError", "no video stream"),
     "bad/one_frame.mkv": ("DecodeError", "only 1 frame(s) decoded"),
-    "bad/truncated.mp4": ("DecodeError", "not a readable media file"),
+    "bad/truncated.mp4": ("DecodeError", "an MP4/MOV file without its index (moov box)"),
     "bad/downloading.mp4": ("DecodeError", "incomplete video: the file ends inside a frame's data"),
     "bad/corrupt_middle.mp4": ("DecodeError", "incomplete video: decoding stopped after the frame"),
     "bad/dangling.mp4": ("FileNotFoundError", "broken symbolic link"),

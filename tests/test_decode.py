@@ -493,7 +493,10 @@ def test_errors_name_the_file(tmp_path: Path) -> None:
     empty.write_bytes(b"")
     text = tmp_path / "notes.mp4"
     text.write_text("this is not a video\n" * 20)
+    recording = write_video(tmp_path / "recording.mp4", num_frames=10)  # index at the end
+    cut = corrupt_copy(recording, tmp_path / "cut.mp4", at=0.8, truncate=True)
     cases = {
+        cut: "an MP4/MOV file without its index (moov box): a recording or download cut short",
         tmp_path / "missing.mp4": "file not found",
         empty: "empty file",
         text: "not a readable media file",

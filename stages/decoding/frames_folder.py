@@ -24,14 +24,7 @@ import numpy as np
 
 from stages.decoding.selection import expected_count, select_frames
 from stages.decoding.transform import FrameTransform, fit_max_side
-from stages.decoding.types import (
-    ClosingReader,
-    DecodeConfig,
-    DecodedFrame,
-    DecodeError,
-    VideoInfo,
-    incomplete_video,
-)
+from stages.decoding.types import ClosingReader, DecodeConfig, DecodedFrame, DecodeError, VideoInfo
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +125,7 @@ class FrameFolderReader(ClosingReader):
                 fault = f"image '{image.name}' cannot be read"
                 self._warn(f"{fault}; the sequence ends after {self.frames_delivered} frames")
                 if not self.options.keep_incomplete:
-                    raise incomplete_video(
+                    raise DecodeError.incomplete(
                         self.info.path, fault, self.frames_delivered, len(self._images)
                     )
                 break

@@ -105,8 +105,34 @@ def _open_reason(exc: BaseException, path: str) -> str:
         return "permission denied"
     if os.path.isfile(path) and os.path.getsize(path) == 0:
         return "empty file"
+    if isinstance(exc, EOFError):
+        return "the file ends before its first frame (no frame stored, or cut short)"
+    if _mp4_without_index(path):
+        return "an MP4/MOV file without its index (moov box): a recording or download cut short"
     detail = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
     return f"not a readable media file ({detail})"
+
+
+def _mp4_without_index(path: str) -> bool:
+    """Whether ``path`` starts like an ISO media file (``ftyp`` box) but its top-level boxes,
+    read up to where the file ends, hold no ``moov``: the index a muxer writes last."""
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            position, names = 0, []
+            while position + 8 <= size and len(names) < 10_000:
+                handle.seek(position)
+                header = handle.read(16)
+                length, name = int.from_bytes(header[:4], "big"), header[4:8]
+                if length == 1 and len(header) == 16:  # 64-bit size follows
+                    length = int.from_bytes(header[8:16], "big")
+                names.append(name)
+                if length < 8:  # 0: "to the end of the file"; others are damage
+                    break
+                position += length
+    except OSError:
+        return False
+    return bool(names) and names[0] == b"ftyp" and b"moov" not in names
 
 
 def probe_video(path: str) -> StreamProbe:

@@ -34,14 +34,7 @@ from stages.decoding.frames_folder import FrameFolderReader, open_frames_folder
 from stages.decoding.probe import StreamProbe, probe_video
 from stages.decoding.selection import expected_count
 from stages.decoding.transform import FrameTransform, fit_max_side
-from stages.decoding.types import (
-    ClosingReader,
-    DecodeConfig,
-    DecodedFrame,
-    DecodeError,
-    VideoInfo,
-    incomplete_video,
-)
+from stages.decoding.types import ClosingReader, DecodeConfig, DecodedFrame, DecodeError, VideoInfo
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +160,7 @@ class VideoReader(ClosingReader):
         if unselected and header is None:
             self._check_track_duration()
         if self._state.cut_short_by and not opts.keep_incomplete:
-            raise incomplete_video(
+            raise DecodeError.incomplete(
                 self.info.path, self._state.cut_short_by, self.frames_delivered, header
             )
 

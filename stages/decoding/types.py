@@ -19,7 +19,6 @@ __all__ = [
     "DecodedFrame",
     "StreamHeader",
     "VideoInfo",
-    "incomplete_video",
 ]
 
 _Reader = TypeVar("_Reader", bound="ClosingReader")
@@ -31,7 +30,7 @@ class DecodeError(Exception):
     Raised by :func:`open_video` for a missing or empty file, a file that is not a media
     container, a container without a video stream, or a video stream from which not a single
     frame decodes; and by the frame iteration, after the last good frame, for a stream cut short
-    by a fault (:func:`incomplete_video`) unless ``DecodeConfig.keep_incomplete`` is set.
+    by a fault (:meth:`incomplete`) unless ``DecodeConfig.keep_incomplete`` is set.
     Problems the decoder works around (concealed errors, missing timestamps) are warnings in
     :attr:`VideoReader.warnings`.
 
@@ -45,21 +44,20 @@ class DecodeError(Exception):
         self.reason = reason
         super().__init__(f"cannot decode '{path}': {reason}")
 
+    @classmethod
+    def incomplete(cls, path: str, fault: str, delivered: int, declared: int | None) -> DecodeError:
+        """The error for a stream that a ``fault`` ended after ``delivered`` frames (of the
+        ``declared`` ones the header announces, when it does)."""
+        count = f"{delivered} frame(s) decoded" + (
+            f" of the {declared} the header declares" if declared else ""
+        )
+        return cls(
+            path, f"incomplete video: {fault}; {count} (decode.keep_incomplete=true keeps them)"
+        )
+
     def __reduce__(self) -> tuple[type[DecodeError], tuple[str, str]]:
         # Keep the two-argument constructor picklable (errors cross process boundaries).
         return (type(self), (self.path, self.reason))
-
-
-def incomplete_video(path: str, fault: str, delivered: int, declared: int | None) -> DecodeError:
-    """The error for a stream that a ``fault`` ended after ``delivered`` frames (of the
-    ``declared`` ones the header announces, when it does)."""
-    count = f"{delivered} frame(s) decoded" + (
-        f" of the {declared} the header declares" if declared else ""
-    )
-    return DecodeError(
-        path,
-        f"incomplete video: {fault}; {count} (decode.keep_incomplete=true keeps them)",
-    )
 
 
 class ClosingReader:
