@@ -264,11 +264,11 @@ def test_truncated_file_decodes_its_complete_frames(
         _, frames, warnings = decode_all(cut, backend=backend, keep_incomplete=True)
         assert 0 < len(frames) < 40
         assert pattern_ids(frames) == list(range(len(frames)))
-        assert any("the track declares 1.333 s (truncated file)" in w for w in warnings)
+        assert any("the track declares 1.333 s (truncated file" in w for w in warnings)
         counts.add(len(frames))
-        with pytest.raises(DecodeError, match="incomplete video: the frames end at"):
-            decode_all(cut, backend=backend)
     assert len(counts) == 1
+    with pytest.raises(DecodeError, match="incomplete video: the frames end at"):
+        decode_all(cut)  # PyAV tells each frame's duration: the shortfall is certain
 
 
 @pytest.mark.parametrize(
@@ -290,6 +290,16 @@ def test_truncated_files_fail_whatever_the_container(
         cut = corrupt_copy(full, tmp_path / f"cut{at}{suffix}", at=at, truncate=True)
         with pytest.raises(DecodeError, match=f"incomplete video: .*({fault})"):
             decode_all(cut)
+
+
+def test_a_long_last_frame_is_not_taken_for_a_cut(media: Callable[..., Path]) -> None:
+    """Matroska's track duration counts the last frame's own length: a variable-rate clip
+    ending on a 2-second still is whole."""
+    ms = [0, 40, 80, 120, 2000]
+    path = media(suffix=".mkv", num_frames=len(ms), pts=ms, time_base=Fraction(1, 1000))
+    for backend in BACKENDS:
+        _, frames, warnings = decode_all(path, backend=backend)
+        assert len(frames) == len(ms) and not any("truncated" in w for w in warnings)
 
 
 @pytest.mark.parametrize("suffix", [".mkv", ".mp4"])

@@ -27,11 +27,14 @@ class DecodeState:
         decoded: frames the decoder produced (before selection; after any seek).
         cut_short_by: why the stream ended before its end (a decoding error, a truncated
             file), or None: the frames delivered are not the whole video.
+        frames_end: where the last decoded frame ends (its pts plus its duration, seconds on
+            the pts clock) when the decoder tells its duration, else None.
     """
 
     warnings: list[str] = field(default_factory=list)
     decoded: int = 0
     cut_short_by: str | None = None
+    frames_end: float | None = None
 
     def warn(self, message: str) -> None:
         if message not in self.warnings:

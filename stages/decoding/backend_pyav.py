@@ -105,6 +105,8 @@ class PyAVBackend:
                         )
                     last_ticks = int(ticks)
                     pts = clock.seconds(last_ticks)
+                    if frame.duration:
+                        self._state.frames_end = clock.seconds(last_ticks + int(frame.duration))
                     if frame.is_corrupt:
                         corrupt.append(pts)
                     yield pts, frame

@@ -169,18 +169,23 @@ class VideoReader(ClosingReader):
         declares (a Matroska file cut short keeps its header) was cut short. The tag counts
         from time 0 of the file (FFmpeg writes the track's end time), so the frames' end is
         taken on that clock too, which can only make the check more lenient for a muxer that
-        counts from the first frame. Three frame intervals (at least 0.1 s) of slack allow for
-        rounding and a last frame's length."""
+        counts from the first frame. The last frame lasts its own duration where the decoder
+        tells it (a long still at the end of a variable-rate video), else one frame interval;
+        three intervals (at least 0.1 s) of slack allow for rounding. Backends that do not tell
+        frame durations (OpenCV, decord) only warn."""
         declared, last = self._track_duration, self._last_pts
         if declared is None or last is None or not self.info.fps:
             return
         interval = 1.0 / self.info.fps
-        end = max(self.info.stream_start, 0.0) + last + interval
-        if declared - end > max(3 * interval, 0.1):
-            self._state.cut_short(
-                f"the frames end at {end:.3f} s, the track declares {declared:.3f} s "
-                "(truncated file)"
-            )
+        frames_end = max(last + interval, self._state.frames_end or 0.0)
+        end = max(self.info.stream_start, 0.0) + frames_end
+        if declared - end <= max(3 * interval, 0.1):
+            return
+        message = f"the frames end at {end:.3f} s, the track declares {declared:.3f} s"
+        if self._state.frames_end is None:  # OpenCV, decord: a long last frame looks the same
+            self._state.warn(f"{message} (truncated file?)")
+        else:
+            self._state.cut_short(f"{message} (truncated file)")
 
     def close(self) -> None:
         """Release the decoder. Safe to call more than once."""
