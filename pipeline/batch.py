@@ -23,7 +23,8 @@ Rules that make a batch trustworthy:
   is kept (manifest row ``status=ok``, ``reused=True``, its numbers taken from ``meta.json``);
   every other input's output folder is deleted before it is processed again, and finished
   videos that are redone are counted and explained before the run starts. The outputs of a
-  killed and resumed run are therefore the same files as an uninterrupted run.
+  killed and resumed run are therefore the same files as an uninterrupted run (the rules are
+  :mod:`pipeline.resume`'s).
 * **One estimator per folder.** Every worker uses the estimator resolved at the start, so a
   ``model: auto`` that now resolves differently redoes the finished videos; finished videos of
   the folder's previous manifest that this run does not include must have been made with the
@@ -39,7 +40,6 @@ Rules that make a batch trustworthy:
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import shutil
@@ -50,7 +50,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
 from tqdm import tqdm
 
 from models.atomic_files import remove_leftover_temporaries
@@ -64,19 +63,17 @@ from .manifest import (
     ManifestRow,
     RunManifest,
     has_manifest,
-    read_manifest,
 )
+from .resume import check_left_behind, plan_resume
 from .run_start import (
     Estimator,
     RunStartError,
     check_output_root,
-    describe_estimator,
-    key_differences,
     resolve_estimator,
     results_hash,
     results_key,
 )
-from .runner import VideoResult, input_fingerprint, output_root
+from .runner import VideoResult, output_root
 
 logger = logging.getLogger(__name__)
 
@@ -207,112 +204,6 @@ def _remove_failed_output(out_dir: Path, out_root: Path) -> None:
         logger.warning("cannot delete the outputs of a failed video in %s: %s", out_dir, exc)
 
 
-def finished_meta(out_dir: Path, video_id: str) -> dict | None:
-    """``meta.json`` of a complete video with this id (any configuration), else ``None``."""
-    try:
-        meta = json.loads((out_dir / "meta.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(meta, dict):
-        return None
-    return meta if meta.get("status") == "ok" and meta.get("video_id") == video_id else None
-
-
-def _why_redone(meta: dict, key: dict) -> str:
-    """Why a finished video does not match the run's results key, in words."""
-    old = meta.get("results_key")
-    if not isinstance(old, dict):
-        return "made by an earlier motionpipe version (its meta.json has no results_key)"
-    return ", ".join(key_differences(old, key)) or "its meta.json records another results hash"
-
-
-def _plan_resume(
-    jobs: list[VideoJob], out_root: Path, key: dict, expected: str
-) -> tuple[dict[int, dict], Counter]:
-    """Finished videos to keep (job index -> meta) and why the other finished ones are redone
-    (reason -> number of videos)."""
-    kept: dict[int, dict] = {}
-    redone: Counter = Counter()
-    for n, job in enumerate(jobs):
-        meta = finished_meta(out_root / job.video_id, job.video_id)
-        if meta is None:
-            continue
-        if meta.get("config_hash") != expected:
-            redone[_why_redone(meta, key)] += 1
-        elif _input_changed(job, meta):
-            redone["the input changed since (size or modification time)"] += 1
-        else:
-            kept[n] = meta
-    return kept, redone
-
-
-def _input_changed(job: VideoJob, meta: dict) -> bool:
-    """Whether the input differs from the one the outputs were made from (a meta.json from
-    before inputs were recorded is taken as unchanged)."""
-    recorded = meta.get("input")
-    if not isinstance(recorded, dict):
-        return False
-    try:
-        return input_fingerprint(job.path) != recorded
-    except OSError:
-        return True
-
-
-def _meta_estimator(meta: dict) -> tuple[tuple[str | None, str | None], str]:
-    """``((model, checkpoint sha256), description)`` of the estimator a meta.json records."""
-    checkpoint = meta.get("checkpoint") if isinstance(meta.get("checkpoint"), dict) else {}
-    model, sha256 = meta.get("model"), checkpoint.get("sha256")
-    return (model, sha256), describe_estimator(str(model), checkpoint.get("source"), sha256)
-
-
-def _previous_rows(out_root: Path) -> list[dict]:
-    """Rows of the folder's manifest (empty when there is none or it cannot be read)."""
-    if not has_manifest(out_root):
-        return []
-    try:
-        return read_manifest(out_root).to_dict("records")
-    except Exception:  # a damaged Parquet file: try the CSV twin
-        try:
-            table = pd.read_csv(out_root / MANIFEST_CSV, keep_default_na=False)
-            return table.to_dict("records")
-        except Exception:
-            return []
-
-
-def check_left_behind(out_root: Path, jobs: list[VideoJob], estimator: Estimator) -> None:
-    """Refuses a run whose estimator differs from that of finished videos it leaves behind.
-
-    Those are the ``ok`` rows of the folder's manifest that are not inputs of this run: they
-    would stay in the folder next to this run's videos, made with another model or checkpoint.
-
-    Raises:
-        RunStartError: naming both estimators and the videos left behind.
-    """
-    current = {job.video_id for job in jobs}
-    ours = (estimator.model, estimator.sha256)
-    left: list[str] = []
-    theirs = ""
-    for row in _previous_rows(out_root):
-        video_id = str(row.get("video_id", ""))
-        if row.get("status") != "ok" or not video_id or video_id in current:
-            continue
-        meta = finished_meta(out_root / video_id, video_id)
-        if meta is None:
-            continue
-        identity, description = _meta_estimator(meta)
-        if identity != ours:
-            left.append(video_id)
-            theirs = theirs or description
-    if not left:
-        return
-    raise RunStartError(
-        f"{out_root} holds {len(left)} finished video(s) this run does not include "
-        f"({', '.join(left[:3])}{', ...' if len(left) > 3 else ''}) made with {theirs}; this "
-        f"run would use {estimator.describe()}, and a folder holds the flow of one estimator. "
-        "Include those inputs, delete their folders, or choose another output folder."
-    )
-
-
 def _as_batch_result(result: VideoResult, job: VideoJob, **extra: object) -> BatchResult:
     values = {f.name: getattr(result, f.name) for f in dataclasses.fields(VideoResult)}
     return BatchResult(**values, rel_path=job.rel_path, **extra)
@@ -413,7 +304,7 @@ def run_batch(
             check_left_behind(out_root, jobs, estimator)
         key = results_key(config, estimator)
         expected = results_hash(key)
-        kept, redone = _plan_resume(jobs, out_root, key, expected) if resume else ({}, {})
+        kept, redone = plan_resume(jobs, out_root, key, expected) if resume else ({}, {})
         if redone:
             logger.warning(
                 "--resume: %d finished video(s) will be computed again, their settings differ: %s",
