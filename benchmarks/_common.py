@@ -42,7 +42,7 @@ def add_video_argument(parser) -> None:
     parser.add_argument("--video", type=Path, default=default)
 
 
-def timed_pipeline(arguments: Sequence[str]) -> tuple[float, float]:
+def run_timed(arguments: Sequence[str]) -> tuple[float, float]:
     """Wall and CPU seconds (user + system of the command and its worker processes) of one
     ``python run_pipeline.py ARGUMENTS`` process; raises if it fails."""
     command = [sys.executable, str(Path(__file__).resolve().parents[1] / "run_pipeline.py")]

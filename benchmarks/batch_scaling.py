@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from benchmarks._common import cpu_description, print_table, timed_pipeline  # noqa: E402
+from benchmarks._common import cpu_description, print_table, run_timed  # noqa: E402
 
 
 def write_clips(folder: Path, count: int, frames: int, width: int, height: int) -> None:
@@ -62,7 +62,7 @@ def main() -> None:
             write_clips(folder, count, args.frames, width, height)
             out = Path(tmp) / f"out{count}"
             command = ["-q", "run", str(folder), "-o", str(out), "--model", "dis", "--no-progress"]
-            runs = [timed_pipeline([*command, "--overwrite"]) for _ in range(args.repeats)]
+            runs = [run_timed([*command, "--overwrite"]) for _ in range(args.repeats)]
             wall, cpu = median(w for w, _ in runs), median(c for _, c in runs)
             if first is None:
                 first = (count, wall, cpu)

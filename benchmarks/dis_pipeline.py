@@ -30,13 +30,7 @@ from statistics import median
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks._common import (  # noqa: E402
-    add_video_argument,
-    cpu_description,
-    print_table,
-    spread,
-    timed_pipeline,
-)
+from benchmarks._common import add_video_argument, cpu_description, print_table, run_timed, spread  # noqa: E402
 
 ALL_OUTPUTS = [
     "--formats", "npy,jpg,viz", "--set", "warp.enabled=true", "--set", "features.enabled=true",
@@ -61,8 +55,8 @@ def make_clip(source: Path, target: Path, frames: int, width: int, height: int) 
 
 
 def timed_run(clip: Path, out: Path, extra: list[str]) -> tuple[float, float]:
-    """Wall and CPU seconds of one ``run`` of ``clip`` with DIS (:func:`timed_pipeline`)."""
-    return timed_pipeline(
+    """Wall and CPU seconds of one ``run`` of ``clip`` with DIS (:func:`run_timed`)."""
+    return run_timed(
         ["run", str(clip), "-o", str(out), "--model", "dis", "--no-progress", "--overwrite", *extra]
     )
 

@@ -368,6 +368,13 @@ def _run_locked(
         results[n] = result
         manifest.set(n, _row(jobs[n], result, expected))
 
+    def finish(n: int, result: BatchResult) -> None:
+        """Files the result of a video that ran: a failed one's outputs are deleted first."""
+        if result.status != "ok":
+            _remove_failed_output(out_root / jobs[n].video_id, out_root)
+        record(n, result)
+        manifest.save()  # within its time budget
+
     failed_early = any(r is not None and r.status == "failed" for r in results)
     bar = tqdm(
         total=len(jobs),
@@ -388,9 +395,7 @@ def _run_locked(
                     results,
                     config,
                     estimator,
-                    record=record,
-                    manifest=manifest,
-                    out_root=out_root,
+                    finish=finish,
                     bar=bar,
                     execution=execution,
                     fail_fast=fail_fast,
@@ -434,15 +439,12 @@ def _execute(
     config: RunConfig,
     estimator: Estimator,
     *,
-    record: Callable[[int, BatchResult], None],
-    manifest: RunManifest,
-    out_root: Path,
+    finish: Callable[[int, BatchResult], None],
     bar: tqdm,
     execution: Execution,
     fail_fast: bool,
 ) -> bool:
-    """Runs the tasks; ``record(index, result)`` files each result as its video finishes and
-    the manifest is saved within its time budget (:class:`pipeline.manifest.RunManifest`).
+    """Runs the tasks; ``finish(index, result)`` files each result as its video finishes.
 
     Returns True when ``fail_fast`` stopped the run early.
     """
@@ -450,10 +452,7 @@ def _execute(
     with make_executor(config, execution, estimator=estimator) as runner:
         for task, result in runner.results(tasks):
             job = jobs[task.index]
-            if result.status != "ok":
-                _remove_failed_output(Path(task.out_dir), out_root)
-            record(task.index, _as_batch_result(result, job))
-            manifest.save()
+            finish(task.index, _as_batch_result(result, job))
             counts[result.status] += 1
             bar.set_postfix(ok=counts["ok"], failed=counts["failed"], refresh=False)
             bar.update(1)
