@@ -193,7 +193,13 @@ def test_real_frame_count_not_header(media: Callable[..., Path], tmp_path: Path)
         assert info.backend == backend
         assert info.header_frame_count == 30
         assert pattern_ids(frames) == list(range(12))
-        assert "decoded 12 frames, fewer than the 30 the header declares" in warnings
+        shortfall = "decoded 12 frames, fewer than the 30 the header declares"
+        if backend == "opencv":  # the only sign it gets: it says it cannot tell the cause
+            assert f"{shortfall} (hidden frames, or a file cut short: opencv does not" in str(
+                warnings
+            )
+        else:  # the decoding error's own warning says why
+            assert shortfall in warnings
 
 
 @pytest.mark.parametrize(

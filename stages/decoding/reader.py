@@ -153,7 +153,7 @@ class VideoReader(ClosingReader):
         if unselected and header is not None and self.frames_delivered < header:
             self._state.warn(
                 f"decoded {self.frames_delivered} frames, fewer than the {header} the header "
-                "declares"
+                f"declares{self._shortfall_cause()}"
             )
         if self.frames_delivered == 0:
             self._state.warn("no frame in the selected range")
@@ -163,6 +163,17 @@ class VideoReader(ClosingReader):
             raise DecodeError.incomplete(
                 self.info.path, self._state.cut_short_by, self.frames_delivered, header
             )
+
+    def _shortfall_cause(self) -> str:
+        """Why fewer frames came than the header counts, where the reader can tell: after a
+        fault the fault's own warning says it; PyAV reports every fault, so without one the
+        container hid frames (an MP4 edit list, as a stream-copy cut leaves); other decoders
+        report none."""
+        if self._state.cut_short_by:
+            return ""
+        if self.info.backend == "pyav":
+            return " (frames the container hides, e.g. behind the edit list of a stream-copy cut)"
+        return f" (hidden frames, or a file cut short: {self.info.backend} does not report faults)"
 
     def _check_track_duration(self) -> None:
         """A stream without a frame count whose frames end well before the duration its track
