@@ -3,9 +3,8 @@
 Configuration: ``config``, ``train_config``, ``devices``, ``model_choice``, ``estimators``.
 Inputs and outputs: ``discovery``, ``images``, ``example``, ``manifest``, ``tables``. Running:
 ``run_start``, ``runner`` (the stages over one video), ``batch`` (many videos: lock,
-failure policy), ``resume`` (what ``--resume`` keeps), ``executors`` (the contract, in-process), ``worker_processes``,
-``ray_executor``, ``overlap``,
-``allocator``. Commands: ``cli`` with ``cli_common`` and one module per command beside its
+failure policy), ``resume`` (what ``--resume`` keeps), ``executors`` (the contract,
+in-process), ``worker_processes``, ``ray_executor``, ``overlap``, ``allocator``. Commands: ``cli`` with ``cli_common`` and one module per command beside its
 library (``consistency_cmd``, ``evaluate`` / ``evaluate_cmd``, ``inspect`` / ``inspect_cmd`` /
 ``inspect_report``, ``training`` / ``training_log`` / ``train_cmd``).
 

@@ -118,12 +118,13 @@ def _seconds_columns(cells: Sequence[dict[str, Any]]) -> list[str]:
 def _table(cells: Sequence[dict[str, Any]]) -> pd.DataFrame:
     stages = _seconds_columns(cells)
     columns: dict[str, Any] = {
-        name: [c[name] for c in cells]
-        for name in ("path", "video_id", "status", "reused", "error_type", "error")
+        name: [c[name] for c in cells] for name in ("path", "video_id", "status")
     }
+    columns["reused"] = np.array([c["reused"] for c in cells], dtype=bool)
+    columns["error_type"] = [c["error_type"] for c in cells]
+    columns["error"] = [c["error"] for c in cells]
     columns["frames"] = np.array([c["frames"] for c in cells], dtype=np.int64)
     columns["pairs"] = np.array([c["pairs"] for c in cells], dtype=np.int64)
-    columns["reused"] = np.array(columns["reused"], dtype=bool)
     for stage in stages:
         seconds = [c["seconds"].get(stage) for c in cells]
         columns[f"seconds_{stage}"] = np.array(seconds, dtype=np.float64)  # None -> NaN
