@@ -22,6 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from stages.decoding.backend_base import DecodeState
 from stages.decoding.selection import expected_count, select_frames
 from stages.decoding.transform import FrameTransform, fit_max_side
 from stages.decoding.types import ClosingReader, DecodeConfig, DecodedFrame, DecodeError, VideoInfo
@@ -74,7 +75,8 @@ class FrameFolderReader(ClosingReader):
         if not fps or fps <= 0:
             raise ValueError(f"fps must be > 0, got {fps!r}")
         self.options = options
-        self.warnings: list[str] = []
+        self._state = DecodeState()
+        self.warnings: list[str] = self._state.warnings
         try:
             self._images = list_images(path)
         except OSError as exc:
@@ -111,10 +113,6 @@ class FrameFolderReader(ClosingReader):
         out unreadable)."""
         return expected_count(len(self._images), self._fps, None, self.options) or 0
 
-    def _warn(self, message: str) -> None:
-        if message not in self.warnings:
-            self.warnings.append(message)
-
     def _iterate(self) -> Iterator[DecodedFrame]:
         """The selected images (``pts = position / fps``)."""
         timed = ((n / self._fps, n) for n in range(len(self._images)))
@@ -123,7 +121,7 @@ class FrameFolderReader(ClosingReader):
             rgb = self._first if position == 0 else read_image_rgb(image)
             if rgb is None:
                 fault = f"image '{image.name}' cannot be read"
-                self._warn(f"{fault}; the sequence ends after {self.frames_delivered} frames")
+                self._state.warn(f"{fault}; the sequence ends after {self.frames_delivered} frames")
                 if not self.options.keep_incomplete:
                     raise DecodeError.incomplete(
                         self.info.path, fault, self.frames_delivered, len(self._images)
@@ -133,12 +131,12 @@ class FrameFolderReader(ClosingReader):
             self.frames_delivered += 1
         if self._transform.size_changes:
             width, height = self._transform.input_size
-            self._warn(
+            self._state.warn(
                 f"{self._transform.size_changes} images differ from the first one's size "
                 f"{width}x{height}; they were resized"
             )
         if self.frames_delivered == 0:
-            self._warn("no frame in the selected range")
+            self._state.warn("no frame in the selected range")
 
     def close(self) -> None:
         """Nothing to release; later calls to :meth:`frames` fail. Safe to call twice."""

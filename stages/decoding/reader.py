@@ -130,11 +130,10 @@ class VideoReader(ClosingReader):
         return self._state.decoded
 
     def _iterate(self) -> Iterator[DecodedFrame]:
-        previous: float | None = None
         for pts, rgb in self._backend.frames(self.options):
-            if previous is not None and pts <= previous:
+            if self._last_pts is not None and pts <= self._last_pts:
                 self._state.warn("timestamps are not strictly increasing")
-            previous = self._last_pts = pts
+            self._last_pts = pts
             yield DecodedFrame(index=self.frames_delivered, pts=pts, rgb=self._transform(rgb))
             self.frames_delivered += 1
         self._check_after_end()
