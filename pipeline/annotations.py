@@ -9,16 +9,23 @@ from ``start_index`` to ``start_index + total_frames - 1``) from
 * ``rawframes_flow.txt``: ``<video id>/rawframes <flow pairs> <label>``, one line per finished
   video; ``frame_dir`` is relative to ``OUT``, so ``data_prefix=dict(img=OUT)``;
 * ``rawframes_rgb.txt`` (with ``output.write_rgb``): the same with the number of RGB frames;
-* ``classes.txt``: class names, line ``n`` is label ``n`` (0-based, sorted by name), when the
-  inputs are laid out one folder per class (UCF101, HMDB51, Kinetics as distributed): the class
-  of a video is the name of the folder ``label_level`` levels above it (1: the folder holding
-  it). Without such a layout the lists have no label column (mmaction2 reads label -1);
+* ``classes.txt``: class names, line ``n`` is label ``n`` (0-based), when the inputs are laid
+  out one folder per class (UCF101, HMDB51, Kinetics as distributed): the class of a video is
+  the name of the folder ``label_level`` levels above it (1: the folder holding it). Classes
+  are numbered as a class index file says (UCF101's ``classInd.txt``), else sorted by name
+  ignoring case (:func:`pipeline.dataset_splits.default_class_order`). Without such a layout
+  every label is ``-1`` (what mmaction2 1.x assumes for a missing label; mmaction2 0.x and TSM
+  need the column);
+* ``rawframes_flow_<split>.txt`` / ``rawframes_rgb_<split>.txt`` for each official split
+  (``train_split1``, ``test_split1``, ...; :mod:`pipeline.dataset_splits`): the lines of the
+  videos the split lists;
 * ``mmaction2_rawframes.py``: the dataset settings for mmaction2 1.x, with the preset's
   ``filename_tmpl`` and ``start_index``, ready to paste into a config.
 
 Flow file ``n`` of a video holds the flow from decoded frame ``n - index_base`` to the next
 one (``index_base`` = the preset's first number), so the ``total_frames`` of a flow list is the
-number of pairs; RGB frames number one more (``gap`` more for ``flow.gap`` > 1).
+number of pairs; RGB frames number one more (``gap`` more for ``flow.gap`` > 1), except for
+layouts that write the RGB frame that ends each pair (``tsn``), one per flow.
 
 mmaction2 splits lines on whitespace: a video whose id holds a space cannot be listed. Such
 videos are left out with a warning (rename the folders, e.g. spaces to underscores, as
@@ -29,12 +36,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from models.atomic_files import write_bytes_atomic
 from stages.flow_jpeg import FlowJpegLayout
+
+from .dataset_splits import assign_to_splits, default_class_order
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +51,8 @@ FLOW_LIST = "rawframes_flow.txt"
 RGB_LIST = "rawframes_rgb.txt"
 CLASSES = "classes.txt"
 MMACTION2_SNIPPET = "mmaction2_rawframes.py"
+SPLIT_LIST_GLOB = "rawframes_*_*split*.txt"
+"""Split lists of an earlier run (removed before new lists are written)."""
 FRAMES_FOLDER = "rawframes"
 """Folder of a video's flow (and RGB) JPEGs inside its output folder."""
 
@@ -77,22 +88,55 @@ def class_of(video_id: str, level: int) -> str | None:
     return folders[-level] if 1 <= level <= len(folders) else None
 
 
+@dataclass(frozen=True)
+class ListOptions:
+    """How the lists label and split the videos.
+
+    Attributes:
+        label_level: which folder above a video names its class (0: no labels).
+        class_index: class names in label order (a class index file, or UCF101's
+            ``classInd.txt`` from ``splits``); ``None``: the classes found, sorted by name
+            ignoring case.
+        splits: split name -> the entries it lists (:mod:`pipeline.dataset_splits`).
+    """
+
+    label_level: int = 1
+    class_index: tuple[str, ...] | None = None
+    splits: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+def unknown_classes(video_ids: Iterable[str], options: ListOptions) -> list[str]:
+    """Classes of ``video_ids`` missing from ``options.class_index`` (sorted; none without
+    an index or labels). A run checks this before computing anything."""
+    if options.class_index is None or options.label_level <= 0:
+        return []
+    known = set(options.class_index)
+    found = {class_of(video_id, options.label_level) for video_id in video_ids}
+    return sorted(name for name in found if name is not None and name not in known)
+
+
 def write_rawframe_lists(
     out_root: str | Path,
     videos: Iterable[FinishedVideo],
     layout: FlowJpegLayout,
     *,
     rgb: bool,
-    label_level: int = 1,
+    options: ListOptions | None = None,
 ) -> dict[str, Path]:
-    """Writes the annotation lists, ``classes.txt`` and the mmaction2 snippet (see the module
-    docstring) for ``videos`` into ``out_root``; returns ``{name: path}`` of what was written.
+    """Writes the annotation lists, ``classes.txt``, the split lists and the mmaction2
+    snippet (see the module docstring) for ``videos`` into ``out_root``; returns
+    ``{name: path}`` of what was written (split lists as ``"split:<name>"``).
 
-    ``label_level``: which folder above a video names its class (0: no labels). Labels are
-    written only when every listed video has such a folder; otherwise a warning says why.
-    Files of an earlier run that this one does not write (``classes.txt`` without labels, the
-    RGB list without RGB frames) are removed, so the folder never mixes two runs' lists.
+    Labels are written only when every listed video has a class folder at
+    ``options.label_level``; otherwise every label is -1 and a warning says why. Files of an
+    earlier run that this one does not write (``classes.txt`` without labels, the RGB list
+    without RGB frames, split lists) are removed, so the folder never mixes two runs' lists.
+
+    Raises:
+        ValueError: a video's class is missing from ``options.class_index``.
+        pipeline.dataset_splits.SplitFileError: a split entry matches two videos.
     """
+    options = options or ListOptions()
     root = Path(out_root)
     listed, spaced = [], []
     for video in sorted(videos, key=lambda v: v.video_id):
@@ -105,60 +149,95 @@ def write_rawframe_lists(
             len(spaced),
             spaced[0].video_id,
         )
-    classes = _classes(listed, label_level)
+    unknown = unknown_classes((v.video_id for v in listed), options)
+    if unknown:
+        raise ValueError(f"classes missing from the class index: {', '.join(unknown)}")
+    classes = _classes(listed, options)
     labels = {name: n for n, name in enumerate(classes or [])}
-    written: dict[str, Path] = {}
+    rgb_count = (lambda v: v.pairs) if layout.rgb_ends_pairs else (lambda v: v.frames)
 
-    def lines(count) -> bytes:
+    def lines(chosen: list[FinishedVideo], count) -> bytes:
         rows = []
-        for video in listed:
-            row = f"{video.video_id}/{FRAMES_FOLDER} {count(video)}"
-            if classes is not None:
-                row += f" {labels[class_of(video.video_id, label_level)]}"
-            rows.append(row + "\n")
+        for video in chosen:
+            label = labels[class_of(video.video_id, options.label_level)] if classes else -1
+            rows.append(f"{video.video_id}/{FRAMES_FOLDER} {count(video)} {label}\n")
         return "".join(rows).encode()
 
-    written["flow_list"] = _write(root / FLOW_LIST, lines(lambda v: v.pairs))
+    for stale in [*root.glob(SPLIT_LIST_GLOB), RGB_LIST, CLASSES]:
+        (root / stale).unlink(missing_ok=True)
+    written: dict[str, Path] = {}
+    written["flow_list"] = _write(root / FLOW_LIST, lines(listed, lambda v: v.pairs))
     if rgb:
-        written["rgb_list"] = _write(root / RGB_LIST, lines(lambda v: v.frames))
-    else:
-        (root / RGB_LIST).unlink(missing_ok=True)
+        written["rgb_list"] = _write(root / RGB_LIST, lines(listed, rgb_count))
     if classes is not None:
         written["classes"] = _write(root / CLASSES, "".join(f"{c}\n" for c in classes).encode())
-    else:
-        (root / CLASSES).unlink(missing_ok=True)
-    snippet = mmaction2_snippet(root, layout, rgb=rgb, num_classes=len(classes or []))
+    by_id = {video.video_id: video for video in listed}
+    assigned = assign_to_splits(by_id, options.splits)
+    for name, members in assigned.members.items():
+        chosen = [by_id[video_id] for video_id in members]
+        flow_path = root / FLOW_LIST.replace(".txt", f"_{name}.txt")
+        written[f"split:{name}"] = _write(flow_path, lines(chosen, lambda v: v.pairs))
+        if rgb:
+            _write(root / RGB_LIST.replace(".txt", f"_{name}.txt"), lines(chosen, rgb_count))
+        missing = assigned.unmatched[name]
+        if missing:
+            logger.warning(
+                "split %s: %d of its %d videos are not in the lists (not finished, left out "
+                "or not among the inputs), e.g. %r",
+                name,
+                len(missing),
+                len(options.splits[name]),
+                missing[0],
+            )
+    snippet = mmaction2_snippet(
+        root, layout, rgb=rgb, num_classes=len(classes or []), splits=list(assigned.members)
+    )
     written["mmaction2_config"] = _write(root / MMACTION2_SNIPPET, snippet.encode())
     return written
 
 
-def _classes(videos: list[FinishedVideo], level: int) -> list[str] | None:
-    """Sorted class names, or ``None`` when labels are off or some video has no class folder."""
+def _classes(videos: list[FinishedVideo], options: ListOptions) -> list[str] | None:
+    """Class names in label order, or ``None`` when labels are off or some video has no class
+    folder."""
+    level = options.label_level
     if level <= 0 or not videos:
         return None
     names = {video.video_id: class_of(video.video_id, level) for video in videos}
     missing = [video_id for video_id, name in names.items() if name is None]
     if missing:
         logger.warning(
-            "annotation lists without labels: %d video(s) have no folder %d level(s) above them "
-            "(e.g. %r), so the inputs are not laid out one folder per class at that level "
-            "(--label-level)",
+            "annotation lists without labels (-1): %d video(s) have no folder %d level(s) "
+            "above them (e.g. %r), so the inputs are not laid out one folder per class at "
+            "that level (--label-level)",
             len(missing),
             level,
             missing[0],
         )
         return None
-    return sorted(set(names.values()))
+    if options.class_index is not None:
+        return list(options.class_index)
+    return default_class_order(names.values())
 
 
-def mmaction2_snippet(root: Path, layout: FlowJpegLayout, *, rgb: bool, num_classes: int) -> str:
+def mmaction2_snippet(
+    root: Path, layout: FlowJpegLayout, *, rgb: bool, num_classes: int, splits: list[str] = ()
+) -> str:
     """mmaction2 1.x dataset settings for the lists in ``root`` (Python config syntax)."""
     data_root = os.path.abspath(root)
     text = [
         "# mmaction2 1.x dataset settings for the frames motionpipe wrote in this folder.",
         "# Paste into a config (e.g. a copy of configs/recognition/tsn/",
         "# tsn_imagenet-pretrained-r50_8xb32_5x1x3-110e_kinetics400-flow.py) and keep its",
-        "# pipelines; split the lists into train / val lists as your data set requires.",
+        "# pipelines.",
+    ]
+    if splits:
+        text.append("# Official splits: set ann_file to their lists, e.g. for split 1:")
+        for name in splits[:2]:
+            text.append(f"#   {data_root + '/' + FLOW_LIST.replace('.txt', f'_{name}.txt')}")
+        text.append(f"# (all splits: {', '.join(splits)}; RGB: rawframes_rgb_<split>.txt)")
+    else:
+        text.append("# Split the lists into train / val lists as your data set requires.")
+    text += [
         f"data_root = {data_root!r}",
         "flow_dataset = dict(",
         "    type='RawframeDataset',",

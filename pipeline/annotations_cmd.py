@@ -7,14 +7,16 @@ rewrites them from the folder's manifest and ``config.yaml`` (e.g. with another
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import click
 import pandas as pd
 
-from .annotations import FinishedVideo, write_rawframe_lists
+from .annotations import FinishedVideo, ListOptions, unknown_classes, write_rawframe_lists
 from .config import ConfigError, RunConfig, load_config
+from .dataset_splits import SplitFileError, read_class_index, read_official_splits
 from .manifest import MANIFEST_CSV, has_manifest
 
 LABEL_LEVEL_HELP = (
@@ -24,17 +26,78 @@ LABEL_LEVEL_HELP = (
 )
 
 
+def list_options(command: Callable) -> Callable:
+    """``--label-level``, ``--class-index`` and ``--splits``, gathered into one
+    ``list_options`` argument (:class:`pipeline.annotations.ListOptions`); the files are read
+    when the command starts, so a bad one fails before any work."""
+
+    @click.option(
+        "--label-level",
+        type=click.IntRange(min=0),
+        default=1,
+        show_default=True,
+        help=LABEL_LEVEL_HELP,
+    )
+    @click.option(
+        "--class-index",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="Class numbering: a file of 'N name' lines (UCF101's classInd.txt; numbers from "
+        "1 become labels from 0) or one name a line. Default: the classes sorted by name "
+        "ignoring case (UCF101's official order), or --splits' classInd.txt.",
+    )
+    @click.option(
+        "--splits",
+        type=click.Path(exists=True, file_okay=False, path_type=Path),
+        help="Folder of official split files (UCF101's ucfTrainTestlist, HMDB51's "
+        "testTrainMulti_7030_splits): also write rawframes_flow_train_split1.txt, "
+        "rawframes_flow_test_split1.txt, ... for every split.",
+    )
+    @functools.wraps(command)
+    def wrapper(*args, label_level: int, class_index: Path | None, splits: Path | None, **kw):
+        official = _read(read_official_splits, splits, "--splits")
+        index = _read(read_class_index, class_index, "--class-index")
+        if index is None and official is not None:
+            index = official.class_index
+        options = ListOptions(label_level, index, official.splits if official else {})
+        return command(*args, list_options=options, **kw)
+
+    return wrapper
+
+
+def _read(reader: Callable, path: Path | None, option: str):
+    """``reader(path)`` (``None`` without a path); a bad file is a usage error of ``option``."""
+    try:
+        return reader(path) if path else None
+    except SplitFileError as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from None
+
+
+def check_classes(video_ids: Iterable[str], options: ListOptions) -> None:
+    """Raises a :class:`click.ClickException` naming the classes the class index lacks."""
+    unknown = unknown_classes(video_ids, options)
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        raise click.ClickException(
+            f"{len(unknown)} class folder(s) are not in the class index: {shown} "
+            "(--class-index / --splits; --label-level picks the class folder)"
+        )
+
+
 def write_run_annotations(
-    out_root: Path, config: RunConfig, videos: Iterable[FinishedVideo], label_level: int
+    out_root: Path, config: RunConfig, videos: Iterable[FinishedVideo], options: ListOptions
 ) -> dict[str, Path]:
-    """The lists of :mod:`pipeline.annotations` for a run with ``config`` (its jpg layout and
-    whether RGB frames were written)."""
+    """The lists of :mod:`pipeline.annotations` for a run with ``config`` (its jpg layout for
+    its pair gap and whether RGB frames were written).
+
+    Raises:
+        ValueError: see :func:`pipeline.annotations.write_rawframe_lists`.
+    """
     return write_rawframe_lists(
         out_root,
         videos,
-        config.output.jpg_layout,
+        config.output.jpg_layout.for_gap(config.flow.gap),
         rgb=config.output.write_rgb,
-        label_level=label_level,
+        options=options,
     )
 
 
@@ -44,17 +107,17 @@ def describe(written: dict[str, Path]) -> str:
     classes = written.get("classes")
     n_classes = len(classes.read_text(encoding="utf-8").splitlines()) if classes else 0
     labels = f"{n_classes} classes in {classes}" if classes else "no labels"
-    return f"action-recognition lists: {written['flow_list']} ({count} videos, {labels})"
+    splits = [name.split(":", 1)[1] for name in written if name.startswith("split:")]
+    in_splits = f", splits {', '.join(splits)}" if splits else ""
+    return f"action-recognition lists: {written['flow_list']} ({count} videos, {labels}{in_splits})"
 
 
 @click.command("annotations")
 @click.argument("output", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option(
-    "--label-level", type=click.IntRange(min=0), default=1, show_default=True, help=LABEL_LEVEL_HELP
-)
-def annotations_command(output: Path, label_level: int) -> None:
+@list_options
+def annotations_command(output: Path, list_options: ListOptions) -> None:
     """Write mmaction2 annotation lists (rawframes_flow.txt, rawframes_rgb.txt, classes.txt,
-    mmaction2_rawframes.py) for the finished videos of the run folder OUTPUT."""
+    split lists, mmaction2_rawframes.py) for the finished videos of the run folder OUTPUT."""
     if not has_manifest(output):
         raise click.ClickException(f"{output} holds no motionpipe run (no {MANIFEST_CSV})")
     try:
@@ -72,5 +135,9 @@ def annotations_command(output: Path, label_level: int) -> None:
         for row in table.itertuples()
         if row.status == "ok"
     ]
-    written = write_run_annotations(output, config, videos, label_level)
+    check_classes((video.video_id for video in videos), list_options)
+    try:
+        written = write_run_annotations(output, config, videos, list_options)
+    except ValueError as exc:  # SplitFileError included
+        raise click.ClickException(f"annotation lists not written: {exc}") from None
     click.echo(describe(written))

@@ -24,8 +24,8 @@ from stages.flow_io import write_flo, write_flow_npy, write_kitti_png
 from stages.flow_viz import flow_to_color, largest_magnitude, legend_panel
 from stages.image_io import write_image
 
-from .annotations import FinishedVideo
-from .annotations_cmd import LABEL_LEVEL_HELP, describe, write_run_annotations
+from .annotations import FinishedVideo, ListOptions
+from .annotations_cmd import check_classes, describe, list_options, write_run_annotations
 from .batch import OutputInUse, OutputLocked, run_batch, summary_lines
 from .cli_common import device_option, iters_option, parse_set_options, refine_option
 from .config import (
@@ -214,13 +214,7 @@ def pair(
 )
 @click.option("--overwrite", is_flag=True, help="Process every input again in a non-empty OUTPUT.")
 @click.option("--fail-fast", is_flag=True, help="Stop at the first failed video.")
-@click.option(
-    "--label-level",
-    type=click.IntRange(min=0),
-    default=1,
-    show_default=True,
-    help=LABEL_LEVEL_HELP + " Used with jpg output.",
-)
+@list_options
 @click.option(
     "--timeout",
     type=click.FloatRange(min=0, min_open=True),
@@ -241,7 +235,7 @@ def run(
     overwrite: bool,
     fail_fast: bool,
     timeout: float | None,
-    label_level: int,
+    list_options: ListOptions,
     **flags,
 ) -> None:
     """Estimate flow for INPUT into OUTPUT.
@@ -252,7 +246,8 @@ def run(
     formats, timestamps.csv, pairs.csv and meta.json (written last). OUTPUT also holds
     config.yaml and manifest.csv / manifest.parquet (one row per input, updated as videos
     finish); with jpg output, the action-recognition lists (rawframes_flow.txt, classes.txt,
-    mmaction2_rawframes.py; see --label-level). Every configuration key: config show.
+    mmaction2_rawframes.py; --label-level, --class-index and --splits shape them). Every
+    configuration key: config show.
     Exit status: 0 when every input is ok, 1 when any failed or was skipped, or when the run
     could not start; 2 for bad usage, including a non-empty OUTPUT without --resume /
     --overwrite.
@@ -282,6 +277,8 @@ def run(
         logger.warning("ignoring %d inputs inside the output folder", len(found.jobs) - len(jobs))
     if not jobs:
         raise click.ClickException(f"no videos found in {input_path}")
+    if "jpg" in config.output.formats:
+        check_classes((job.video_id for job in jobs), list_options)
     try:
         results = run_batch(
             jobs,
@@ -314,13 +311,17 @@ def run(
         )
         if table is not None:
             click.echo(f"features table: {table}")
+    lists_failed = False
     if "jpg" in config.output.formats and finished:
         videos = [FinishedVideo(r.video_id, r.frames, r.pairs) for r in finished]
-        written = write_run_annotations(output, config, videos, label_level)
-        click.echo(describe(written))
+        try:
+            click.echo(describe(write_run_annotations(output, config, videos, list_options)))
+        except ValueError as exc:  # SplitFileError included
+            logger.error("annotation lists not written: %s", exc)
+            lists_failed = True
     for line in summary_lines(results, output):
         click.echo(line)
-    if any(r.status != "ok" for r in results):
+    if lists_failed or any(r.status != "ok" for r in results):
         sys.exit(1)
 
 

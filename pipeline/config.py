@@ -273,6 +273,7 @@ KEY_HELP: dict[str, str] = {
     "decode.start": "seconds; first frame at or after this time (null: from the start)",
     "decode.end": "seconds; frames before this time, half-open (null: to the end)",
     "decode.max_side": "shrink so the longer side is at most this many pixels (null: keep)",
+    "decode.short_side": "shrink so the shorter side is at most this many pixels (null: keep)",
     "decode.chunk_size": "pairs per chunk: bounds memory, independent of the video length",
     "decode.frames_fps": "frame rate given to folders of image frames (pts = index / fps)",
     "decode.keep_incomplete": "keep the frames of a truncated or corrupt video up to the fault "

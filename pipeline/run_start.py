@@ -170,6 +170,16 @@ def results_key(config: RunConfig, estimator: Estimator) -> dict[str, Any]:
     refine = resolve_refine(flow.pop("refine", "auto"), estimator.model, estimator.checkpoint)
     if refine != "none":
         flow["refine"] = refine
+    # settings added later are recorded only when they change something, so that the hash of
+    # a run without them is what it was before
+    if key["decode"].get("short_side") is None:
+        key["decode"].pop("short_side", None)
+    if "jpg" in config.output.formats:
+        layout = config.output.jpg_layout.for_gap(config.flow.gap)
+        if layout.rgb_ends_pairs and config.output.write_rgb:
+            key["output"]["rgb_ends_pairs"] = True
+        if layout.gap_infix and config.flow.gap != 1:
+            key["output"]["flow_jpg_template"] = layout.x_template
     if estimator.is_network:
         for name in DIS_SETTINGS:
             flow.pop(name, None)

@@ -99,7 +99,11 @@ def build_flow_session(config: RunConfig, estimator: Estimator | None = None) ->
 
 def make_video_stages(config: RunConfig, out_dir: Path, video_id: str, fps: float) -> list:
     """The per-video stages that follow the flow stage, in order (writers first)."""
-    stages: list = [FlowWriters(out_dir, config.output, fps, write_backward=config.flow.backward)]
+    stages: list = [
+        FlowWriters(
+            out_dir, config.output, fps, write_backward=config.flow.backward, gap=config.flow.gap
+        )
+    ]
     if config.features.enabled:
         stages.append(ClipFeatureStage(out_dir, video_id, config.features))
     if config.warp.enabled:

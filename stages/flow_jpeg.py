@@ -132,6 +132,13 @@ class FlowJpegLayout:
     quantized with :func:`quantize_flow` using ``bound`` and ``rounding`` and encoded as an
     8-bit grayscale JPEG at ``jpeg_quality`` (0..100).
 
+    RGB frames (``write_rgb``) are every decoded frame ``t`` as ``image_template.format(t +
+    index_base)``, or with ``rgb_ends_pairs`` (TSN's ``dense_flow``) the frame that ends each
+    pair, stored under its flow's number (frame ``t + k`` as ``image_template.format(t +
+    index_base)``; one RGB frame per flow, the first ``k`` frames not written).
+    ``gap_infix`` (denseflow: ``"_p{gap}"``) is inserted before the ``_`` that precedes the
+    number of the flow names when the pair gap ``k`` is not 1 (:meth:`for_gap`).
+
     The defaults are the project's own layout (the TSN-era ``dense_flow`` naming, 1-based,
     B = 20, round half up). Tool-compatible presets are in :data:`FLOW_JPEG_PRESETS`.
     """
@@ -143,6 +150,8 @@ class FlowJpegLayout:
     bound: float = 20.0
     rounding: Rounding = "round"
     jpeg_quality: int = 95
+    rgb_ends_pairs: bool = False
+    gap_infix: str = ""
 
     def __post_init__(self) -> None:
         _check_bound(self.bound)
@@ -159,6 +168,20 @@ class FlowJpegLayout:
             raise ValueError(f"x, y and image templates must give distinct names, got {names}")
         if any(Path(name).name != name for name in names):
             raise ValueError(f"templates must give plain file names, not paths: {names}")
+        if self.gap_infix and not all("_{" in t for t in (self.x_template, self.y_template)):
+            raise ValueError("gap_infix needs flow templates with '_{' before the number")
+
+    def for_gap(self, gap: int) -> FlowJpegLayout:
+        """The layout for pairs ``(t, t + gap)``: flow names with ``gap_infix`` for gap != 1."""
+        if gap == 1 or not self.gap_infix:
+            return self
+        infix = self.gap_infix.format(gap=gap)
+
+        def insert(template: str) -> str:
+            cut = template.rindex("_{")
+            return template[:cut] + infix + template[cut:]
+
+        return replace(self, x_template=insert(self.x_template), y_template=insert(self.y_template))
 
     def _number(self, index: int) -> int:
         if index < 0:
@@ -186,29 +209,36 @@ _TSN_LAYOUT = FlowJpegLayout(
     bound=20.0,
     rounding="half_even",
     jpeg_quality=95,
+    rgb_ends_pairs=True,
 )
 
 # Each preset as its difference from TSN's layout.
 FLOW_JPEG_PRESETS: Mapping[str, FlowJpegLayout] = MappingProxyType(
     {
-        "denseflow": replace(_TSN_LAYOUT, index_base=0),
+        "denseflow": replace(_TSN_LAYOUT, index_base=0, rgb_ends_pairs=False, gap_infix="_p{gap}"),
         "mmaction2": replace(
-            _TSN_LAYOUT, x_template="x_{:05d}.jpg", y_template="y_{:05d}.jpg", rounding="truncate"
+            _TSN_LAYOUT,
+            x_template="x_{:05d}.jpg",
+            y_template="y_{:05d}.jpg",
+            rounding="truncate",
+            rgb_ends_pairs=False,
         ),
         "tsn": _TSN_LAYOUT,
     }
 )
 """Flow-JPEG layouts of widely used extraction tools, read from their source code.
 
-=========  ==================================  ==================  ====  ==  =========  ===
-preset     flow x / y file names               RGB frame names     base  B   rounding   Q
-=========  ==================================  ==================  ====  ==  =========  ===
-denseflow  ``flow_x_{:05d}.jpg``, ``flow_y_``  ``img_{:05d}.jpg``  0     20  half_even  95
-mmaction2  ``x_{:05d}.jpg``, ``y_{:05d}.jpg``  ``img_{:05d}.jpg``  1     20  truncate   95
-tsn        ``flow_x_{:05d}.jpg``, ``flow_y_``  ``img_{:05d}.jpg``  1     20  half_even  95
-=========  ==================================  ==================  ====  ==  =========  ===
+=========  ==================================  ==================  ====  ==  =========  ===  =====
+preset     flow x / y file names               RGB frame names     base  B   rounding   Q    RGB
+=========  ==================================  ==================  ====  ==  =========  ===  =====
+denseflow  ``flow_x_{:05d}.jpg``, ``flow_y_``  ``img_{:05d}.jpg``  0     20  half_even  95   all
+mmaction2  ``x_{:05d}.jpg``, ``y_{:05d}.jpg``  ``img_{:05d}.jpg``  1     20  truncate   95   all
+tsn        ``flow_x_{:05d}.jpg``, ``flow_y_``  ``img_{:05d}.jpg``  1     20  half_even  95   ends
+=========  ==================================  ==================  ====  ==  =========  ===  =====
 
-(base = number of the first file; B = bound in pixels; Q = JPEG quality.)
+(base = number of the first file; B = bound in pixels; Q = JPEG quality; RGB: every frame, or
+the frame ending each pair under its flow's number, :attr:`FlowJpegLayout.rgb_ends_pairs`.
+denseflow names flows of gap ``k`` != 1 ``flow_x_p{k}_{:05d}.jpg``.)
 
 denseflow (open-mmlab/denseflow, the GPU tool mmaction2 drives):
     ``src/common.cpp``: ``convertFlowToImage`` maps ``v`` with the macro
@@ -241,7 +271,10 @@ tsn (yjxiong/dense_flow, the TSN-era tool denseflow grew from):
     the early ``src/common.cpp`` kept in open-mmlab/denseflow's history uses the same
     ``cvRound`` mapping and ``writeImages`` numbers files ``"_%05d.jpg", i + 1`` (1-based); its
     driver ``build_of.py`` passes the prefixes ``flow_x``, ``flow_y``, ``img`` and ``-b 20``.
-    The project default layout follows it except for rounding half up.
+    Its ``calcDenseFlow`` / ``calcDenseFlowGPU`` push, beside each flow, the frame that ends
+    the pair (``capture_image``, read after the first frame), so ``img_00001.jpg`` is decoded
+    frame 1 and a video of N frames has N - 1 RGB files, as many as flows. The project
+    default layout follows its names except for rounding half up and writing every frame.
 
 Tie-breaking only matters where ``255 (v + B) / (2 B)`` is exactly ``k + 0.5``; for ``B = 20``
 that is ``v`` = -16, -8, 0, 8, 16 px, and ``"round"`` and ``"half_even"`` differ at ``v = -8``

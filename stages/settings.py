@@ -87,6 +87,9 @@ class DecodeConfig:
         max_side: if the delivered frame's longer side exceeds this (>= 16), shrink it
             (``cv2.INTER_AREA``, aspect ratio kept, each side rounded to the nearest integer).
             Frames are never enlarged. Sizes need not be even.
+        short_side: the same for the shorter side (denseflow's ``--new-short``, I3D's 256):
+            shrink so it is at most this (>= 16), aspect ratio kept. With ``max_side`` too,
+            the stronger limit applies.
         chunk_size: pairs per chunk (:func:`stages.decoding.iter_chunks`): bounds memory,
             independent of the video length.
         frames_fps: frame rate assigned to a folder of image frames (pts = index / fps).
@@ -102,6 +105,7 @@ class DecodeConfig:
     start: float | None = None
     end: float | None = None
     max_side: int | None = None
+    short_side: int | None = None
     chunk_size: int = 16
     frames_fps: float = 25.0
     keep_incomplete: bool = False
@@ -127,10 +131,12 @@ class DecodeConfig:
             self.start is None or self.end is None or self.end > self.start,
             "decode.end must be after decode.start",
         )
-        require(
-            self.max_side is None or (_is_int(self.max_side) and self.max_side >= 16),
-            f"decode.max_side must be an integer >= 16, got {self.max_side!r}",
-        )
+        for name in ("max_side", "short_side"):
+            value = getattr(self, name)
+            require(
+                value is None or (_is_int(value) and value >= 16),
+                f"decode.{name} must be an integer >= 16, got {value!r}",
+            )
         require(
             _is_finite(self.frames_fps) and self.frames_fps > 0, "decode.frames_fps must be > 0"
         )

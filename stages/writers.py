@@ -78,6 +78,7 @@ class FlowWriters(VideoOutputStage):
         write_backward: write the chunks' backward flow (``flow_bw``) as well. The runner
             passes ``flow.backward``: backward flow that only the warp stage's occlusion test
             asked for is used there and not written.
+        gap: the pair gap ``k`` (``flow.gap``), for flow-JPEG names that depend on it.
     """
 
     name: ClassVar[str] = "writers"
@@ -85,10 +86,12 @@ class FlowWriters(VideoOutputStage):
     config: OutputConfig = field(default_factory=OutputConfig)
     fps: float = 25.0
     write_backward: bool = True
+    gap: int = 1
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.jpg_layout = self.config.jpg_layout
+        self.jpg_layout = self.config.jpg_layout.for_gap(self.gap)
+        self._rgb = "jpg" in self.config.formats and self.config.write_rgb
         self._stacks: dict[str, StackedNpyWriter] = {}
         self._mp4: Mp4Writer | None = None
         self._timestamps: list[tuple[int, float]] = []
@@ -100,13 +103,9 @@ class FlowWriters(VideoOutputStage):
     def process(self, chunk: FrameChunk) -> FrameChunk:
         new = range(chunk.overlap, chunk.num_frames)  # frames not already seen
         self._timestamps.extend((int(chunk.indices[i]), float(chunk.pts[i])) for i in new)
-        if "jpg" in self.config.formats and self.config.write_rgb:
+        if self._rgb and not self.jpg_layout.rgb_ends_pairs:
             for i in new:
-                write_image(
-                    self.out_dir / "rawframes" / self.jpg_layout.image_name(int(chunk.indices[i])),
-                    chunk.frames[i],
-                    jpeg_quality=self.jpg_layout.jpeg_quality,
-                )
+                self._write_rgb(chunk.frames[i], int(chunk.indices[i]))
         pairs = chunk.artifacts.get("pairs", np.zeros((0, 2), np.int64))
         local = {int(index): n for n, index in enumerate(chunk.indices)}
         pts = {int(index): float(p) for index, p in zip(chunk.indices, chunk.pts, strict=True)}
@@ -144,8 +143,18 @@ class FlowWriters(VideoOutputStage):
                 continue  # action-recognition frames and previews use forward flow only
             if "jpg" in self.config.formats:
                 write_flow_jpegs(self.out_dir / "rawframes", flow, int(t), self.jpg_layout)
+                if self._rgb and self.jpg_layout.rgb_ends_pairs:
+                    self._write_rgb(chunk.frames[local[int(t_k)]], int(t))
             if "viz" in self.config.formats:
                 self._write_viz(flow, int(t), int(t_k), chunk.frames[local[int(t)]])
+
+    def _write_rgb(self, rgb: np.ndarray, number_index: int) -> None:
+        """RGB frame ``rgb`` as the layout's image file for 0-based index ``number_index``."""
+        write_image(
+            self.out_dir / "rawframes" / self.jpg_layout.image_name(number_index),
+            rgb,
+            jpeg_quality=self.jpg_layout.jpeg_quality,
+        )
 
     def _rim_for(self, flow: np.ndarray) -> tuple[float, str]:
         """The rim magnitude of this picture and how it was chosen (for the legend)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 import pytest
@@ -81,8 +82,10 @@ def test_every_listed_frame_resolves_with_the_loader_path_rule(tree, tmp_path, p
         for n, (label, clips) in enumerate(sorted(TREE.items()))
         for stem, frames in clips.items()
     )
-    assert rgb_rows == expected
     assert flow_rows == [(d, frames - 1, label) for d, frames, label in expected]
+    # tsn (dense_flow) writes the frame ending each pair, one per flow; the others every frame
+    rgb_less = 1 if layout.rgb_ends_pairs else 0
+    assert rgb_rows == [(d, frames - rgb_less, label) for d, frames, label in expected]
     flow_tmpl = flow_filename_template(layout)
     if preset in FRAME_TEMPLATE:
         assert flow_tmpl == FRAME_TEMPLATE[preset]
@@ -102,11 +105,11 @@ def test_every_listed_frame_resolves_with_the_loader_path_rule(tree, tmp_path, p
 def test_label_level_and_trees_without_class_folders(tree, tmp_path) -> None:
     out = tmp_path / "flat"
     _run(tree / "jump", out)  # the clips lie at the input root: no class folder
-    assert [r[2] for r in _read_list(out / "rawframes_flow.txt")] == [None, None]
+    assert [r[2] for r in _read_list(out / "rawframes_flow.txt")] == [-1, -1]
     assert not (out / "classes.txt").exists()
     out = tmp_path / "none"
     _run(tree, out, "--label-level", "0")
-    assert [r[2] for r in _read_list(out / "rawframes_flow.txt")] == [None] * 3
+    assert [r[2] for r in _read_list(out / "rawframes_flow.txt")] == [-1] * 3
     # the annotations command rewrites the lists of a finished run without computing flow
     result = CliRunner().invoke(main, ["annotations", str(out), "--label-level", "1"])
     assert result.exit_code == 0, result.output
@@ -162,3 +165,100 @@ def test_mmaction2_loads_every_listed_frame(tree, tmp_path, preset) -> None:
                 np.testing.assert_array_equal(images[0][..., 0], x)
             else:
                 assert images[0].shape == (48, 64, 3)
+
+
+def test_tsn_rgb_frames_end_each_pair_as_dense_flow_writes_them(tmp_path) -> None:
+    """dense_flow stores, beside flow n, the frame that ends the pair: img_00001 is frame 1."""
+    (tmp_path / "in" / "wave").mkdir(parents=True)
+    clip = write_video(tmp_path / "in" / "wave" / "c.mkv", num_frames=5, velocity=(4.0, 0.0))
+    out = tmp_path / "out"
+    _run(clip.parent.parent, out, "--set", "output.jpg_preset=tsn")
+    frames = tmp_path / "out" / "wave" / "c" / "rawframes"
+    names = sorted(p.name for p in frames.glob("img_*.jpg"))
+    assert names == [f"img_{n:05d}.jpg" for n in range(1, 5)]
+    with av.open(str(clip)) as container:
+        decoded = [f.to_ndarray(format="rgb24").astype(float) for f in container.decode(video=0)]
+    for n in range(1, 5):
+        written = cv2.cvtColor(cv2.imread(str(frames / f"img_{n:05d}.jpg")), cv2.COLOR_BGR2RGB)
+        errors = [np.abs(written - frame).mean() for frame in decoded]
+        assert int(np.argmin(errors)) == n, errors
+
+
+def test_denseflow_names_a_gap_as_denseflow_does(tree, tmp_path) -> None:
+    out = tmp_path / "out"
+    _run(tree / "wave", out, "--set", "output.jpg_preset=denseflow", "--gap", "2")
+    frames = out / "w1" / "rawframes"
+    assert (frames / "flow_x_p2_00000.jpg").is_file() and (frames / "flow_y_p2_00004.jpg").is_file()
+    assert not list(frames.glob("flow_x_0*.jpg")) and (frames / "img_00006.jpg").is_file()
+    assert _read_list(out / "rawframes_flow.txt") == [("w1/rawframes", 5, -1)]
+    assert "filename_tmpl='flow_{}_p2_{:05d}.jpg'" in (out / "mmaction2_rawframes.py").read_text()
+
+
+@pytest.fixture(scope="module")
+def ucf_tree(tmp_path_factory) -> tuple[Path, Path]:
+    """A UCF101-like tree (class names whose plain sort differs from classInd.txt) and its
+    split folder; one test entry names a video that is not there."""
+    base = tmp_path_factory.mktemp("ucf101")
+    root = base / "UCF-101"
+    clips = {"Hammering": ["v_Hammering_g01_c01", "v_Hammering_g08_c01"],
+             "HammerThrow": ["v_HammerThrow_g01_c01", "v_HammerThrow_g08_c01"]}  # fmt: skip
+    for label, stems in clips.items():
+        (root / label).mkdir(parents=True)
+        for stem in stems:
+            write_video(root / label / f"{stem}.avi", width=32, height=32, num_frames=3)
+    lists = base / "ucfTrainTestlist"
+    lists.mkdir()
+    (lists / "classInd.txt").write_text("1 Hammering\n2 HammerThrow\n")
+    (lists / "trainlist01.txt").write_text(
+        "Hammering/v_Hammering_g08_c01.avi 1\nHammerThrow/v_HammerThrow_g08_c01.avi 2\n"
+    )
+    (lists / "testlist01.txt").write_text(
+        "Hammering/v_Hammering_g01_c01.avi\nHammerThrow/v_HammerThrow_g01_c01.avi\n"
+        "HammerThrow/v_HammerThrow_g02_c01.avi\n"
+    )
+    return root, lists
+
+
+def test_official_ucf101_splits_and_class_numbers(ucf_tree, tmp_path) -> None:
+    root, lists = ucf_tree
+    out = tmp_path / "out"
+    result = _run(root, out, "--splits", str(lists))
+    assert "splits train_split1, test_split1" in result.output
+    assert (out / "classes.txt").read_text() == "Hammering\nHammerThrow\n"
+    assert _read_list(out / "rawframes_flow_train_split1.txt") == [
+        ("HammerThrow/v_HammerThrow_g08_c01/rawframes", 2, 1),
+        ("Hammering/v_Hammering_g08_c01/rawframes", 2, 0),
+    ]
+    assert [r[0].split("/")[1] for r in _read_list(out / "rawframes_rgb_test_split1.txt")] == [
+        "v_HammerThrow_g01_c01", "v_Hammering_g01_c01"
+    ]  # fmt: skip
+    assert "split test_split1: 1 of its 3 videos" in result.output
+    assert "v_HammerThrow_g02_c01" in result.output
+    assert "rawframes_flow_train_split1.txt" in (out / "mmaction2_rawframes.py").read_text()
+    # without splits the classes are sorted ignoring case, which is classInd.txt's order;
+    # rewriting the lists removes the split lists of the earlier call
+    result = CliRunner().invoke(main, ["annotations", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "classes.txt").read_text() == "Hammering\nHammerThrow\n"
+    assert not list(out.glob("rawframes_*split*.txt"))
+
+
+def test_a_class_missing_from_the_class_index_stops_the_run_before_any_work(
+    ucf_tree, tmp_path
+) -> None:
+    root, _ = ucf_tree
+    index = tmp_path / "classes.txt"
+    index.write_text("Hammering\n")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        main,
+        ["run", str(root), "-o", str(out), "--config", "configs/action-recognition.yaml",
+         "--model", "dis", "--workers", "0", "--no-progress", "--class-index", str(index)],
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert "not in the class index: HammerThrow" in result.output
+    assert not out.exists() or not any(out.iterdir())
+    bad = tmp_path / "bad.txt"
+    bad.write_text("1 a\n1 b\n")
+    result = CliRunner().invoke(main, ["run", str(root), "-o", str(out), "--class-index", str(bad)])
+    assert result.exit_code == 2 and "bad.txt" in result.output

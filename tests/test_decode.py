@@ -105,6 +105,7 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
         {"start": 2.0, "end": 1.0},
         {"max_side": 0},
         {"max_side": 10.5},
+        {"short_side": 15},
     ],
 )
 def test_options_are_validated(kwargs: dict[str, object]) -> None:
@@ -401,14 +402,24 @@ def test_start_seeks_to_the_same_frames(media: Callable[..., Path]) -> None:
 # --------------------------------------------------------------------------- pixels
 
 
-@pytest.mark.parametrize(("max_side", "size"), [(32, (32, 24)), (50, (50, 38)), (64, (64, 48))])
-def test_max_side_resizes_with_inter_area(
-    media: Callable[..., Path], max_side: int, size: tuple[int, int]
+@pytest.mark.parametrize(
+    ("limits", "size"),
+    [
+        ({"max_side": 32}, (32, 24)),
+        ({"max_side": 50}, (50, 38)),
+        ({"max_side": 64}, (64, 48)),
+        ({"short_side": 32}, (43, 32)),  # 64 * 32 / 48 = 42.7
+        ({"short_side": 48}, (64, 48)),  # never enlarged
+        ({"short_side": 32, "max_side": 40}, (40, 30)),  # the stronger limit
+    ],
+)
+def test_max_and_short_side_resize_with_inter_area(
+    media: Callable[..., Path], limits: dict[str, int], size: tuple[int, int]
 ) -> None:
     path = media(codec="ffv1", pix_fmt="yuv444p", num_frames=5)
     _, full, _ = decode_all(path, backend="pyav")
     for backend in BACKENDS:
-        info, frames, _ = decode_all(path, backend=backend, max_side=max_side)
+        info, frames, _ = decode_all(path, backend=backend, **limits)
         assert (info.width, info.height) == size
         assert (info.source_width, info.source_height) == (W, H)
         for small, big in zip(frames, full, strict=True):

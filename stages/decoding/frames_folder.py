@@ -24,7 +24,7 @@ import numpy as np
 
 from stages.decoding.backend_base import DecodeState
 from stages.decoding.selection import expected_count, select_frames
-from stages.decoding.transform import FrameTransform, fit_max_side
+from stages.decoding.transform import FrameTransform, fit_size
 from stages.decoding.types import ClosingReader, DecodeConfig, DecodedFrame, DecodeError, VideoInfo
 
 logger = logging.getLogger(__name__)
@@ -89,7 +89,12 @@ class FrameFolderReader(ClosingReader):
         self._first = first
         self._fps = float(fps)
         source_height, source_width = first.shape[:2]
-        width, height = fit_max_side(source_width, source_height, options.max_side)
+        width, height = fit_size(
+            source_width,
+            source_height,
+            max_side=options.max_side,
+            short_side=options.short_side,
+        )
         self._transform = FrameTransform((source_width, source_height), 0, (width, height))
         self.info = VideoInfo(
             path=path,

@@ -33,7 +33,7 @@ from stages.decoding.backend_pyav import PyAVBackend
 from stages.decoding.frames_folder import FrameFolderReader, open_frames_folder
 from stages.decoding.probe import StreamProbe, probe_video
 from stages.decoding.selection import expected_count
-from stages.decoding.transform import FrameTransform, fit_max_side
+from stages.decoding.transform import FrameTransform, fit_size
 from stages.decoding.types import ClosingReader, DecodeConfig, DecodedFrame, DecodeError, VideoInfo
 
 logger = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class VideoReader(ClosingReader):
             upright = (probe.source_height, probe.source_width)
         else:
             upright = (probe.source_width, probe.source_height)
-        width, height = fit_max_side(*upright, options.max_side)
+        width, height = fit_size(*upright, max_side=options.max_side, short_side=options.short_side)
         applied = self._backend.applied_rotation
         source = (probe.source_width, probe.source_height)
         decoder_size = source[::-1] if applied % 180 else source

@@ -1,4 +1,5 @@
-"""Geometry applied to every decoded frame: resize (``max_side``) and upright rotation."""
+"""Geometry applied to every decoded frame: resize (``max_side``, ``short_side``) and upright
+rotation."""
 
 from __future__ import annotations
 
@@ -8,17 +9,24 @@ import cv2
 import numpy as np
 
 
-def fit_max_side(width: int, height: int, max_side: int | None) -> tuple[int, int]:
-    """Size ``(w, h)`` after shrinking so the longer side is at most ``max_side``.
+def fit_size(
+    width: int, height: int, *, max_side: int | None = None, short_side: int | None = None
+) -> tuple[int, int]:
+    """Size ``(w, h)`` after shrinking so the longer side is at most ``max_side`` and the
+    shorter side at most ``short_side`` (the stronger of the two applies).
 
-    Each side is ``round(side * max_side / longer)`` (halves round up), at least 1; the size is
-    unchanged when ``max_side`` is None or already satisfied. Symmetric in its two sides, so it
-    commutes with a 90-degree rotation.
+    Each side is ``round(side * scale)`` (halves round up), at least 1, so the limited side
+    lands exactly on its limit; the size is unchanged when no limit is set or both already
+    hold (frames are never enlarged). Symmetric in its two sides, so it commutes with a
+    90-degree rotation.
     """
-    longer = max(width, height)
-    if max_side is None or longer <= max_side:
+    scale = 1.0
+    if max_side is not None:
+        scale = min(scale, max_side / max(width, height))
+    if short_side is not None:
+        scale = min(scale, short_side / min(width, height))
+    if scale >= 1.0:
         return width, height
-    scale = max_side / longer
     return (
         max(1, math.floor(width * scale + 0.5)),
         max(1, math.floor(height * scale + 0.5)),

@@ -142,7 +142,8 @@ class VideoInfo(StreamHeader):
 
     Attributes:
         path: the path as given to :func:`open_video`.
-        width, height: size of the delivered frames (after rotation and ``max_side``).
+        width, height: size of the delivered frames (after rotation, ``max_side`` and
+            ``short_side``).
         stream_start: absolute timestamp (seconds) of the stream start that is subtracted from
             every frame's presentation time to give :attr:`DecodedFrame.pts`.
         backend: the backend actually used (may differ from the requested one after a fallback).
