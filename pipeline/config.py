@@ -327,6 +327,9 @@ KEY_HELP: dict[str, str] = {
     "warp.fb_alpha2": "occlusion test's a2 (px^2)",
     "warp.mb_alpha1": "motion boundary: |grad u|^2 + |grad v|^2 > a1 |f|^2 + a2; this is a1",
     "warp.mb_alpha2": "motion-boundary test's a2",
+    "warp.mb_difference": "gradient of the motion-boundary test: central, or forward (Lai et al.)",
+    "warp.count_outside": "count pixels whose target leaves the frame (border-clamped), as Lai et "
+    "al.'s evaluate_WarpError.py; default: left out and called occluded",
     # features
     "features.enabled": "per-clip motion features (MotionSqueeze maps, flow statistics)",
     "features.clip_len": "frames per clip",

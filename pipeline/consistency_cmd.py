@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import time
 from pathlib import Path, PurePosixPath
@@ -167,13 +168,21 @@ def _write_results(
         "pairs": len(table),
         "e_warp_source": e_src,
         "e_warp_processed": e_proc,
-        "e_warp_ratio": e_proc / e_src if e_src > 0 else float("inf"),
+        "e_warp_ratio": _ratio(e_proc, e_src),
         "photometric_error_source": stats["photometric_error_source"],
         "photometric_error_processed": stats["photometric_error_processed"],
         "occluded_fraction": stats["occluded_fraction"],
         "model": session.stage.config.model,
         "seconds": round(time.perf_counter() - started, 2),
     }
+
+
+def _ratio(processed: float, source: float) -> float:
+    """``processed / source``; 1 when both are 0 (a still shot and its exact copy are equally
+    stable), infinite when only the source's is 0."""
+    if source > 0:
+        return processed / source
+    return 1.0 if processed == 0 else math.inf
 
 
 def _read_summary(out_root: Path) -> pd.DataFrame | None:

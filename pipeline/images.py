@@ -6,13 +6,25 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from stages.image_io import read_image
+
+_HIGH_DEPTH_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+"""PIL modes of 16-bit and 32-bit single-channel images, which ``convert("RGB")`` would clip
+to white; those are read as OpenCV reads them (high byte), like frame folders and
+``evaluate``."""
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
-    """``(H, W, 3)`` uint8 RGB, decoded by PIL like the official demos (gray / RGBA converted)."""
+    """``(H, W, 3)`` uint8 RGB, decoded by PIL like the official demos (gray / RGBA converted),
+    upright by its EXIF orientation like frame folders, ``evaluate`` and image viewers;
+    16-bit gray images as :func:`stages.image_io.read_image` reads them."""
     try:
         with Image.open(path) as image:
+            if image.mode in _HIGH_DEPTH_MODES:
+                return read_image(path)
+            image = ImageOps.exif_transpose(image)
             if image.mode != "RGB":
                 image = image.convert("RGB")
             return np.asarray(image, dtype=np.uint8).copy()

@@ -157,6 +157,15 @@ def check_loaded_checkpoint(estimator: Estimator, info: Any) -> None:
     )
 
 
+LATER_SETTINGS: tuple[tuple[str, str, Any], ...] = (
+    ("decode", "short_side", None),
+    ("warp", "mb_difference", "central"),
+    ("warp", "count_outside", False),
+)
+"""(section, name, default) of settings added after runs were made: in a results key only
+when not at their default."""
+
+
 def results_key(config: RunConfig, estimator: Estimator) -> dict[str, Any]:
     """The settings that change the numbers a run writes (see the module docstring)."""
     key = config_to_dict(config)
@@ -172,8 +181,9 @@ def results_key(config: RunConfig, estimator: Estimator) -> dict[str, Any]:
         flow["refine"] = refine
     # settings added later are recorded only when they change something, so that the hash of
     # a run without them is what it was before
-    if key["decode"].get("short_side") is None:
-        key["decode"].pop("short_side", None)
+    for section, name, default in LATER_SETTINGS:
+        if key[section].get(name) == default:
+            key[section].pop(name, None)
     if "jpg" in config.output.formats:
         layout = config.output.jpg_layout.for_gap(config.flow.gap)
         if layout.rgb_ends_pairs and config.output.write_rgb:

@@ -87,6 +87,7 @@ def forward_backward_occlusion(
     alpha1: float = 0.01,
     alpha2: float = 0.5,
     warped_bw: tuple[torch.Tensor, torch.Tensor] | None = None,
+    outside_occluded: bool = True,
 ) -> torch.Tensor:
     """Forward-backward consistency check of Sundaram et al. 2010.
 
@@ -95,9 +96,10 @@ def forward_backward_occlusion(
 
         |f + b|^2 < alpha1 * (|f|^2 + |b|^2) + alpha2          (squared lengths in pixels^2)
 
-    A pixel whose forward target ``p + f`` leaves ``[0, W-1] x [0, H-1]`` counts as occluded:
-    its content is not visible in the second frame, and no backward flow exists there to check.
-    Non-finite flow is occluded too.
+    A pixel whose forward target ``p + f`` leaves ``[0, W-1] x [0, H-1]`` counts as occluded
+    (``outside_occluded``, the default): its content is not visible in the second frame, and
+    no backward flow exists there to check; ``outside_occluded=False`` checks it against the
+    border-clamped backward flow instead, as Lai et al. Non-finite flow is occluded.
 
     Args:
         flow_fw: ``(B, 2, H, W)`` flow t -> t+k in pixels.
@@ -117,6 +119,8 @@ def forward_backward_occlusion(
     round_trip = _squared_norm(fw + bw_at_target)
     tolerance = alpha1 * (_squared_norm(fw) + _squared_norm(bw_at_target)) + alpha2
     consistent = round_trip < tolerance  # False for NaN
+    if not outside_occluded:
+        return ~consistent
     return ~(consistent & inside)
 
 
@@ -242,9 +246,9 @@ def warping_error(
     (:func:`summarize_video`).
 
     Their mask (``utils.detect_occlusion``) is the forward-backward check OR a motion boundary
-    with forward differences; :func:`batch_metrics` builds the same kind of mask (with
-    ``difference="forward"`` for their gradient), and additionally counts
-    targets outside the frame as occluded.
+    with forward differences; :func:`batch_metrics` builds the same kind of mask, by default
+    with central differences and leaving out targets outside the frame; a ``warp`` config with
+    ``mb_difference="forward"`` and ``count_outside=True`` gives theirs exactly.
 
     Args:
         frame_t, frame_t1: ``(B, C, H, W)`` frames t and t+1, floating in [0, 1] or uint8
@@ -323,21 +327,31 @@ def flow_masks(
     flow_bw: torch.Tensor | None,
     config: WarpConfig | None = None,
     *,
-    difference: Difference = "central",
+    difference: Difference | None = None,
     warped_bw: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> FlowMasks:
     """Occlusion (when ``flow_bw`` is given) and motion-boundary masks of ``flow_fw``
-    ``(B, 2, H, W)`` with ``config``'s tolerances (the ``warp`` section's defaults without).
-    ``warped_bw``: as :func:`forward_backward_occlusion`'s."""
+    ``(B, 2, H, W)`` with ``config``'s tolerances, gradient (``difference`` overrides
+    ``mb_difference``) and treatment of targets outside the frame (``count_outside``); the
+    ``warp`` section's defaults without a config. ``warped_bw``: as
+    :func:`forward_backward_occlusion`'s."""
     config = config or WarpConfig()
     fw = flow_fw.to(_float_dtype(flow_fw))
     occluded = None
     if flow_bw is not None:
         occluded = forward_backward_occlusion(
-            fw, flow_bw, alpha1=config.fb_alpha1, alpha2=config.fb_alpha2, warped_bw=warped_bw
+            fw,
+            flow_bw,
+            alpha1=config.fb_alpha1,
+            alpha2=config.fb_alpha2,
+            warped_bw=warped_bw,
+            outside_occluded=not config.count_outside,
         )
     boundaries = motion_boundaries(
-        fw, alpha1=config.mb_alpha1, alpha2=config.mb_alpha2, difference=difference
+        fw,
+        alpha1=config.mb_alpha1,
+        alpha2=config.mb_alpha2,
+        difference=difference or config.mb_difference,
     )
     return FlowMasks(occluded, boundaries)
 
@@ -349,7 +363,7 @@ def batch_metrics(
     flow_bw: torch.Tensor | None = None,
     config: WarpConfig | None = None,
     *,
-    difference: Difference = "central",
+    difference: Difference | None = None,
     exclude_motion_boundaries: bool = True,
     masks: FlowMasks | None = None,
     warped: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -357,9 +371,10 @@ def batch_metrics(
     """All per-pair metrics for a batch of pairs, as ``(B,)`` tensors keyed by :data:`METRIC_KEYS`.
 
     The pixels counted by ``e_warp`` and ``photometric_error`` are those whose forward target
-    lies in the frame, that pass the forward-backward check (when ``flow_bw`` is given) and,
-    with ``exclude_motion_boundaries`` (the default, as Lai et al.'s occlusion maps),
-    that are not on a motion boundary of ``flow_fw``.
+    lies in the frame (any target with ``config.count_outside``, as Lai et al.), that pass
+    the forward-backward check (when ``flow_bw`` is given) and, with
+    ``exclude_motion_boundaries`` (the default, as Lai et al.'s occlusion maps), that are not
+    on a motion boundary of ``flow_fw``.
 
     Keys (fractions are of all ``H * W`` pixels, in [0, 1]):
         ``e_warp``: :func:`warping_error` (pixel values in [0, 1]).
@@ -378,7 +393,8 @@ def batch_metrics(
         config: the ``warp`` section, whose ``fb_alpha*`` and ``mb_alpha*`` are the
             occlusion and motion-boundary tolerances (:class:`stages.settings.WarpConfig`:
             Sundaram et al.'s and Ruder et al.'s values by default).
-        difference: gradient operator of :func:`motion_boundaries`.
+        difference: gradient operator of :func:`motion_boundaries` (default: the config's
+            ``mb_difference``).
         exclude_motion_boundaries: drop motion-boundary pixels from the error masks, as Lai
             et al.'s occlusion maps do.
         masks: the :func:`flow_masks` of these flows with this ``config`` and ``difference``,
@@ -398,7 +414,7 @@ def batch_metrics(
     warped, inside = warped or backward_warp(frames_t1.to(dtype), fw, padding="border")
     masks = masks or flow_masks(fw, flow_bw, config, difference=difference)
     boundaries, occluded = masks.boundaries, masks.occluded
-    counted = inside
+    counted = torch.ones_like(inside) if config.count_outside else inside
     occluded_fraction = torch.full((fw.shape[0],), math.nan, dtype=dtype, device=fw.device)
     if occluded is not None:
         counted = counted & ~occluded

@@ -258,6 +258,11 @@ class WarpConfig:
         mb_alpha1, mb_alpha2: motion-boundary test
             ``|grad u|^2 + |grad v|^2 > a1 |f|^2 + a2``; 0.01 and 0.002 as Ruder et al. (and
             Lai et al.).
+        mb_difference: the gradient of that test: ``"central"`` (default) or ``"forward"``
+            (``f(x) - f(x + 1)``, 0 on the last row / column, as Lai et al.'s code).
+        count_outside: count pixels whose forward target leaves the frame in the errors, with
+            border-clamped samples, and do not call them occluded, as Lai et al.'s
+            ``evaluate_WarpError.py`` does; the default leaves them out.
     """
 
     enabled: bool = False
@@ -270,10 +275,20 @@ class WarpConfig:
     fb_alpha2: float = 0.5
     mb_alpha1: float = 0.01
     mb_alpha2: float = 0.002
+    mb_difference: str = "central"
+    count_outside: bool = False
 
     def __post_init__(self) -> None:
         for name in ("fb_alpha1", "fb_alpha2", "mb_alpha1", "mb_alpha2"):
             require(getattr(self, name) >= 0, f"warp.{name} must be >= 0")
+        require(
+            self.mb_difference in ("central", "forward"),
+            f"warp.mb_difference must be central or forward, got {self.mb_difference!r}",
+        )
+        require(
+            isinstance(self.count_outside, bool),
+            f"warp.count_outside must be true or false, got {self.count_outside!r}",
+        )
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,11 @@ from PIL import Image
 from models import create_model
 from models.weights import WEIGHTS
 from pipeline.cli import main
+from pipeline.images import read_rgb
 from stages.decode import DecodeConfig, open_video
 from stages.flow_jpeg import dequantize_flow
 from stages.flow_viz import caption_height, legend_width
+from stages.image_io import read_image
 from tests.media import pattern_frame, write_frames
 
 WIDTH, HEIGHT, FRAMES = 96, 72, 7
@@ -155,6 +157,34 @@ def test_pair_writes_the_flow_and_its_picture(tmp_path: Path) -> None:
     drawn = cv2.imread(str(picture))
     assert drawn.shape[0] == HEIGHT and drawn.shape[1] > WIDTH  # flow, then the colour key
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_pair_reads_16_bit_and_exif_rotated_images_as_frame_folders_do(tmp_path: Path) -> None:
+    """16-bit gray PNGs (PIV and scientific cameras) are not clipped to white, and EXIF
+    orientation is applied: ``pair`` sees the image ``evaluate`` and frame folders see."""
+    gray = []
+    for t in (0, 1):
+        path = tmp_path / f"g{t}.png"
+        frame = cv2.cvtColor(pattern_frame(t, WIDTH, HEIGHT), cv2.COLOR_RGB2GRAY)
+        cv2.imwrite(str(path), frame.astype(np.uint16) * 257)
+        assert Image.open(path).mode.startswith("I")
+        gray.append(path)
+    image = read_rgb(gray[0])
+    np.testing.assert_array_equal(image, read_image(gray[0]))
+    assert image.std() > 10
+    flow_file = tmp_path / "flow.npy"
+    result = _invoke(["pair", *map(str, gray), "-o", str(flow_file), "--model", "dis"])
+    assert result.exit_code == 0, result.output
+    median = np.median(np.load(flow_file)[8:-8, 8:-8].reshape(-1, 2), axis=0)
+    np.testing.assert_allclose(median, (2.0, 1.0), atol=0.25)  # the pattern's motion
+
+    rotated = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: stored turned, to be shown rotated 90 degrees clockwise
+    Image.fromarray(pattern_frame(0, WIDTH, HEIGHT)).save(rotated, exif=exif, quality=95)
+    upright = read_rgb(rotated)
+    assert upright.shape == (WIDTH, HEIGHT, 3) == read_image(rotated).shape
+    assert np.abs(upright.astype(int) - read_image(rotated)).mean() < 2  # two JPEG decoders
 
 
 def test_config_errors_name_the_key(tmp_path: Path) -> None:

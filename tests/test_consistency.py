@@ -314,6 +314,57 @@ def test_warping_error_validity_options() -> None:
     )
 
 
+def _bilinear_border(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``image (H, W, C)`` sampled bilinearly at ``(x, y)`` with coordinates clamped to the
+    frame, as FlowNet2's Resample2d that Lai et al. warp with."""
+    h, w = image.shape[:2]
+    x, y = np.clip(x, 0, w - 1), np.clip(y, 0, h - 1)
+    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
+    x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
+    ax, ay = (x - x0)[..., None], (y - y0)[..., None]
+    top = image[y0, x0] * (1 - ax) + image[y0, x1] * ax
+    bottom = image[y1, x0] * (1 - ax) + image[y1, x1] * ax
+    return top * (1 - ay) + bottom * ay
+
+
+def test_lai_et_al_settings_reproduce_their_script_with_targets_outside_the_frame() -> None:
+    """``mb_difference=forward`` and ``count_outside`` give evaluate_WarpError.py's number:
+    its occlusion mask (forward-backward check OR motion boundary of forward differences, no
+    frame test) and border-clamped samples for targets outside the frame."""
+    generator = torch.Generator().manual_seed(3)
+    h, w = 12, 16
+    frame_t = torch.rand(1, 3, h, w, generator=generator, dtype=torch.float64)
+    frame_t1 = torch.rand(1, 3, h, w, generator=generator, dtype=torch.float64)
+    flow_fw = _constant_flow(h, w, 2.5, -1.25).double()
+    flow_fw[:, :, 4:8, 5:9] += torch.tensor([3.0, 2.0], dtype=torch.float64)[:, None, None]
+    flow_bw = -flow_fw + 0.3 * torch.rand(1, 2, h, w, generator=generator, dtype=torch.float64)
+    lai = WarpConfig(mb_difference="forward", count_outside=True)
+    ours = batch_metrics(frame_t, frame_t1, flow_fw, flow_bw, lai)
+
+    fw = flow_fw[0].permute(1, 2, 0).numpy()
+    bw = flow_bw[0].permute(1, 2, 0).numpy()
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
+    tx, ty = gx + fw[..., 0], gy + fw[..., 1]
+    bw_w = _bilinear_border(bw, tx, ty)
+    mag = lambda f: f[..., 0] ** 2 + f[..., 1] ** 2  # noqa: E731
+    mask1 = mag(fw + bw_w) > 0.01 * (mag(bw_w) + mag(fw)) + 0.5
+    du, dv = np.zeros_like(fw), np.zeros_like(fw)
+    du[:, :-1] = fw[:, :-1] - fw[:, 1:]
+    dv[:-1, :] = fw[:-1, :] - fw[1:, :]
+    mask2 = (du**2 + dv**2).sum(axis=-1) > 0.01 * mag(fw) + 0.002
+    noc = np.repeat(~(mask1 | mask2)[..., None], 3, axis=2).astype(np.float64)
+    img1 = frame_t[0].permute(1, 2, 0).numpy()
+    warp_img2 = _bilinear_border(frame_t1[0].permute(1, 2, 0).numpy(), tx, ty)
+    expected = np.sum(np.square((warp_img2 - img1) * noc)) / np.sum(noc)
+    assert (tx > w - 1).any() and (ty < 0).any()  # some targets leave the frame
+    assert ours["e_warp"].item() == pytest.approx(expected, rel=1e-12)
+    assert ours["counted_fraction"].item() == pytest.approx(noc[..., 0].mean(), rel=1e-12)
+    strict = batch_metrics(frame_t, frame_t1, flow_fw, flow_bw)  # the default leaves them out
+    assert strict["counted_fraction"].item() < ours["counted_fraction"].item()
+    with pytest.raises(ValueError, match="mb_difference"):
+        WarpConfig(mb_difference="sideways")
+
+
 def test_uint8_frames_are_scaled_to_unit_range() -> None:
     frame_t = torch.full((1, 3, 4, 4), 100, dtype=torch.uint8)
     frame_t1 = torch.full((1, 3, 4, 4), 151, dtype=torch.uint8)

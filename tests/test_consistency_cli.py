@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from pipeline.cli import main
+from pipeline.consistency_cmd import _ratio
 from stages.decode import DecodeConfig, open_video
 from tests.media import write_frames
 
@@ -135,3 +137,10 @@ def test_run_writes_warped_frames_masks_and_metrics(copies, tmp_path: Path) -> N
     # the occlusion test's backward flow is written only when --backward asks for it
     assert not (video / "flow_bw.npy").exists()
     assert "npy_bw" not in json.loads((video / "meta.json").read_text())["outputs"]
+
+
+def test_ratio_of_two_zero_errors_is_one() -> None:
+    """A still shot against its exact copy: both errors are 0, and the copy is as stable."""
+    assert _ratio(0.0, 0.0) == 1.0
+    assert _ratio(1e-3, 0.0) == math.inf
+    assert _ratio(3e-3, 1e-3) == pytest.approx(3.0)

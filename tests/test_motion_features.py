@@ -574,6 +574,13 @@ def test_table_round_trips(tmp_path: Path, name: str) -> None:
     write_table(table, path)  # overwriting is fine
     assert [p.name for p in tmp_path.iterdir()] == [name]
     pd.testing.assert_frame_equal(read_table(path), table, check_dtype=False, rtol=0, atol=0)
+    # video names pandas would read as missing stay names; missing numbers stay NaN
+    words = table.assign(video=["NA", "null"])
+    write_table(words, path)
+    back = read_table(path)
+    assert back["video"].tolist() == ["NA", "null"]
+    assert back["ms_conf_mean"].isna().tolist() == [False, True]
+    write_table(table, path)
     # plain pandas readers see the same numbers
     plain = (
         pd.read_csv(path, dtype={"video": str}) if name.endswith(".csv") else pd.read_parquet(path)

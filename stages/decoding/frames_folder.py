@@ -19,13 +19,13 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from stages.decoding.backend_base import DecodeState
 from stages.decoding.selection import expected_count, select_frames
 from stages.decoding.transform import FrameTransform, fit_size
 from stages.decoding.types import ClosingReader, DecodeConfig, DecodedFrame, DecodeError, VideoInfo
+from stages.image_io import read_image
 
 logger = logging.getLogger(__name__)
 
@@ -51,17 +51,12 @@ def list_images(folder: str | os.PathLike[str]) -> list[Path]:
 
 
 def read_image_rgb(path: Path) -> np.ndarray | None:
-    """``(H, W, 3)`` uint8 RGB, or ``None`` when the file is not a readable image."""
+    """``(H, W, 3)`` uint8 RGB (:func:`stages.image_io.read_image`), or ``None`` when the file
+    is not a readable image."""
     try:
-        data = np.fromfile(path, dtype=np.uint8)  # also for non-ASCII names on every platform
-    except OSError:
+        return read_image(path)
+    except ValueError:
         return None
-    if data.size == 0:
-        return None
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    if bgr is None:
-        return None
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 class FrameFolderReader(ClosingReader):

@@ -73,14 +73,6 @@ def read_pfm(path: str | os.PathLike[str]) -> np.ndarray:
     return np.ascontiguousarray(values.reshape(shape)[::-1], dtype=np.float32)
 
 
-def read_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """``(H, W, 3)`` uint8 RGB (gray images are replicated, 16-bit ones scaled to 8 bits)."""
-    bgr = cv2.imdecode(np.fromfile(Path(path), dtype=np.uint8), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError(f"{path}: OpenCV could not decode the file as an image")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
 def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
     """``(H, W)`` bool: True where the (gray) mask image is non-zero."""
     mask = cv2.imdecode(np.fromfile(Path(path), dtype=np.uint8), cv2.IMREAD_UNCHANGED)

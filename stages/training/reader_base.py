@@ -17,9 +17,10 @@ import torch
 from torch.utils.data import Dataset
 
 from ..flow_io import read_kitti_png
+from ..image_io import read_image
 from .augment import AugmentConfig, augment
 from .datasets import to_sample
-from .flow_files import read_ground_truth, read_image, read_mask
+from .flow_files import read_ground_truth, read_mask
 
 # --------------------------------------------------------------------------------------------
 # pairs

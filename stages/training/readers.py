@@ -56,13 +56,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..image_io import read_image
 from .augment import AugmentConfig
 from .flow_files import (
     FLOW_SUFFIXES,
     IMAGE_SUFFIXES,
     MAX_DENSE_FLOW,
     read_ground_truth,
-    read_image,
     read_mask,
     read_pfm,
 )
