@@ -26,6 +26,33 @@ LABEL_LEVEL_HELP = (
 )
 
 
+CLASS_INDEX_HELP = (
+    "Class numbering: a file of 'N name' lines (UCF101's classInd.txt; numbers from 1 become "
+    "labels from 0) or one name a line. Default: the classes sorted by name ignoring case "
+    "(UCF101's official order), or --splits' classInd.txt."
+)
+SPLITS_HELP = (
+    "Folder of official split files (UCF101's ucfTrainTestlist, HMDB51's "
+    "testTrainMulti_7030_splits): also write rawframes_flow_train_split1.txt, "
+    "rawframes_flow_test_split1.txt, ... for every split."
+)
+_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+_FOLDER = click.Path(exists=True, file_okay=False, path_type=Path)
+
+
+def _reading(reader: Callable) -> Callable:
+    """A click callback that reads the option's file with ``reader`` when the command starts
+    (a bad file is a usage error naming the option and the file's problem)."""
+
+    def callback(ctx: click.Context, param: click.Parameter, path: Path | None):
+        try:
+            return reader(path) if path else None
+        except SplitFileError as exc:
+            raise click.BadParameter(str(exc), ctx, param) from None
+
+    return callback
+
+
 def list_options(command: Callable) -> Callable:
     """``--label-level``, ``--class-index`` and ``--splits``, gathered into one
     ``list_options`` argument (:class:`pipeline.annotations.ListOptions`); the files are read
@@ -39,37 +66,19 @@ def list_options(command: Callable) -> Callable:
         help=LABEL_LEVEL_HELP,
     )
     @click.option(
-        "--class-index",
-        type=click.Path(exists=True, dir_okay=False, path_type=Path),
-        help="Class numbering: a file of 'N name' lines (UCF101's classInd.txt; numbers from "
-        "1 become labels from 0) or one name a line. Default: the classes sorted by name "
-        "ignoring case (UCF101's official order), or --splits' classInd.txt.",
+        "--class-index", type=_FILE, callback=_reading(read_class_index), help=CLASS_INDEX_HELP
     )
     @click.option(
-        "--splits",
-        type=click.Path(exists=True, file_okay=False, path_type=Path),
-        help="Folder of official split files (UCF101's ucfTrainTestlist, HMDB51's "
-        "testTrainMulti_7030_splits): also write rawframes_flow_train_split1.txt, "
-        "rawframes_flow_test_split1.txt, ... for every split.",
+        "--splits", type=_FOLDER, callback=_reading(read_official_splits), help=SPLITS_HELP
     )
     @functools.wraps(command)
-    def wrapper(*args, label_level: int, class_index: Path | None, splits: Path | None, **kw):
-        official = _read(read_official_splits, splits, "--splits")
-        index = _read(read_class_index, class_index, "--class-index")
-        if index is None and official is not None:
-            index = official.class_index
-        options = ListOptions(label_level, index, official.splits if official else {})
+    def wrapper(*args, label_level: int, class_index, splits, **kw):
+        if class_index is None and splits is not None:
+            class_index = splits.class_index
+        options = ListOptions(label_level, class_index, splits.splits if splits else {})
         return command(*args, list_options=options, **kw)
 
     return wrapper
-
-
-def _read(reader: Callable, path: Path | None, option: str):
-    """``reader(path)`` (``None`` without a path); a bad file is a usage error of ``option``."""
-    try:
-        return reader(path) if path else None
-    except SplitFileError as exc:
-        raise click.BadParameter(str(exc), param_hint=option) from None
 
 
 def check_classes(video_ids: Iterable[str], options: ListOptions) -> None:
