@@ -56,7 +56,7 @@ from models.atomic_files import remove_leftover_temporaries
 
 from .config import RunConfig, dump_config
 from .discovery import VideoJob
-from .executors import Execution, VideoTask, WorkerStartupError, make_executor
+from .executors import Execution, Executor, VideoTask, WorkerStartupError, make_executor
 from .manifest import (
     MANIFEST_CSV,
     MANIFEST_PARQUET,
@@ -66,7 +66,6 @@ from .manifest import (
 )
 from .resume import check_left_behind, plan_resume
 from .run_start import (
-    Estimator,
     RunStartError,
     check_output_root,
     resolve_estimator,
@@ -289,12 +288,20 @@ def run_batch(
     execution = execution or Execution()
     estimator = resolve_estimator(config, device_here=not execution.remote)
     check_output_root(out_root)
+    try:  # a cluster that cannot be reached stops the run before the folder is touched
+        runner = make_executor(config, execution, estimator=estimator)
+    except WorkerStartupError as exc:
+        raise RunStartError(str(exc)) from None
     try:
         out_root.mkdir(parents=True, exist_ok=True)
         lock = OutputLock(out_root)
         lock.acquire()
     except OSError as exc:
+        runner.close()
         raise RunStartError(f"cannot use output folder {out_root}: {exc}") from None
+    except BaseException:
+        runner.close()
+        raise
     try:
         check_output_folder(out_root, resume=resume, overwrite=overwrite)
         for name in (MANIFEST_PARQUET, MANIFEST_CSV, CONFIG_NAME):
@@ -318,14 +325,14 @@ def run_batch(
         return _run_locked(
             jobs,
             out_root,
-            config,
-            estimator,
             expected,
             kept,
-            execution=execution,
+            runner=runner,
+            progress=execution.progress,
             fail_fast=fail_fast,
         )
     finally:
+        runner.close()  # again: the executor closes itself when it ran; this is for early exits
         lock.release()
 
 
@@ -336,12 +343,11 @@ def _relative(path: Path, root: str | Path) -> str:
 def _run_locked(
     jobs: list[VideoJob],
     out_root: Path,
-    config: RunConfig,
-    estimator: Estimator,
     expected: str,
     kept: dict[int, dict],
     *,
-    execution: Execution,
+    runner: Executor,
+    progress: bool,
     fail_fast: bool,
 ) -> list[VideoResult]:
     results: list[BatchResult | None] = [None] * len(jobs)
@@ -381,7 +387,7 @@ def _run_locked(
         initial=len(jobs) - len(tasks),
         desc="videos",
         unit="video",
-        disable=not execution.progress,
+        disable=not progress,
         position=0,
         dynamic_ncols=True,
     )
@@ -390,15 +396,7 @@ def _run_locked(
         with bar:
             if tasks and not stopped:
                 stopped = _execute(
-                    tasks,
-                    jobs,
-                    results,
-                    config,
-                    estimator,
-                    finish=finish,
-                    bar=bar,
-                    execution=execution,
-                    fail_fast=fail_fast,
+                    runner, tasks, jobs, results, finish=finish, bar=bar, fail_fast=fail_fast
                 )
     except WorkerStartupError as exc:
         for n, job in enumerate(jobs):  # never leave rows pending for a run that cannot go on
@@ -433,15 +431,13 @@ def _run_locked(
 
 
 def _execute(
+    runner: Executor,
     tasks: list[VideoTask],
     jobs: list[VideoJob],
     results: list[BatchResult | None],
-    config: RunConfig,
-    estimator: Estimator,
     *,
     finish: Callable[[int, BatchResult], None],
     bar: tqdm,
-    execution: Execution,
     fail_fast: bool,
 ) -> bool:
     """Runs the tasks; ``finish(index, result)`` files each result as its video finishes.
@@ -449,7 +445,7 @@ def _execute(
     Returns True when ``fail_fast`` stopped the run early.
     """
     counts = Counter(r.status for r in results if r is not None)
-    with make_executor(config, execution, estimator=estimator) as runner:
+    with runner:
         for task, result in runner.results(tasks):
             job = jobs[task.index]
             finish(task.index, _as_batch_result(result, job))

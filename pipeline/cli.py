@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import click
+import cv2
 import numpy as np
 
 from models import CORR_KINDS, PAD_MODES, CheckpointError
@@ -130,6 +131,13 @@ def pair(
             f"unsupported extension {output.suffix!r}; use one of {', '.join(FLOW_FILE_WRITERS)}",
             param_hint="--output",
         )
+    if viz is not None and not cv2.haveImageWriter(str(viz)):
+        raise click.BadParameter(
+            f"no image format for {viz.name!r}; use .png or .jpg", param_hint="--viz"
+        )
+    for path in (output, viz):  # before the flow is computed: a bad path fails at once
+        if path is not None:
+            _make_parent(path)
     try:
         first, second = read_rgb_pair(image1, image2)
     except ValueError as exc:
@@ -143,11 +151,12 @@ def pair(
         flow = estimator(first, second)  # (H, W, 2)
     except (CheckpointError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
-    output.parent.mkdir(parents=True, exist_ok=True)
-    writer(output, flow)
+    try:
+        writer(output, flow)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {output}: {exc.strerror or exc}") from None
     logger.info("wrote %s (%dx%d)", output, flow.shape[1], flow.shape[0])
     if viz is not None:
-        viz.parent.mkdir(parents=True, exist_ok=True)
         rim = largest_magnitude(flow)
         picture = np.concatenate(
             [flow_to_color(flow, max_flow=rim), legend_panel(flow.shape[0], rim, "max")], axis=1
@@ -336,8 +345,30 @@ def _is_inside(path: Path, folder: Path) -> bool:
 @click.option("--frames", type=click.IntRange(min=2), default=48, show_default=True)
 def example(path: Path, frames: int) -> None:
     """Write the bundled example clip (a generated 320x240 scene with known motion) to PATH."""
-    write_example_clip(path, num_frames=frames)
+    if path.suffix.lower() != ".mp4":
+        raise click.BadParameter(
+            f"the example clip is an MP4 file: name it *.mp4, not {path.name!r}", param_hint="PATH"
+        )
+    _make_parent(path)
+    try:
+        write_example_clip(path, num_frames=frames)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {path}: {exc.strerror or exc}") from None
     click.echo(f"wrote {path}")
+
+
+def _make_parent(path: Path) -> None:
+    """Creates the folder ``path`` goes in; a path that cannot hold a file is a usage error."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise click.ClickException(f"cannot write {path}: a file is in the way") from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {path}: {exc.strerror or exc}") from None
+    if path.is_dir():
+        raise click.ClickException(f"{path} is a folder; give a file name")
+    if not os.access(path.parent, os.W_OK):
+        raise click.ClickException(f"cannot write {path}: the folder is not writable")
 
 
 # Commands defined in their own modules.

@@ -118,7 +118,14 @@ class RayExecutor(Executor):
                 )
             else:
                 options["address"] = address
-            ray.init(**options)
+            try:
+                ray.init(**options)
+            except Exception as exc:  # ConnectionError, TimeoutError, RuntimeError, ...
+                where = "start a local Ray instance" if local else f"reach Ray at {address!r}"
+                first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                raise WorkerStartupError(
+                    f"cannot {where}: {type(exc).__name__}: {first_line}"
+                ) from None
             self._started_ray = True
         gpus = int(ray.cluster_resources().get("GPU", 0))
         use_gpus = gpus > 0 and config.flow.device in ("auto", "cuda")

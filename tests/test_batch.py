@@ -526,6 +526,21 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path: Path) -> N
     assert _snapshot(out) == _snapshot(clean)
 
 
+def test_a_ray_cluster_that_cannot_be_reached_touches_nothing(
+    small_videos: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """One line naming the address, exit 1, and no output folder: the same command works
+    once the cluster is up."""
+    pytest.importorskip("ray")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    out = tmp_path / "out"
+    result = _invoke(["run", str(small_videos), *DIS, "-o", str(out), "--executor", "ray",
+                      "--address", "auto"])  # fmt: skip
+    assert result.exit_code == 1
+    assert "cannot reach Ray at 'auto': ConnectionError" in result.output
+    assert "Traceback" not in result.output and not out.exists()
+
+
 @pytest.mark.slow
 def test_ray_executor_matches_in_process(videos_dir: Path, tmp_path: Path) -> None:
     pytest.importorskip("ray")

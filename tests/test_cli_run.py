@@ -159,6 +159,25 @@ def test_pair_writes_the_flow_and_its_picture(tmp_path: Path) -> None:
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+def test_pair_and_example_refuse_unusable_output_paths_before_any_work(tmp_path: Path) -> None:
+    images = []
+    for t in (0, 1):
+        images.append(tmp_path / f"{t}.png")
+        Image.fromarray(pattern_frame(t, WIDTH, HEIGHT)).save(images[-1])
+    blocker = tmp_path / "afile"
+    blocker.write_text("a file, not a folder")
+    pair = ["pair", *map(str, images), "--model", "dis"]
+    result = _invoke([*pair, "-o", str(blocker / "flow.flo")])
+    assert result.exit_code == 1 and "a file is in the way" in result.output
+    result = _invoke([*pair, "-o", str(tmp_path / "flow.flo"), "--viz", str(tmp_path / "v.txt")])
+    assert result.exit_code == 2 and "--viz" in result.output
+    assert not (tmp_path / "flow.flo").exists()  # refused before the flow was computed
+    result = _invoke(["example", str(tmp_path / "clip.avi")])
+    assert result.exit_code == 2 and "*.mp4" in result.output
+    result = _invoke(["example", str(blocker / "clip.mp4")])
+    assert result.exit_code == 1 and "a file is in the way" in result.output
+
+
 def test_pair_reads_16_bit_and_exif_rotated_images_as_frame_folders_do(tmp_path: Path) -> None:
     """16-bit gray PNGs (PIV and scientific cameras) are not clipped to white, and EXIF
     orientation is applied: ``pair`` sees the image ``evaluate`` and frame folders see."""
