@@ -54,6 +54,8 @@ def train(
 ) -> None:
     """Train a RAFT-family model (synthetic data built in, or data sets on disk) into OUTPUT."""
     overrides = {"steps": steps, "init_checkpoint": init_checkpoint, **parse_set_options(sets)}
+    if resume and config_path is None and (output / "config.yaml").is_file():
+        config_path = output / "config.yaml"  # the run's own configuration
     try:
         config = load_train_config(config_path, overrides)
         result = Trainer(config, output, resume=resume).run(stop_after=stop_after)

@@ -48,6 +48,7 @@ from stages.training.validation import PHOTO, build_validation_set, resized
 from .allocator import set_large_block_reuse
 from .config import ConfigError, build_config, config_hash, config_to_dict, dump_config
 from .devices import cpu_has_native_bf16, resolve_device
+from .run_start import key_differences
 from .train_config import TrainConfig
 from .training_log import RunLog
 
@@ -130,6 +131,22 @@ class MixedDataset(Dataset):
                 sample = source.sample(int(rng.integers(len(source))), rng)
         # Only what every source has, so that a batch can mix them.
         return {key: sample[key] for key in TRAINING_KEYS}
+
+
+def _check_media_paths(config: TrainConfig) -> None:
+    """Raises :class:`TrainingError` naming every texture path (training and validation) that
+    does not exist; relative paths are read from the current folder."""
+    paths = [*config.textures.paths, *config.validation.textures]
+    missing = [path for path in paths if not Path(path).exists()]
+    if missing:
+        shown = ", ".join(missing[:3]) + (
+            f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        )
+        raise TrainingError(
+            f"texture paths not found: {shown} (relative paths are read from "
+            f"the current folder, {Path.cwd()}; the presets' ../shared/... need the "
+            "repository root)"
+        )
 
 
 def _load_media(paths: tuple[str, ...], frames_per_video: int) -> list[np.ndarray]:
@@ -325,16 +342,17 @@ class Trainer:
                 raise TrainingError(f"--resume: no {STATE_FILE} in {self.output}")
             state = torch.load(state_path, map_location="cpu", weights_only=False)
             if not self._same_config(state):
-                saved = state.get("config", {})
-                changed = sorted(
-                    k for k in set(saved) | set(config_to_dict(self.config))
-                    if saved.get(k) != config_to_dict(self.config).get(k)
-                    and k not in BOOKKEEPING_KEYS
-                )  # fmt: skip
+                now = config_to_dict(self.config)
+                saved = {k: v for k, v in state.get("config", {}).items() if k in now}
+                changed = [
+                    change
+                    for change in key_differences(saved, now)
+                    if change.split(" ", 1)[0] not in BOOKKEEPING_KEYS
+                ]
                 raise TrainingError(
-                    f"--resume: the configuration differs from the run in {self.output} "
-                    f"(keys: {', '.join(changed) or 'unknown'}); resume with the saved "
-                    f"{self.output / 'config.yaml'} or start a new run folder"
+                    f"--resume: the configuration differs from the run in {self.output}: "
+                    f"{'; '.join(changed) or 'unknown'}; resume without --config / --set (the "
+                    f"run's {self.output / 'config.yaml'} is used) or start a new run folder"
                 )
             return state
         if state_path.exists() or (self.output / FINAL_WEIGHTS).exists():
@@ -411,6 +429,7 @@ class Trainer:
         if config.threads is not None:
             torch.set_num_threads(config.threads)
         autocast = resolve_train_precision(config.precision, device)
+        _check_media_paths(config)  # before anything is written
         self.output.mkdir(parents=True, exist_ok=True)
         dump_config(config, self.output / "config.yaml")
 

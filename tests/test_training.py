@@ -217,8 +217,9 @@ def test_train_command_resumes_exactly_and_writes_official_checkpoints(tmp_path:
     assert not (pieces / "model.pth").exists()
     again = runner.invoke(main, ["train", "--config", str(config), "-o", str(pieces)])
     assert again.exit_code != 0 and "--resume" in again.output
-    second = runner.invoke(main, ["train", "--config", str(config), "-o", str(pieces),
-                                  "--resume"])  # fmt: skip
+    # as the message says: --resume alone continues with the run's own config.yaml
+    assert f"continue with --resume -o {pieces}" in first.output
+    second = runner.invoke(main, ["train", "-o", str(pieces), "--resume"])
     assert second.exit_code == 0, second.output
 
     a = torch.load(straight / "model.pth", weights_only=True)
@@ -261,7 +262,17 @@ def test_train_command_resumes_exactly_and_writes_official_checkpoints(tmp_path:
     ]
     changed = runner.invoke(main, ["train", "--config", str(config), "-o", str(pieces),
                                    "--resume", "--set", "optim.lr=0.1"])  # fmt: skip
-    assert changed.exit_code != 0 and "optim" in changed.output
+    assert changed.exit_code != 0 and "optim.lr 0.0004 -> 0.1" in changed.output
+
+
+def test_missing_texture_paths_stop_training_before_anything_is_written(tmp_path: Path) -> None:
+    config = _tiny_config(tmp_path / "tiny.yaml", steps=2)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", "--config", str(config), "-o", str(out),
+                                       "--set", "textures.paths=[no/such/clip.mkv]"])  # fmt: skip
+    assert result.exit_code == 1
+    assert "texture paths not found: no/such/clip.mkv" in result.output
+    assert "current folder" in result.output and not out.exists()
 
 
 def test_resume_accepts_a_run_saved_before_a_config_key_was_added(tmp_path: Path) -> None:
