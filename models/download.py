@@ -74,7 +74,8 @@ def manual_hint(spec: WeightSpec, target: Path) -> str:
             where += f" (also in {spec.mirror})"
     return (
         f"To install it by hand, {where} and save it as {target} "
-        f"(or pass the file directly with --checkpoint PATH)."
+        f"(or give the file's path instead of the name: --checkpoint PATH, or --init-checkpoint "
+        f"PATH for train)."
     )
 
 

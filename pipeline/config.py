@@ -80,6 +80,10 @@ class RunConfig:
             not self.features.enabled or self.flow.gap == 1,
             "features.enabled needs flow.gap: 1 (clips are made of consecutive pairs)",
         )
+        _require(
+            bool(self.output.formats) or self.features.enabled or self.warp.enabled,
+            "nothing to write: output.formats is empty and neither features nor warp is enabled",
+        )
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
@@ -140,7 +144,7 @@ def build_config(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     annotated type; unknown keys and invalid values raise :class:`ConfigError` naming the key
     (``prefix`` is prepended to key names in messages)."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {data!r}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
@@ -250,8 +254,22 @@ def load_config_as(
     try:
         return build_config(cls, apply_overrides(data, overrides or {}))
     except ConfigError as exc:
-        where = f" (in {path})" if path is not None else ""
-        raise ConfigError(f"{exc}{where}") from None
+        raise ConfigError(f"{exc}{_origin(cls, data, path, overrides)}") from None
+
+
+def _origin(cls: type, data: dict[str, Any], path: str | Path | None, overrides) -> str:
+    """Where a bad value came from: the file, or (when the file alone is valid) the
+    command-line overrides."""
+    if path is None:
+        return ""
+    if any(value is not None for value in (overrides or {}).values()):
+        try:
+            build_config(cls, data)
+        except ConfigError:
+            pass
+        else:
+            return " (from the command-line options)"
+    return f" (in {path})"
 
 
 def dump_config(config: Any, path: str | Path) -> None:

@@ -118,6 +118,11 @@ def evaluate(
         info = {"root": str(root), "split": split, "variant": data.variant}
         label = dataset
     else:
+        if root is not None:
+            raise click.BadParameter(
+                f"{dataset} pairs are generated; --root is for data sets on disk",
+                param_hint="--root",
+            )
         label, data = _generated_set(dataset, num_pairs, seed, textures)
         info = {"seed": seed, "generated_pairs": num_pairs}
     try:

@@ -25,7 +25,7 @@ from .inspect import (
     read_video_pair,
     save_arrays,
 )
-from .model_choice import RANDOM_WEIGHTS
+from .model_choice import RANDOM_WEIGHTS, choose_model
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,10 @@ def _load_pair(images: tuple[Path, ...], video: Path | None, frame: int):
               help="Take the pair from a video (or frame folder) instead of two images.")  # fmt: skip
 @click.option("--frame", type=click.IntRange(min=0), default=0, show_default=True,
               help="With --video: the pair (FRAME, FRAME + 1), decoded frame indices.")  # fmt: skip
-@click.option("--model", type=click.Choice(ARCHS), default="raft-large", show_default=True)
+@click.option(
+    "--model", type=click.Choice(["auto", *ARCHS]), default="auto", show_default=True,
+    help="auto: as run chooses, a cached official checkpoint, else the shipped model.",
+)  # fmt: skip
 @checkpoint_option
 @iters_option
 @click.option(
@@ -133,6 +136,13 @@ def inspect(
                 f"{gt} is {truth[0].shape[1]}x{truth[0].shape[0]}, the frames {width}x{height}",
                 param_hint="--gt",
             )
+    if model == "auto":
+        if checkpoint is not None:
+            raise click.BadParameter("needs an explicit --model", param_hint="--checkpoint")
+        choice = choose_model(FlowConfig(model="auto"))
+        if choice.model == "dis":  # no network at hand offline
+            raise click.ClickException(choice.notice or "no network checkpoint available")
+        model, checkpoint = choice.model, choice.checkpoint
     if checkpoint == RANDOM_WEIGHTS:
         logger.warning("--checkpoint random: untrained weights, the flow is meaningless")
         weights = None

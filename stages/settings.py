@@ -194,6 +194,10 @@ class FlowConfig:
             self.dis_preset in DIS_PRESET_NAMES,
             f"flow.dis_preset must be one of {DIS_PRESET_NAMES}",
         )
+        require(
+            self.model != "dis" or self.checkpoint is None,
+            "flow.checkpoint is for network models; model dis (OpenCV DIS) uses none",
+        )
 
 
 @dataclass(frozen=True)
@@ -228,11 +232,15 @@ class OutputConfig:
     def __post_init__(self) -> None:
         unknown = sorted(set(self.formats) - set(FLOW_FORMATS))
         require(not unknown, f"output.formats: unknown {unknown}; choose from {FLOW_FORMATS}")
+        repeated = sorted({f for f in self.formats if self.formats.count(f) > 1})
+        require(not repeated, f"output.formats lists {', '.join(repeated)} more than once")
         require(self.npy_dtype in ("float16", "float32"), "output.npy_dtype: float16 or float32")
         require(self.jpg_preset in JPG_PRESETS, f"output.jpg_preset must be one of {JPG_PRESETS}")
         require(self.jpg_bound is None or self.jpg_bound > 0, "output.jpg_bound must be > 0")
         require(self.viz_scale in VIZ_SCALES, f"output.viz_scale must be one of {VIZ_SCALES}")
-        require(self.viz_max_flow is None or self.viz_max_flow > 0, "viz_max_flow must be > 0")
+        require(
+            self.viz_max_flow is None or self.viz_max_flow > 0, "output.viz_max_flow must be > 0"
+        )
         require(self.viz_min_flow > 0, "output.viz_min_flow must be > 0")
 
     @property

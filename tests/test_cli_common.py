@@ -81,3 +81,33 @@ def test_null_sets_a_key_to_none_where_a_missing_flag_changes_nothing(tmp_path) 
 def test_a_non_integer_for_an_integer_key_names_the_key(value: str) -> None:
     with pytest.raises(ConfigError, match=r"flow\.iters must be"):
         load_config(None, parse_set_options((f"flow.iters={value}",)))
+
+
+def test_a_bad_value_names_where_it_came_from(tmp_path) -> None:
+    """A bad --set value is blamed on the command line, a bad file value on the file."""
+    preset = tmp_path / "preset.yaml"
+    preset.write_text("flow:\n  iters: 4\n")
+    with pytest.raises(ConfigError, match=r"got 'abc' \(from the command-line options\)"):
+        load_config(preset, parse_set_options(("flow.iters=abc",)))
+    preset.write_text("flow:\n  iters: abc\n")
+    with pytest.raises(ConfigError, match=r"\(in .*preset.yaml\)"):
+        load_config(preset, parse_set_options(("flow.gap=2",)))
+    preset.write_text("flow: 3\n")
+    with pytest.raises(ConfigError, match=r"^flow must be a mapping"):
+        load_config(preset)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"output.formats": []}, "nothing to write"),
+        ({"output.formats": ["npy", "npy"]}, "lists npy more than once"),
+        ({"flow.model": "dis", "flow.checkpoint": "raft-things"}, "model dis"),
+        ({"output.viz_max_flow": -1}, r"output\.viz_max_flow must be > 0"),
+    ],
+)
+def test_settings_that_would_do_nothing_or_be_ignored_are_refused(overrides, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+    # formats may be empty when another stage writes something
+    assert load_config(None, {"output.formats": [], "warp.enabled": True}).output.formats == ()

@@ -243,3 +243,19 @@ def test_report_renders_in_a_headless_browser(gma_run: Path, tmp_path: Path) -> 
     assert pixels.std() > 10, "the screenshot is blank"
     # The embedded pictures rendered: many distinct colours, not only text on white.
     assert len(np.unique(pixels.reshape(-1, 3)[::7], axis=0)) > 1000
+
+
+def test_default_model_works_offline_with_the_shipped_model(
+    parity_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """``--model auto`` (the default) chooses as ``run`` does: with an empty cache, the model
+    that ships with the package, so ``inspect`` needs no download."""
+    monkeypatch.setenv("MOTIONPIPE_CACHE", str(tmp_path / "empty-cache"))
+    images = _crop_pair(parity_dir, tmp_path, (0, 0, 96, 64))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["inspect", *images, "-o", str(out), "--iters", "1"])
+    assert result.exit_code == 0, result.output
+    report = (out / "report.html").read_text()
+    assert "raft-small-convex" in report and "motionpipe-small-v3" in report
+    refused = CliRunner().invoke(main, ["inspect", *images, "-o", str(out), "--checkpoint", "x"])
+    assert refused.exit_code == 2 and "explicit --model" in refused.output
