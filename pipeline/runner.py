@@ -198,6 +198,7 @@ def process_video(
             finally:
                 prefetch.close()
             result.warnings.extend(reader.warnings)
+        result.frames, result.pairs = writers.num_frames, writers.num_pairs
         if writers.num_pairs == 0:
             raise DecodeError(
                 str(path), f"only {writers.num_frames} frame(s) decoded: flow needs at least "
@@ -209,7 +210,6 @@ def process_video(
             seconds[stage.name] += time.perf_counter() - tick
             if getattr(stage, "summary", None):
                 result.summary[stage.name] = stage.summary
-        result.frames, result.pairs = writers.num_frames, writers.num_pairs
         result.seconds = {k: round(v, 4) for k, v in seconds.items()}
         result.seconds["total"] = round(time.perf_counter() - started, 4)
         save_kernel_choices()
