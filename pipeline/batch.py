@@ -288,6 +288,8 @@ def run_batch(
     execution = execution or Execution()
     estimator = resolve_estimator(config, device_here=not execution.remote)
     check_output_root(out_root)
+    if out_root.is_dir():  # read only; checked again under the lock
+        check_output_folder(out_root, resume=resume, overwrite=overwrite)
     try:  # a cluster that cannot be reached stops the run before the folder is touched
         runner = make_executor(config, execution, estimator=estimator)
     except WorkerStartupError as exc:

@@ -36,6 +36,11 @@ def choose_model(flow: FlowConfig) -> ModelChoice:
     weights), else the model that ships inside the package, else OpenCV DIS with a notice.
     """
     if flow.model == "dis":
+        if flow.checkpoint is not None:
+            logger.warning(
+                "flow.checkpoint %s is not used: model dis (OpenCV DIS) has no weights",
+                flow.checkpoint,
+            )
         return ModelChoice("dis", None)
     if flow.model != "auto":
         if flow.checkpoint == RANDOM_WEIGHTS:

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import shutil
+import socket
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -59,6 +60,23 @@ RAY_RETRIES = 1
 
 RAY_REPLACEMENT_WAIT_S = 600.0
 """How long queued videos wait for a replacement worker when no worker is left."""
+
+
+def _check_reachable(address: str, seconds: float = 5.0) -> None:
+    """Raises :class:`WorkerStartupError` when nothing accepts a connection at a
+    ``host:port`` / ``ray://host:port`` address (``ray.init`` would retry for minutes);
+    other forms (``auto``) are left to Ray."""
+    target = address.split("://", 1)[-1]
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=seconds).close()
+    except OSError as exc:
+        raise WorkerStartupError(
+            f"cannot reach Ray at {address!r}: nothing answers at {host}:{port} "
+            f"({exc.strerror or exc}); is the cluster up?"
+        ) from None
 
 
 class RayExecutor(Executor):
@@ -118,6 +136,7 @@ class RayExecutor(Executor):
                 )
             else:
                 options["address"] = address
+                _check_reachable(address)
             try:
                 ray.init(**options)
             except Exception as exc:  # ConnectionError, TimeoutError, RuntimeError, ...

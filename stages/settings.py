@@ -194,10 +194,6 @@ class FlowConfig:
             self.dis_preset in DIS_PRESET_NAMES,
             f"flow.dis_preset must be one of {DIS_PRESET_NAMES}",
         )
-        require(
-            self.model != "dis" or self.checkpoint is None,
-            "flow.checkpoint is for network models; model dis (OpenCV DIS) uses none",
-        )
 
 
 @dataclass(frozen=True)

@@ -539,6 +539,11 @@ def test_a_ray_cluster_that_cannot_be_reached_touches_nothing(
     assert result.exit_code == 1
     assert "cannot reach Ray at 'auto': ConnectionError" in result.output
     assert "Traceback" not in result.output and not out.exists()
+    # an address where nothing listens is refused at once (ray.init would retry for minutes)
+    result = _invoke(["run", str(small_videos), *DIS, "-o", str(out), "--executor", "ray",
+                      "--address", "127.0.0.1:1"])  # fmt: skip
+    assert result.exit_code == 1 and "nothing answers at 127.0.0.1:1" in result.output
+    assert not out.exists()
 
 
 @pytest.mark.slow

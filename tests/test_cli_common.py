@@ -102,7 +102,6 @@ def test_a_bad_value_names_where_it_came_from(tmp_path) -> None:
     [
         ({"output.formats": []}, "nothing to write"),
         ({"output.formats": ["npy", "npy"]}, "lists npy more than once"),
-        ({"flow.model": "dis", "flow.checkpoint": "raft-things"}, "model dis"),
         ({"output.viz_max_flow": -1}, r"output\.viz_max_flow must be > 0"),
     ],
 )
@@ -111,3 +110,13 @@ def test_settings_that_would_do_nothing_or_be_ignored_are_refused(overrides, mes
         load_config(None, overrides)
     # formats may be empty when another stage writes something
     assert load_config(None, {"output.formats": [], "warp.enabled": True}).output.formats == ()
+
+
+def test_a_checkpoint_given_with_dis_is_named_as_unused(caplog) -> None:
+    """A preset's checkpoint with --model dis is not an error (the preset serves its other
+    settings) but is said to be unused."""
+    from pipeline.model_choice import choose_model
+
+    config = load_config(None, {"flow.model": "dis", "flow.checkpoint": "raft-things"})
+    assert choose_model(config.flow).model == "dis"
+    assert "flow.checkpoint raft-things is not used" in caplog.text
