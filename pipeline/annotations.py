@@ -43,7 +43,7 @@ from pathlib import Path, PurePosixPath
 from models.atomic_files import write_bytes_atomic
 from stages.flow_jpeg import FlowJpegLayout
 
-from .dataset_splits import assign_to_splits, default_class_order
+from .dataset_splits import SplitMembers, assign_to_splits, default_class_order
 
 logger = logging.getLogger(__name__)
 
@@ -59,11 +59,13 @@ FRAMES_FOLDER = "rawframes"
 
 @dataclass(frozen=True)
 class FinishedVideo:
-    """What the lists need of one finished video."""
+    """What the lists need of one finished video (``source``: the input's path relative to the
+    input folder, which split files name; the id where it is not known)."""
 
     video_id: str
     frames: int
     pairs: int
+    source: str = ""
 
 
 def flow_filename_template(layout: FlowJpegLayout) -> str:
@@ -98,11 +100,13 @@ class ListOptions:
             ``classInd.txt`` from ``splits``); ``None``: the classes found, sorted by name
             ignoring case.
         splits: split name -> the entries it lists (:mod:`pipeline.dataset_splits`).
+        splits_folder: the folder ``splits`` were read from (recorded with the lists).
     """
 
     label_level: int = 1
     class_index: tuple[str, ...] | None = None
     splits: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    splits_folder: str | None = None
 
 
 def unknown_classes(video_ids: Iterable[str], options: ListOptions) -> list[str]:
@@ -163,6 +167,9 @@ def write_rawframe_lists(
             rows.append(f"{video.video_id}/{FRAMES_FOLDER} {count(video)} {label}\n")
         return "".join(rows).encode()
 
+    by_id = {video.video_id: video for video in listed}
+    assigned = assign_to_splits(split_keys(listed), options.splits)  # may raise: nothing written
+    _warn_about_splits(assigned, options)
     for stale in [*root.glob(SPLIT_LIST_GLOB), RGB_LIST, CLASSES]:
         (root / stale).unlink(missing_ok=True)
     written: dict[str, Path] = {}
@@ -171,16 +178,29 @@ def write_rawframe_lists(
         written["rgb_list"] = _write(root / RGB_LIST, lines(listed, rgb_count))
     if classes is not None:
         written["classes"] = _write(root / CLASSES, "".join(f"{c}\n" for c in classes).encode())
-    by_id = {video.video_id: video for video in listed}
-    assigned = assign_to_splits(by_id, options.splits)
     for name, members in assigned.members.items():
         chosen = [by_id[video_id] for video_id in members]
         flow_path = root / FLOW_LIST.replace(".txt", f"_{name}.txt")
         written[f"split:{name}"] = _write(flow_path, lines(chosen, lambda v: v.pairs))
         if rgb:
             _write(root / RGB_LIST.replace(".txt", f"_{name}.txt"), lines(chosen, rgb_count))
-        missing = assigned.unmatched[name]
-        if missing:
+    snippet = mmaction2_snippet(
+        root, layout, rgb=rgb, num_classes=len(classes or []), splits=list(assigned.members)
+    )
+    written["mmaction2_config"] = _write(root / MMACTION2_SNIPPET, snippet.encode())
+    return written
+
+
+def split_keys(videos: Iterable[FinishedVideo]) -> dict[str, str]:
+    """Video id -> the path split entries are matched against (the input's relative path)."""
+    return {video.video_id: video.source or video.video_id for video in videos}
+
+
+def _warn_about_splits(assigned: SplitMembers, options: ListOptions) -> None:
+    for name, missing in assigned.unmatched.items():
+        if not options.splits[name]:
+            logger.warning("split %s lists no videos: its list is empty", name)
+        elif missing:
             logger.warning(
                 "split %s: %d of its %d videos are not in the lists (not finished, left out "
                 "or not among the inputs), e.g. %r",
@@ -189,11 +209,6 @@ def write_rawframe_lists(
                 len(options.splits[name]),
                 missing[0],
             )
-    snippet = mmaction2_snippet(
-        root, layout, rgb=rgb, num_classes=len(classes or []), splits=list(assigned.members)
-    )
-    written["mmaction2_config"] = _write(root / MMACTION2_SNIPPET, snippet.encode())
-    return written
 
 
 def _classes(videos: list[FinishedVideo], options: ListOptions) -> list[str] | None:

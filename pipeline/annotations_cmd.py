@@ -8,21 +8,42 @@ rewrites them from the folder's manifest and ``config.yaml`` (e.g. with another
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 import pandas as pd
 
-from .annotations import FinishedVideo, ListOptions, unknown_classes, write_rawframe_lists
+from models.atomic_files import write_bytes_atomic
+
+from .annotations import (
+    FinishedVideo,
+    ListOptions,
+    split_keys,
+    unknown_classes,
+    write_rawframe_lists,
+)
 from .config import ConfigError, RunConfig, load_config
-from .dataset_splits import SplitFileError, read_class_index, read_official_splits
+from .dataset_splits import (
+    OfficialSplits,
+    SplitFileError,
+    assign_to_splits,
+    read_class_index,
+    read_official_splits,
+)
 from .manifest import MANIFEST_CSV, has_manifest
+from .run_start import layout_markers
+
+OPTIONS_FILE = "annotation_options.json"
+"""The list options the lists in a run folder were written with (reused by ``--resume`` and
+``annotations``)."""
 
 LABEL_LEVEL_HELP = (
     "Which folder above each video names its class in the action-recognition lists "
     "(1: the folder holding the video, as in UCF101/HMDB51/Kinetics trees; 2: the one above; "
-    "0: no labels)."
+    "0: no labels). Default: the run's earlier choice, else 1."
 )
 
 
@@ -53,18 +74,25 @@ def _reading(reader: Callable) -> Callable:
     return callback
 
 
+@dataclass(frozen=True)
+class ListRequest:
+    """The list options as given on the command line (``None``: not given)."""
+
+    label_level: int | None = None
+    class_index: tuple[str, ...] | None = None
+    splits: OfficialSplits | None = None
+
+    @property
+    def given(self) -> bool:
+        return any(v is not None for v in (self.label_level, self.class_index, self.splits))
+
+
 def list_options(command: Callable) -> Callable:
     """``--label-level``, ``--class-index`` and ``--splits``, gathered into one
-    ``list_options`` argument (:class:`pipeline.annotations.ListOptions`); the files are read
-    when the command starts, so a bad one fails before any work."""
+    ``list_request`` argument (:class:`ListRequest`); the files are read when the command
+    starts, so a bad one fails before any work."""
 
-    @click.option(
-        "--label-level",
-        type=click.IntRange(min=0),
-        default=1,
-        show_default=True,
-        help=LABEL_LEVEL_HELP,
-    )
+    @click.option("--label-level", type=click.IntRange(min=0), default=None, help=LABEL_LEVEL_HELP)
     @click.option(
         "--class-index", type=_FILE, callback=_reading(read_class_index), help=CLASS_INDEX_HELP
     )
@@ -72,24 +100,90 @@ def list_options(command: Callable) -> Callable:
         "--splits", type=_FOLDER, callback=_reading(read_official_splits), help=SPLITS_HELP
     )
     @functools.wraps(command)
-    def wrapper(*args, label_level: int, class_index, splits, **kw):
-        if class_index is None and splits is not None:
-            class_index = splits.class_index
-        options = ListOptions(label_level, class_index, splits.splits if splits else {})
-        return command(*args, list_options=options, **kw)
+    def wrapper(*args, label_level: int | None, class_index, splits, **kw):
+        return command(*args, list_request=ListRequest(label_level, class_index, splits), **kw)
 
     return wrapper
 
 
-def check_classes(video_ids: Iterable[str], options: ListOptions) -> None:
-    """Raises a :class:`click.ClickException` naming the classes the class index lacks."""
-    unknown = unknown_classes(video_ids, options)
+def resolve_list_options(request: ListRequest, out_root: Path, *, reuse: bool) -> ListOptions:
+    """The options to write lists with: what ``request`` gives, and for what it leaves out,
+    with ``reuse`` the options the lists in ``out_root`` were last written with (so that
+    ``run --resume`` and ``annotations`` keep a run's class numbers and splits), else the
+    defaults (label level 1, classes by name, no splits)."""
+    saved = _saved_options(out_root) if reuse else {}
+    label_level = request.label_level
+    if label_level is None:
+        label_level = int(saved.get("label_level", 1))
+    splits, class_index = request.splits, request.class_index
+    if splits is None and request.class_index is None and saved.get("splits_folder"):
+        try:
+            splits = read_official_splits(saved["splits_folder"])
+        except SplitFileError as exc:
+            raise click.ClickException(
+                f"the split folder these lists were written with cannot be read ({exc}); "
+                "pass --splits again"
+            ) from None
+    if class_index is None and splits is not None:
+        class_index = splits.class_index
+    if class_index is None and request.splits is None and saved.get("class_index"):
+        class_index = tuple(saved["class_index"])
+    return ListOptions(
+        label_level,
+        class_index,
+        splits.splits if splits else {},
+        splits.folder if splits else None,
+    )
+
+
+def _saved_options(out_root: Path) -> dict:
+    try:
+        saved = json.loads((out_root / OPTIONS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return saved if isinstance(saved, dict) else {}
+
+
+def check_layout(out_root: Path, config: RunConfig, videos: list[FinishedVideo]) -> None:
+    """Raises a :class:`click.ClickException` when finished videos were written by an earlier
+    motionpipe with another flow-JPEG layout than today's reading of ``config`` (their
+    meta.json's results key lacks :func:`pipeline.run_start.layout_markers`): lists written
+    now would name files they do not have."""
+    expected = layout_markers(config)
+    if not expected:
+        return
+    stale = []
+    for video in videos:
+        try:
+            meta = json.loads((out_root / video.video_id / "meta.json").read_text())
+            output = meta["results_key"]["output"]
+        except (OSError, ValueError, KeyError, TypeError):
+            output = {}
+        if any(output.get(name) != value for name, value in expected.items()):
+            stale.append(video.video_id)
+    if stale:
+        raise click.ClickException(
+            f"{len(stale)} video(s) (e.g. {stale[0]!r}) were written by an earlier motionpipe "
+            "with another frame layout; run the same command with --resume to redo them, then "
+            "write the lists"
+        )
+
+
+def check_lists(videos: list[FinishedVideo], options: ListOptions) -> None:
+    """Raises a :class:`click.ClickException` when the lists could not be written for
+    ``videos``: classes the class index lacks, or a split entry matching two of them. ``run``
+    checks its inputs with this before computing anything."""
+    unknown = unknown_classes((video.video_id for video in videos), options)
     if unknown:
         shown = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
         raise click.ClickException(
             f"{len(unknown)} class folder(s) are not in the class index: {shown} "
             "(--class-index / --splits; --label-level picks the class folder)"
         )
+    try:
+        assign_to_splits(split_keys(videos), options.splits)
+    except SplitFileError as exc:
+        raise click.ClickException(f"--splits: {exc}") from None
 
 
 def write_run_annotations(
@@ -101,13 +195,21 @@ def write_run_annotations(
     Raises:
         ValueError: see :func:`pipeline.annotations.write_rawframe_lists`.
     """
-    return write_rawframe_lists(
+    written = write_rawframe_lists(
         out_root,
         videos,
         config.output.jpg_layout.for_gap(config.flow.gap),
         rgb=config.output.write_rgb,
         options=options,
     )
+    record = {
+        "label_level": options.label_level,
+        "class_index": list(options.class_index) if options.class_index is not None else None,
+        "splits_folder": options.splits_folder,
+    }
+    write_bytes_atomic(out_root / OPTIONS_FILE, (json.dumps(record, indent=2) + "\n").encode())
+    written["options"] = out_root / OPTIONS_FILE
+    return written
 
 
 def describe(written: dict[str, Path]) -> str:
@@ -124,7 +226,7 @@ def describe(written: dict[str, Path]) -> str:
 @click.command("annotations")
 @click.argument("output", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @list_options
-def annotations_command(output: Path, list_options: ListOptions) -> None:
+def annotations_command(output: Path, list_request: ListRequest) -> None:
     """Write mmaction2 annotation lists (rawframes_flow.txt, rawframes_rgb.txt, classes.txt,
     split lists, mmaction2_rawframes.py) for the finished videos of the run folder OUTPUT."""
     if not has_manifest(output):
@@ -140,13 +242,15 @@ def annotations_command(output: Path, list_options: ListOptions) -> None:
         )
     table = pd.read_csv(output / MANIFEST_CSV, keep_default_na=False)
     videos = [
-        FinishedVideo(str(row.video_id), int(row.frames), int(row.pairs))
+        FinishedVideo(str(row.video_id), int(row.frames), int(row.pairs), str(row.path))
         for row in table.itertuples()
         if row.status == "ok"
     ]
-    check_classes((video.video_id for video in videos), list_options)
+    check_layout(output, config, videos)
+    options = resolve_list_options(list_request, output, reuse=True)
+    check_lists(videos, options)
     try:
-        written = write_run_annotations(output, config, videos, list_options)
+        written = write_run_annotations(output, config, videos, options)
     except ValueError as exc:  # SplitFileError included
         raise click.ClickException(f"annotation lists not written: {exc}") from None
     click.echo(describe(written))

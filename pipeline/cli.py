@@ -25,8 +25,15 @@ from stages.flow_io import write_flo, write_flow_npy, write_kitti_png
 from stages.flow_viz import flow_to_color, largest_magnitude, legend_panel
 from stages.image_io import write_image
 
-from .annotations import FinishedVideo, ListOptions
-from .annotations_cmd import check_classes, describe, list_options, write_run_annotations
+from .annotations import FinishedVideo
+from .annotations_cmd import (
+    ListRequest,
+    check_lists,
+    describe,
+    list_options,
+    resolve_list_options,
+    write_run_annotations,
+)
 from .batch import OutputInUse, OutputLocked, run_batch, summary_lines
 from .cli_common import device_option, iters_option, parse_set_options, refine_option
 from .config import (
@@ -244,7 +251,7 @@ def run(
     overwrite: bool,
     fail_fast: bool,
     timeout: float | None,
-    list_options: ListOptions,
+    list_request: ListRequest,
     **flags,
 ) -> None:
     """Estimate flow for INPUT into OUTPUT.
@@ -286,8 +293,17 @@ def run(
         logger.warning("ignoring %d inputs inside the output folder", len(found.jobs) - len(jobs))
     if not jobs:
         raise click.ClickException(f"no videos found in {input_path}")
+    lists = None
     if "jpg" in config.output.formats:
-        check_classes((job.video_id for job in jobs), list_options)
+        lists = resolve_list_options(list_request, output, reuse=resume)
+        check_lists(
+            [FinishedVideo(job.video_id, 0, 0, _source(job, found.root)) for job in jobs], lists
+        )
+    elif list_request.given:
+        raise click.UsageError(
+            "--label-level, --class-index and --splits shape the action-recognition lists, "
+            "which only jpg output writes (--formats jpg)"
+        )
     try:
         results = run_batch(
             jobs,
@@ -322,9 +338,9 @@ def run(
             click.echo(f"features table: {table}")
     lists_failed = False
     if "jpg" in config.output.formats and finished:
-        videos = [FinishedVideo(r.video_id, r.frames, r.pairs) for r in finished]
+        videos = [FinishedVideo(r.video_id, r.frames, r.pairs, r.rel_path) for r in finished]
         try:
-            click.echo(describe(write_run_annotations(output, config, videos, list_options)))
+            click.echo(describe(write_run_annotations(output, config, videos, lists)))
         except ValueError as exc:  # SplitFileError included
             logger.error("annotation lists not written: %s", exc)
             lists_failed = True
@@ -332,6 +348,13 @@ def run(
         click.echo(line)
     if lists_failed or any(r.status != "ok" for r in results):
         sys.exit(1)
+
+
+def _source(job, root: Path) -> str:
+    """The input's path relative to the input folder (POSIX), as split files name it."""
+    if job.rel_path:
+        return job.rel_path
+    return os.path.relpath(os.path.abspath(job.path), os.path.abspath(root)).replace(os.sep, "/")
 
 
 def _is_inside(path: Path, folder: Path) -> bool:

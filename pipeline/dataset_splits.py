@@ -19,18 +19,20 @@ Official splits (``--splits FOLDER``), recognised by their files:
     the class, ``<name>.avi N`` with N = 1 for training, 2 for testing, 0 for neither.
     Each gives the splits ``train_splitK`` and ``test_splitK``.
 
-A split entry names a video by its path without extension, matched (ignoring case, since
-UCF101's lists spell ``HandStandPushups`` where the folder is ``HandstandPushups``) against
-the last as many path components of each video id; HMDB51 entries, which are bare file names,
+A split entry names a video by its path, matched (ignoring case, since UCF101's lists spell
+``HandStandPushups`` where the folder is ``HandstandPushups``) against the last as many path
+components of each input's path, with its extension or, failing that, without (a video
+transcoded to another container still matches); HMDB51 entries, which are bare file names,
 match the last component.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 _UCF101_LISTS = re.compile(r"(train|test)list0*(\d+)\.txt$")
@@ -49,14 +51,16 @@ class OfficialSplits:
     Attributes:
         dataset: ``"ucf101"`` or ``"hmdb51"``.
         splits: split name (``train_split1``, ``test_split1``, ...) -> the video entries it
-            lists (paths without extension, POSIX separators), in file order.
+            lists (paths as written, POSIX separators), in file order.
         class_index: the class names in label order where the folder has a class index
             (UCF101's ``classInd.txt``), else ``None``.
+        folder: the folder read (absolute).
     """
 
     dataset: str
     splits: Mapping[str, tuple[str, ...]]
     class_index: tuple[str, ...] | None = None
+    folder: str = ""
 
 
 @dataclass(frozen=True)
@@ -121,9 +125,9 @@ def read_official_splits(folder: str | Path) -> OfficialSplits:
         raise SplitFileError(f"{folder}: not a folder of split files")
     names = sorted(p.name for p in folder.iterdir() if p.is_file())
     if any(_UCF101_LISTS.match(name) for name in names):
-        return _ucf101(folder, names)
+        return replace(_ucf101(folder, names), folder=os.path.abspath(folder))
     if any(_HMDB51_FILE.match(name) for name in names):
-        return _hmdb51(folder, names)
+        return replace(_hmdb51(folder, names), folder=os.path.abspath(folder))
     raise SplitFileError(
         f"{folder}: no split files found: expected UCF101's trainlist01.txt / testlist01.txt "
         "(ucfTrainTestlist) or HMDB51's <class>_test_split1.txt (testTrainMulti_7030_splits)"
@@ -176,9 +180,19 @@ def _ordered(splits: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
 
 
 def _entry(text: str) -> str:
-    """A split entry as a video path without extension, POSIX separators."""
-    path = PurePosixPath(text.replace("\\", "/"))
-    return str(path.with_suffix("")) if path.suffix else str(path)
+    """A split entry as a POSIX path (extension kept)."""
+    return str(PurePosixPath(text.replace("\\", "/")))
+
+
+def _tails(path: str) -> list[tuple[str, ...]]:
+    """The case-folded last 1, 2, ... components of ``path``."""
+    parts = tuple(part.casefold() for part in PurePosixPath(path).parts)
+    return [parts[-k:] for k in range(1, len(parts) + 1)]
+
+
+def _stem(path: str) -> str:
+    pure = PurePosixPath(path)
+    return str(pure.with_suffix("")) if pure.suffix else str(pure)
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -189,27 +203,38 @@ def _read_lines(path: Path) -> list[str]:
 
 
 def assign_to_splits(
-    video_ids: Iterable[str], splits: Mapping[str, tuple[str, ...]]
+    videos: Mapping[str, str], splits: Mapping[str, tuple[str, ...]]
 ) -> SplitMembers:
-    """Which of ``video_ids`` each split lists (in the order of ``video_ids``), and which
-    entries of each split match no video (failed, skipped or absent videos).
+    """Which videos each split lists, and which entries of each split match no video (failed,
+    skipped or absent videos).
+
+    An entry matches the input whose path ends with it (ignoring case), else, when none
+    does, the input whose path without extension ends with the entry's without extension.
+
+    Args:
+        videos: video id -> the input's path relative to the input folder (POSIX; what split
+            entries name). Members keep the order of ``videos``.
+        splits: split name -> entries (paths relative to the data set's video folder).
 
     Raises:
         SplitFileError: an entry matches more than one video (e.g. the same file name in two
             folders for a bare HMDB51 name).
     """
-    ids = list(video_ids)
-    by_tail: dict[tuple[str, ...], list[str]] = defaultdict(list)
-    for video_id in ids:
-        parts = tuple(part.casefold() for part in PurePosixPath(video_id).parts)
-        for k in range(1, len(parts) + 1):
-            by_tail[parts[-k:]].append(video_id)
+    exact: dict[tuple[str, ...], list[str]] = defaultdict(list)
+    by_stem: dict[tuple[str, ...], list[str]] = defaultdict(list)
+    for video_id, source in videos.items():
+        for tail in _tails(source):
+            exact[tail].append(video_id)
+        for tail in _tails(_stem(source)):
+            by_stem[tail].append(video_id)
     members, unmatched = {}, {}
     for name, entries in splits.items():
         chosen: set[str] = set()
         missing = []
         for entry in entries:
-            found = by_tail.get(tuple(p.casefold() for p in PurePosixPath(entry).parts), [])
+            # the file named (e.g. v_a.avi), else any input of that name (a transcoded
+            # v_a.mp4, a folder of its frames)
+            found = exact.get(_tails(entry)[-1], []) or by_stem.get(_tails(_stem(entry))[-1], [])
             if len(found) > 1:
                 raise SplitFileError(
                     f"split {name}: entry {entry!r} matches {len(found)} videos "
@@ -219,6 +244,6 @@ def assign_to_splits(
                 chosen.add(found[0])
             else:
                 missing.append(entry)
-        members[name] = tuple(v for v in ids if v in chosen)
+        members[name] = tuple(v for v in videos if v in chosen)
         unmatched[name] = tuple(missing)
     return SplitMembers(members, unmatched)

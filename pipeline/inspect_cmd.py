@@ -8,8 +8,9 @@ from pathlib import Path
 import click
 
 from models import CORR_KINDS, PAD_MODES, CheckpointError, create_model
+from models.checkpoint_io import infer_architecture, load_checkpoint
 from models.raft import ARCHS
-from models.weights import default_checkpoint
+from models.weights import WEIGHTS, default_checkpoint
 from stages.decode import DecodeError
 
 from .cli_common import checkpoint_option, device_option, iters_option
@@ -66,6 +67,21 @@ def _load_pair(images: tuple[Path, ...], video: Path | None, frame: int):
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     return first, second, f"{images[0]} -> {images[1]}"
+
+
+def _architecture_of(checkpoint: str) -> str:
+    """The architecture a ``--checkpoint`` given without ``--model`` belongs to: a registry
+    entry's, or the one a file's weights fit."""
+    if checkpoint in WEIGHTS:
+        return WEIGHTS[checkpoint].arch
+    if checkpoint == RANDOM_WEIGHTS:
+        raise click.BadParameter(
+            "random weights need an explicit --model", param_hint="--checkpoint"
+        )
+    try:
+        return infer_architecture(load_checkpoint(checkpoint))
+    except (CheckpointError, ValueError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--checkpoint") from None
 
 
 @click.command("inspect")
@@ -136,9 +152,9 @@ def inspect(
                 f"{gt} is {truth[0].shape[1]}x{truth[0].shape[0]}, the frames {width}x{height}",
                 param_hint="--gt",
             )
+    if model == "auto" and checkpoint is not None:
+        model = _architecture_of(checkpoint)
     if model == "auto":
-        if checkpoint is not None:
-            raise click.BadParameter("needs an explicit --model", param_hint="--checkpoint")
         choice = choose_model(FlowConfig(model="auto"))
         if choice.model == "dis":  # no network at hand offline
             raise click.ClickException(choice.notice or "no network checkpoint available")

@@ -166,6 +166,20 @@ LATER_SETTINGS: tuple[tuple[str, str, Any], ...] = (
 when not at their default."""
 
 
+def layout_markers(config: RunConfig) -> dict[str, Any]:
+    """Flow-JPEG naming added after runs were made, in a results key's ``output`` section only
+    where it applies: the dense_flow RGB frames (``rgb_ends_pairs``) and denseflow's gap names
+    (``flow_jpg_template``). Videos whose meta.json lacks them were written the older way."""
+    markers: dict[str, Any] = {}
+    if "jpg" in config.output.formats:
+        layout = config.output.jpg_layout.for_gap(config.flow.gap)
+        if layout.rgb_ends_pairs and config.output.write_rgb:
+            markers["rgb_ends_pairs"] = True
+        if layout.gap_infix and config.flow.gap != 1:
+            markers["flow_jpg_template"] = layout.x_template
+    return markers
+
+
 def results_key(config: RunConfig, estimator: Estimator) -> dict[str, Any]:
     """The settings that change the numbers a run writes (see the module docstring)."""
     key = config_to_dict(config)
@@ -184,12 +198,7 @@ def results_key(config: RunConfig, estimator: Estimator) -> dict[str, Any]:
     for section, name, default in LATER_SETTINGS:
         if key[section].get(name) == default:
             key[section].pop(name, None)
-    if "jpg" in config.output.formats:
-        layout = config.output.jpg_layout.for_gap(config.flow.gap)
-        if layout.rgb_ends_pairs and config.output.write_rgb:
-            key["output"]["rgb_ends_pairs"] = True
-        if layout.gap_infix and config.flow.gap != 1:
-            key["output"]["flow_jpg_template"] = layout.x_template
+    key["output"].update(layout_markers(config))
     if estimator.is_network:
         for name in DIS_SETTINGS:
             flow.pop(name, None)

@@ -8,6 +8,7 @@ mmaction2's ``RawframeDataset`` / ``RawFrameDecode`` (always runs), and mmaction
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import av
@@ -15,11 +16,12 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from pipeline.annotations import class_of, flow_filename_template
 from pipeline.cli import main
 from stages.flow_jpeg import FLOW_JPEG_PRESETS
-from tests.media import write_video
+from tests.media import pattern_frame, write_video
 
 # class -> clips (frames); a space in a file name cannot be listed (mmaction2 splits on it)
 TREE = {"jump": {"j1": 6, "j2": 5}, "wave": {"w1": 7}}
@@ -235,12 +237,53 @@ def test_official_ucf101_splits_and_class_numbers(ucf_tree, tmp_path) -> None:
     assert "split test_split1: 1 of its 3 videos" in result.output
     assert "v_HammerThrow_g02_c01" in result.output
     assert "rawframes_flow_train_split1.txt" in (out / "mmaction2_rawframes.py").read_text()
-    # without splits the classes are sorted ignoring case, which is classInd.txt's order;
-    # rewriting the lists removes the split lists of the earlier call
+    splits_before = sorted(p.name for p in out.glob("rawframes_*split*.txt"))
+    # --resume and the annotations command keep the options the lists were written with
+    for again in (["run", str(root), "-o", str(out), "--config", "configs/action-recognition.yaml",
+                   "--model", "dis", "--workers", "0", "--no-progress", "--resume"],
+                  ["annotations", str(out)]):  # fmt: skip
+        result = CliRunner().invoke(main, again)
+        assert result.exit_code == 0, result.output
+        assert sorted(p.name for p in out.glob("rawframes_*split*.txt")) == splits_before
+    # another class index replaces the saved options: its numbers, no split lists
+    index = tmp_path / "names.txt"
+    index.write_text("HammerThrow\nHammering\n")
+    result = CliRunner().invoke(main, ["annotations", str(out), "--class-index", str(index)])
+    assert result.exit_code == 0, result.output
+    assert (out / "classes.txt").read_text() == "HammerThrow\nHammering\n"
+    assert not list(out.glob("rawframes_*split*.txt"))
+    # without any option saved or given, classes sort ignoring case: classInd.txt's order
+    (out / "annotation_options.json").unlink()
     result = CliRunner().invoke(main, ["annotations", str(out)])
     assert result.exit_code == 0, result.output
     assert (out / "classes.txt").read_text() == "Hammering\nHammerThrow\n"
-    assert not list(out.glob("rawframes_*split*.txt"))
+
+
+def test_split_entries_match_inputs_whose_ids_carry_a_suffix(tmp_path) -> None:
+    """A video file and a frame folder of the same name get suffixed ids; split entries name
+    the input files, and an entry matching two inputs stops the run before any work."""
+    root = tmp_path / "in"
+    (root / "Archery" / "v_a").mkdir(parents=True)
+    write_video(root / "Archery" / "v_a.mp4", width=32, height=32, num_frames=3)
+    for t in range(3):
+        Image.fromarray(pattern_frame(t, 32, 32)).save(root / "Archery" / "v_a" / f"{t}.png")
+    lists = tmp_path / "ucfTrainTestlist"
+    lists.mkdir()
+    (lists / "trainlist01.txt").write_text("Archery/v_a.mp4 1\n")
+    (lists / "testlist01.txt").write_text("")
+    out = tmp_path / "out"
+    result = _run(root, out, "--splits", str(lists))
+    assert "split test_split1 lists no videos" in result.output
+    (train,) = _read_list(out / "rawframes_flow_train_split1.txt")
+    assert train[0].startswith("Archery/v_a_") and train[0].endswith("/rawframes")
+    hmdb = tmp_path / "hmdb"
+    hmdb.mkdir()
+    (hmdb / "Archery_test_split1.txt").write_text("v_a.avi 1\n")  # a bare name: both inputs
+    result = CliRunner().invoke(main, ["run", str(root), "-o", str(tmp_path / "o2"), "--config",
+                                       "configs/action-recognition.yaml", "--model", "dis",
+                                       "--splits", str(hmdb)])  # fmt: skip
+    assert result.exit_code == 1 and "matches 2 videos" in result.output
+    assert not (tmp_path / "o2").exists()
 
 
 def test_a_class_missing_from_the_class_index_stops_the_run_before_any_work(
@@ -262,3 +305,18 @@ def test_a_class_missing_from_the_class_index_stops_the_run_before_any_work(
     bad.write_text("1 a\n1 b\n")
     result = CliRunner().invoke(main, ["run", str(root), "-o", str(out), "--class-index", str(bad)])
     assert result.exit_code == 2 and "bad.txt" in result.output
+
+
+def test_annotations_refuses_videos_written_with_an_older_frame_layout(tree, tmp_path) -> None:
+    """A tsn folder made before the RGB frames ended each pair has other files than today's
+    lists would name: the command says so instead of writing wrong lists."""
+    out = tmp_path / "out"
+    _run(tree / "wave", out, "--set", "output.jpg_preset=tsn")
+    assert CliRunner().invoke(main, ["annotations", str(out)]).exit_code == 0
+    meta_path = out / "w1" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["results_key"]["output"]["rgb_ends_pairs"]  # as an earlier version wrote it
+    meta_path.write_text(json.dumps(meta))
+    result = CliRunner().invoke(main, ["annotations", str(out)])
+    assert result.exit_code == 1 and "earlier motionpipe" in result.output
+    assert "--resume" in result.output

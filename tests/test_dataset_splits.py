@@ -67,7 +67,7 @@ def test_ucf101_split_folder(tmp_path: Path) -> None:
     splits = read_official_splits(folder)
     assert splits.dataset == "ucf101" and splits.class_index == ("Hammering", "HammerThrow")
     assert list(splits.splits) == ["train_split1", "test_split1", "train_split2", "test_split2"]
-    assert splits.splits["test_split1"] == ("HammerThrow/v_HammerThrow_g01_c01",)
+    assert splits.splits["test_split1"] == ("HammerThrow/v_HammerThrow_g01_c01.avi",)
 
 
 def test_hmdb51_split_folder_keeps_train_and_test_codes(tmp_path: Path) -> None:
@@ -76,7 +76,7 @@ def test_hmdb51_split_folder_keeps_train_and_test_codes(tmp_path: Path) -> None:
     _write(folder / "kick_test_split1.txt", "d.avi 2\n")
     splits = read_official_splits(folder)
     assert splits.dataset == "hmdb51" and splits.class_index is None
-    assert dict(splits.splits) == {"train_split1": ("a",), "test_split1": ("b", "d")}
+    assert dict(splits.splits) == {"train_split1": ("a.avi",), "test_split1": ("b.avi", "d.avi")}
     _write(folder / "kick_test_split2.txt", "e.avi 3\n")
     with pytest.raises(SplitFileError, match=r"kick_test_split2.txt, line 1"):
         read_official_splits(folder)
@@ -88,15 +88,23 @@ def test_folder_without_split_files_is_refused(tmp_path: Path) -> None:
         read_official_splits(tmp_path)
 
 
-def test_entries_match_video_ids_by_their_last_components() -> None:
-    ids = ["UCF-101/HandstandPushups/v_HandStandPushups_g01_c01", "UCF-101/Archery/v_a_g01"]
+def test_entries_match_input_paths_by_their_last_components() -> None:
+    videos = {  # video id -> input path; ids may carry a suffix that tells clashing inputs apart
+        "UCF-101/HandstandPushups/v_HandStandPushups_g01_c01": (
+            "UCF-101/HandstandPushups/v_HandStandPushups_g01_c01.avi"
+        ),
+        "UCF-101/Archery/v_a_g01_mp4": "UCF-101/Archery/v_a_g01.mp4",
+    }
+    ids = list(videos)
     splits = {
         # UCF101's lists spell the class folder differently from the folder itself
-        "train_split1": ("HandStandPushups/v_HandStandPushups_g01_c01", "Archery/v_missing"),
-        "test_split1": ("v_a_g01",),
+        "train_split1": ("HandStandPushups/v_HandStandPushups_g01_c01.avi", "Archery/v_x.avi"),
+        "test_split1": ("v_a_g01.avi",),  # transcoded to .mp4: matched without extension
     }
-    members = assign_to_splits(ids, splits)
+    members = assign_to_splits(videos, splits)
     assert members.members == {"train_split1": (ids[0],), "test_split1": (ids[1],)}
-    assert members.unmatched == {"train_split1": ("Archery/v_missing",), "test_split1": ()}
+    assert members.unmatched == {"train_split1": ("Archery/v_x.avi",), "test_split1": ()}
     with pytest.raises(SplitFileError, match="matches 2 videos"):
-        assign_to_splits(["a/clip", "b/clip"], {"train_split1": ("clip",)})
+        assign_to_splits(
+            {"a/clip": "a/clip.avi", "b/clip": "b/clip.avi"}, {"train_split1": ("clip",)}
+        )

@@ -257,5 +257,13 @@ def test_default_model_works_offline_with_the_shipped_model(
     assert result.exit_code == 0, result.output
     report = (out / "report.html").read_text()
     assert "raft-small-convex" in report and "motionpipe-small-v3" in report
-    refused = CliRunner().invoke(main, ["inspect", *images, "-o", str(out), "--checkpoint", "x"])
+    # a checkpoint without --model brings its architecture: a registry name or a file
+    for checkpoint in ("motionpipe-small-v3", str(parity_dir / "raft_small_random.pth")):
+        args = ["inspect", *images, "-o", str(tmp_path / "o2"), "--checkpoint", checkpoint,
+                "--iters", "1"]  # fmt: skip
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, result.output
+    assert "raft-small" in (tmp_path / "o2" / "report.html").read_text()
+    refused = CliRunner().invoke(main, ["inspect", *images, "-o", str(out), "--checkpoint",
+                                        "random"])  # fmt: skip
     assert refused.exit_code == 2 and "explicit --model" in refused.output

@@ -100,7 +100,7 @@ def test_only_files_that_mark_completion_are_fsynced(tmp_path: Path, monkeypatch
     assert len(list((out / "clip" / "flo").glob("*.flo"))) == 11
     targets = {name.split(".")[1] + "." + name.split(".")[2] for name in synced}
     run_level = {"manifest.parquet", "manifest.csv", "config.yaml", "rawframes_flow.txt",
-                 "mmaction2_rawframes.py"}  # fmt: skip
+                 "mmaction2_rawframes.py", "annotation_options.json"}  # fmt: skip
     assert targets <= {"meta.json", *run_level}, synced
     assert "meta.json" in targets and "manifest.parquet" in targets
 
