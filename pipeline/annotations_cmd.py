@@ -115,25 +115,30 @@ def resolve_list_options(request: ListRequest, out_root: Path, *, reuse: bool) -
     label_level = request.label_level
     if label_level is None:
         label_level = int(saved.get("label_level", 1))
-    splits, class_index = request.splits, request.class_index
-    if splits is None and request.class_index is None and saved.get("splits_folder"):
-        try:
-            splits = read_official_splits(saved["splits_folder"])
-        except SplitFileError as exc:
-            raise click.ClickException(
-                f"the split folder these lists were written with cannot be read ({exc}); "
-                "pass --splits again"
-            ) from None
-    if class_index is None and splits is not None:
-        class_index = splits.class_index
-    if class_index is None and request.splits is None and saved.get("class_index"):
-        class_index = tuple(saved["class_index"])
+    if request.splits is not None or request.class_index is not None:
+        splits = request.splits
+        class_index = request.class_index or (splits.class_index if splits else None)
+    else:
+        splits = _saved_splits(saved.get("splits_folder"))
+        class_index = tuple(saved["class_index"]) if saved.get("class_index") else None
     return ListOptions(
         label_level,
         class_index,
         splits.splits if splits else {},
         splits.folder if splits else None,
     )
+
+
+def _saved_splits(folder: str | None) -> OfficialSplits | None:
+    if not folder:
+        return None
+    try:
+        return read_official_splits(folder)
+    except SplitFileError as exc:
+        raise click.ClickException(
+            f"the split folder these lists were written with cannot be read ({exc}); pass "
+            "--splits again"
+        ) from None
 
 
 def _saved_options(out_root: Path) -> dict:
@@ -248,8 +253,7 @@ def annotations_command(output: Path, list_request: ListRequest) -> None:
     ]
     check_layout(output, config, videos)
     options = resolve_list_options(list_request, output, reuse=True)
-    check_lists(videos, options)
-    try:
+    try:  # nothing is written when the lists cannot be
         written = write_run_annotations(output, config, videos, options)
     except ValueError as exc:  # SplitFileError included
         raise click.ClickException(f"annotation lists not written: {exc}") from None

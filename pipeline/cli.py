@@ -296,9 +296,7 @@ def run(
     lists = None
     if "jpg" in config.output.formats:
         lists = resolve_list_options(list_request, output, reuse=resume)
-        check_lists(
-            [FinishedVideo(job.video_id, 0, 0, _source(job, found.root)) for job in jobs], lists
-        )
+        check_lists([FinishedVideo(job.video_id, 0, 0, job.rel_path) for job in jobs], lists)
     elif list_request.given:
         raise click.UsageError(
             "--label-level, --class-index and --splits shape the action-recognition lists, "
@@ -348,13 +346,6 @@ def run(
         click.echo(line)
     if lists_failed or any(r.status != "ok" for r in results):
         sys.exit(1)
-
-
-def _source(job, root: Path) -> str:
-    """The input's path relative to the input folder (POSIX), as split files name it."""
-    if job.rel_path:
-        return job.rel_path
-    return os.path.relpath(os.path.abspath(job.path), os.path.abspath(root)).replace(os.sep, "/")
 
 
 def _is_inside(path: Path, folder: Path) -> bool:
