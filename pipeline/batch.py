@@ -288,7 +288,9 @@ def run_batch(
     execution = execution or Execution()
     estimator = resolve_estimator(config, device_here=not execution.remote)
     check_output_root(out_root)
-    if out_root.is_dir():  # read only; checked again under the lock
+    if out_root.is_dir() and not (out_root / LOCK_NAME).exists():
+        # read only, before a Ray instance starts; checked again under the lock (a folder with
+        # a lock file may be a run in progress, which the lock reports)
         check_output_folder(out_root, resume=resume, overwrite=overwrite)
     try:  # a cluster that cannot be reached stops the run before the folder is touched
         runner = make_executor(config, execution, estimator=estimator)
