@@ -6,8 +6,9 @@ y (down); ``flow_fw`` goes from frame ``t`` to frame ``t + k`` and ``flow_bw`` f
 back to ``t``. Masks are ``(B, 1, H, W)`` bool. Warping follows :mod:`stages.warp`.
 
 Checks
-    :func:`forward_backward_occlusion` (Sundaram, Brox and Keutzer, ECCV 2010) and
-    :func:`motion_boundaries` (the criterion of Ruder, Dosovitskiy and Brox, GCPR 2016).
+    :func:`forward_backward_occlusion` (Sundaram, Brox and Keutzer, ECCV 2010),
+    :func:`motion_boundaries` (the criterion of Ruder, Dosovitskiy and Brox, GCPR 2016) and
+    :func:`flow_masks` live in :mod:`stages.occlusion` and are importable from here too.
 
 Metrics
     :func:`warping_error` is E_warp of Lai et al., "Learning Blind Video Temporal Consistency"
@@ -24,15 +25,24 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from .error_plot import plot_error_over_time
+from .occlusion import (
+    Difference,
+    FlowMasks,
+    check_flow,
+    float_dtype,
+    flow_gradients,
+    flow_masks,
+    forward_backward_occlusion,
+    motion_boundaries,
+    squared_norm,
+)
 from .settings import WarpConfig
 from .warp import backward_warp
 
@@ -56,8 +66,6 @@ __all__ = [
     "warping_error",
 ]
 
-Difference = Literal["central", "forward"]
-
 METRIC_KEYS: tuple[str, ...] = (
     "e_warp",
     "photometric_error",
@@ -73,125 +81,6 @@ METRIC_KEYS: tuple[str, ...] = (
 """Keys of :func:`pair_metrics` / :func:`batch_metrics`, in order."""
 
 _SUMMARY_MAX_KEYS = frozenset({"flow_mag_max"})
-
-
-# --------------------------------------------------------------------------------------------
-# Checks
-# --------------------------------------------------------------------------------------------
-
-
-def forward_backward_occlusion(
-    flow_fw: torch.Tensor,
-    flow_bw: torch.Tensor,
-    *,
-    alpha1: float = 0.01,
-    alpha2: float = 0.5,
-    warped_bw: tuple[torch.Tensor, torch.Tensor] | None = None,
-    outside_occluded: bool = True,
-) -> torch.Tensor:
-    """Forward-backward consistency check of Sundaram et al. 2010.
-
-    With ``f = flow_fw(p)`` and ``b = flow_bw(p + f)`` (``flow_bw`` sampled bilinearly at the
-    forward target, :func:`stages.warp.backward_warp`), pixel ``p`` is *not* occluded iff::
-
-        |f + b|^2 < alpha1 * (|f|^2 + |b|^2) + alpha2          (squared lengths in pixels^2)
-
-    A pixel whose forward target ``p + f`` leaves ``[0, W-1] x [0, H-1]`` counts as occluded
-    (``outside_occluded``, the default): its content is not visible in the second frame, and
-    no backward flow exists there to check; ``outside_occluded=False`` checks it against the
-    border-clamped backward flow instead, as Lai et al. Non-finite flow is occluded.
-
-    Args:
-        flow_fw: ``(B, 2, H, W)`` flow t -> t+k in pixels.
-        flow_bw: ``(B, 2, H, W)`` flow t+k -> t in pixels.
-        alpha1: relative tolerance (dimensionless), 0.01 in the paper.
-        alpha2: absolute tolerance in pixels^2, 0.5 in the paper.
-        warped_bw: ``backward_warp(flow_bw, flow_fw, padding="border")`` in the flows' common
-            dtype, when the caller has it (the warp stage warps a frame and the backward flow
-            together, since they share the sample points); computed here otherwise.
-
-    Returns:
-        ``(B, 1, H, W)`` bool on ``flow_fw``'s grid (frame t), True = occluded.
-    """
-    _check_same_flow_shapes(flow_fw, flow_bw)
-    fw = flow_fw.to(_float_dtype(flow_fw, flow_bw))
-    bw_at_target, inside = warped_bw or backward_warp(flow_bw.to(fw.dtype), fw, padding="border")
-    round_trip = _squared_norm(fw + bw_at_target)
-    tolerance = alpha1 * (_squared_norm(fw) + _squared_norm(bw_at_target)) + alpha2
-    consistent = round_trip < tolerance  # False for NaN
-    if not outside_occluded:
-        return ~consistent
-    return ~(consistent & inside)
-
-
-def flow_gradients(
-    flow: torch.Tensor, *, difference: Difference = "central"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Spatial derivatives of each flow component, in pixels per pixel.
-
-    ``"central"``: ``(f[x+1] - f[x-1]) / 2`` with the border pixel repeated outside the image
-    (so at the border it is half the one-sided difference). This is the 3-tap filter
-    ``[-0.5, 0, 0.5]`` (``CDerivative<float>(3)`` with mirrored borders) of Ruder et al.'s
-    ``consistencyChecker.cpp``. ``"forward"``: ``f[x+1] - f[x]``, 0 on the last column / row,
-    which is (up to sign, irrelevant once squared) ``compute_flow_gradients`` in Lai et al.'s
-    ``utils.py``.
-
-    Args:
-        flow: ``(B, 2, H, W)`` flow in pixels.
-        difference: ``"central"`` or ``"forward"``.
-
-    Returns:
-        ``(d_dx, d_dy)``, each ``(B, 2, H, W)`` in the flow's (floating) dtype.
-    """
-    _check_flow(flow)
-    if difference == "central":
-        padded_x = F.pad(flow, (1, 1, 0, 0), mode="replicate")
-        padded_y = F.pad(flow, (0, 0, 1, 1), mode="replicate")
-        d_dx = (padded_x[..., 2:] - padded_x[..., :-2]) / 2
-        d_dy = (padded_y[..., 2:, :] - padded_y[..., :-2, :]) / 2
-    elif difference == "forward":
-        d_dx = torch.zeros_like(flow)
-        d_dy = torch.zeros_like(flow)
-        d_dx[..., :-1] = flow[..., 1:] - flow[..., :-1]
-        d_dy[..., :-1, :] = flow[..., 1:, :] - flow[..., :-1, :]
-    else:
-        raise ValueError(f"difference must be 'central' or 'forward', got {difference!r}")
-    return d_dx, d_dy
-
-
-def motion_boundaries(
-    flow: torch.Tensor,
-    *,
-    alpha1: float = 0.01,
-    alpha2: float = 0.002,
-    difference: Difference = "central",
-) -> torch.Tensor:
-    """Motion boundaries: where the flow changes fast relative to its own magnitude.
-
-    Pixel ``p`` is a motion boundary iff::
-
-        |grad u|^2 + |grad v|^2 > alpha1 * |f|^2 + alpha2
-
-    with ``f = (u, v) = flow(p)`` and the gradients of :func:`flow_gradients`. The default
-    central differences are those of Ruder et al.'s ``consistencyChecker``, the reference
-    implementation of this criterion. Being centred, they mark both sides of a flow
-    discontinuity (a 2-pixel band symmetric about the edge, whatever the direction of the
-    motion), whereas forward differences (Lai et al.) mark only the pixel before the step, a
-    band biased half a pixel toward the top-left.
-
-    Args:
-        flow: ``(B, 2, H, W)`` flow in pixels.
-        alpha1: relative tolerance (dimensionless), 0.01 in Ruder et al.
-        alpha2: absolute tolerance in (pixels / pixel)^2, 0.002 in Ruder et al.
-        difference: gradient operator, ``"central"`` or ``"forward"``.
-
-    Returns:
-        ``(B, 1, H, W)`` bool, True on motion boundaries.
-    """
-    field = flow.to(_float_dtype(flow))
-    d_dx, d_dy = flow_gradients(field, difference=difference)
-    variation = (d_dx.square() + d_dy.square()).sum(dim=1, keepdim=True)
-    return variation > alpha1 * _squared_norm(field) + alpha2
 
 
 # --------------------------------------------------------------------------------------------
@@ -300,60 +189,14 @@ def flow_magnitude_stats(flow: torch.Tensor) -> dict[str, torch.Tensor]:
         ``{"mean", "median", "p95", "max"}`` -> ``(B,)`` tensors in pixels (float32, or float64
         for float64 flow).
     """
-    _check_flow(flow)
-    field = flow.to(_float_dtype(flow))
-    magnitude = _squared_norm(field).sqrt().flatten(1)  # (B, H*W)
+    check_flow(flow)
+    field = flow.to(float_dtype(flow))
+    magnitude = squared_norm(field).sqrt().flatten(1)  # (B, H*W)
     return {
         "mean": magnitude.mean(dim=1),
         **dict(zip(("median", "p95"), _quantiles(magnitude, (0.5, 0.95)), strict=True)),
         "max": magnitude.amax(dim=1),
     }
-
-
-@dataclass(frozen=True)
-class FlowMasks:
-    """The masks of a batch of flows that metrics and mask files share.
-
-    ``occluded``: ``(B, 1, H, W)`` bool, :func:`forward_backward_occlusion` (None without
-    backward flow). ``boundaries``: ``(B, 1, H, W)`` bool, :func:`motion_boundaries`.
-    """
-
-    occluded: torch.Tensor | None
-    boundaries: torch.Tensor
-
-
-def flow_masks(
-    flow_fw: torch.Tensor,
-    flow_bw: torch.Tensor | None,
-    config: WarpConfig | None = None,
-    *,
-    difference: Difference | None = None,
-    warped_bw: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> FlowMasks:
-    """Occlusion (when ``flow_bw`` is given) and motion-boundary masks of ``flow_fw``
-    ``(B, 2, H, W)`` with ``config``'s tolerances, gradient (``difference`` overrides
-    ``mb_difference``) and treatment of targets outside the frame (``count_outside``); the
-    ``warp`` section's defaults without a config. ``warped_bw``: as
-    :func:`forward_backward_occlusion`'s."""
-    config = config or WarpConfig()
-    fw = flow_fw.to(_float_dtype(flow_fw))
-    occluded = None
-    if flow_bw is not None:
-        occluded = forward_backward_occlusion(
-            fw,
-            flow_bw,
-            alpha1=config.fb_alpha1,
-            alpha2=config.fb_alpha2,
-            warped_bw=warped_bw,
-            outside_occluded=not config.count_outside,
-        )
-    boundaries = motion_boundaries(
-        fw,
-        alpha1=config.mb_alpha1,
-        alpha2=config.mb_alpha2,
-        difference=difference or config.mb_difference,
-    )
-    return FlowMasks(occluded, boundaries)
 
 
 def batch_metrics(
@@ -409,7 +252,7 @@ def batch_metrics(
     config = config or WarpConfig()
     frames_t, frames_t1 = _unit_frames(frame_t), _unit_frames(frame_t1)
     _check_pair(frames_t, frames_t1, flow_fw)
-    dtype = _float_dtype(frames_t, flow_fw)
+    dtype = float_dtype(frames_t, flow_fw)
     fw = flow_fw.to(dtype)
     warped, inside = warped or backward_warp(frames_t1.to(dtype), fw, padding="border")
     masks = masks or flow_masks(fw, flow_bw, config, difference=difference)
@@ -510,7 +353,7 @@ def _aligned_residual(
     """``(warped_t1 - frame_t, counted mask)``: ``(B, C, H, W)`` in [-1, 1] and ``(B, 1, H, W)``."""
     frames_t, frames_t1 = _unit_frames(frame_t), _unit_frames(frame_t1)
     _check_pair(frames_t, frames_t1, flow_fw)
-    dtype = _float_dtype(frames_t, flow_fw)
+    dtype = float_dtype(frames_t, flow_fw)
     warped, inside = backward_warp(frames_t1.to(dtype), flow_fw.to(dtype), padding="border")
     counted = inside if require_valid else torch.ones_like(inside)
     if mask is not None:
@@ -563,36 +406,8 @@ def _fraction(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return mask.flatten(1).to(torch.float64).mean(dim=1).to(dtype)
 
 
-def _squared_norm(flow: torch.Tensor) -> torch.Tensor:
-    """``u^2 + v^2`` of a ``(B, 2, H, W)`` flow, as ``(B, 1, H, W)``."""
-    u, v = flow[:, 0:1], flow[:, 1:2]
-    return u * u + v * v
-
-
-def _float_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    """float64 if any input is float64, else float32 (half precision is widened)."""
-    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
-
-
-def _check_flow(flow: torch.Tensor) -> None:
-    if flow.ndim != 4 or flow.shape[1] != 2 or not flow.is_floating_point():
-        raise ValueError(
-            f"flow must be floating (B, 2, H, W), got {tuple(flow.shape)} {flow.dtype}"
-        )
-
-
-def _check_same_flow_shapes(flow_fw: torch.Tensor, flow_bw: torch.Tensor) -> None:
-    _check_flow(flow_fw)
-    _check_flow(flow_bw)
-    if flow_fw.shape != flow_bw.shape:
-        raise ValueError(
-            f"forward flow {tuple(flow_fw.shape)} and backward flow {tuple(flow_bw.shape)} "
-            "must have the same shape"
-        )
-
-
 def _check_pair(frame_t: torch.Tensor, frame_t1: torch.Tensor, flow: torch.Tensor) -> None:
-    _check_flow(flow)
+    check_flow(flow)
     if frame_t.ndim != 4 or frame_t.shape != frame_t1.shape:
         raise ValueError(
             f"frames must both be (B, C, H, W) of one shape, got {tuple(frame_t.shape)} "
