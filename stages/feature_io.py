@@ -175,10 +175,9 @@ def read_table(path: PathLike) -> pd.DataFrame:
     """Read a table of :func:`write_table` (``video`` stays a string even if numeric, or a
     word pandas would read as missing: a video named ``NA``, ``null`` or ``nan``)."""
     if _is_csv(path):
-        frame = pd.read_csv(path, dtype={"video": str})
-        if "video" in frame.columns:
-            names = pd.read_csv(path, usecols=["video"], dtype=str, keep_default_na=False)
-            frame["video"] = names["video"]
+        # write_table leaves missing numbers empty (to_csv's na_rep), so the empty cell is the
+        # only missing marker; pandas' other NA words are names
+        frame = pd.read_csv(path, dtype={"video": str}, keep_default_na=False, na_values=[""])
         leading = {key: value for key, value in _LEADING_DTYPES.items() if key in frame.columns}
         return frame.astype(leading)
     return pd.read_parquet(path, engine="pyarrow")
