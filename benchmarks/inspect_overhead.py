@@ -33,7 +33,8 @@ import torch  # noqa: E402
 from benchmarks._common import cpu_description, print_table, spread  # noqa: E402
 from models import RefineTrace, create_model  # noqa: E402
 from models.corr import build_correlation  # noqa: E402
-from models.raft import RAFT, bilinear_upsample, convex_upsample, coords_grid  # noqa: E402
+from models.flow_grid import bilinear_upsample, convex_upsample, coords_grid  # noqa: E402
+from models.raft import RAFT  # noqa: E402
 
 
 def plain_refine(model: RAFT, fmap1, fmap2, context, iters: int):

@@ -1,6 +1,7 @@
 """Pure-PyTorch optical flow (RAFT, RAFT-small, GMA) and the MotionSqueeze module.
 
 Networks: ``raft`` (the model, its builders and ``BUILDERS``, the one table of architectures),
+``flow_grid`` (grid coordinates, the initial estimate, convex / bilinear upsampling),
 ``encoders``, ``update`` and ``winograd`` (its blocks and their fast CPU kernels), ``gma``,
 ``corr`` (all-pairs and on-demand correlation), ``padding``, ``warm_start``, ``losses``,
 ``motionsqueeze``. Weights: ``weights`` (the registry of published checkpoints),
@@ -9,8 +10,9 @@ strict loading), ``registry`` (``create_model``: an architecture by name, with w
 Files: ``atomic_files`` (the atomic writes every layer uses; here because this is the bottom
 layer).
 
-Imports torch and numpy only: no I/O beyond checkpoint files and that helper, no configuration objects, no
-global device. See README for the API; every tensor layout is documented where it is produced.
+Imports torch and numpy only: no I/O beyond checkpoint files and that helper, no
+configuration objects, no global device. See README for the API; every tensor layout is
+documented where it is produced.
 """
 
 from .corr import CORR_KINDS, AllPairsCorrelation, OnDemandCorrelation

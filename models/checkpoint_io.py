@@ -399,7 +399,7 @@ def gma_num_heads(state: Mapping[str, torch.Tensor]) -> int:
 def load_into(model: torch.nn.Module, state: Mapping[str, torch.Tensor], *, arch: str) -> None:
     """Load ``state`` strictly into ``model`` (a model of architecture ``arch``).
 
-    Raises :class:`CheckpointError` naming the right ``--model`` when the checkpoint is of
+    Raises :class:`CheckpointError` naming the right architecture when the checkpoint is of
     another architecture, or listing missing / unexpected keys and shape mismatches.
     """
     check_architecture(arch)
@@ -410,8 +410,9 @@ def load_into(model: torch.nn.Module, state: Mapping[str, torch.Tensor], *, arch
         found = None
     if found is not None and found != arch:
         raise CheckpointError(
-            f"this checkpoint is a {found} checkpoint but the model is {arch}; "
-            f"pass --model {found} (or a {arch} checkpoint)"
+            f"this checkpoint is a {found} checkpoint but the model is {arch}; use the "
+            f"{found} architecture (--model {found}, create_model({found!r}, ...)) or a {arch} "
+            "checkpoint"
         )
     problems = _key_problems(model.state_dict(), official)
     if problems:

@@ -89,10 +89,11 @@ def winograd_applies(x: torch.Tensor, weight: torch.Tensor, padding: tuple[int, 
 
     Only 3x3 kernels with padding 1 (stride 1, no groups), float32 on CPU, no autograd, no
     autocast, not under torch.compile, at least 8 output channels (below that the Winograd
-    transforms dominate).
+    transforms dominate), a non-empty batch (an empty one would look like an NNPACK failure).
     """
     return (
         weight.shape[-2:] == (3, 3)
+        and x.shape[0] > 0
         and tuple(padding) == (1, 1)
         and weight.shape[0] >= 8
         and x.ndim == 4

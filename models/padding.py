@@ -27,7 +27,10 @@ PAD_MODES: tuple[str, ...] = ("sintel", "kitti")
 
 @dataclass(frozen=True)
 class Padder:
-    """Pads ``(..., H, W)`` tensors so that H and W are multiples of ``multiple``.
+    """Pads ``(B, C, H, W)`` images so that H and W are multiples of ``multiple``.
+
+    :meth:`pad` takes ``(B, C, H, W)`` or ``(C, H, W)`` (``F.pad``'s replicate mode);
+    :meth:`unpad` crops any ``(..., H', W')``.
 
     ``pads`` is ``(left, right, top, bottom)`` in pixels, the order ``F.pad`` expects.
     ``minimum``: smallest padded side; a smaller image is padded further (the same way, with

@@ -17,16 +17,17 @@ The network is split into its three parts so that a video path can encode each f
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .corr import CorrKind, build_correlation
 from .encoders import Encoder, NormKind
+from .flow_grid import bilinear_upsample, convex_upsample, coords_grid, initial_coords
 from .gma import Aggregate, Attention, AttentionMode
 from .padding import Padder, PadMode
 from .trace import RefineTrace
@@ -74,45 +75,40 @@ def normalize_images(images: torch.Tensor) -> torch.Tensor:
     return (2 * (images / 255.0) - 1.0).contiguous()
 
 
-def coords_grid(batch: int, height: int, width: int, device: torch.device) -> torch.Tensor:
-    """``(B, 2, h, w)`` float32 pixel coordinates, channel 0 = x, channel 1 = y."""
-    ys, xs = torch.meshgrid(
-        torch.arange(height, device=device, dtype=torch.float32),
-        torch.arange(width, device=device, dtype=torch.float32),
-        indexing="ij",
-    )
-    return torch.stack([xs, ys])[None].repeat(batch, 1, 1, 1)
-
-
-def convex_upsample(flow: torch.Tensor, mask: torch.Tensor, factor: int = 8) -> torch.Tensor:
-    """Convex upsampling (RAFT, Sec. 3.3).
-
-    Args:
-        flow: ``(B, 2, h, w)`` in 1/8-resolution pixels.
-        mask: ``(B, 9 * factor^2, h, w)`` logits of the 3x3 convex weights per sub-pixel.
-
-    Returns:
-        ``(B, 2, factor*h, factor*w)`` in full-resolution pixels.
-    """
-    b, _, h, w = flow.shape
-    weights = torch.softmax(mask.view(b, 1, 9, factor, factor, h, w), dim=2)
-    neighbours = F.unfold(factor * flow, [3, 3], padding=1).view(b, 2, 9, 1, 1, h, w)
-    up = torch.sum(weights * neighbours, dim=2)  # (B, 2, f, f, h, w)
-    up = up.permute(0, 1, 4, 2, 5, 3)  # (B, 2, h, f, w, f)
-    return up.reshape(b, 2, factor * h, factor * w)
-
-
-def bilinear_upsample(flow: torch.Tensor, factor: int = 8) -> torch.Tensor:
-    """``(B, 2, h, w)`` -> ``(B, 2, factor*h, factor*w)``, values scaled to full-res pixels."""
-    h, w = flow.shape[-2:]
-    size = (factor * h, factor * w)
-    return factor * F.interpolate(flow, size=size, mode="bilinear", align_corners=True)
-
-
 def _autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None or dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def _eval_mode(module: nn.Module) -> Iterator[None]:
+    """Every submodule in eval mode inside the block; each one's own mode is restored after
+    (a model fine-tuned with frozen BatchNorm keeps its mix of modes)."""
+    modes = [(sub, sub.training) for sub in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for sub, training in modes:
+            sub.training = training
+
+
+def _warn_if_normalized(images: torch.Tensor) -> None:
+    """Warns when float images look like 0..1 or -1..1 data instead of the expected 0..255.
+
+    Negative values, or values within [0, 1] that are not all whole numbers, cannot come from
+    8-bit frames in 0..255 (a black 0..255 frame is all whole numbers and passes).
+    """
+    if not images.is_floating_point() or images.numel() == 0:
+        return
+    low, high = torch.aminmax(images)
+    if low < 0 or (high <= 1 and bool((images != images.round()).any())):
+        warnings.warn(
+            f"images hold values in {float(low):.3g}..{float(high):.3g}; the network expects RGB "
+            "in 0..255 (multiply 0..1 images by 255; torchvision's RAFT takes -1..1 instead)",
+            stacklevel=4,  # the caller of estimate_flow, past torch.no_grad's wrapper
+        )
 
 
 def _check_padded_pair(image1: torch.Tensor, image2: torch.Tensor) -> None:
@@ -247,14 +243,7 @@ class RAFT(nn.Module):
             corr, fmap1, fmap2, num_levels=self.corr_levels, radius=self.corr_radius
         )
         coords0 = coords_grid(b, h, w, fmap1.device)
-        coords1 = coords0.clone()
-        if flow_init is not None:
-            if flow_init.shape != coords0.shape:
-                raise ValueError(
-                    f"flow_init must be (B, 2, h, w) = {tuple(coords0.shape)} on the 1/8 grid "
-                    f"of the padded input, got {tuple(flow_init.shape)}"
-                )
-            coords1 = coords1 + flow_init
+        coords1 = initial_coords(coords0, flow_init)
         net, mask = context.net, None
         with _autocast(fmap1.device, autocast):
             prepared = self.update_block.prepare(context.inp)  # per-pair part of the GRU
@@ -350,7 +339,7 @@ class RAFT(nn.Module):
             "all-pairs", fmap1, fmap2, num_levels=self.corr_levels, radius=self.corr_radius
         )
         coords0 = coords_grid(b, h, w, fmap1.device)
-        coords1 = coords0 if flow_init is None else coords0 + flow_init
+        coords1 = initial_coords(coords0, flow_init)
         net = context.net
         with _autocast(fmap1.device, autocast):
             prepared = self.update_block.prepare(context.inp)
@@ -389,7 +378,7 @@ class RAFT(nn.Module):
         )
         return FlowOutput(flow=flow_up, flow_low=flow_low)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def estimate_flow(
         self,
         image1: torch.Tensor,
@@ -401,25 +390,31 @@ class RAFT(nn.Module):
         corr: CorrKind = "all-pairs",
         autocast: torch.dtype | None = None,
     ) -> FlowOutput:
-        """Flow for a batch of pairs of any size ``(B, 3, H, W)`` float 0..255 RGB.
+        """Flow for a batch of pairs of any size ``(B, 3, H, W)`` RGB in 0..255 (any dtype).
 
         Pads to a multiple of 8 (``sintel`` or ``kitti`` mode; frames with a side under
-        :attr:`min_input_size` further, with replicated borders), runs the network in inference
-        mode and crops ``flow`` back to ``(B, 2, H, W)``. ``flow_low`` stays on the padded 1/8
-        grid so that it can be fed back as ``flow_init`` (see
-        :func:`models.warm_start.forward_interpolate`).
+        :attr:`min_input_size` further, with replicated borders), runs the network and crops
+        ``flow`` back to ``(B, 2, H, W)``. ``flow_low`` stays on the padded 1/8 grid so that it
+        can be fed back as ``flow_init`` (see :func:`models.warm_start.forward_interpolate`).
+
+        This is inference: no autograd graph is built, and the network runs as in ``eval()``
+        even on a model in training mode (BatchNorm uses, and never updates, its running
+        statistics; the modules' modes are restored after). The results are ordinary tensors
+        (usable as constants in a loss). Warns when float images look like 0..1 or -1..1 data.
         """
         if image1.ndim != 4 or image1.shape[1] != 3:
             raise ValueError(f"images must be (B, 3, H, W) float 0..255, got {tuple(image1.shape)}")
+        _warn_if_normalized(image1)
         padder = self.padder(image1.shape[-2], image1.shape[-1], pad_mode)
-        out = self.forward(
-            padder.pad(image1.float()),
-            padder.pad(image2.float()),
-            iters=iters,
-            flow_init=flow_init,
-            corr=corr,
-            autocast=autocast,
-        )
+        with _eval_mode(self):
+            out = self.forward(
+                padder.pad(image1.float()),
+                padder.pad(image2.float()),
+                iters=iters,
+                flow_init=flow_init,
+                corr=corr,
+                autocast=autocast,
+            )
         return FlowOutput(flow=padder.unpad(out.flow), flow_low=out.flow_low)
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -252,6 +253,7 @@ def batch_metrics(
     config = config or WarpConfig()
     frames_t, frames_t1 = _unit_frames(frame_t), _unit_frames(frame_t1)
     _check_pair(frames_t, frames_t1, flow_fw)
+    _warn_unless_unit_range(frames_t, frames_t1)
     dtype = float_dtype(frames_t, flow_fw)
     fw = flow_fw.to(dtype)
     warped, inside = warped or backward_warp(frames_t1.to(dtype), fw, padding="border")
@@ -323,18 +325,21 @@ def summarize_video(
     Returns:
         ``{name: float}``; an empty table gives ``num_pairs = 0`` and NaN metrics.
     """
-    names = [key for key in METRIC_KEYS if key in per_pair.columns] if columns is None else columns
+    if columns is None:  # the metrics present; all of them for a table without rows
+        names = [key for key in METRIC_KEYS if key in per_pair.columns or per_pair.empty]
+    else:
+        names = list(columns)
     missing = [name for name in names if name not in per_pair.columns]
-    if missing:
+    if missing and not per_pair.empty:
         raise ValueError(f"columns {missing} not in the table (has {list(per_pair.columns)})")
-    summary: dict[str, float] = {"num_pairs": float(len(per_pair))}
+    table = per_pair.reindex(columns=names).apply(pd.to_numeric, errors="coerce")
+    summary: dict[str, float] = {"num_pairs": float(len(table))}
     for name in names:
-        values = pd.to_numeric(per_pair[name], errors="coerce")
+        values = table[name]
         summary[name] = float(values.max() if name in _SUMMARY_MAX_KEYS else values.mean())
     if "e_warp" in names:
-        e_warp = pd.to_numeric(per_pair["e_warp"], errors="coerce")
-        summary["e_warp_median"] = float(e_warp.median())
-        summary["e_warp_max"] = float(e_warp.max())
+        summary["e_warp_median"] = float(table["e_warp"].median())
+        summary["e_warp_max"] = float(table["e_warp"].max())
     return summary
 
 
@@ -353,6 +358,7 @@ def _aligned_residual(
     """``(warped_t1 - frame_t, counted mask)``: ``(B, C, H, W)`` in [-1, 1] and ``(B, 1, H, W)``."""
     frames_t, frames_t1 = _unit_frames(frame_t), _unit_frames(frame_t1)
     _check_pair(frames_t, frames_t1, flow_fw)
+    _warn_unless_unit_range(frames_t, frames_t1, stacklevel=4)
     dtype = float_dtype(frames_t, flow_fw)
     warped, inside = backward_warp(frames_t1.to(dtype), flow_fw.to(dtype), padding="border")
     counted = inside if require_valid else torch.ones_like(inside)
@@ -369,6 +375,18 @@ def _unit_frames(frames: torch.Tensor) -> torch.Tensor:
     if not frames.is_floating_point():
         raise ValueError(f"frames must be floating in [0, 1] or uint8, got {frames.dtype}")
     return frames
+
+
+def _warn_unless_unit_range(*frames: torch.Tensor, stacklevel: int = 3) -> None:
+    """Warns when floating frames reach far above 1: 0..255 data given as floats
+    (``stacklevel``: :func:`warnings.warn`'s, 3 = the caller of this module's caller)."""
+    highest = max((float(f.amax()) for f in frames if f.numel()), default=0.0)
+    if highest > 2:
+        warnings.warn(
+            f"floating frames must be in [0, 1], these reach {highest:.4g}: divide 0..255 "
+            "frames by 255 (or pass them as uint8)",
+            stacklevel=stacklevel,
+        )
 
 
 def _quantiles(values: torch.Tensor, qs: Sequence[float]) -> list[torch.Tensor]:

@@ -139,16 +139,16 @@ class FlowJpegLayout:
     ``gap_infix`` (denseflow: ``"_p{gap}"``) is inserted before the ``_`` that precedes the
     number of the flow names when the pair gap ``k`` is not 1 (:meth:`for_gap`).
 
-    The defaults are the project's own layout (the TSN-era ``dense_flow`` naming, 1-based,
-    B = 20, round half up). Tool-compatible presets are in :data:`FLOW_JPEG_PRESETS`.
+    The defaults are mmaction2's layout (the ``mmaction2`` preset, also the CLI's default);
+    the other tools' layouts are in :data:`FLOW_JPEG_PRESETS`.
     """
 
-    x_template: str = "flow_x_{:05d}.jpg"
-    y_template: str = "flow_y_{:05d}.jpg"
+    x_template: str = "x_{:05d}.jpg"
+    y_template: str = "y_{:05d}.jpg"
     image_template: str = "img_{:05d}.jpg"
     index_base: int = 1
     bound: float = 20.0
-    rounding: Rounding = "round"
+    rounding: Rounding = "truncate"
     jpeg_quality: int = 95
     rgb_ends_pairs: bool = False
     gap_infix: str = ""
@@ -201,28 +201,17 @@ class FlowJpegLayout:
         return self.image_template.format(self._number(index))
 
 
+# Each preset as its difference from mmaction2's (the defaults); denseflow grew from TSN's.
 _TSN_LAYOUT = FlowJpegLayout(
     x_template="flow_x_{:05d}.jpg",
     y_template="flow_y_{:05d}.jpg",
-    image_template="img_{:05d}.jpg",
-    index_base=1,
-    bound=20.0,
     rounding="half_even",
-    jpeg_quality=95,
     rgb_ends_pairs=True,
 )
-
-# Each preset as its difference from TSN's layout.
 FLOW_JPEG_PRESETS: Mapping[str, FlowJpegLayout] = MappingProxyType(
     {
         "denseflow": replace(_TSN_LAYOUT, index_base=0, rgb_ends_pairs=False, gap_infix="_p{gap}"),
-        "mmaction2": replace(
-            _TSN_LAYOUT,
-            x_template="x_{:05d}.jpg",
-            y_template="y_{:05d}.jpg",
-            rounding="truncate",
-            rgb_ends_pairs=False,
-        ),
+        "mmaction2": FlowJpegLayout(),
         "tsn": _TSN_LAYOUT,
     }
 )
@@ -273,8 +262,7 @@ tsn (yjxiong/dense_flow, the TSN-era tool denseflow grew from):
     driver ``build_of.py`` passes the prefixes ``flow_x``, ``flow_y``, ``img`` and ``-b 20``.
     Its ``calcDenseFlow`` / ``calcDenseFlowGPU`` push, beside each flow, the frame that ends
     the pair (``capture_image``, read after the first frame), so ``img_00001.jpg`` is decoded
-    frame 1 and a video of N frames has N - 1 RGB files, as many as flows. The project
-    default layout follows its names except for rounding half up and writing every frame.
+    frame 1 and a video of N frames has N - 1 RGB files, as many as flows.
 
 Tie-breaking only matters where ``255 (v + B) / (2 B)`` is exactly ``k + 0.5``; for ``B = 20``
 that is ``v`` = -16, -8, 0, 8, 16 px, and ``"round"`` and ``"half_even"`` differ at ``v = -8``
@@ -295,7 +283,7 @@ def write_flow_jpegs(
         flow: ``(H, W, 2)`` flow in pixels from frame ``index`` to frame ``index + k``.
         index: 0-based index of the flow's first frame; the file number is
             ``index + layout.index_base``.
-        layout: naming and encoding; default :class:`FlowJpegLayout` ().
+        layout: naming and encoding; default :class:`FlowJpegLayout` () (mmaction2's).
 
     Returns:
         ``(x_path, y_path)`` of the written files.

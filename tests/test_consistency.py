@@ -371,6 +371,8 @@ def test_uint8_frames_are_scaled_to_unit_range() -> None:
     flow = torch.zeros(1, 2, 4, 4)
     assert warping_error(frame_t, frame_t1, flow).item() == pytest.approx(0.04, rel=1e-5)
     assert photometric_error(frame_t, frame_t1, flow).item() == pytest.approx(0.2, rel=1e-5)
+    with pytest.warns(UserWarning, match=r"must be in \[0, 1\], these reach 151"):
+        warping_error(frame_t.float(), frame_t1.float(), flow)  # 0..255 given as floats
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -506,6 +508,9 @@ def test_summarize_video() -> None:
     assert summary["flow_mag_max"] == 9.0 and summary["flow_mag_mean"] == 2.5
     assert "frame" not in summary
     assert summarize_video(per_pair.iloc[:0])["num_pairs"] == 0
+    empty = summarize_video(pd.DataFrame([]))  # what pair_metrics gives a one-frame video
+    assert empty["num_pairs"] == 0 and set(METRIC_KEYS) <= set(empty)
+    assert math.isnan(empty["e_warp"]) and math.isnan(empty["e_warp_max"])
     with pytest.raises(ValueError):
         summarize_video(per_pair, columns=["missing"])
 

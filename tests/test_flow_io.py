@@ -310,12 +310,8 @@ def test_quantize_rejects_bad_arguments() -> None:
 
 def test_layout_defaults_presets_and_names() -> None:
     default = FlowJpegLayout()
-    assert (default.x_name(0), default.y_name(0), default.image_name(0)) == (
-        "flow_x_00001.jpg",
-        "flow_y_00001.jpg",
-        "img_00001.jpg",
-    )
-    assert default.bound == 20.0 and default.rounding == "round" and default.jpeg_quality == 95
+    assert default == FLOW_JPEG_PRESETS["mmaction2"]  # the CLI's default preset
+    assert default.bound == 20.0 and default.jpeg_quality == 95 and not default.rgb_ends_pairs
 
     dense = FLOW_JPEG_PRESETS["denseflow"]
     assert (dense.x_name(0), dense.y_name(41)) == ("flow_x_00000.jpg", "flow_y_00041.jpg")
@@ -376,7 +372,7 @@ def test_flow_jpeg_levels_follow_the_formula(tmp_path: Path) -> None:
     flow = np.zeros((16, 16, 2), np.float32)
     flow[..., 0] = -8.0
     flow[..., 1] = 100.0
-    layout = FlowJpegLayout(index_base=0)
+    layout = FlowJpegLayout(index_base=0, rounding="round")
     x_path, y_path = write_flow_jpegs(tmp_path, flow, 0, layout)
     with Image.open(x_path) as x_image, Image.open(y_path) as y_image:
         assert (np.asarray(x_image) == 77).all()  # 76.5 rounds half up

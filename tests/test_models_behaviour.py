@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -9,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models import CheckpointError, Padder, create_model, forward_interpolate, gma
+from models import CheckpointError, Padder, create_model, encoders, forward_interpolate, gma
 from models.corr import AllPairsCorrelation, OnDemandCorrelation
-from models.raft import coords_grid
+from models.flow_grid import coords_grid
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +129,63 @@ def test_zero_flow_init_equals_no_init_and_warm_start_runs(small_model, frames) 
     assert warm.flow.shape == cold.flow.shape and torch.isfinite(warm.flow).all()
     with pytest.raises(ValueError, match="1/8 grid"):
         small_model.estimate_flow(image1, image2, iters=1, flow_init=torch.zeros(1, 2, 5, 5))
+    # a float64 initial flow (torch.from_numpy of a numpy flow) is taken as float32
+    as_double = small_model.estimate_flow(
+        image1, image2, iters=3, flow_init=forward_interpolate(cold.flow_low).double()
+    )
+    assert torch.equal(as_double.flow, warm.flow)
+    broken = forward_interpolate(cold.flow_low)
+    broken[0, 0, 2, 3] = float("nan")
+    for corr in ("all-pairs", "on-demand"):
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            small_model.estimate_flow(image1, image2, iters=1, flow_init=broken, corr=corr)
+
+
+def test_estimate_flow_is_inference_whatever_the_mode(large_model, frames) -> None:
+    # raft-large's context encoder has BatchNorm: in training mode a forward pass would use
+    # batch statistics and overwrite the checkpoint's running statistics.
+    image1, image2 = frames[0][..., :128, :160], frames[1][..., :128, :160]
+    reference = large_model.estimate_flow(image1, image2, iters=2).flow
+    weights = {name: value.clone() for name, value in large_model.state_dict().items()}
+    large_model.train()
+    large_model.cnet.norm1.eval()  # a mix of modes (frozen BatchNorm) is restored as it was
+    try:
+        flow = large_model.estimate_flow(image1, image2, iters=2).flow
+        assert large_model.training and large_model.fnet.training
+        assert not large_model.cnet.norm1.training and large_model.cnet.layer1[0].norm1.training
+    finally:
+        large_model.eval()
+    assert torch.equal(flow, reference)
+    assert all(
+        torch.equal(value, weights[name]) for name, value in large_model.state_dict().items()
+    )
+    # the result is an ordinary tensor: editable in place, a constant in an autograd graph
+    assert not flow.is_inference() and not flow.requires_grad
+    flow[:, 1] *= -1
+    scale = torch.ones((), requires_grad=True)
+    (scale * flow).sum().backward()
+    assert scale.grad is not None
+
+
+def test_estimate_flow_warns_about_normalised_images(small_model, frames) -> None:
+    image1, image2 = frames[0][..., :64, :64], frames[1][..., :64, :64]
+    with pytest.warns(UserWarning, match="expects RGB in 0..255"):
+        small_model.estimate_flow(image1 / 255, image2 / 255, iters=1)
+    with pytest.warns(UserWarning, match="torchvision's RAFT takes -1..1"):
+        small_model.estimate_flow(image1 / 127.5 - 1, image2 / 127.5 - 1, iters=1)
+    black = torch.zeros_like(image1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        small_model.estimate_flow(black, black, iters=1)  # a black 0..255 frame is no mistake
+        small_model.estimate_flow(image1.to(torch.uint8), image2.to(torch.uint8), iters=1)
+
+
+def test_empty_batch_keeps_the_fast_kernels(small_model, frames) -> None:
+    ready = encoders._nnpack_ready()
+    empty = frames[0][:0, :, :64, :96]
+    out = small_model.estimate_flow(empty, empty, iters=1)
+    assert out.flow.shape == (0, 2, 64, 96)
+    assert encoders._nnpack_ready() == ready  # an empty batch is no NNPACK failure
 
 
 def test_32_iterations(small_model, frames) -> None:
