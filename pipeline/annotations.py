@@ -34,6 +34,7 @@ mmaction2's own Kinetics lists do).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Iterable, Mapping
@@ -139,6 +140,7 @@ def write_rawframe_lists(
     Raises:
         ValueError: a video's class is missing from ``options.class_index``.
         pipeline.dataset_splits.SplitFileError: a split entry matches two videos.
+        OSError: a list could not be written (disk full); the lists are then removed.
     """
     options = options or ListOptions()
     root = Path(out_root)
@@ -172,22 +174,29 @@ def write_rawframe_lists(
     _warn_about_splits(assigned, options)
     for stale in [*root.glob(SPLIT_LIST_GLOB), RGB_LIST, CLASSES]:
         (root / stale).unlink(missing_ok=True)
-    written: dict[str, Path] = {}
-    written["flow_list"] = _write(root / FLOW_LIST, lines(listed, lambda v: v.pairs))
-    if rgb:
-        written["rgb_list"] = _write(root / RGB_LIST, lines(listed, rgb_count))
-    if classes is not None:
-        written["classes"] = _write(root / CLASSES, "".join(f"{c}\n" for c in classes).encode())
-    for name, members in assigned.members.items():
-        chosen = [by_id[video_id] for video_id in members]
-        flow_path = root / FLOW_LIST.replace(".txt", f"_{name}.txt")
-        written[f"split:{name}"] = _write(flow_path, lines(chosen, lambda v: v.pairs))
+    try:  # a full disk: no list at all rather than a mix of two runs' lists
+        written: dict[str, Path] = {}
+        written["flow_list"] = _write(root / FLOW_LIST, lines(listed, lambda v: v.pairs))
         if rgb:
-            _write(root / RGB_LIST.replace(".txt", f"_{name}.txt"), lines(chosen, rgb_count))
-    snippet = mmaction2_snippet(
-        root, layout, rgb=rgb, num_classes=len(classes or []), splits=list(assigned.members)
-    )
-    written["mmaction2_config"] = _write(root / MMACTION2_SNIPPET, snippet.encode())
+            written["rgb_list"] = _write(root / RGB_LIST, lines(listed, rgb_count))
+        if classes is not None:
+            written["classes"] = _write(root / CLASSES, "".join(f"{c}\n" for c in classes).encode())
+        for name, members in assigned.members.items():
+            chosen = [by_id[video_id] for video_id in members]
+            flow_path = root / FLOW_LIST.replace(".txt", f"_{name}.txt")
+            written[f"split:{name}"] = _write(flow_path, lines(chosen, lambda v: v.pairs))
+            if rgb:
+                _write(root / RGB_LIST.replace(".txt", f"_{name}.txt"), lines(chosen, rgb_count))
+        snippet = mmaction2_snippet(
+            root, layout, rgb=rgb, num_classes=len(classes or []), splits=list(assigned.members)
+        )
+        written["mmaction2_config"] = _write(root / MMACTION2_SNIPPET, snippet.encode())
+    except OSError:
+        with contextlib.suppress(OSError):  # a folder made read-only keeps what it has
+            for stale in [*root.glob(SPLIT_LIST_GLOB), FLOW_LIST, RGB_LIST, CLASSES]:
+                (root / stale).unlink(missing_ok=True)
+            (root / MMACTION2_SNIPPET).unlink(missing_ok=True)
+        raise
     return written
 
 

@@ -255,6 +255,6 @@ def annotations_command(output: Path, list_request: ListRequest) -> None:
     options = resolve_list_options(list_request, output, reuse=True)
     try:  # nothing is written when the lists cannot be
         written = write_run_annotations(output, config, videos, options)
-    except ValueError as exc:  # SplitFileError included
+    except (OSError, ValueError) as exc:  # SplitFileError included; OSError: disk full
         raise click.ClickException(f"annotation lists not written: {exc}") from None
     click.echo(describe(written))

@@ -32,7 +32,10 @@ Rules that make a batch trustworthy:
 * **The manifest follows the run** (see :mod:`pipeline.manifest`): written at the start (inputs
   ``pending``), after finished videos (in at most 5 % of the run's time) and at the end; inputs
   a run could not process because its workers could not start are ``failed``, never left
-  ``pending``.
+  ``pending``. A write that fails (disk full) is tried again as videos finish; if the last one
+  fails the run ends with :class:`ManifestNotWritten` (``meta.json`` still marks what is done).
+* **Run-level files are written under the lock**: ``finish_run`` (features table, lists) runs
+  before the lock is released.
 * **Failures stay per video**: see :mod:`pipeline.executors`; ``fail_fast`` stops at the first
   failure and marks what was not processed ``skipped``.
 """
@@ -82,6 +85,21 @@ CONFIG_NAME = "config.yaml"
 
 class OutputLocked(RuntimeError):
     """Another run holds the output folder's lock."""
+
+
+class ManifestNotWritten(RuntimeError):
+    """The run ended but its manifest could not be written (disk full, folder not writable).
+
+    ``results`` holds every input's result; the videos with a ``meta.json`` are complete.
+    """
+
+    def __init__(self, results: list[VideoResult], out_root: Path, error: OSError) -> None:
+        super().__init__(
+            f"the manifest in {out_root} was not written ({error}); the videos that have a "
+            "meta.json are complete: make room (or restore write access) and run again with "
+            "--resume, which keeps them and writes the manifest"
+        )
+        self.results = results
 
 
 class OutputInUse(RuntimeError):
@@ -146,7 +164,10 @@ class OutputLock:
             return
         import fcntl
 
-        self.path.unlink(missing_ok=True)  # while still holding it: see acquire()
+        try:
+            self.path.unlink(missing_ok=True)  # while still holding it: see acquire()
+        except OSError as exc:  # a folder made read-only: the lock still ends with the fd
+            logger.debug("could not remove %s: %s", self.path, exc)
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         os.close(self._fd)
         self._fd = None
@@ -256,6 +277,7 @@ def run_batch(
     resume: bool = False,
     overwrite: bool = False,
     fail_fast: bool = False,
+    finish_run: Callable[[list[VideoResult]], None] | None = None,
 ) -> list[VideoResult]:
     """Processes every job into ``out_root`` and writes the manifest; see the module docstring.
 
@@ -268,6 +290,9 @@ def run_batch(
             process, bars on).
         resume, overwrite: what to do with a non-empty output folder.
         fail_fast: stop at the first failed input; the unprocessed ones become ``skipped``.
+        finish_run: called with the results after the last video, while the run still holds
+            the folder's lock: for files made from the finished videos (features table,
+            action-recognition lists), which a second run must not see half done.
 
     Returns:
         One :class:`BatchResult` per job, in the order of ``jobs``.
@@ -278,6 +303,7 @@ def run_batch(
         OutputLocked, OutputInUse: the output folder cannot be used (nothing was written).
         WorkerStartupError: a worker could not load the flow model (the inputs it did not
             process are ``failed`` in the manifest).
+        ManifestNotWritten: the run ended but the manifest could not be written.
         KeyboardInterrupt: after stopping the workers and writing the manifest.
     """
     out_root = Path(out_root)
@@ -326,7 +352,7 @@ def run_batch(
             dump_config(config, out_root / CONFIG_NAME)
         except OSError as exc:
             raise RunStartError(f"cannot write to output folder {out_root}: {exc}") from None
-        return _run_locked(
+        results, manifest = _run_locked(
             jobs,
             out_root,
             expected,
@@ -335,6 +361,11 @@ def run_batch(
             progress=execution.progress,
             fail_fast=fail_fast,
         )
+        if finish_run is not None:
+            finish_run(results)
+        if manifest.error is not None:
+            raise ManifestNotWritten(results, out_root, manifest.error)
+        return results
     finally:
         runner.close()  # again: the executor closes itself when it ran; this is for early exits
         lock.release()
@@ -353,7 +384,8 @@ def _run_locked(
     runner: Executor,
     progress: bool,
     fail_fast: bool,
-) -> list[VideoResult]:
+) -> tuple[list[VideoResult], RunManifest]:
+    """Runs the jobs; returns their results and the manifest (see :attr:`RunManifest.error`)."""
     results: list[BatchResult | None] = [None] * len(jobs)
     tasks: list[VideoTask] = []
     for n, job in enumerate(jobs):
@@ -431,7 +463,7 @@ def _run_locked(
                     ),
                 )
         manifest.save(force=True)
-    return [r for r in results if r is not None]
+    return [r for r in results if r is not None], manifest
 
 
 def _execute(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -25,7 +26,7 @@ from stages.flow_io import write_flo, write_flow_npy, write_kitti_png
 from stages.flow_viz import flow_to_color, largest_magnitude, legend_panel
 from stages.image_io import write_image
 
-from .annotations import FinishedVideo
+from .annotations import FinishedVideo, ListOptions
 from .annotations_cmd import (
     ListRequest,
     check_lists,
@@ -34,7 +35,7 @@ from .annotations_cmd import (
     resolve_list_options,
     write_run_annotations,
 )
-from .batch import OutputInUse, OutputLocked, run_batch, summary_lines
+from .batch import ManifestNotWritten, OutputInUse, OutputLocked, run_batch, summary_lines
 from .cli_common import device_option, iters_option, parse_set_options, refine_option
 from .config import (
     BACKENDS,
@@ -43,6 +44,7 @@ from .config import (
     FLOW_MODELS,
     ConfigError,
     FlowConfig,
+    RunConfig,
     load_config,
 )
 from .devices import PRECISIONS
@@ -53,6 +55,7 @@ from .executors import EXECUTORS, Execution, WorkerStartupError
 from .images import read_rgb_pair
 from .logs import configure_logging
 from .run_start import RunStartError
+from .runner import VideoResult
 from .tables import collect_feature_tables
 
 logger = logging.getLogger("motionpipe")
@@ -302,6 +305,7 @@ def run(
             "--label-level, --class-index and --splits shape the action-recognition lists, "
             "which only jpg output writes (--formats jpg)"
         )
+    run_files = RunFiles(output, config, lists, progress)
     try:
         results = run_batch(
             jobs,
@@ -312,11 +316,15 @@ def run(
             resume=resume,
             overwrite=overwrite,
             fail_fast=fail_fast,
+            finish_run=run_files.write,
         )
     except OutputInUse as exc:
         raise click.UsageError(str(exc)) from None
     except (OutputLocked, RunStartError, WorkerStartupError) as exc:
         raise click.ClickException(str(exc)) from None
+    except ManifestNotWritten as exc:
+        logger.error("%s", exc)
+        results, run_files.failed = exc.results, True
     except KeyboardInterrupt:
         click.echo(
             f"interrupted: {output / 'manifest.csv'} lists what finished; run again with "
@@ -324,28 +332,50 @@ def run(
             err=True,
         )
         sys.exit(130)
-    finished = [r for r in results if r.status == "ok"]
-    if config.features.enabled:
-        table = collect_feature_tables(
-            output,
-            [r.video_id for r in finished],
-            table_format=config.features.table_format,
-            progress=progress,
-        )
-        if table is not None:
-            click.echo(f"features table: {table}")
-    lists_failed = False
-    if "jpg" in config.output.formats and finished:
-        videos = [FinishedVideo(r.video_id, r.frames, r.pairs, r.rel_path) for r in finished]
-        try:
-            click.echo(describe(write_run_annotations(output, config, videos, lists)))
-        except ValueError as exc:  # SplitFileError included
-            logger.error("annotation lists not written: %s", exc)
-            lists_failed = True
     for line in summary_lines(results, output):
         click.echo(line)
-    if lists_failed or any(r.status != "ok" for r in results):
+    if run_files.failed or any(r.status != "ok" for r in results):
         sys.exit(1)
+
+
+@dataclass
+class RunFiles:
+    """The run-level files made from the finished videos (features table, action-recognition
+    lists), written by :meth:`write` while the run still holds the output folder's lock."""
+
+    output: Path
+    config: RunConfig
+    lists: ListOptions | None  # None: no jpg output, no lists
+    progress: bool
+    failed: bool = False  # a file could not be written (the run then exits 1)
+
+    def write(self, results: list[VideoResult]) -> None:
+        finished = [r for r in results if r.status == "ok"]
+        if self.config.features.enabled:
+            try:
+                table = collect_feature_tables(
+                    self.output,
+                    [r.video_id for r in finished],
+                    table_format=self.config.features.table_format,
+                    progress=self.progress,
+                )
+            except OSError as exc:
+                self._failed("features table not written", exc)
+            else:
+                if table is not None:
+                    click.echo(f"features table: {table}")
+        if self.lists is not None:
+            videos = [FinishedVideo(r.video_id, r.frames, r.pairs, r.rel_path) for r in finished]
+            try:
+                written = write_run_annotations(self.output, self.config, videos, self.lists)
+            except (OSError, ValueError) as exc:  # SplitFileError included
+                self._failed("annotation lists not written", exc)
+            else:
+                click.echo(describe(written))
+
+    def _failed(self, what: str, error: Exception) -> None:
+        logger.error("%s: %s", what, error)
+        self.failed = True
 
 
 def _is_inside(path: Path, folder: Path) -> bool:

@@ -18,16 +18,20 @@ The details folder mirrors the processed file's path without its extension, as `
 its outputs: relative to the current folder when the file lies below it (``a/proc.mkv`` ->
 ``OUT/a/proc/``), else its absolute path without the root. So ``a/proc.mkv`` and
 ``b/proc.mkv`` never share a folder; a folder already used by another pair of the summary
-gets the extension (``proc_mkv``), then a counter.
+gets the extension (``proc_mkv``), then a counter. It is written whole or not at all (staged
+in a hidden folder beside it), so a full disk leaves the earlier result, never a part.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
 import os
+import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 import click
@@ -143,20 +147,20 @@ def _write_results(
 ) -> dict[str, object]:
     """Writes the pair's tables and plot; returns its summary row."""
     table = pd.DataFrame(rows)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(
-        out_dir / "consistency_frames.csv", table.to_csv(index=False).encode(), durable=False
-    )
-    with atomic_path(out_dir / "consistency_frames.parquet", durable=False) as temporary:
-        table.to_parquet(temporary, index=False)
-    plot_error_over_time(
-        table,
-        ["e_warp_source", "e_warp_processed"],
-        out_dir / "consistency.png",
-        x="frame_t",
-        title=f"Warping error: {processed.name} vs its source",
-        labels={"e_warp_source": "source (baseline)", "e_warp_processed": "processed"},
-    )
+    with _staged_folder(out_dir) as staging:
+        write_bytes_atomic(
+            staging / "consistency_frames.csv", table.to_csv(index=False).encode(), durable=False
+        )
+        with atomic_path(staging / "consistency_frames.parquet", durable=False) as temporary:
+            table.to_parquet(temporary, index=False)
+        plot_error_over_time(
+            table,
+            ["e_warp_source", "e_warp_processed"],
+            staging / "consistency.png",
+            x="frame_t",
+            title=f"Warping error: {processed.name} vs its source",
+            labels={"e_warp_source": "source (baseline)", "e_warp_processed": "processed"},
+        )
     stats = summarize_video(
         table, columns=[c for c in table.columns if not c.startswith(("frame_", "pts_"))]
     )
@@ -199,6 +203,22 @@ def _absolute_pairs(summary: pd.DataFrame) -> list[tuple[str, str]]:
         processed = str(row.get("processed_absolute", "") or row["processed"])
         pairs.append((source, processed))
     return pairs
+
+
+@contextlib.contextmanager
+def _staged_folder(target: Path) -> Iterator[Path]:
+    """A hidden sibling folder to write into, moved over ``target`` when the block succeeds and
+    removed when it fails (disk full): ``target`` holds a whole result or the earlier one."""
+    staging = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
 
 
 def details_folder(out_root: Path, source: Path, processed: Path) -> str:
@@ -291,9 +311,9 @@ def consistency_command(
         row = evaluate_consistency(
             source, processed, output / details, config, session, progress=progress
         )
-    except (ConfigError, ConsistencyInputError, DecodeError, ValueError) as exc:
+        summary = update_summary(output, {**row, "details": details})
+    except (ConfigError, ConsistencyInputError, DecodeError, ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
-    summary = update_summary(output, {**row, "details": details})
     click.echo(
         f"E_warp source {row['e_warp_source']:.6f}  processed {row['e_warp_processed']:.6f}  "
         f"(x{row['e_warp_ratio']:.2f}) over {row['pairs']} pairs; summary: {summary}"

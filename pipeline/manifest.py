@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -39,6 +40,8 @@ import numpy as np
 import pandas as pd
 
 from models.atomic_files import atomic_path
+
+logger = logging.getLogger(__name__)
 
 MANIFEST_CSV = "manifest.csv"
 MANIFEST_PARQUET = "manifest.parquet"
@@ -170,20 +173,34 @@ class RunManifest:
         self._unsaved = True
         self._started = time.perf_counter()
         self._writing = 0.0  # seconds spent writing so far
+        self.error: OSError | None = None  # why the last write failed; None once one succeeds
 
     def set(self, index: int, row: ManifestRow) -> None:
         self._cells[index] = _cells(row, self.out_root)
         self._unsaved = True
 
     def save(self, *, force: bool = False) -> bool:
-        """Writes the manifest if it changed and the time budget allows; True if it wrote."""
+        """Writes the manifest if it changed and the time budget allows; True if it wrote.
+
+        Never raises for a failed write (disk full, folder made read-only): the error is kept
+        in :attr:`error` (logged the first time) and the rows stay unsaved, so the next call
+        tries again.
+        """
         if not self._unsaved:
             return False
         start = time.perf_counter()
         if not force and self._writing > MAX_WRITE_SHARE * (start - self._started):
             return False
-        _write_table(_table(self._cells), self.out_root)
-        self._writing += time.perf_counter() - start
+        try:
+            _write_table(_table(self._cells), self.out_root)
+        except OSError as exc:
+            if self.error is None:
+                logger.error("could not write the manifest (tried again later): %s", exc)
+            self.error = exc
+            return False
+        finally:
+            self._writing += time.perf_counter() - start
+        self.error = None
         self._unsaved = False
         return True
 

@@ -227,7 +227,10 @@ def process_video(
         )
     except Exception as exc:  # one video's failure must not stop the batch
         for stage in stages:
-            stage.teardown()
+            try:
+                stage.teardown()
+            except Exception as cleanup:  # a folder made read-only: report the first error
+                logger.debug("%s: teardown of %s failed: %s", path, stage.name, cleanup)
         result.status = "failed"
         result.error_type = type(exc).__name__
         result.error = str(exc) or repr(exc)

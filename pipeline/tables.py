@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable
 from pathlib import Path
@@ -25,9 +26,12 @@ def collect_feature_tables(
     (or ``.csv``): one row per clip of every video, ready for ``pandas.read_parquet``.
 
     ``progress``: a bar over the videos on stderr. Returns the path, or ``None`` when no video
-    has a table.
+    has a table. The table of an earlier run is replaced, or removed when there is nothing to
+    collect or the new one cannot be written (disk full: the ``OSError`` is raised), so it never
+    lists videos this run did not finish.
     """
     suffix = "csv" if table_format == "csv" else "parquet"
+    target = out_root / f"features.{suffix}"
     tables = []
     video_ids = list(video_ids)
     bar = tqdm(video_ids, desc="features table", unit="video", disable=not progress)
@@ -36,8 +40,13 @@ def collect_feature_tables(
         if path.is_file():
             tables.append(read_table(path))
     if not tables:
+        target.unlink(missing_ok=True)
         return None
-    target = out_root / f"features.{suffix}"
-    write_table(pd.concat(tables, ignore_index=True), target)
+    try:
+        write_table(pd.concat(tables, ignore_index=True), target)
+    except OSError:
+        with contextlib.suppress(OSError):
+            target.unlink(missing_ok=True)
+        raise
     logger.info("features table: %s (%d clips)", target, sum(len(t) for t in tables))
     return target

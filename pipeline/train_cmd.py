@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import re
@@ -17,7 +18,7 @@ from models.weights import BUNDLED_DIR, WEIGHTS
 from .cli_common import parse_set_options
 from .config import ConfigError
 from .train_config import load_train_config
-from .training import Trainer, TrainingError, export_weights
+from .training import STATE_FILE, Trainer, TrainingError, export_weights
 from .training_log import read_log
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,14 @@ def train(
         result = Trainer(config, output, resume=resume).run(stop_after=stop_after)
     except (ConfigError, TrainingError, CheckpointError) as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:  # disk full, folder not writable: the last saved state is intact
+        room = "make room and " if exc.errno == errno.ENOSPC else ""
+        again = (
+            f"continue from the last saved state with --resume -o {output}"
+            if (output / STATE_FILE).is_file()
+            else "run the command again (no state was saved yet)"
+        )
+        raise click.ClickException(f"training stopped: {exc}; {room}{again}") from None
     if result.weights is not None:
         click.echo(f"trained {result.step} steps; weights: {result.weights}")
     else:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
 import logging
 import os
@@ -37,9 +38,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from models import create_model
+from models.atomic_files import atomic_path, write_bytes_atomic
 from models.losses import flow_metrics, sequence_loss
 from models.raft import RAFT
-from stages.flow_io import atomic_path
 from stages.training.datasets import SyntheticPairs
 from stages.training.readers import build_reader_dataset
 from stages.training.textures import TexturePool, find_media, load_media_frames
@@ -211,10 +212,17 @@ def official_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {f"module.{k}": v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
+def save_torch(obj: Any, path: Path) -> None:
+    """``torch.save`` through memory, then one atomic write: a full disk is an ``OSError``
+    naming ``path`` (torch's own file writer reports it as a RuntimeError without errno)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes_atomic(path, buffer.getbuffer())
+
+
 def save_weights(model: torch.nn.Module, path: Path) -> None:
     """Writes :func:`official_state_dict` atomically."""
-    with atomic_path(path) as tmp:
-        torch.save(official_state_dict(model), tmp)
+    save_torch(official_state_dict(model), path)
 
 
 def export_weights(
@@ -238,8 +246,7 @@ def export_weights(
         floating = tensor.is_floating_point()
         out[f"module.{key}"] = tensor.half() if half and floating else tensor
     target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(target) as tmp:
-        torch.save(out, tmp)
+    save_torch(out, target)
     record = {
         **provenance,
         "architecture": arch,
@@ -404,8 +411,7 @@ class Trainer:
             "config_hash": config_hash(self.config),
             "torch_rng": torch.get_rng_state(),
         }
-        with atomic_path(self.output / STATE_FILE) as tmp:
-            torch.save(state, tmp)
+        save_torch(state, self.output / STATE_FILE)
 
     def _save_checkpoint(self, model, step: int) -> Path:
         folder = self.output / "checkpoints"

@@ -96,7 +96,8 @@ class StackedNpyWriter:
     def abort(self) -> None:
         if not self._file.closed:
             self._file.close()
-        self._npy.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a folder made read-only keeps it
+            self._npy.unlink(missing_ok=True)
 
 
 # x264 preset of the preview videos (viz.mp4, warped.mp4). On 100 frames of previews of a
@@ -169,4 +170,5 @@ class Mp4Writer:
             with contextlib.suppress(Exception):
                 self._container.close()
         if self._tmp is not None:
-            self._tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                self._tmp.unlink(missing_ok=True)

@@ -1,5 +1,5 @@
 """Workers that fail on purpose, for the batch tests: a real native crash, a video that never
-finishes, a worker or node lost in the middle of a video.
+finishes, a worker or node lost in the middle of a video, a disk that fills up.
 
 :class:`Failures` is a job (:data:`pipeline.executors.Job`) that does the harm as it starts a
 matching video and otherwise runs :func:`pipeline.executors.run_task`. The executors pickle it
@@ -14,6 +14,7 @@ they would in production: inside a spawned worker or on a Ray node.
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import json
 import logging
@@ -21,6 +22,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline import batch
@@ -45,12 +47,16 @@ class Failures:
             (JSON: its PID and, on Ray, its node id) and sleeps; later attempts run normally
             (a worker or node lost in the middle of a video).
         marker: the file of ``hang_once_on``.
+        fill_disk_on: after finishing such a video, fill the file system of the output
+            folder with a file ``filler`` beside the video's folder (real ``ENOSPC`` for
+            whatever the run writes next).
     """
 
     crash_on: str | None = None
     hang_on: str | None = None
     hang_once_on: str | None = None
     marker: str | None = None
+    fill_disk_on: str | None = None
 
     def __call__(
         self, task: VideoTask, config: RunConfig, session: FlowSession, *, progress: bool
@@ -62,7 +68,10 @@ class Failures:
             _hang(task.path)
         if self.hang_once_on and self.hang_once_on in task.path and self._first_to_hang():
             _hang(task.path)
-        return run_task(task, config, session, progress=progress)
+        result = run_task(task, config, session, progress=progress)
+        if self.fill_disk_on and self.fill_disk_on in task.path:
+            fill_disk(Path(task.out_dir).parent / "filler")
+        return result
 
     def _first_to_hang(self) -> bool:
         """Creates :attr:`marker` with this worker's PID and Ray node; False if it exists."""
@@ -76,6 +85,19 @@ class Failures:
         os.write(fd, json.dumps({"pid": os.getpid(), "node": node}).encode())
         os.close(fd)
         return True
+
+
+def fill_disk(path: Path) -> Path:
+    """Writes ``path`` until its file system is full (delete it to make room again)."""
+    logger.error("failure injection: filling the disk with %s", path)
+    with path.open("wb", buffering=0) as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 65536)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+    return path
 
 
 def _hang(path: str) -> None:
@@ -98,7 +120,7 @@ def cli_command(failures: Failures, args: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for name in ("crash-on", "hang-on", "hang-once-on", "marker"):
+    for name in ("crash-on", "hang-on", "hang-once-on", "marker", "fill-disk-on"):
         parser.add_argument(f"--{name}")
     parser.add_argument("args", nargs=argparse.REMAINDER)
     options = parser.parse_args(argv)
@@ -107,7 +129,11 @@ def main(argv: list[str] | None = None) -> None:
     from tests.failure_injection import Failures as ImportableFailures
 
     failures = ImportableFailures(
-        options.crash_on, options.hang_on, options.hang_once_on, options.marker
+        options.crash_on,
+        options.hang_on,
+        options.hang_once_on,
+        options.marker,
+        options.fill_disk_on,
     )
     batch.make_executor = functools.partial(make_executor, job=failures)
 

@@ -15,8 +15,14 @@ import pytest
 from click.testing import CliRunner
 
 from models.atomic_files import write_bytes_atomic
+from models.weights import BUNDLED_DIR, WEIGHTS
+from pipeline.batch import LOCK_NAME, OutputLock, OutputLocked, run_batch
 from pipeline.cli import main
+from pipeline.config import load_config
+from pipeline.discovery import find_inputs
+from pipeline.executors import Execution
 from tests.conftest import REPO_ROOT
+from tests.failure_injection import Failures, fill_disk, inject
 from tests.media import write_video
 
 
@@ -144,3 +150,112 @@ def test_a_write_error_without_a_path_is_reported_with_the_file(tmp_path: Path) 
     row = _failed_row(out)
     assert "[Errno 27] File too large" in row["error"]
     assert f"'{out / 'a' / 'flow.npy'}'" in row["error"], row["error"]
+
+
+def _jpg_features(*args: str) -> list[str]:
+    return ["--formats", "npy,jpg", "--set", "features.enabled=true",
+            "--set", "features.clip_len=4", *args]  # fmt: skip
+
+
+def test_a_disk_that_fills_after_the_videos_fails_the_run_level_files(
+    tmp_path: Path, small_disk, monkeypatch
+) -> None:
+    """Both videos finish, then the disk is full: the manifest, the features table and the
+    lists cannot be written. One error line each, the summary, exit 1, no table or list of an
+    earlier state; after making room, --resume keeps both videos and writes them all."""
+    (tmp_path / "in").mkdir()
+    for name in ("a", "b"):
+        write_video(tmp_path / "in" / f"{name}.mkv", width=64, height=48, num_frames=10)
+    out = small_disk(tmp_path / "disk", "4m") / "out"
+    inject(monkeypatch, Failures(fill_disk_on="b.mkv"))
+    result = _run_dis(tmp_path / "in", out, *_jpg_features())
+    assert result.exit_code == 1, result.output
+    for expected in ("the manifest in", "No space left on device", "--resume",
+                     "features table not written", "annotation lists not written",
+                     "ok            2"):  # fmt: skip
+        assert expected in result.output, (expected, result.output)
+    assert "Traceback" not in result.output
+    assert not (out / "features.parquet").exists() and not (out / "rawframes_flow.txt").exists()
+    assert all((out / name / "meta.json").is_file() for name in ("a", "b"))
+
+    (out / "filler").unlink()
+    monkeypatch.undo()
+    again = _run_dis(tmp_path / "in", out, *_jpg_features("--resume"))
+    assert again.exit_code == 0, again.output
+    manifest = pd.read_csv(out / "manifest.csv")
+    assert list(manifest["status"]) == ["ok", "ok"] and manifest["reused"].all()
+    assert len(pd.read_parquet(out / "features.parquet")) > 0
+    assert len((out / "rawframes_flow.txt").read_text().splitlines()) == 2
+
+
+def test_a_run_without_finished_videos_leaves_no_earlier_table_or_list(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    video = write_video(tmp_path / "in" / "a.mkv", width=64, height=48, num_frames=10)
+    out = tmp_path / "out"
+    assert _run_dis(tmp_path / "in", out, *_jpg_features()).exit_code == 0
+    assert (out / "features.parquet").is_file()
+    video.write_bytes(b"not a video any more")
+    result = _run_dis(tmp_path / "in", out, *_jpg_features("--resume"))
+    assert result.exit_code == 1, result.output
+    assert not (out / "features.parquet").exists()  # it listed a video that failed now
+    assert (out / "rawframes_flow.txt").read_text() == ""
+    assert not (out / "a").exists()
+
+
+def test_run_level_files_are_written_under_the_lock(tmp_path: Path) -> None:
+    video = write_video(tmp_path / "a.mkv", width=64, height=48, num_frames=6)
+    out = tmp_path / "out"
+    seen = []
+
+    def finish_run(results) -> None:
+        with pytest.raises(OutputLocked):
+            OutputLock(out).acquire()
+        seen.append([r.status for r in results])
+
+    config = load_config(None, {"flow.model": "dis", "output.formats": ("npy",)})
+    run_batch(find_inputs(video).jobs, tmp_path, out, config,
+              execution=Execution(workers=0, progress=False), finish_run=finish_run)  # fmt: skip
+    assert seen == [["ok"]] and not (out / LOCK_NAME).exists()
+
+
+def test_consistency_on_a_full_disk_keeps_the_earlier_result(tmp_path: Path, small_disk) -> None:
+    video = write_video(tmp_path / "a.mkv", width=64, height=48, num_frames=8)
+    out = small_disk(tmp_path / "disk", "2m") / "report"
+    command = ["-q", "consistency", "--source", str(video), "--processed", str(video),
+               "-o", str(out), "--model", "dis", "--no-progress"]  # fmt: skip
+    assert CliRunner().invoke(main, command).exit_code == 0
+    before = {p: p.read_bytes() for p in _files(out)}
+    assert any(p.name == "consistency.png" for p in before)
+    filler = fill_disk(out.parent / "filler")
+    result = CliRunner().invoke(main, command)
+    assert result.exit_code == 1 and "No space left on device" in result.output, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert {p: p.read_bytes() for p in _files(out)} == before  # whole, and no partial folder
+    filler.unlink()
+    assert CliRunner().invoke(main, command).exit_code == 0
+
+
+def test_train_and_export_on_a_full_disk_say_so(tmp_path: Path, small_disk) -> None:
+    """The disk fills while ``train`` saves its state (16 MB with the optimizer's, on a 10 MB
+    disk), then ``export-model`` has no room: torch's own writer reports neither as a full
+    disk; both commands must."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        "model: raft-small-convex\nsteps: 4\nbatch_size: 1\ncrop: [64, 64]\niters: 1\n"
+        "workers: 0\nprecision: fp32\ncheckpoint_every: 2\ntextures: {procedural_size: 64}\n"
+        "validation: {sets: []}\n"
+    )
+    disk = small_disk(tmp_path / "disk", "10m")
+    run = disk / "run"
+    result = CliRunner().invoke(main, ["train", "--config", str(config), "-o", str(run)])
+    assert result.exit_code == 1, result.output
+    assert "training stopped: [Errno 28] No space left on device" in result.output
+    assert "make room and run the command again (no state was saved yet)" in result.output
+    assert not list(run.rglob(".*.tmp")) and not (run / "state.pt").exists()
+    fill_disk(disk / "filler")
+    bundled = BUNDLED_DIR / WEIGHTS["motionpipe-small-v3"].file_name
+    exported = CliRunner().invoke(
+        main, ["export-model", str(bundled), "-o", str(disk / "shipped.pth")]
+    )
+    assert exported.exit_code == 1 and "No space left on device" in exported.output
+    assert not (disk / "shipped.pth").exists() and not list(disk.glob(".*.tmp"))
