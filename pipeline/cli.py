@@ -1,69 +1,112 @@
-"""The command-line interface: a thin layer over the library.
+"""The command-line interface: the ``motionpipe`` group and the table of its commands.
 
-Commands:
-    run          flow (and every selected output) for a video or a folder of videos
-    pair         flow between two images, written as .flo / .npy / KITTI .png
-    example      write the bundled example clip (generated, no third-party media)
-    annotations  action-recognition lists for a finished run (annotations_cmd.py)
-    config show  every configuration key with its value, type and meaning (config_cmd.py)
-    (consistency, train, export-model, evaluate and inspect live in their own modules)
+Each command lives in its own module beside its library and is imported only when it runs
+(or shows its own ``--help``), so ``motionpipe --help`` does not load torch:
+
+    run          flow (and every selected output) for videos         run_cmd.py
+    pair         flow between two images                             pair_cmd.py
+    example      write the bundled example clip                      pair_cmd.py
+    annotations  action-recognition lists for a finished run         annotations_cmd.py
+    config show  every configuration key                             config_cmd.py
+    consistency, train, export-model, evaluate, inspect              their *_cmd.py
+
+Adding a command: write it in its module and add a :data:`COMMANDS` entry; a test checks that
+each entry's summary is its command's own first paragraph.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import sys
+import importlib
 from dataclasses import dataclass
-from pathlib import Path
 
 import click
-import cv2
-import numpy as np
 
-from models import CORR_KINDS, PAD_MODES, CheckpointError
-from stages.flow_io import write_flo, write_flow_npy, write_kitti_png
-from stages.flow_viz import flow_to_color, largest_magnitude, legend_panel
-from stages.image_io import write_image
-
-from .annotations import FinishedVideo, ListOptions
-from .annotations_cmd import (
-    ListRequest,
-    check_lists,
-    describe,
-    list_options,
-    resolve_list_options,
-    write_run_annotations,
-)
-from .batch import ManifestNotWritten, OutputInUse, OutputLocked, run_batch, summary_lines
-from .cli_common import device_option, iters_option, parse_set_options, refine_option
-from .config import (
-    BACKENDS,
-    CORR_CHOICES,
-    FLOW_FORMATS,
-    FLOW_MODELS,
-    ConfigError,
-    FlowConfig,
-    RunConfig,
-    load_config,
-)
-from .devices import PRECISIONS
-from .discovery import find_inputs
-from .estimators import build_estimator
-from .example import write_example_clip
-from .executors import EXECUTORS, Execution, WorkerStartupError
-from .images import read_rgb_pair
 from .logs import configure_logging
-from .run_start import RunStartError
-from .runner import VideoResult
-from .tables import collect_feature_tables
-
-logger = logging.getLogger("motionpipe")
-
-FLOW_FILE_WRITERS = {".flo": write_flo, ".npy": write_flow_npy, ".png": write_kitti_png}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@dataclass(frozen=True)
+class CommandEntry:
+    """Where a command is defined (``module``, ``attribute``) and its one-paragraph summary,
+    listed by ``motionpipe --help`` without importing the module."""
+
+    module: str
+    attribute: str
+    summary: str
+
+
+COMMANDS: dict[str, CommandEntry] = {
+    "annotations": CommandEntry(
+        "pipeline.annotations_cmd",
+        "annotations_command",
+        "Write mmaction2 annotation lists (rawframes_flow.txt, rawframes_rgb.txt, classes.txt, "
+        "split lists, mmaction2_rawframes.py) for the finished videos of the run folder OUTPUT.",
+    ),
+    "config": CommandEntry(
+        "pipeline.config_cmd", "config_group", "The run configuration: keys, defaults, presets."
+    ),
+    "consistency": CommandEntry(
+        "pipeline.consistency_cmd",
+        "consistency_command",
+        "Warping error (E_warp) of PROCESSED against SOURCE, with SOURCE's own as the baseline.",
+    ),
+    "evaluate": CommandEntry(
+        "pipeline.evaluate_cmd",
+        "evaluate",
+        "Measure a flow model against the ground truth of DATASET (EPE, outliers, Fl).",
+    ),
+    "example": CommandEntry(
+        "pipeline.pair_cmd",
+        "example",
+        "Write the bundled example clip (a generated 320x240 scene with known motion) to PATH.",
+    ),
+    "export-model": CommandEntry(
+        "pipeline.train_cmd",
+        "export_model",
+        "Package trained WEIGHTS for distribution: official layout, optional float16, and a "
+        "JSON sidecar with the training configs, seeds and the file's SHA-256.",
+    ),
+    "inspect": CommandEntry(
+        "pipeline.inspect_cmd",
+        "inspect",
+        "Show what the network computes at each step for one pair IMAGE1 IMAGE2 (or --video).",
+    ),
+    "pair": CommandEntry(
+        "pipeline.pair_cmd", "pair", "Estimate optical flow from IMAGE1 to IMAGE2 (read as RGB)."
+    ),
+    "run": CommandEntry("pipeline.run_cmd", "run", "Estimate flow for INPUT into OUTPUT."),
+    "train": CommandEntry(
+        "pipeline.train_cmd",
+        "train",
+        "Train a RAFT-family model (synthetic data built in, or data sets on disk) into OUTPUT.",
+    ),
+}
+
+
+class LazyGroup(click.Group):
+    """A group that imports a command's module only when the command is used."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        entry = COMMANDS.get(cmd_name)
+        if entry is None:
+            return None
+        return getattr(importlib.import_module(entry.module), entry.attribute)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list of ``--help`` from the summaries, shortened as click does."""
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(len(name) for name in names)
+        rows = [
+            (name, click.Command(name, help=COMMANDS[name].summary).get_short_help_str(limit))
+            for name in names
+        ]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "-v",
     "--verbose",
@@ -74,360 +117,3 @@ FLOW_FILE_WRITERS = {".flo": write_flo, ".npy": write_flow_npy, ".png": write_ki
 def main(verbose: int, quiet: bool) -> None:
     """motionpipe: optical flow, warping, consistency checks and motion features for video."""
     configure_logging(-1 if quiet else verbose)
-
-
-@main.command()
-@click.argument("image1", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("image2", type=click.Path(dir_okay=False, path_type=Path))
-@click.option(
-    "-o",
-    "--output",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Flow file; the extension picks the format: .flo (Middlebury), .npy (float32 "
-    "(H, W, 2), channel 0 = x), .png (KITTI 16-bit).",
-)
-@click.option(
-    "--model",
-    type=click.Choice(FLOW_MODELS),
-    default=FlowConfig.model,
-    show_default=True,
-    help="auto: a cached official checkpoint, else the shipped model (raft-small-convex).",
-)
-@click.option(
-    "--checkpoint",
-    default=None,
-    help="Checkpoint file or registry name (default: the architecture's default checkpoint, "
-    "downloaded into the cache if missing).",
-)
-@iters_option
-@click.option(
-    "--pad-mode", type=click.Choice(PAD_MODES), default=FlowConfig.pad_mode, show_default=True
-)
-@click.option("--corr", type=click.Choice(CORR_KINDS), default="all-pairs", show_default=True)
-@device_option
-@click.option(
-    "--precision",
-    type=click.Choice(list(PRECISIONS)),
-    default=FlowConfig.precision,
-    show_default=True,
-)
-@refine_option()
-@click.option(
-    "--viz",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Also write a colour-wheel picture of the flow, with its legend (rim = the largest "
-    "motion) on the right.",
-)
-def pair(
-    image1: Path,
-    image2: Path,
-    output: Path,
-    model: str,
-    checkpoint: str | None,
-    iters: int,
-    pad_mode: str,
-    corr: str,
-    device: str,
-    precision: str,
-    refine: str,
-    viz: Path | None,
-) -> None:
-    """Estimate optical flow from IMAGE1 to IMAGE2 (read as RGB)."""
-    writer = FLOW_FILE_WRITERS.get(output.suffix.lower())
-    if writer is None:
-        raise click.BadParameter(
-            f"unsupported extension {output.suffix!r}; use one of {', '.join(FLOW_FILE_WRITERS)}",
-            param_hint="--output",
-        )
-    if viz is not None and not cv2.haveImageWriter(str(viz)):
-        raise click.BadParameter(
-            f"no image format for {viz.name!r}; use .png or .jpg", param_hint="--viz"
-        )
-    for path in (output, viz):  # before the flow is computed: a bad path fails at once
-        if path is not None:
-            _make_parent(path)
-    try:
-        first, second = read_rgb_pair(image1, image2)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
-    try:
-        estimator = build_estimator(
-            model, checkpoint=checkpoint, iters=iters, pad_mode=pad_mode, device=device,
-            corr=corr, precision=precision, refine=refine,
-        )  # fmt: skip
-        logger.info("estimator: %s", estimator.describe())
-        flow = estimator(first, second)  # (H, W, 2)
-    except (CheckpointError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
-    try:
-        writer(output, flow)
-    except OSError as exc:
-        raise click.ClickException(f"cannot write {output}: {exc.strerror or exc}") from None
-    logger.info("wrote %s (%dx%d)", output, flow.shape[1], flow.shape[0])
-    if viz is not None:
-        rim = largest_magnitude(flow)
-        picture = np.concatenate(
-            [flow_to_color(flow, max_flow=rim), legend_panel(flow.shape[0], rim, "max")], axis=1
-        )
-        try:
-            write_image(viz, picture)
-        except (OSError, ValueError) as exc:
-            raise click.ClickException(f"cannot write {viz}: {exc}") from None
-        logger.info("wrote %s", viz)
-
-
-@main.command()
-@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
-@click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--model", type=click.Choice(FLOW_MODELS), help="Flow model (default: auto).")
-@click.option("--checkpoint", help="Checkpoint file or registry name.")
-@click.option("--iters", type=click.IntRange(min=1))
-@click.option("--device", help="auto, cpu, cuda, cuda:1, mps")
-@click.option("--precision", type=click.Choice(list(PRECISIONS)))
-@click.option("--formats", help=f"Comma-separated subset of {','.join(FLOW_FORMATS)}.")
-@click.option("--decoder", type=click.Choice(BACKENDS))
-@click.option("--chunk-size", type=click.IntRange(min=1), help="Pairs per chunk.")
-@click.option("--gap", type=click.IntRange(min=1), help="Pair gap k: pairs (t, t+k).")
-@click.option("--backward/--no-backward", default=None, help="Also backward flow.")
-@click.option("--warm-start/--no-warm-start", default=None)
-@click.option("--corr", type=click.Choice(CORR_CHOICES))
-@refine_option(default=None)
-@click.option(
-    "--set",
-    "settings",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Any config key, e.g. --set decode.stride=2.",
-)
-@click.option("--progress/--no-progress", default=True, show_default=True)
-@click.option(
-    "--workers",
-    type=click.IntRange(min=0),
-    default=None,
-    help="Worker processes, each loading the model once and isolating the videos it runs "
-    "[default: one per CUDA GPU, each pinned to its GPU; else 1]. 0 runs in this process "
-    "(no isolation, for debugging).",
-)
-@click.option(
-    "--executor",
-    type=click.Choice(EXECUTORS),
-    default="local",
-    show_default=True,
-    help="local: worker processes on this machine; ray: Ray actors (pip install "
-    "'motionpipe[ray]').",
-)
-@click.option(
-    "--address",
-    default=None,
-    help="Ray cluster address for --executor ray (e.g. auto, ray://host:10001) "
-    "[default: start a local Ray instance].",
-)
-@click.option(
-    "--resume",
-    is_flag=True,
-    help="Keep the videos of OUTPUT whose meta.json says ok with the same configuration; "
-    "delete and redo every other one.",
-)
-@click.option("--overwrite", is_flag=True, help="Process every input again in a non-empty OUTPUT.")
-@click.option("--fail-fast", is_flag=True, help="Stop at the first failed video.")
-@list_options
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    metavar="SECONDS",
-    help="Per-video limit: a worker still busy after it is stopped and the video fails.",
-)
-def run(
-    input_path: Path,
-    output: Path,
-    config_path: Path | None,
-    progress: bool,
-    settings,
-    workers: int | None,
-    executor: str,
-    address: str | None,
-    resume: bool,
-    overwrite: bool,
-    fail_fast: bool,
-    timeout: float | None,
-    list_request: ListRequest,
-    **flags,
-) -> None:
-    """Estimate flow for INPUT into OUTPUT.
-
-    INPUT is a video file, a folder (searched recursively for videos and for folders of
-    .jpg/.png frames), or a list of paths (.txt: one per line; .csv: a 'path' column).
-    Each video gets a folder OUTPUT/<relative path without extension>/ with the selected
-    formats, timestamps.csv, pairs.csv and meta.json (written last). OUTPUT also holds
-    config.yaml and manifest.csv / manifest.parquet (one row per input, updated as videos
-    finish); with jpg output, the action-recognition lists (rawframes_flow.txt, classes.txt,
-    mmaction2_rawframes.py; --label-level, --class-index and --splits shape them). Every
-    configuration key: config show.
-    Exit status: 0 when every input is ok, 1 when any failed or was skipped, or when the run
-    could not start; 2 for bad usage, including a non-empty OUTPUT without --resume /
-    --overwrite.
-    """
-    names = {
-        "model": "flow.model", "checkpoint": "flow.checkpoint", "iters": "flow.iters",
-        "device": "flow.device", "precision": "flow.precision", "formats": "output.formats",
-        "decoder": "decode.backend", "chunk_size": "decode.chunk_size", "gap": "flow.gap",
-        "backward": "flow.backward", "warm_start": "flow.warm_start", "corr": "flow.corr",
-        "refine": "flow.refine",
-    }  # fmt: skip
-    overrides = {names[k]: v for k, v in flags.items()}
-    overrides.update(parse_set_options(settings))
-    if resume and overwrite:
-        raise click.UsageError("--resume and --overwrite exclude each other")
-    if timeout is not None and workers == 0 and executor == "local":
-        raise click.UsageError("--timeout needs worker processes (--workers 1 or more)")
-    if address is not None and executor != "ray":
-        raise click.UsageError("--address is for --executor ray")
-    try:
-        config = load_config(config_path, overrides)
-        found = find_inputs(input_path)
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
-    jobs = [job for job in found.jobs if not _is_inside(job.path, output)]
-    if len(jobs) < len(found.jobs):
-        logger.warning("ignoring %d inputs inside the output folder", len(found.jobs) - len(jobs))
-    if not jobs:
-        raise click.ClickException(f"no videos found in {input_path}")
-    lists = None
-    if "jpg" in config.output.formats:
-        lists = resolve_list_options(list_request, output, reuse=resume)
-        check_lists([FinishedVideo(job.video_id, 0, 0, job.rel_path) for job in jobs], lists)
-    elif list_request.given:
-        raise click.UsageError(
-            "--label-level, --class-index and --splits shape the action-recognition lists, "
-            "which only jpg output writes (--formats jpg)"
-        )
-    run_files = RunFiles(output, config, lists, progress)
-    try:
-        results = run_batch(
-            jobs,
-            found.root,
-            output,
-            config,
-            execution=Execution(workers, executor, address, timeout, progress),
-            resume=resume,
-            overwrite=overwrite,
-            fail_fast=fail_fast,
-            finish_run=run_files.write,
-        )
-    except OutputInUse as exc:
-        raise click.UsageError(str(exc)) from None
-    except (OutputLocked, RunStartError, WorkerStartupError) as exc:
-        raise click.ClickException(str(exc)) from None
-    except ManifestNotWritten as exc:
-        logger.error("%s", exc)
-        results, run_files.failed = exc.results, True
-    except KeyboardInterrupt:
-        click.echo(
-            f"interrupted: {output / 'manifest.csv'} lists what finished; run again with "
-            "--resume to continue",
-            err=True,
-        )
-        sys.exit(130)
-    for line in summary_lines(results, output):
-        click.echo(line)
-    if run_files.failed or any(r.status != "ok" for r in results):
-        sys.exit(1)
-
-
-@dataclass
-class RunFiles:
-    """The run-level files made from the finished videos (features table, action-recognition
-    lists), written by :meth:`write` while the run still holds the output folder's lock."""
-
-    output: Path
-    config: RunConfig
-    lists: ListOptions | None  # None: no jpg output, no lists
-    progress: bool
-    failed: bool = False  # a file could not be written (the run then exits 1)
-
-    def write(self, results: list[VideoResult]) -> None:
-        finished = [r for r in results if r.status == "ok"]
-        if self.config.features.enabled:
-            try:
-                table = collect_feature_tables(
-                    self.output,
-                    [r.video_id for r in finished],
-                    table_format=self.config.features.table_format,
-                    progress=self.progress,
-                )
-            except OSError as exc:
-                self._failed("features table not written", exc)
-            else:
-                if table is not None:
-                    click.echo(f"features table: {table}")
-        if self.lists is not None:
-            videos = [FinishedVideo(r.video_id, r.frames, r.pairs, r.rel_path) for r in finished]
-            try:
-                written = write_run_annotations(self.output, self.config, videos, self.lists)
-            except (OSError, ValueError) as exc:  # SplitFileError included
-                self._failed("annotation lists not written", exc)
-            else:
-                click.echo(describe(written))
-
-    def _failed(self, what: str, error: Exception) -> None:
-        logger.error("%s: %s", what, error)
-        self.failed = True
-
-
-def _is_inside(path: Path, folder: Path) -> bool:
-    """Whether ``path`` lies in ``folder`` (outputs of an earlier run are not inputs)."""
-    path, folder = Path(os.path.abspath(path)), Path(os.path.abspath(folder))
-    return path == folder or folder in path.parents
-
-
-@main.command()
-@click.argument("path", type=click.Path(dir_okay=False, path_type=Path), default="example.mp4")
-@click.option("--frames", type=click.IntRange(min=2), default=48, show_default=True)
-def example(path: Path, frames: int) -> None:
-    """Write the bundled example clip (a generated 320x240 scene with known motion) to PATH."""
-    if path.suffix.lower() != ".mp4":
-        raise click.BadParameter(
-            f"the example clip is an MP4 file: name it *.mp4, not {path.name!r}", param_hint="PATH"
-        )
-    _make_parent(path)
-    try:
-        write_example_clip(path, num_frames=frames)
-    except OSError as exc:
-        raise click.ClickException(f"cannot write {path}: {exc.strerror or exc}") from None
-    click.echo(f"wrote {path}")
-
-
-def _make_parent(path: Path) -> None:
-    """Creates the folder ``path`` goes in; a path that cannot hold a file is a usage error."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise click.ClickException(f"cannot write {path}: a file is in the way") from None
-    except OSError as exc:
-        raise click.ClickException(f"cannot write {path}: {exc.strerror or exc}") from None
-    if path.is_dir():
-        raise click.ClickException(f"{path} is a folder; give a file name")
-    if not os.access(path.parent, os.W_OK):
-        raise click.ClickException(f"cannot write {path}: the folder is not writable")
-
-
-# Commands defined in their own modules.
-from .annotations_cmd import annotations_command  # noqa: E402
-from .config_cmd import config_group  # noqa: E402
-from .consistency_cmd import consistency_command  # noqa: E402
-from .evaluate_cmd import evaluate as evaluate_command  # noqa: E402
-from .inspect_cmd import inspect as inspect_command  # noqa: E402
-from .train_cmd import export_model as export_model_command  # noqa: E402
-from .train_cmd import train as train_command  # noqa: E402
-
-main.add_command(consistency_command)
-main.add_command(annotations_command)
-main.add_command(config_group)
-main.add_command(train_command)
-main.add_command(export_model_command)
-main.add_command(evaluate_command)
-main.add_command(inspect_command)

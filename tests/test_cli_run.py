@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import av
+import click
 import cv2
 import numpy as np
 import pytest
@@ -16,7 +19,7 @@ from PIL import Image
 
 from models import create_model
 from models.weights import WEIGHTS
-from pipeline.cli import main
+from pipeline.cli import COMMANDS, main
 from pipeline.images import read_rgb
 from stages.decode import DecodeConfig, open_video
 from stages.flow_jpeg import dequantize_flow
@@ -213,18 +216,34 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
     assert result.exit_code != 0 and "flow.itres" in result.output
 
 
+def _fresh_python(code: str) -> str:
+    """What ``code`` prints in a new interpreter started in the repository root."""
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
+    )
+    return done.stdout
+
+
 def test_the_cli_and_its_workers_start_without_matplotlib() -> None:
     """Plotting libraries load when a picture is drawn, not with every ``run`` (each worker
     process imports the pipeline again; matplotlib alone took ~0.5 s of that)."""
-    import subprocess
-    import sys
-
-    code = (
-        "import sys, pipeline.cli, pipeline.worker_processes, pipeline.runner; "
+    loaded = _fresh_python(
+        "import sys, pipeline.run_cmd, pipeline.worker_processes, pipeline.runner; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib'))"
     )
-    root = Path(__file__).resolve().parents[1]
-    loaded = subprocess.run(
-        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
+    assert loaded.strip() == "[]"
+
+
+def test_help_lists_every_command_without_loading_torch() -> None:
+    """``motionpipe --help`` reads the command table; each summary is its command's own."""
+    shown = _fresh_python(
+        "import sys; from pipeline.cli import main; main(['--help'], standalone_mode=False); "
+        "print('torch' in sys.modules)"
     )
-    assert loaded.stdout.strip() == "[]"
+    assert shown.strip().endswith("False"), shown
+    for name, entry in COMMANDS.items():
+        command = main.get_command(click.Context(main), name)
+        assert command is not None and command.name == name
+        assert entry.summary == command.get_short_help_str(limit=10_000), name
+        assert f"  {name} " in shown
