@@ -12,7 +12,10 @@ Metrics (``e`` = end-point error ``|flow - gt|`` of a valid pixel, in pixels):
 - ``fl``: KITTI's outlier rate, fraction of valid pixels with ``e > 3`` px and
   ``e > 0.05 |gt|`` (``Fl-all`` over a whole set);
 - ``epe_occ`` / ``epe_noc``: mean ``e`` over the occluded / non-occluded valid pixels, where
-  the data set has occlusion masks.
+  the data set has occlusion masks;
+- ``nonfinite_pixels``: valid pixels where the estimate is NaN or infinite. Such a pixel is an
+  outlier for every rate and makes every mean it enters NaN (a pair's, and the set's): a
+  broken estimate never scores better than a wrong one.
 
 Over a whole set (or sequence) two means of the EPE are reported, because the benchmarks
 differ: ``epe_pixel_mean`` averages every valid pixel of every pair (MPI-Sintel,
@@ -57,6 +60,7 @@ PAIR_COLUMNS: tuple[str, ...] = (
     "height",
     "width",
     "valid_pixels",
+    "nonfinite_pixels",
     "epe",
     *(f"outlier_{t}px" for t in OUTLIER_THRESHOLDS),
     "fl",
@@ -107,18 +111,25 @@ def pair_metrics(
     mask = np.ones(size, bool) if valid is None else np.asarray(valid) >= 0.5
     if mask.shape != size:
         raise ValueError(f"valid must be (H, W) = {size}, got {mask.shape}")
-    error = np.sqrt(((flow - flow_gt) ** 2).sum(axis=-1))
+    with np.errstate(invalid="ignore", over="ignore"):
+        error = np.sqrt(((flow - flow_gt) ** 2).sum(axis=-1))
+    error[~np.isfinite(error)] = math.nan  # NaN or infinite estimates: no error size
     magnitude = np.sqrt((flow_gt**2).sum(axis=-1))
     e = error[mask]
 
     def mean(values: np.ndarray) -> float:
         return float(values.mean()) if values.size else math.nan
 
-    out: dict[str, Any] = {"valid_pixels": int(e.size), "epe": mean(e)}
+    out: dict[str, Any] = {
+        "valid_pixels": int(e.size),
+        "nonfinite_pixels": int(np.isnan(e).sum()),
+        "epe": mean(e),
+    }
+    # written as "not within": a NaN error is an outlier
     for threshold in OUTLIER_THRESHOLDS:
-        out[f"outlier_{threshold}px"] = mean((e > threshold).astype(np.float64))
-    fl = (e > FL_PIXELS) & (e > FL_FRACTION * magnitude[mask])
-    out["fl"] = mean(fl.astype(np.float64))
+        out[f"outlier_{threshold}px"] = mean(~(e <= threshold))
+    fl = ~((e <= FL_PIXELS) | (e <= FL_FRACTION * magnitude[mask]))
+    out["fl"] = mean(fl)
     out["has_occlusion"] = occluded is not None
     if occluded is None:
         out.update(occluded_pixels=0, epe_occ=math.nan, epe_noc=math.nan)
@@ -133,21 +144,24 @@ def pair_metrics(
 
 
 def _weighted(values: pd.Series, weights: pd.Series) -> float:
-    """Mean of per-pair means weighted by their pixel counts (the mean over all pixels)."""
-    total = float(weights.sum())
-    if total <= 0:
+    """Mean of per-pair means weighted by their pixel counts (the mean over all pixels); NaN
+    when a pair with pixels has a NaN mean (pairs without pixels are left out)."""
+    counted = weights > 0
+    if not counted.any():
         return math.nan
-    return float((values.fillna(0.0) * weights).sum() / total)
+    return float((values[counted] * weights[counted]).sum(skipna=False) / weights.sum())
 
 
 def aggregate(pairs: pd.DataFrame) -> dict[str, Any]:
     """Metrics over a group of pairs (rows of :attr:`EvaluationResult.pairs`)."""
     weights = pairs["valid_pixels"].astype(np.float64)
+    with_pixels = pairs.loc[weights > 0, "epe"]
     out: dict[str, Any] = {
         "pairs": len(pairs),
         "valid_pixels": int(weights.sum()),
+        "nonfinite_pixels": int(pairs["nonfinite_pixels"].sum()),
         "epe_pixel_mean": _weighted(pairs["epe"], weights),
-        "epe_pair_mean": float(pairs["epe"].mean()) if pairs["epe"].notna().any() else math.nan,
+        "epe_pair_mean": float(with_pixels.mean(skipna=False)) if len(with_pixels) else math.nan,
     }
     for threshold in OUTLIER_THRESHOLDS:
         key = f"outlier_{threshold}px"
@@ -312,6 +326,16 @@ def evaluate_dataset(
     if not rows:
         raise ValueError(f"no pairs to evaluate in {dataset or 'the data'}")
     pairs = pd.DataFrame(rows, columns=list(PAIR_COLUMNS))
+    broken = pairs[pairs["nonfinite_pixels"] > 0]
+    if len(broken):
+        logger.warning(
+            "%d of %d pairs have NaN or infinite estimates at %d valid pixels (e.g. %s): they "
+            "count as outliers and make the EPE means NaN",
+            len(broken),
+            len(pairs),
+            int(broken["nonfinite_pixels"].sum()),
+            broken["name"].iloc[0],
+        )
     sequences = pd.DataFrame(
         [
             {"sequence": name, **aggregate(group)}

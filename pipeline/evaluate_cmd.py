@@ -18,6 +18,7 @@ from .cli_common import refine_option
 from .config import ConfigError
 from .estimators import build_estimator
 from .evaluate import evaluate_dataset, resolve_pad_mode
+from .run_start import RunStartError, check_output_root
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +108,10 @@ def evaluate(
     progress: bool,
 ) -> None:
     """Measure a flow model against the ground truth of DATASET (EPE, outliers, Fl)."""
+    try:  # before any pair is evaluated
+        check_output_root(output)
+    except RunStartError as exc:
+        raise click.ClickException(str(exc)) from None
     info: dict = {}
     if dataset in READER_KINDS:
         if root is None:
@@ -136,12 +141,14 @@ def evaluate(
         )
     except (CheckpointError, ConfigError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
+    if max_pairs is not None:
+        info["max_pairs"] = max_pairs  # a partial evaluation says so
     try:
         result = evaluate_dataset(
             data, estimator, dataset=label, max_pairs=max_pairs, info=info, progress=progress
         )
-    except (FileNotFoundError, ValueError) as exc:
+        paths = result.write(output)
+    except (OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
-    paths = result.write(output)
     click.echo(result.table())
     click.echo(f"wrote {', '.join(str(p) for p in paths.values())}")

@@ -21,8 +21,9 @@ from stages.training.readers import FlowPair, open_reader
 from stages.training.textures import procedural_texture
 
 SUMMARY_METRICS = {
-    "pairs", "valid_pixels", "epe_pixel_mean", "epe_pair_mean", "outlier_1px", "outlier_3px",
-    "outlier_5px", "fl_all", "occluded_pixels", "epe_occ", "epe_noc",
+    "pairs", "valid_pixels", "nonfinite_pixels", "epe_pixel_mean", "epe_pair_mean",
+    "outlier_1px", "outlier_3px", "outlier_5px", "fl_all", "occluded_pixels", "epe_occ",
+    "epe_noc",
 }  # fmt: skip
 
 
@@ -90,6 +91,35 @@ def test_set_means_follow_both_conventions() -> None:
     assert result.sequences["sequence"].tolist() == ["s1", "s2"]
     assert result.sequences["epe_pixel_mean"].tolist() == pytest.approx([5.0, 1.0])
     assert evaluate_dataset([first, second], zero, max_pairs=1).summary["pairs"] == 1
+
+
+def test_nan_estimates_never_score_better_than_wrong_ones(caplog) -> None:
+    """A NaN pixel is an outlier for every rate and makes the means it enters NaN (the set's
+    too); a pair without valid pixels still leaves the means alone."""
+    image = np.zeros((2, 2, 3), np.uint8)
+    truth = np.zeros((2, 2, 2), np.float32)
+    everywhere, nowhere = np.ones((2, 2), np.float32), np.zeros((2, 2), np.float32)
+    wrong = FlowPair(image, image, truth, everywhere, name="wrong")
+    broken = FlowPair(image, image, truth, everywhere, name="broken")
+    empty = FlowPair(image, image, truth, nowhere, name="empty")
+    estimates = iter([
+        np.full((2, 2, 2), 5.0),  # wrong: 5 sqrt(2) px everywhere
+        np.array([[[np.nan, 0], [9, 0]], [[0, np.inf], [0, 0]]]),  # broken: 2 NaN / inf pixels
+        np.full((2, 2, 2), np.nan),  # empty: no valid pixel to count it at
+    ])  # fmt: skip
+    result = evaluate_dataset([wrong, broken, empty], lambda a, b: next(estimates))
+    rows = result.pairs.set_index("name")
+    assert rows.loc["broken", "nonfinite_pixels"] == 2 and math.isnan(rows.loc["broken", "epe"])
+    assert rows.loc["broken", "outlier_5px"] == 0.75  # 2 non-finite + the 9 px pixel
+    assert rows.loc["broken", "fl"] == 0.75 and rows.loc["empty", "nonfinite_pixels"] == 0
+    m = result.summary["metrics"]
+    assert m["nonfinite_pixels"] == 2
+    assert math.isnan(m["epe_pixel_mean"]) and math.isnan(m["epe_pair_mean"])
+    assert m["outlier_3px"] == pytest.approx(7 / 8)
+    assert "1 of 3 pairs have NaN or infinite estimates at 2 valid pixels" in caplog.text
+    estimates = iter([np.full((2, 2, 2), 5.0), np.full((2, 2, 2), np.nan)])
+    clean = evaluate_dataset([wrong, empty], lambda a, b: next(estimates)).summary["metrics"]
+    assert clean["epe_pixel_mean"] == pytest.approx(5 * 2**0.5)  # the empty pair counts for 0
 
 
 def test_dis_recovers_an_integer_shift_and_the_cli_writes_the_tables(tmp_path: Path) -> None:
@@ -192,3 +222,9 @@ def test_cli_errors_are_one_line_and_name_the_problem(tmp_path: Path) -> None:
     assert run.exit_code == 1 and str(bad) in run.output
     assert run.output.startswith("Error:") and "Traceback" not in run.output
     assert not Path(out).exists()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    run = runner.invoke(main, ["evaluate", "layered", "--model", "dis", "--pairs", "1",
+                               "-o", str(blocker / "eval")])  # fmt: skip
+    assert run.exit_code == 1 and "is a file, not a folder" in run.output
+    assert run.output.startswith("Error:")  # at once, before any pair is evaluated

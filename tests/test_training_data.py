@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -78,7 +79,9 @@ def _make_chairs(root: Path, n: int = 3, split: str | None = "1\n2\n1\n") -> lis
     return flows
 
 
-def test_chairs_reader_splits_order_and_ground_truth(tmp_path: Path) -> None:
+def test_chairs_reader_splits_order_and_ground_truth(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     flows = _make_chairs(tmp_path)
     training = open_reader("chairs", tmp_path)
     validation = open_reader("chairs", tmp_path, split="validation")
@@ -91,12 +94,20 @@ def test_chairs_reader_splits_order_and_ground_truth(tmp_path: Path) -> None:
     assert pair.flow.shape == (H, W, 2) and pair.image1.dtype == np.uint8
     np.testing.assert_array_equal(validation.pair(0).flow, flows[1])
 
-    (tmp_path / "chairs_split.txt").unlink()
-    assert len(open_reader("chairs", tmp_path)) == 3
-    with pytest.raises(FileNotFoundError, match=r"chairs_split\.txt"):
+    # the split file under the name the data set's authors publish it under
+    (tmp_path / "chairs_split.txt").rename(tmp_path / "FlyingChairs_train_val.txt")
+    assert [f.name for f in open_reader("chairs", tmp_path).files] == ["00001", "00003"]
+    (tmp_path / "FlyingChairs_train_val.txt").unlink()
+    with caplog.at_level(logging.WARNING):
+        assert len(open_reader("chairs", tmp_path)) == 3
+    assert "validation pairs included" in caplog.text
+    with pytest.raises(FileNotFoundError, match=r"chairs_split\.txt or FlyingChairs_train"):
         open_reader("chairs", tmp_path, split="validation")
     (tmp_path / "chairs_split.txt").write_text("1\n2\n")
     with pytest.raises(ValueError, match="lists 2 pairs"):
+        open_reader("chairs", tmp_path)
+    (tmp_path / "chairs_split.txt").write_text("1\n3\n1\n")
+    with pytest.raises(ValueError, match=r"chairs_split\.txt: split labels .* found '3'"):
         open_reader("chairs", tmp_path)
 
 

@@ -4,10 +4,13 @@ KITTI-2015 and HD1K, in their distributed layouts (see :mod:`stages.training.rea
 from __future__ import annotations
 
 import itertools
+import logging
 from pathlib import Path
 from typing import ClassVar
 
 from .reader_base import FlowReader, PairFiles, _number, _optional, _require_file
+
+logger = logging.getLogger(__name__)
 
 
 class FlyingChairs(FlowReader):
@@ -16,7 +19,9 @@ class FlyingChairs(FlowReader):
     kind = "chairs"
     title = "FlyingChairs"
     splits = ("training", "validation")
-    SPLIT_FILE = "chairs_split.txt"
+    #: The split file (1 = training, 2 = validation, one line per pair): RAFT's name, then the
+    #: name the data set's authors publish it under.
+    SPLIT_FILES = ("chairs_split.txt", "FlyingChairs_train_val.txt")
 
     def _layout(self) -> str:
         data = self.root / "data"
@@ -25,20 +30,26 @@ class FlyingChairs(FlowReader):
     def _discover(self) -> list[PairFiles]:
         data = self.root / "data"
         flows = sorted(data.glob("*_flow.flo"))
-        split_file = self.root / self.SPLIT_FILE
-        if split_file.is_file():
-            labels = [int(v) for v in split_file.read_text().split()]
+        found = [self.root / name for name in self.SPLIT_FILES if (self.root / name).is_file()]
+        if found:
+            labels = _split_labels(found[0])
             if len(labels) != len(flows):
                 raise ValueError(
-                    f"{split_file} lists {len(labels)} pairs but {data} holds {len(flows)} "
+                    f"{found[0]} lists {len(labels)} pairs but {data} holds {len(flows)} "
                     "*_flow.flo files"
                 )
         elif self.split == "validation":
             raise FileNotFoundError(
-                f"FlyingChairs split 'validation' needs {split_file} (1 = training, "
-                "2 = validation per pair)"
+                f"FlyingChairs split 'validation' needs {' or '.join(self.SPLIT_FILES)} in "
+                f"{self.root} (1 = training, 2 = validation per pair)"
             )
         else:
+            logger.warning(
+                "no FlyingChairs split file (%s) in %s: 'training' takes every pair, the "
+                "validation pairs included",
+                " or ".join(self.SPLIT_FILES),
+                self.root,
+            )
             labels = [1] * len(flows)
         wanted = 1 if self.split == "training" else 2
         out = []
@@ -57,6 +68,17 @@ class FlyingChairs(FlowReader):
                 )
             )
         return out
+
+
+def _split_labels(path: Path) -> list[int]:
+    """The 1 / 2 labels of a FlyingChairs split file."""
+    words = path.read_text().split()
+    bad = [word for word in words if word not in ("1", "2")]
+    if bad:
+        raise ValueError(
+            f"{path}: split labels must be 1 (training) or 2 (validation), found {bad[0]!r}"
+        )
+    return [int(word) for word in words]
 
 
 class FlyingThings3D(FlowReader):

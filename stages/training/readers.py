@@ -14,8 +14,9 @@ Layouts (``ROOT`` is the folder given as the data set's root):
 
 ``chairs`` (FlyingChairs)
     ``ROOT/data/NNNNN_img1.ppm``, ``NNNNN_img2.ppm``, ``NNNNN_flow.flo``; the optional
-    ``ROOT/chairs_split.txt`` holds one number per pair in file order, 1 = ``training``,
-    2 = ``validation`` (without it every pair is ``training``).
+    ``ROOT/chairs_split.txt`` (RAFT's name) or ``ROOT/FlyingChairs_train_val.txt`` (the
+    authors') holds one number per pair in file order, 1 = ``training``, 2 = ``validation``
+    (without it every pair is ``training``, with a warning).
 ``things`` (FlyingThings3D)
     ``ROOT/<variant>/<TRAIN|TEST>/<A|B|C>/NNNN/<left|right>/NNNN.png`` with ``variant``
     ``frames_cleanpass`` (default) or ``frames_finalpass``, and
