@@ -59,9 +59,10 @@ STATE_FILE = "state.pt"
 #: The tensors of a training sample (see :mod:`stages.training.datasets`).
 TRAINING_KEYS = ("image1", "image2", "flow", "valid")
 FINAL_WEIGHTS = "model.pth"
-#: Settings that decide when a run logs and saves, not what it computes: ``--resume`` accepts
-#: new values for them (e.g. more frequent checkpoints for a run that keeps being stopped).
-BOOKKEEPING_KEYS = ("log_every", "checkpoint_every", "keep_checkpoints")
+#: Settings that decide when a run logs and saves, or how many processes and threads compute
+#: it, not what it computes: ``--resume`` accepts new values for them (more frequent
+#: checkpoints for a run that keeps being stopped, another machine's core count).
+BOOKKEEPING_KEYS = ("log_every", "checkpoint_every", "keep_checkpoints", "workers", "threads")
 
 
 class TrainingError(RuntimeError):
@@ -261,7 +262,8 @@ def export_weights(
     return record
 
 
-def _freeze_batchnorm(model: torch.nn.Module) -> None:
+def freeze_batchnorm(model: torch.nn.Module) -> None:
+    """BatchNorm layers in eval mode (running statistics used, not updated): ``freeze_bn``."""
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.eval()
@@ -293,9 +295,9 @@ def _collate_validation(pairs, device) -> list[tuple[torch.Tensor, ...]]:
 
 @torch.inference_mode()
 def validate(model: RAFT, sets: dict[str, list], *, iters: int) -> dict[str, float]:
-    """Mean EPE (px) and 1/3/5 px rates of each validation set (float32, eval mode)."""
-    was_training = model.training
-    model.eval().set_fast_kernels(True)
+    """Mean EPE (px) and 1/3/5 px rates of each validation set (float32; ``estimate_flow``
+    runs in eval mode and leaves each module's mode as it was, frozen BatchNorm included)."""
+    model.set_fast_kernels(True)
     results: dict[str, float] = {}
     try:
         for name, pairs in sets.items():
@@ -309,7 +311,7 @@ def validate(model: RAFT, sets: dict[str, list], *, iters: int) -> dict[str, flo
             results[f"val/{name}/epe"] = float(np.mean(epes))
             results[f"val/{name}/1px"] = float(np.mean(below1))
     finally:
-        model.train(was_training).set_fast_kernels(False)
+        model.set_fast_kernels(False)
     return results
 
 
@@ -376,7 +378,7 @@ class Trainer:
         model.set_fast_kernels(False)
         model.train()
         if self.config.freeze_bn:
-            _freeze_batchnorm(model)
+            freeze_batchnorm(model)
         return model
 
     def _validation_sets(self, device: torch.device) -> dict[str, list]:
@@ -401,12 +403,13 @@ class Trainer:
         return previous
 
     # ------------------------------------------------------------------ state
-    def _save_state(self, model, optimizer, scheduler, step: int) -> None:
+    def _save_state(self, model, optimizer, scheduler, scaler, step: int) -> None:
         state = {
             "step": step,
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),  # fp16's loss scale ({} when disabled)
             "config": config_to_dict(self.config),
             "config_hash": config_hash(self.config),
             "torch_rng": torch.get_rng_state(),
@@ -454,6 +457,8 @@ class Trainer:
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
             scheduler.load_state_dict(saved["scheduler"])
+            if saved.get("scaler"):
+                scaler.load_state_dict(saved["scaler"])
             torch.set_rng_state(saved["torch_rng"])
             step = int(saved["step"])
             logger.info("resuming %s at step %d", self.output, step)
@@ -473,7 +478,7 @@ class Trainer:
             drop_last=True,
         )
         val_sets = self._validation_sets(device)
-        log = RunLog(self.output)
+        log = RunLog(self.output, from_step=step)
         logger.info(
             "training %s: steps %d-%d of %d, batch %d, crop %s, precision %s, device %s, %d threads",
             config.model, step, stop, config.steps, config.batch_size, config.crop,
@@ -530,10 +535,10 @@ class Trainer:
                                 ", ".join(f"{k} {v:.3f}" for k, v in val.items()))  # fmt: skip
                     window_start = time.perf_counter()  # throughput excludes validation
                 if step % config.checkpoint_every == 0 or step == stop:
-                    self._save_state(model, optimizer, scheduler, step)
+                    self._save_state(model, optimizer, scheduler, scaler, step)
                     self._save_checkpoint(model, step)
                 if self._stop_signal is not None:
-                    self._save_state(model, optimizer, scheduler, step)
+                    self._save_state(model, optimizer, scheduler, scaler, step)
                     interrupted = True
                     break
             bar.close()

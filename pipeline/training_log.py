@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from stages.flow_io import atomic_path
+from models.atomic_files import atomic_path, write_bytes_atomic
 
 LOG_FILE = "log.jsonl"
 
@@ -24,10 +24,20 @@ def read_log(run: Path) -> list[dict[str, Any]]:
 
 class RunLog:
     """A run folder's ``log.jsonl`` (one JSON record per line), ``curves.png`` and, when
-    installed, TensorBoard event files."""
+    installed, TensorBoard event files.
 
-    def __init__(self, folder: Path) -> None:
+    ``from_step``: for the log of a run that trains from this step on, records of later steps
+    (logged by a run killed after its last saved state, which trains those steps again) are
+    dropped; ``None`` leaves the log as it is.
+    """
+
+    def __init__(self, folder: Path, *, from_step: int | None = None) -> None:
         self.folder = folder
+        records = read_log(folder) if from_step is not None else []
+        kept = [record for record in records if record["step"] <= (from_step or 0)]
+        if len(kept) < len(records):
+            lines = "".join(json.dumps(record) + "\n" for record in kept)
+            write_bytes_atomic(folder / LOG_FILE, lines.encode())
         self.plot_path = folder / "curves.png"
         self.writer = None
         with contextlib.suppress(Exception):  # TensorBoard is optional

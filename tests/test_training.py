@@ -20,6 +20,8 @@ from models.weights import infer_architecture, load_checkpoint
 from pipeline.cli import main
 from pipeline.config import ConfigError
 from pipeline.train_config import load_train_config
+from pipeline.training import freeze_batchnorm, validate
+from pipeline.training_log import RunLog, read_log
 from stages.training.synthetic import LayeredPairConfig, MotionRange, generate_pair
 from stages.training.textures import PROCEDURAL_KINDS, TexturePool, procedural_texture
 
@@ -290,9 +292,34 @@ def test_resume_accepts_a_run_saved_before_a_config_key_was_added(tmp_path: Path
     state["config_hash"] = "0123456789ab"
     torch.save(state, run / "state.pt")
     second = runner.invoke(main, ["train", "--config", str(config), "-o", str(run), "--resume",
-                                  "--set", "checkpoint_every=1", "--set", "log_every=1"])  # fmt: skip
+                                  "--set", "checkpoint_every=1", "--set", "log_every=1",
+                                  "--set", "threads=2"])  # fmt: skip
     assert second.exit_code == 0, second.output  # bookkeeping keys may change on resume
     assert (run / "model.pth").exists()
+    assert torch.load(run / "state.pt", weights_only=False)["scaler"] == {}  # fp32: no scale
+
+
+def test_the_log_forgets_steps_logged_after_the_last_saved_state(tmp_path: Path) -> None:
+    """A run killed at step 3 whose state was saved at step 2 trains step 3 again."""
+    log = RunLog(tmp_path)
+    for step in (1, 2, 2, 3):
+        log.write({"step": step, "loss": 1.0 / step})
+    RunLog(tmp_path, from_step=2)
+    assert [record["step"] for record in read_log(tmp_path)] == [1, 2, 2]
+    RunLog(tmp_path, from_step=0)  # a run that starts again from scratch
+    assert read_log(tmp_path) == []
+
+
+def test_validation_leaves_frozen_batchnorm_frozen() -> None:
+    model = create_model("raft-large")  # its context encoder has BatchNorm
+    model.train()
+    freeze_batchnorm(model)
+    frozen = {name for name, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    image = torch.rand(1, 3, 64, 64) * 255
+    scores = validate(model, {"tiny": [(image, image, torch.zeros(1, 2, 64, 64))]}, iters=1)
+    assert set(scores) == {"val/tiny/epe", "val/tiny/1px"}
+    for name, module in model.named_modules():
+        assert module.training == (name not in frozen), name
 
 
 def test_export_of_a_fine_tuned_bundled_model_keeps_its_recipe(tmp_path: Path) -> None:

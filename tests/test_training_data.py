@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -393,6 +394,19 @@ def test_dense_scaling_scales_the_flow_and_crops() -> None:
     assert out_flow.shape == (64, 96, 2) and out_valid.all()
     np.testing.assert_allclose(out_flow[..., 0], 6.0, rtol=1e-6)
     np.testing.assert_allclose(out_flow[..., 1], -4.0, rtol=1e-6)
+    # invalid ground truth (stored as 0, as readers do) never blends into valid pixels
+    valid = np.ones((H, W), np.float32)
+    valid[10:30, 20:50] = 0
+    flow[10:30, 20:50] = 0
+    for scale in (1.2, 1.35, 1.5):  # log2 factors: 2.3x .. 2.8x, between-pixel samples
+        config = replace(config, min_scale=scale, max_scale=scale)
+        _, _, out_flow, out_valid = augment(np.random.default_rng(1), image1, image2, flow,
+                                            valid, config)  # fmt: skip
+        kept = out_valid > 0
+        assert 0 < kept.mean() < 1
+        factor = out_flow[..., 0].max() / 3.0  # the scale the augmentation chose
+        assert factor > 2
+        np.testing.assert_allclose(out_flow[kept][:, 0], 3.0 * factor, rtol=1e-3)
 
 
 def test_sparse_resize_moves_samples_to_their_scaled_positions() -> None:

@@ -168,7 +168,10 @@ def spatial_dense(rng, image1, image2, flow, valid, config: AugmentConfig):
         flow = cv2.resize(flow, size, interpolation=cv2.INTER_LINEAR) * np.array(
             [size[0] / w, size[1] / h], np.float32
         )
-        valid = cv2.resize(valid.astype(np.float32), size, interpolation=cv2.INTER_NEAREST)
+        # valid only where every pixel the interpolation read was valid: an invalid pixel's
+        # flow (0 or unknown) must not blend into the ground truth of its neighbours
+        coverage = cv2.resize(valid.astype(np.float32), size, interpolation=cv2.INTER_LINEAR)
+        valid = (coverage > 0.999).astype(np.float32)
     return _flip_and_crop(rng, image1, image2, flow, valid, config)
 
 
