@@ -16,8 +16,6 @@ from pathlib import Path
 import click
 import pandas as pd
 
-from models.atomic_files import write_bytes_atomic
-
 from .annotations import (
     FinishedVideo,
     ListOptions,
@@ -33,6 +31,7 @@ from .dataset_splits import (
     read_class_index,
     read_official_splits,
 )
+from .json_files import write_json
 from .manifest import MANIFEST_CSV, has_manifest
 from .run_start import layout_markers
 
@@ -212,7 +211,7 @@ def write_run_annotations(
         "class_index": list(options.class_index) if options.class_index is not None else None,
         "splits_folder": options.splits_folder,
     }
-    write_bytes_atomic(out_root / OPTIONS_FILE, (json.dumps(record, indent=2) + "\n").encode())
+    write_json(out_root / OPTIONS_FILE, record)
     written["options"] = out_root / OPTIONS_FILE
     return written
 

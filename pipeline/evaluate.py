@@ -25,7 +25,6 @@ and ``epe_occ`` / ``epe_noc`` are always over all pixels they concern.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -42,6 +41,7 @@ from tqdm import tqdm
 from stages.flow_io import atomic_path
 
 from .estimators import Estimator
+from .json_files import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -211,8 +211,7 @@ class EvaluationResult:
             self.pairs.to_parquet(tmp, index=False)
         with atomic_path(paths["sequences.csv"]) as tmp:
             self.sequences.to_csv(tmp, index=False, lineterminator="\n")
-        with atomic_path(paths["summary.json"]) as tmp:
-            tmp.write_text(json.dumps(_json_safe(self.summary), indent=2) + "\n", encoding="utf-8")
+        write_json(paths["summary.json"], self.summary)
         return paths
 
     def table(self) -> str:
@@ -239,19 +238,6 @@ class EvaluationResult:
         ]
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN -> ``None``, numpy scalars -> Python (JSON has no NaN)."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _iter_pairs(data: Any, max_pairs: int | None) -> Iterator[tuple[int, Any]]:

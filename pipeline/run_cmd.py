@@ -35,7 +35,7 @@ from .discovery import find_inputs
 from .executors import EXECUTORS, Execution, WorkerStartupError
 from .run_start import RunStartError
 from .runner import VideoResult
-from .tables import collect_feature_tables
+from .tables import collect_feature_tables, remove_feature_tables
 
 logger = logging.getLogger("motionpipe")
 
@@ -226,6 +226,11 @@ class RunFiles:
             else:
                 if table is not None:
                     click.echo(f"features table: {table}")
+        else:
+            try:
+                remove_feature_tables(self.output)  # an earlier run's, of videos redone now
+            except OSError as exc:
+                self._failed("earlier features table not removed", exc)
         if self.lists is not None:
             videos = [FinishedVideo(r.video_id, r.frames, r.pairs, r.rel_path) for r in finished]
             try:

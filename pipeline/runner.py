@@ -7,7 +7,6 @@ A video's output folder is complete only when its ``meta.json`` exists with
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import platform
@@ -21,7 +20,6 @@ from pathlib import Path, PurePosixPath
 import torch
 from tqdm import tqdm
 
-from models.atomic_files import write_bytes_atomic
 from models.kernel_choice import KERNELS
 from stages.clip_features import ClipFeatureStage
 from stages.decode import DecodeError, iter_chunks, open_video
@@ -33,6 +31,7 @@ from stages.writers import FlowWriters
 
 from .allocator import set_large_block_reuse
 from .config import RunConfig, config_to_dict
+from .json_files import write_json
 from .kernel_cache import load_kernel_choices, save_kernel_choices
 from .logs import VERBOSE, quiet_libraries
 from .manifest import Outcome
@@ -164,7 +163,8 @@ def process_video(
                 set_large_block_reuse(
                     info.width * info.height <= config.flow.on_demand_above_pixels
                 )
-            stages = make_video_stages(config, out_dir, video_id, info.fps or 25.0)
+            fps = config.decode.selected_fps(info.fps or 25.0)  # the previews' frame rate
+            stages = make_video_stages(config, out_dir, video_id, fps)
             writers = stages[0]
             for stage in stages:
                 stage.setup()
@@ -314,5 +314,5 @@ def _write_meta(
         "machine": {**cpu_info(), "torch_threads": torch.get_num_threads()},
         "kernels": KERNELS.used(),
     }
-    write_bytes_atomic(out_dir / "meta.json", json.dumps(meta, indent=2).encode())
+    write_json(out_dir / "meta.json", meta)
     result.outputs["meta"] = str(out_dir / "meta.json")

@@ -14,6 +14,9 @@ from stages.feature_io import read_table, write_table
 
 logger = logging.getLogger(__name__)
 
+#: The run-level features tables, one per ``features.table_format``.
+FEATURE_TABLES = ("features.parquet", "features.csv")
+
 
 def collect_feature_tables(
     out_root: Path,
@@ -28,10 +31,11 @@ def collect_feature_tables(
     ``progress``: a bar over the videos on stderr. Returns the path, or ``None`` when no video
     has a table. The table of an earlier run is replaced, or removed when there is nothing to
     collect or the new one cannot be written (disk full: the ``OSError`` is raised), so it never
-    lists videos this run did not finish.
+    lists videos this run did not finish; one in the other format is removed.
     """
     suffix = "csv" if table_format == "csv" else "parquet"
     target = out_root / f"features.{suffix}"
+    remove_feature_tables(out_root, keep=target)  # an earlier run's table in the other format
     tables = []
     video_ids = list(video_ids)
     bar = tqdm(video_ids, desc="features table", unit="video", disable=not progress)
@@ -50,3 +54,11 @@ def collect_feature_tables(
         raise
     logger.info("features table: %s (%d clips)", target, sum(len(t) for t in tables))
     return target
+
+
+def remove_feature_tables(out_root: Path, *, keep: Path | None = None) -> None:
+    """Removes the run-level features tables (``features.parquet`` / ``.csv``) but ``keep``:
+    what a run that writes no table (or the other format) must not leave behind."""
+    for name in FEATURE_TABLES:
+        if out_root / name != keep:
+            (out_root / name).unlink(missing_ok=True)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import json
 import logging
 import os
 import signal
@@ -38,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from models import create_model
-from models.atomic_files import atomic_path, write_bytes_atomic
+from models.atomic_files import write_bytes_atomic
 from models.losses import flow_metrics, sequence_loss
 from models.raft import RAFT
 from stages.training.datasets import SyntheticPairs
@@ -49,6 +48,7 @@ from stages.training.validation import PHOTO, build_validation_set, resized
 from .allocator import set_large_block_reuse
 from .config import ConfigError, build_config, config_hash, config_to_dict, dump_config
 from .devices import cpu_has_native_bf16, resolve_device
+from .json_files import write_json
 from .run_start import key_differences
 from .train_config import TrainConfig
 from .training_log import RunLog
@@ -257,8 +257,7 @@ def export_weights(
         "bytes": target.stat().st_size,
         "sha256": sha256_file(target),
     }
-    with atomic_path(target.with_suffix(".json")) as tmp:
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
+    write_json(target.with_suffix(".json"), record)
     return record
 
 

@@ -10,6 +10,8 @@ from typing import Any
 
 from models.atomic_files import atomic_path, write_bytes_atomic
 
+from .json_files import dumps
+
 LOG_FILE = "log.jsonl"
 
 
@@ -36,7 +38,7 @@ class RunLog:
         records = read_log(folder) if from_step is not None else []
         kept = [record for record in records if record["step"] <= (from_step or 0)]
         if len(kept) < len(records):
-            lines = "".join(json.dumps(record) + "\n" for record in kept)
+            lines = "".join(dumps(record, indent=None) + "\n" for record in kept)
             write_bytes_atomic(folder / LOG_FILE, lines.encode())
         self.plot_path = folder / "curves.png"
         self.writer = None
@@ -47,7 +49,7 @@ class RunLog:
 
     def write(self, record: dict[str, Any]) -> None:
         with (self.folder / LOG_FILE).open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+            handle.write(dumps(record, indent=None) + "\n")
         if self.writer is not None:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)):

@@ -5,8 +5,10 @@ Artifacts attached to each chunk (``P`` = number of pairs that start in this chu
 - ``pairs``: ``(P, 2)`` int64 decoded-frame indices ``(t, t + k)``.
 - ``flow_fw``: ``(P, 2, H, W)`` float32 CPU tensor, pixels, channel 0 = x, t -> t + k.
 - ``flow_bw``: same for t + k -> t, when ``backward`` is on.
-- ``features``: ``(T, C, H'/8, W'/8)`` float32 CPU tensor of every frame's feature-encoder map
-  (network backends with ``keep_features``), on the padded 1/8 grid.
+- ``features``: ``(T, C, h, w)`` float32 CPU tensor of every frame's feature-encoder map
+  (network backends with ``keep_features``) on the 1/8 grid of the padded frame, less the
+  cells made of padding alone (frames under the pyramid's 64 px minimum are padded by more
+  than a cell): ``h = ceil(H / 8)``, or one more where the padding is split over both sides.
 
 Each frame's encoder outputs are computed once: within a chunk they serve both pairs the frame
 belongs to, and the last ``k`` frames' outputs are carried into the next chunk, whose first
@@ -273,7 +275,8 @@ class FlowStage:
         if self.config.backward:
             chunk.artifacts["flow_bw"] = flows["bw"]
         if self.keep_features:
-            chunk.artifacts["features"] = torch.stack([features[i] for i in indices]).cpu()
+            maps = torch.stack([features[i] for i in indices])
+            chunk.artifacts["features"] = _frame_cells(maps, padder).cpu()
         # keep only what the next chunk's first frames need
         carry.features = {i: f for i, f in carry.features.items() if i in keep}
         carry.contexts = {i: c for i, c in carry.contexts.items() if i in keep}
@@ -479,3 +482,10 @@ def _stack(flows: list[torch.Tensor], chunk: FrameChunk) -> torch.Tensor:
     if not flows:
         return torch.zeros(0, 2, chunk.height, chunk.width)
     return torch.stack(flows).float()
+
+
+def _frame_cells(maps: torch.Tensor, padder: Padder) -> torch.Tensor:
+    """``(T, C, H'/8, W'/8)`` maps of padded frames without the cells that hold only padding."""
+    left, right, top, bottom = (pad // 8 for pad in padder.pads)
+    height, width = maps.shape[-2:]
+    return maps[..., top : height - bottom, left : width - right]

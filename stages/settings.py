@@ -145,6 +145,11 @@ class DecodeConfig:
             f"decode.keep_incomplete must be true or false, got {self.keep_incomplete!r}",
         )
 
+    def selected_fps(self, source_fps: float) -> float:
+        """The rate of the frames this selection delivers from a ``source_fps`` stream
+        (``target_fps`` or the source's, divided by ``stride``): what the previews play at."""
+        return (self.target_fps or source_fps) / self.stride
+
 
 @dataclass(frozen=True)
 class FlowConfig:

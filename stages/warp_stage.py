@@ -93,7 +93,8 @@ def pair_products(
     local = {int(index): n for n, index in enumerate(chunk.indices)}
     unit = frame_tensor(frames, list(range(len(frames))))  # each frame converted once
     flow_fw = chunk.artifacts["flow_fw"]
-    flow_bw = chunk.artifacts.get("flow_bw")
+    # backward flow written for its own sake (--backward) does not switch the test on
+    flow_bw = chunk.artifacts.get("flow_bw") if config.occlusion else None
     for n, (a, b) in enumerate(chunk.artifacts["pairs"]):
         fw = flow_fw[n : n + 1]
         bw = None if flow_bw is None else flow_bw[n : n + 1]
@@ -198,6 +199,7 @@ class WarpStage(VideoOutputStage):
         with atomic_path(self.out_dir / "consistency.parquet", durable=False) as temporary:
             table.to_parquet(temporary, index=False)
         outputs["consistency_table"] = str(self.out_dir / "consistency.parquet")
+        outputs["consistency_csv"] = str(self.out_dir / "consistency.csv")
         if len(table):
             outputs["consistency_plot"] = str(
                 plot_error_over_time(

@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import av
 import numpy as np
 import pandas as pd
 import pytest
@@ -137,6 +138,38 @@ def test_run_writes_warped_frames_masks_and_metrics(copies, tmp_path: Path) -> N
     # the occlusion test's backward flow is written only when --backward asks for it
     assert not (video / "flow_bw.npy").exists()
     assert "npy_bw" not in json.loads((video / "meta.json").read_text())["outputs"]
+
+
+def _strict_json(path: Path) -> dict:
+    """JSON as strict parsers (JavaScript, jq --strict) read it: no NaN / Infinity words."""
+
+    def refuse(word: str) -> None:
+        raise ValueError(f"{path} holds {word}, which is not JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_occlusion_off_stays_off_with_backward_flow_and_previews_play_at_the_kept_rate(
+    copies, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        main,
+        ["-q", "run", str(copies["source"]), "-o", str(out), "--model", "dis", "--no-progress",
+         "--backward", "--formats", "npy,viz", "--set", "warp.enabled=true",
+         "--set", "warp.occlusion=false", "--set", "decode.stride=2"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    video = out / "source"
+    assert (video / "flow_bw.npy").is_file() and not (video / "occlusion").exists()
+    table = pd.read_csv(video / "consistency.csv")
+    assert table["occluded_fraction"].isna().all()
+    meta = _strict_json(video / "meta.json")
+    assert meta["summary"]["warp"]["occluded_fraction"] is None  # NaN is written as null
+    assert meta["outputs"]["consistency_csv"] == "source/consistency.csv"
+    for preview in ("warped.mp4", "viz.mp4"):  # every 2nd frame: half the source's rate
+        with av.open(str(video / preview)) as container:
+            assert container.streams.video[0].average_rate == round(meta["fps"] / 2), preview
 
 
 def test_ratio_of_two_zero_errors_is_one() -> None:

@@ -82,6 +82,17 @@ def test_each_frame_is_encoded_once(network, monkeypatch) -> None:
     assert result["features"].shape[0] == 9 + 2
 
 
+@pytest.mark.parametrize(("height", "width", "cells"), [(48, 64, (6, 8)), (50, 70, (8, 9))])
+def test_encoder_maps_leave_out_cells_of_padding_alone(network, height, width, cells) -> None:
+    """Frames under the pyramid's 64 px minimum are padded by more than a cell: those cells
+    carry no image and are not handed to the feature stage (48 px: 8 px of padding above and
+    below; 50 px: 7 px each side, which still holds image)."""
+    frames = [DecodedFrame(index=i, pts=i / 25, rgb=pattern_frame(i, width, height))
+              for i in range(3)]  # fmt: skip
+    stage = FlowStage(model="raft-small", network=network, iters=1, keep_features=True)
+    assert _run(stage, frames, chunk_size=3)["features"].shape[-2:] == cells
+
+
 @pytest.mark.parametrize(("batch_pairs", "cpu_workers"), [(1, 1), (2, 1), (1, 2), (2, 2)])
 def test_gma_contexts_are_computed_once_and_released(
     parity_dir: Path, monkeypatch, batch_pairs: int, cpu_workers: int

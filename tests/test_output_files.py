@@ -202,6 +202,21 @@ def test_a_run_without_finished_videos_leaves_no_earlier_table_or_list(tmp_path:
     assert not (out / "a").exists()
 
 
+def test_a_run_leaves_no_features_table_it_did_not_write(tmp_path: Path) -> None:
+    video = write_video(tmp_path / "a.mkv", width=64, height=48, num_frames=10)
+    out = tmp_path / "out"
+    assert _run_dis(video, out, *_jpg_features()).exit_code == 0
+    assert (out / "features.parquet").is_file()
+    as_csv = _run_dis(
+        video, out, *_jpg_features("--overwrite", "--set", "features.table_format=csv")
+    )
+    assert as_csv.exit_code == 0, as_csv.output
+    assert (out / "features.csv").is_file() and not (out / "features.parquet").exists()
+    without = _run_dis(video, out, "--formats", "npy", "--overwrite")
+    assert without.exit_code == 0, without.output
+    assert not list(out.glob("features.*"))
+
+
 def test_run_level_files_are_written_under_the_lock(tmp_path: Path) -> None:
     video = write_video(tmp_path / "a.mkv", width=64, height=48, num_frames=6)
     out = tmp_path / "out"
