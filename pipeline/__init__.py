@@ -1,7 +1,8 @@
 """Orchestration: configuration, inputs, runs, executors, manifest and the CLI.
 
 Configuration: ``config``, ``train_config``, ``devices``, ``model_choice``, ``estimators``.
-Inputs and outputs: ``discovery``, ``images``, ``example``, ``manifest``, ``tables``. Running:
+Inputs and outputs: ``discovery``, ``images``, ``example``, ``manifest``, ``tables``,
+``json_files`` (strict JSON: NaN as null). Running:
 ``run_start``, ``runner`` (the stages over one video), ``batch`` (many videos: lock,
 failure policy), ``resume`` (what ``--resume`` keeps), ``executors`` (the contract,
 in-process), ``worker_processes``, ``ray_executor``, ``overlap``, ``allocator``. Commands:
