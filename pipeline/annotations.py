@@ -193,11 +193,17 @@ def write_rawframe_lists(
         written["mmaction2_config"] = _write(root / MMACTION2_SNIPPET, snippet.encode())
     except OSError:
         with contextlib.suppress(OSError):  # a folder made read-only keeps what it has
-            for stale in [*root.glob(SPLIT_LIST_GLOB), FLOW_LIST, RGB_LIST, CLASSES]:
-                (root / stale).unlink(missing_ok=True)
-            (root / MMACTION2_SNIPPET).unlink(missing_ok=True)
+            remove_rawframe_lists(root)
         raise
     return written
+
+
+def remove_rawframe_lists(out_root: str | Path) -> None:
+    """Removes every list :func:`write_rawframe_lists` writes (and its mmaction2 snippet): a
+    run that writes none must not leave an earlier run's, naming folders it replaced."""
+    root = Path(out_root)
+    for name in [*root.glob(SPLIT_LIST_GLOB), FLOW_LIST, RGB_LIST, CLASSES, MMACTION2_SNIPPET]:
+        (root / name).unlink(missing_ok=True)
 
 
 def split_keys(videos: Iterable[FinishedVideo]) -> dict[str, str]:

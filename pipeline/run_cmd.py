@@ -10,8 +10,9 @@ from pathlib import Path
 
 import click
 
-from .annotations import FinishedVideo, ListOptions
+from .annotations import FinishedVideo, ListOptions, remove_rawframe_lists
 from .annotations_cmd import (
+    OPTIONS_FILE,
     ListRequest,
     check_lists,
     describe,
@@ -231,7 +232,13 @@ class RunFiles:
                 remove_feature_tables(self.output)  # an earlier run's, of videos redone now
             except OSError as exc:
                 self._failed("earlier features table not removed", exc)
-        if self.lists is not None:
+        if self.lists is None:  # no jpg output: no lists, nor an earlier run's
+            try:
+                remove_rawframe_lists(self.output)
+                (self.output / OPTIONS_FILE).unlink(missing_ok=True)
+            except OSError as exc:
+                self._failed("earlier annotation lists not removed", exc)
+        else:
             videos = [FinishedVideo(r.video_id, r.frames, r.pairs, r.rel_path) for r in finished]
             try:
                 written = write_run_annotations(self.output, self.config, videos, self.lists)

@@ -202,7 +202,7 @@ def test_a_run_without_finished_videos_leaves_no_earlier_table_or_list(tmp_path:
     assert not (out / "a").exists()
 
 
-def test_a_run_leaves_no_features_table_it_did_not_write(tmp_path: Path) -> None:
+def test_a_run_leaves_no_table_or_list_it_did_not_write(tmp_path: Path) -> None:
     video = write_video(tmp_path / "a.mkv", width=64, height=48, num_frames=10)
     out = tmp_path / "out"
     assert _run_dis(video, out, *_jpg_features()).exit_code == 0
@@ -212,9 +212,12 @@ def test_a_run_leaves_no_features_table_it_did_not_write(tmp_path: Path) -> None
     )
     assert as_csv.exit_code == 0, as_csv.output
     assert (out / "features.csv").is_file() and not (out / "features.parquet").exists()
+    assert (out / "rawframes_flow.txt").is_file()
     without = _run_dis(video, out, "--formats", "npy", "--overwrite")
     assert without.exit_code == 0, without.output
-    assert not list(out.glob("features.*"))
+    assert not list(out.glob("features.*"))  # nor the lists of rawframes folders now gone
+    assert not list(out.glob("rawframes*")) and not (out / "mmaction2_rawframes.py").exists()
+    assert not (out / "annotation_options.json").exists()
 
 
 def test_run_level_files_are_written_under_the_lock(tmp_path: Path) -> None:
