@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import click
 
 from .logs import configure_logging
+from .startup import imports
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,8 @@ class LazyGroup(click.Group):
         entry = COMMANDS.get(cmd_name)
         if entry is None:
             return None
-        return getattr(importlib.import_module(entry.module), entry.attribute)
+        with imports():
+            return getattr(importlib.import_module(entry.module), entry.attribute)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         """The command list of ``--help`` from the summaries, shortened as click does."""

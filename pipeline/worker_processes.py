@@ -14,6 +14,7 @@ import ctypes
 import logging
 import multiprocessing
 import os
+import pickle
 import signal
 import sys
 import threading
@@ -38,6 +39,7 @@ from .executors import (
 )
 from .run_start import Estimator
 from .runner import VideoResult, build_flow_session
+from .startup import worker_entry
 
 logger = logging.getLogger(__name__)
 
@@ -173,10 +175,10 @@ class ProcessExecutor(Executor):
 
     def _start(self, number: int) -> _Worker:
         parent_conn, child_conn = self._context.Pipe()
-        process = self._context.Process(
-            target=_worker_main,
-            args=(
-                child_conn,
+        # the arguments travel pickled: the worker imports what they need under
+        # startup.imports (the collector off), not while multiprocessing unpickles them
+        payload = pickle.dumps(
+            (
                 self.config,
                 self.devices[number],
                 number,
@@ -186,7 +188,11 @@ class ProcessExecutor(Executor):
                 self._threads,
                 self.estimator,
                 self.job,
-            ),
+            )
+        )
+        process = self._context.Process(
+            target=worker_entry,
+            args=(child_conn, payload),
             name=f"motionpipe-worker-{number}",
             daemon=True,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from models import create_model
 from models.weights import WEIGHTS
 from pipeline.cli import COMMANDS, main
 from pipeline.images import read_rgb
+from pipeline.startup import imports
 from stages.decode import DecodeConfig, open_video
 from stages.flow_jpeg import dequantize_flow
 from stages.flow_viz import caption_height, legend_width
@@ -247,3 +249,18 @@ def test_help_lists_every_command_without_loading_torch() -> None:
         assert command is not None and command.name == name
         assert entry.summary == command.get_short_help_str(limit=10_000), name
         assert f"  {name} " in shown
+
+
+def test_startup_imports_leave_the_collector_as_they_found_it() -> None:
+    frozen = gc.get_freeze_count()
+    try:
+        with imports():
+            assert not gc.isenabled()
+            made = [[n] for n in range(1000)]  # what an import would create
+        assert gc.isenabled() and gc.get_freeze_count() >= frozen + len(made)
+        gc.disable()
+        with imports():
+            pass
+        assert not gc.isenabled()  # a collector that was off stays off
+    finally:
+        gc.enable()
