@@ -127,13 +127,17 @@ def write_rawframe_lists(
     *,
     rgb: bool,
     options: ListOptions | None = None,
+    all_video_ids: Iterable[str] | None = None,
 ) -> dict[str, Path]:
     """Writes the annotation lists, ``classes.txt``, the split lists and the mmaction2
     snippet (see the module docstring) for ``videos`` into ``out_root``; returns
     ``{name: path}`` of what was written (split lists as ``"split:<name>"``).
 
-    Labels are written only when every listed video has a class folder at
-    ``options.label_level``; otherwise every label is -1 and a warning says why. Files of an
+    ``all_video_ids``: every input of the run, finished or not (default: ``videos``'). Classes
+    are numbered over them, so a class whose videos all failed keeps its place and the labels
+    do not change when a later ``--resume`` finishes them. Labels are written only when every
+    video has a class folder at ``options.label_level``; otherwise every label is -1 and a
+    warning says why. Files of an
     earlier run that this one does not write (``classes.txt`` without labels, the RGB list
     without RGB frames, split lists) are removed, so the folder never mixes two runs' lists.
 
@@ -155,10 +159,11 @@ def write_rawframe_lists(
             len(spaced),
             spaced[0].video_id,
         )
-    unknown = unknown_classes((v.video_id for v in listed), options)
+    everyone = sorted({*(v.video_id for v in listed), *(all_video_ids or ())})
+    unknown = unknown_classes(everyone, options)
     if unknown:
         raise ValueError(f"classes missing from the class index: {', '.join(unknown)}")
-    classes = _classes(listed, options)
+    classes = _classes(everyone, options)
     labels = {name: n for n, name in enumerate(classes or [])}
     rgb_count = (lambda v: v.pairs) if layout.rgb_ends_pairs else (lambda v: v.frames)
 
@@ -172,8 +177,8 @@ def write_rawframe_lists(
     by_id = {video.video_id: video for video in listed}
     assigned = assign_to_splits(split_keys(listed), options.splits)  # may raise: nothing written
     _warn_about_splits(assigned, options)
-    for stale in [*root.glob(SPLIT_LIST_GLOB), RGB_LIST, CLASSES]:
-        (root / stale).unlink(missing_ok=True)
+    for stale in [*root.glob(SPLIT_LIST_GLOB), root / RGB_LIST, root / CLASSES]:
+        stale.unlink(missing_ok=True)  # glob's paths include root (relative ones too)
     try:  # a full disk: no list at all rather than a mix of two runs' lists
         written: dict[str, Path] = {}
         written["flow_list"] = _write(root / FLOW_LIST, lines(listed, lambda v: v.pairs))
@@ -202,8 +207,9 @@ def remove_rawframe_lists(out_root: str | Path) -> None:
     """Removes every list :func:`write_rawframe_lists` writes (and its mmaction2 snippet): a
     run that writes none must not leave an earlier run's, naming folders it replaced."""
     root = Path(out_root)
-    for name in [*root.glob(SPLIT_LIST_GLOB), FLOW_LIST, RGB_LIST, CLASSES, MMACTION2_SNIPPET]:
-        (root / name).unlink(missing_ok=True)
+    named = [root / name for name in (FLOW_LIST, RGB_LIST, CLASSES, MMACTION2_SNIPPET)]
+    for path in [*root.glob(SPLIT_LIST_GLOB), *named]:
+        path.unlink(missing_ok=True)
 
 
 def split_keys(videos: Iterable[FinishedVideo]) -> dict[str, str]:
@@ -226,13 +232,13 @@ def _warn_about_splits(assigned: SplitMembers, options: ListOptions) -> None:
             )
 
 
-def _classes(videos: list[FinishedVideo], options: ListOptions) -> list[str] | None:
+def _classes(video_ids: list[str], options: ListOptions) -> list[str] | None:
     """Class names in label order, or ``None`` when labels are off or some video has no class
     folder."""
     level = options.label_level
-    if level <= 0 or not videos:
+    if level <= 0 or not video_ids:
         return None
-    names = {video.video_id: class_of(video.video_id, level) for video in videos}
+    names = {video_id: class_of(video_id, level) for video_id in video_ids}
     missing = [video_id for video_id, name in names.items() if name is None]
     if missing:
         logger.warning(

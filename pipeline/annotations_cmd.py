@@ -191,10 +191,15 @@ def check_lists(videos: list[FinishedVideo], options: ListOptions) -> None:
 
 
 def write_run_annotations(
-    out_root: Path, config: RunConfig, videos: Iterable[FinishedVideo], options: ListOptions
+    out_root: Path,
+    config: RunConfig,
+    videos: Iterable[FinishedVideo],
+    options: ListOptions,
+    all_video_ids: Iterable[str],
 ) -> dict[str, Path]:
     """The lists of :mod:`pipeline.annotations` for a run with ``config`` (its jpg layout for
-    its pair gap and whether RGB frames were written).
+    its pair gap and whether RGB frames were written): ``videos`` are the finished ones,
+    ``all_video_ids`` every input, which the class numbers are taken over.
 
     Raises:
         ValueError: see :func:`pipeline.annotations.write_rawframe_lists`.
@@ -205,6 +210,7 @@ def write_run_annotations(
         config.output.jpg_layout.for_gap(config.flow.gap),
         rgb=config.output.write_rgb,
         options=options,
+        all_video_ids=all_video_ids,
     )
     record = {
         "label_level": options.label_level,
@@ -253,7 +259,9 @@ def annotations_command(output: Path, list_request: ListRequest) -> None:
     check_layout(output, config, videos)
     options = resolve_list_options(list_request, output, reuse=True)
     try:  # nothing is written when the lists cannot be
-        written = write_run_annotations(output, config, videos, options)
+        written = write_run_annotations(
+            output, config, videos, options, [str(v) for v in table["video_id"]]
+        )
     except (OSError, ValueError) as exc:  # SplitFileError included; OSError: disk full
         raise click.ClickException(f"annotation lists not written: {exc}") from None
     click.echo(describe(written))

@@ -241,7 +241,10 @@ class RunFiles:
         else:
             videos = [FinishedVideo(r.video_id, r.frames, r.pairs, r.rel_path) for r in finished]
             try:
-                written = write_run_annotations(self.output, self.config, videos, self.lists)
+                everyone = [r.video_id for r in results]  # class numbers over all inputs
+                written = write_run_annotations(
+                    self.output, self.config, videos, self.lists, everyone
+                )
             except (OSError, ValueError) as exc:  # SplitFileError included
                 self._failed("annotation lists not written", exc)
             else:

@@ -21,6 +21,7 @@ from PIL import Image
 from pipeline.annotations import class_of, flow_filename_template
 from pipeline.cli import main
 from stages.flow_jpeg import FLOW_JPEG_PRESETS
+from tests.conftest import REPO_ROOT
 from tests.media import pattern_frame, write_video
 
 # class -> clips (frames); a space in a file name cannot be listed (mmaction2 splits on it)
@@ -320,3 +321,31 @@ def test_annotations_refuses_videos_written_with_an_older_frame_layout(tree, tmp
     result = CliRunner().invoke(main, ["annotations", str(out)])
     assert result.exit_code == 1 and "earlier motionpipe" in result.output
     assert "--resume" in result.output
+
+
+def test_class_numbers_cover_failed_videos_in_a_relative_output_folder(
+    tmp_path, monkeypatch
+) -> None:
+    """A class whose only video failed keeps its number, so --resume after fixing it does not
+    renumber the others; stale split lists go also when OUTPUT is a relative path."""
+    for label in ("Archery", "Bowling"):
+        (tmp_path / "videos" / label).mkdir(parents=True)
+    broken = tmp_path / "videos" / "Archery" / "a.mkv"
+    broken.write_bytes(b"not a video")
+    write_video(tmp_path / "videos" / "Bowling" / "b.mkv", width=32, height=32, num_frames=3)
+    monkeypatch.chdir(tmp_path)
+    config = str(REPO_ROOT / "configs" / "action-recognition.yaml")
+    command = ["-q", "run", "videos", "-o", "out", "--config", config, "--model", "dis",
+               "--workers", "0", "--no-progress"]  # fmt: skip
+    assert CliRunner().invoke(main, command).exit_code == 1  # Archery's video failed
+    assert Path("out/classes.txt").read_text() == "Archery\nBowling\n"
+    assert _read_list(Path("out/rawframes_flow.txt")) == [("Bowling/b/rawframes", 2, 1)]
+    write_video(broken, width=32, height=32, num_frames=3)
+    assert CliRunner().invoke(main, [*command, "--resume"]).exit_code == 0
+    assert _read_list(Path("out/rawframes_flow.txt")) == [
+        ("Archery/a/rawframes", 2, 0), ("Bowling/b/rawframes", 2, 1)
+    ]  # fmt: skip
+    Path("out/rawframes_flow_train_split1.txt").write_text("left by an earlier run\n")
+    result = CliRunner().invoke(main, ["annotations", "out"])
+    assert result.exit_code == 0, result.output
+    assert not list(Path("out").glob("rawframes_*split*.txt"))
