@@ -111,15 +111,13 @@ def build_estimator(
     ``refine`` as ``flow.refine`` (:mod:`stages.flow_refine`).
 
     Raises:
-        ValueError: ``checkpoint`` with ``auto`` / ``dis``, an unknown model or device.
+        ValueError: ``checkpoint`` with ``dis``, an unknown model or device.
         models.CheckpointError: the checkpoint cannot be found or loaded.
     """
     if model == "dis":
         if checkpoint is not None:
             raise ValueError("--checkpoint does not apply to model dis")
         return DisEstimator()
-    if model == "auto" and checkpoint is not None:
-        raise ValueError("--checkpoint needs an explicit --model (not auto)")
     choice = choose_model(FlowConfig(model=model, checkpoint=checkpoint))
     if choice.model == "dis":
         return DisEstimator(notice=choice.notice)

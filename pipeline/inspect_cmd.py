@@ -8,9 +8,8 @@ from pathlib import Path
 import click
 
 from models import CORR_KINDS, PAD_MODES, CheckpointError, create_model
-from models.checkpoint_io import infer_architecture, load_checkpoint
 from models.raft import ARCHS
-from models.weights import WEIGHTS, default_checkpoint
+from models.weights import default_checkpoint
 from stages.decode import DecodeError
 
 from .cli_common import checkpoint_option, device_option, iters_option
@@ -26,7 +25,7 @@ from .inspect import (
     read_video_pair,
     save_arrays,
 )
-from .model_choice import RANDOM_WEIGHTS, choose_model
+from .model_choice import RANDOM_WEIGHTS, architecture_of, choose_model
 
 logger = logging.getLogger(__name__)
 
@@ -70,16 +69,9 @@ def _load_pair(images: tuple[Path, ...], video: Path | None, frame: int):
 
 
 def _architecture_of(checkpoint: str) -> str:
-    """The architecture a ``--checkpoint`` given without ``--model`` belongs to: a registry
-    entry's, or the one a file's weights fit."""
-    if checkpoint in WEIGHTS:
-        return WEIGHTS[checkpoint].arch
-    if checkpoint == RANDOM_WEIGHTS:
-        raise click.BadParameter(
-            "random weights need an explicit --model", param_hint="--checkpoint"
-        )
+    """The architecture a ``--checkpoint`` given without ``--model`` belongs to."""
     try:
-        return infer_architecture(load_checkpoint(checkpoint))
+        return architecture_of(checkpoint)
     except (CheckpointError, ValueError) as exc:
         raise click.BadParameter(str(exc), param_hint="--checkpoint") from None
 

@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 
 from models import CheckpointError
+from models.checkpoint_io import infer_architecture, load_checkpoint
 from models.weights import WEIGHTS, auto_order, default_checkpoint, resolve_checkpoint
 
 from .config import FlowConfig
@@ -30,7 +31,8 @@ def choose_model(flow: FlowConfig) -> ModelChoice:
 
     An explicit model without a checkpoint uses the architecture's default checkpoint (the
     registry entry marked ``default``); ``checkpoint: random`` gives untrained weights.
-    ``auto`` never downloads: it takes the first checkpoint of the registry's ``auto`` order
+    ``auto`` with a checkpoint takes the checkpoint's architecture (:func:`architecture_of`).
+    ``auto`` alone never downloads: it takes the first checkpoint of the registry's ``auto`` order
     (:func:`models.weights.auto_order`) that is available locally: an official checkpoint in
     the cache (Sintel-finetuned RAFT first: it generalises best to real video among the released
     weights), else the model that ships inside the package, else OpenCV DIS with a notice.
@@ -47,8 +49,8 @@ def choose_model(flow: FlowConfig) -> ModelChoice:
             logger.warning("flow.checkpoint: random -- untrained weights, the flow is meaningless")
             return ModelChoice(flow.model, None)
         return ModelChoice(flow.model, flow.checkpoint or default_checkpoint(flow.model))
-    if flow.checkpoint is not None:
-        raise ValueError("flow.checkpoint needs an explicit flow.model (not auto)")
+    if flow.checkpoint is not None:  # auto with a checkpoint: the checkpoint's architecture
+        return ModelChoice(architecture_of(flow.checkpoint), flow.checkpoint)
     problems = []
     for spec in auto_order():
         try:
@@ -67,3 +69,20 @@ def choose_model(flow: FlowConfig) -> ModelChoice:
     )
     logger.warning(notice)
     return ModelChoice("dis", None, notice)
+
+
+def architecture_of(checkpoint: str) -> str:
+    """The architecture ``checkpoint`` belongs to: a registry entry's, or the one a file's
+    weights fit (the file is read to tell).
+
+    Raises:
+        ValueError: ``random`` (untrained weights of which architecture?).
+        models.CheckpointError: a file that cannot be read or fits no architecture.
+    """
+    if checkpoint in WEIGHTS:
+        return WEIGHTS[checkpoint].arch
+    if checkpoint == RANDOM_WEIGHTS:
+        raise ValueError(
+            "checkpoint 'random' (untrained weights) needs an explicit --model / flow.model"
+        )
+    return infer_architecture(load_checkpoint(checkpoint))

@@ -162,6 +162,15 @@ def test_pair_writes_the_flow_and_its_picture(tmp_path: Path) -> None:
     drawn = cv2.imread(str(picture))
     assert drawn.shape[0] == HEIGHT and drawn.shape[1] > WIDTH  # flow, then the colour key
     assert not list(tmp_path.glob(".*.tmp"))
+    # --checkpoint without --model (auto) brings its own architecture, named or a file
+    exported = tmp_path / "mine.pth"
+    torch.save(create_model("raft-small").state_dict(), exported)
+    for checkpoint in ("motionpipe-small-v3", str(exported)):
+        result = _invoke(["pair", *images, "-o", str(flow_file), "--iters", "1",
+                          "--checkpoint", checkpoint])  # fmt: skip
+        assert result.exit_code == 0, result.output  # a file of raft-small weights loads
+    refused = _invoke(["pair", *images, "-o", str(flow_file), "--checkpoint", "random"])
+    assert refused.exit_code == 1 and "needs an explicit --model" in refused.output
 
 
 def test_pair_and_example_refuse_unusable_output_paths_before_any_work(tmp_path: Path) -> None:
