@@ -214,7 +214,7 @@ def inspect_pair(
     cells = pixel_cells(pixel_array, pads)
 
     def as_input(rgb: np.ndarray) -> torch.Tensor:
-        tensor = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]
+        tensor = torch.as_tensor(np.array(rgb, copy=True)).permute(2, 0, 1)[None]  # read-only ok
         return padder.pad(tensor.to(device=device, dtype=torch.float32))
 
     first, second = as_input(image1), as_input(image2)
