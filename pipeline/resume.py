@@ -16,7 +16,13 @@ import pandas as pd
 
 from .discovery import VideoJob
 from .manifest import MANIFEST_CSV, has_manifest, read_manifest
-from .run_start import Estimator, RunStartError, describe_estimator, key_differences
+from .run_start import (
+    LATER_SETTINGS,
+    Estimator,
+    RunStartError,
+    describe_estimator,
+    key_differences,
+)
 from .runner import input_fingerprint
 
 
@@ -36,7 +42,20 @@ def _why_redone(meta: dict, key: dict) -> str:
     old = meta.get("results_key")
     if not isinstance(old, dict):
         return "made by an earlier motionpipe version (its meta.json has no results_key)"
+    old, key = _with_later_defaults(old), _with_later_defaults(key)
     return ", ".join(key_differences(old, key)) or "its meta.json records another results hash"
+
+
+def _with_later_defaults(key: dict) -> dict:
+    """``key`` with the :data:`LATER_SETTINGS` a results key leaves out at their default filled
+    in, so that a change reads ``False -> True``, not ``None -> True``."""
+    filled = {
+        name: dict(value) if isinstance(value, dict) else value for name, value in key.items()
+    }
+    for section, name, default in LATER_SETTINGS:
+        if isinstance(filled.get(section), dict):
+            filled[section].setdefault(name, default)
+    return filled
 
 
 def plan_resume(

@@ -165,6 +165,11 @@ def test_resume_keeps_videos_when_only_speed_settings_change(
     assert not read_manifest(out)["reused"].any()
     assert "2 finished video(s) will be computed again" in changed.output
     assert "flow.iters 1 -> 2" in changed.output
+    # a setting results keys leave out at its default reads as that default, not None
+    later = _invoke([*args, "--resume", "--device", "cpu", "--iters", "2",
+                     "--set", "warp.enabled=true", "--set", "warp.count_outside=true"])  # fmt: skip
+    assert later.exit_code == 0, later.output
+    assert "warp.count_outside False -> True" in later.output
 
 
 def test_auto_resolving_to_a_new_checkpoint_never_mixes_estimators(
