@@ -241,7 +241,10 @@ def _classes(video_ids: list[str], options: ListOptions) -> list[str] | None:
     names = {video_id: class_of(video_id, level) for video_id in video_ids}
     missing = [video_id for video_id, name in names.items() if name is None]
     if missing:
-        logger.warning(
+        # a tree where no video has a class folder is simply unlabelled (one file, a flat
+        # folder): said quietly; a tree where only some lack one is likely a mistake
+        logger.log(
+            logging.WARNING if len(missing) < len(names) else logging.INFO,
             "annotation lists without labels (-1): %d video(s) have no folder %d level(s) "
             "above them (e.g. %r), so the inputs are not laid out one folder per class at "
             "that level (--label-level)",

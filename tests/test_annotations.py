@@ -107,9 +107,10 @@ def test_every_listed_frame_resolves_with_the_loader_path_rule(tree, tmp_path, p
 
 def test_label_level_and_trees_without_class_folders(tree, tmp_path) -> None:
     out = tmp_path / "flat"
-    _run(tree / "jump", out)  # the clips lie at the input root: no class folder
+    result = _run(tree / "jump", out)  # the clips lie at the input root: no class folder
     assert [r[2] for r in _read_list(out / "rawframes_flow.txt")] == [-1, -1]
     assert not (out / "classes.txt").exists()
+    assert "without labels" not in result.output  # an unlabelled tree: no warning (-q shows them)
     out = tmp_path / "none"
     _run(tree, out, "--label-level", "0")
     assert [r[2] for r in _read_list(out / "rawframes_flow.txt")] == [-1] * 3
