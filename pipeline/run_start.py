@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from models import CheckpointError, create_model
+from models.weights import WEIGHTS
 from stages.flow_refine import resolve_refine
 
 from .config import RunConfig, config_to_dict
@@ -136,12 +137,23 @@ def resolve_estimator(config: RunConfig, *, device_here: bool = True) -> Estimat
                 choice.model, checkpoint=choice.checkpoint, device="cpu", download=flow.download
             )
         except (CheckpointError, ValueError, OSError) as exc:
+            chosen = ""
+            if flow.model == "auto" and flow.checkpoint is None:  # a damaged file in the cache
+                chosen = (
+                    f" (model 'auto' chose it from the cache: delete the file, or choose a "
+                    f"model, e.g. --model {_shipped_arch()} for the shipped one)"
+                )
             raise RunStartError(
-                f"checkpoint {choice.checkpoint!r} for {choice.model}: {_one_line(exc)}"
+                f"checkpoint {choice.checkpoint!r} for {choice.model}: {_one_line(exc)}{chosen}"
             ) from None
         sha256 = network.checkpoint_info.sha256
         del network
     return Estimator(choice.model, choice.checkpoint, sha256, choice.notice, device_type)
+
+
+def _shipped_arch() -> str:
+    """The architecture of the model that ships in the package."""
+    return next(spec.arch for spec in WEIGHTS.values() if spec.bundled)
 
 
 def check_loaded_checkpoint(estimator: Estimator, info: Any) -> None:

@@ -211,6 +211,25 @@ def test_auto_resolving_to_a_new_checkpoint_never_mixes_estimators(
     assert "notice:" not in resumed.output  # no stale fallback notice
 
 
+def test_a_damaged_checkpoint_auto_chose_says_where_it_came_from(
+    tmp_path: Path, empty_cache: Path
+) -> None:
+    spec = next(
+        (s for s in auto_order() if not s.bundled and s.sha256 is None and not s.sha256_prefix),
+        None,
+    )
+    if spec is None:
+        pytest.skip("every cached auto checkpoint is hashed: a damaged one is skipped")
+    (empty_cache / spec.file_name).write_text("<html>a captive portal's error page</html>")
+    _video(tmp_path / "a.mkv")
+    result = _invoke(["run", str(tmp_path / "a.mkv"), "-o", str(tmp_path / "out"),
+                      "--workers", "0", "--no-progress"])  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert f"checkpoint {spec.name!r}" in result.output
+    assert "model 'auto' chose it from the cache: delete the file" in result.output
+    assert "--model raft-small-convex" in result.output and not (tmp_path / "out").exists()
+
+
 def test_videos_left_behind_with_another_estimator_refuse_the_run(
     tmp_path: Path, parity_dir: Path, two_videos: Path
 ) -> None:
