@@ -25,7 +25,7 @@ from .inspect import (
     read_video_pair,
     save_arrays,
 )
-from .model_choice import RANDOM_WEIGHTS, architecture_of, choose_model
+from .model_choice import RANDOM_WEIGHTS, choose_model
 
 logger = logging.getLogger(__name__)
 
@@ -66,14 +66,6 @@ def _load_pair(images: tuple[Path, ...], video: Path | None, frame: int):
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     return first, second, f"{images[0]} -> {images[1]}"
-
-
-def _architecture_of(checkpoint: str) -> str:
-    """The architecture a ``--checkpoint`` given without ``--model`` belongs to."""
-    try:
-        return architecture_of(checkpoint)
-    except (CheckpointError, ValueError) as exc:
-        raise click.BadParameter(str(exc), param_hint="--checkpoint") from None
 
 
 @click.command("inspect")
@@ -144,10 +136,11 @@ def inspect(
                 f"{gt} is {truth[0].shape[1]}x{truth[0].shape[0]}, the frames {width}x{height}",
                 param_hint="--gt",
             )
-    if model == "auto" and checkpoint is not None:
-        model = _architecture_of(checkpoint)
-    if model == "auto":
-        choice = choose_model(FlowConfig(model="auto"))
+    if model == "auto":  # with --checkpoint: its architecture; else as run chooses
+        try:
+            choice = choose_model(FlowConfig(model="auto", checkpoint=checkpoint))
+        except (CheckpointError, ValueError) as exc:
+            raise click.BadParameter(str(exc), param_hint="--checkpoint") from None
         if choice.model == "dis":  # no network at hand offline
             raise click.ClickException(choice.notice or "no network checkpoint available")
         model, checkpoint = choice.model, choice.checkpoint
