@@ -35,11 +35,12 @@ class RunLog:
 
     def __init__(self, folder: Path, *, from_step: int | None = None) -> None:
         self.folder = folder
-        records = read_log(folder) if from_step is not None else []
-        kept = [record for record in records if record["step"] <= (from_step or 0)]
-        if len(kept) < len(records):
-            lines = "".join(dumps(record, indent=None) + "\n" for record in kept)
-            write_bytes_atomic(folder / LOG_FILE, lines.encode())
+        if from_step is not None:
+            records = read_log(folder)
+            kept = [record for record in records if record["step"] <= from_step]
+            if len(kept) < len(records):
+                lines = "".join(dumps(record, indent=None) + "\n" for record in kept)
+                write_bytes_atomic(folder / LOG_FILE, lines.encode())
         self.plot_path = folder / "curves.png"
         self.writer = None
         with contextlib.suppress(Exception):  # TensorBoard is optional
