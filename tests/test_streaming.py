@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
 
-from stages.streaming import PREVIEW_PRESET, Mp4Writer, StackedNpyWriter
+from stages.streaming import PREVIEW_PRESET, Mp4Writer, StackedNpyWriter, preview_rate
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".npz"])
@@ -52,3 +53,21 @@ def test_previews_decode_to_the_frames_written(tmp_path: Path, preset: str | Non
         assert error < 3, error
     cabac = b"cabac=0" if (preset or PREVIEW_PRESET) == "ultrafast" else b"cabac=1"
     assert cabac in _x264_settings(path)
+
+
+@pytest.mark.parametrize(
+    ("fps", "rate"),
+    [(30000 / 1001, Fraction(30000, 1001)), (25 / 3, Fraction(25, 3)), (0.5, Fraction(1, 2)),
+     (25.0, Fraction(25)), (0.0, Fraction(25)), (float("nan"), Fraction(25))],
+)  # fmt: skip
+def test_previews_play_at_the_exact_rate(tmp_path: Path, fps: float, rate: Fraction) -> None:
+    """NTSC and stride-divided rates are not rounded to whole frames per second."""
+    assert preview_rate(fps) == rate
+    writer = Mp4Writer(tmp_path / "preview.mp4", fps)
+    for value in range(0, 240, 24):
+        writer.write(np.full((16, 16, 3), value, np.uint8))
+    with av.open(str(writer.close())) as container:
+        stream = container.streams.video[0]
+        assert stream.average_rate == rate
+        times = [frame.time for frame in container.decode(stream)]
+    assert times[-1] == pytest.approx(9 / rate, abs=1e-3)
