@@ -240,13 +240,13 @@ class EvaluationResult:
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-def _iter_pairs(data: Any, max_pairs: int | None) -> Iterator[tuple[int, Any]]:
+def _iter_pairs(data: Any, max_pairs: int | None, every_pixel: bool) -> Iterator[tuple[int, Any]]:
     """``(index, pair)`` of a reader (raw ``pair(i)``, never the augmented sample) or of any
     iterable of pair-like objects."""
     if hasattr(data, "pair") and hasattr(data, "__len__"):
         count = len(data) if max_pairs is None else min(len(data), max_pairs)
         for index in range(count):
-            yield index, data.pair(index)
+            yield index, data.pair(index, every_pixel=True) if every_pixel else data.pair(index)
         return
     for index, pair in enumerate(data):
         if max_pairs is not None and index >= max_pairs:
@@ -270,6 +270,7 @@ def evaluate_dataset(
     max_pairs: int | None = None,
     info: dict[str, Any] | None = None,
     progress: bool = False,
+    every_pixel: bool = False,
 ) -> EvaluationResult:
     """Runs ``estimator`` on every pair of ``data`` and measures it against the ground truth.
 
@@ -284,16 +285,19 @@ def evaluate_dataset(
         max_pairs: evaluate only the first pairs.
         info: more summary entries (root, split, ...).
         progress: show a progress bar on stderr.
+        every_pixel: score every pixel against the flow file as stored, the data set's
+            invalid pixels included (RAFT's ``validate_sintel``; a reader's
+            ``pair(i, every_pixel=True)``, a pair-like object's ``valid`` ignored); dense
+            ground truth only. Recorded in the summary as ``pixels: all``.
     """
     rows = []
     bar = tqdm(total=_total(data, max_pairs), desc="evaluate", unit="pair", disable=not progress)
-    for index, pair in _iter_pairs(data, max_pairs):
+    for index, pair in _iter_pairs(data, max_pairs, every_pixel):
         start = time.perf_counter()
         flow = np.asarray(estimator(pair.image1, pair.image2))
         seconds = time.perf_counter() - start
-        metrics = pair_metrics(
-            flow, pair.flow, getattr(pair, "valid", None), getattr(pair, "occluded", None)
-        )
+        valid = None if every_pixel else getattr(pair, "valid", None)
+        metrics = pair_metrics(flow, pair.flow, valid, getattr(pair, "occluded", None))
         sequence = getattr(pair, "sequence", "") or f"{index:06d}"
         rows.append(
             {
@@ -331,6 +335,7 @@ def evaluate_dataset(
     describe = getattr(estimator, "describe", None)
     summary: dict[str, Any] = {
         "dataset": dataset,
+        "pixels": "all" if every_pixel else "valid",
         **(info or {}),
         **(describe() if callable(describe) else {}),
         "pairs": len(pairs),

@@ -76,6 +76,11 @@ def _generated_set(name: str, pairs: int, seed: int, textures: tuple[Path, ...])
 @refine_option()
 @click.option("--max-pairs", type=click.IntRange(min=1), default=None, help="Only the first N.")
 @click.option(
+    "--pixels", type=click.Choice(["valid", "all"]), default="valid", show_default=True,
+    help="all: every pixel against the flow file as stored, Sintel's invalid ones included "
+    "(RAFT's validate_sintel); dense ground truth only.",
+)  # fmt: skip
+@click.option(
     "--pairs", "num_pairs", type=click.IntRange(min=1), default=32, show_default=True,
     help="layered / photo: pairs to generate.",
 )  # fmt: skip
@@ -101,6 +106,7 @@ def evaluate(
     device: str,
     refine: str,
     max_pairs: int | None,
+    pixels: str,
     num_pairs: int,
     seed: int,
     textures: tuple[Path, ...],
@@ -120,6 +126,10 @@ def evaluate(
             data = open_reader(dataset, root, split=split, variant=variant)
         except (FileNotFoundError, ValueError) as exc:
             raise click.ClickException(str(exc)) from None
+        if pixels == "all" and data.sparse:
+            raise click.BadParameter(
+                f"{data.title} has ground truth only at its valid pixels", param_hint="--pixels"
+            )
         info = {"root": str(root), "split": split, "variant": data.variant}
         label = dataset
     else:
@@ -145,7 +155,13 @@ def evaluate(
         info["max_pairs"] = max_pairs  # a partial evaluation says so
     try:
         result = evaluate_dataset(
-            data, estimator, dataset=label, max_pairs=max_pairs, info=info, progress=progress
+            data,
+            estimator,
+            dataset=label,
+            max_pairs=max_pairs,
+            info=info,
+            progress=progress,
+            every_pixel=pixels == "all",
         )
         paths = result.write(output)
     except (OSError, ValueError) as exc:

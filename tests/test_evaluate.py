@@ -154,6 +154,56 @@ def test_dis_recovers_an_integer_shift_and_the_cli_writes_the_tables(tmp_path: P
     assert not list(out.glob(".*.tmp"))
 
 
+def test_every_pixel_scores_sintel_invalid_pixels_as_raft_validate_sintel(
+    tmp_path: Path,
+) -> None:
+    """``--pixels all`` counts Sintel's invalid pixels and huge flows against the file's values."""
+    base = tmp_path / "sintel" / "training"
+    for t in (1, 2):
+        write_image(base / "clean" / "s" / f"frame_{t:04d}.png", np.zeros((8, 10, 3), np.uint8))
+    truth = np.zeros((8, 10, 2), np.float32)
+    truth[..., 0] = 1.0
+    truth[:, :2, 0] = 10.0  # marked invalid below
+    truth[7, 9] = (3000.0, 4000.0)  # beyond the 1000 px rule: unknown unless every pixel counts
+    write_flo(base / "flow" / "s" / "frame_0001.flo", truth)
+    invalid = np.zeros((8, 10), np.uint8)
+    invalid[:, :2] = 255
+    write_image(base / "invalid" / "s" / "frame_0001.png", invalid)
+
+    def still(image1: np.ndarray, image2: np.ndarray) -> np.ndarray:
+        return np.zeros((*image1.shape[:2], 2), np.float32)
+
+    reader = open_reader("sintel", tmp_path / "sintel")
+    valid = evaluate_dataset(reader, still)
+    assert valid.summary["pixels"] == "valid"
+    assert valid.summary["metrics"]["valid_pixels"] == 8 * 8 - 1
+    assert valid.summary["metrics"]["epe_pixel_mean"] == pytest.approx(1.0)
+    every = evaluate_dataset(reader, still, every_pixel=True)
+    assert every.summary["pixels"] == "all" and every.summary["metrics"]["valid_pixels"] == 80
+    expected = np.linalg.norm(truth, axis=-1).mean()  # 5000 px at one pixel, 10 px at 16
+    assert every.summary["metrics"]["epe_pixel_mean"] == pytest.approx(expected)
+
+    out = tmp_path / "eval"
+    run = CliRunner().invoke(
+        main,
+        ["evaluate", "sintel", "--root", str(tmp_path / "sintel"), "--model", "dis",
+         "--pixels", "all", "--no-progress", "-o", str(out)],
+    )  # fmt: skip
+    assert run.exit_code == 0, run.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["pixels"] == "all" and summary["metrics"]["valid_pixels"] == 80
+    kitti = tmp_path / "kitti" / "training"
+    write_image(kitti / "image_2" / "000000_10.png", np.zeros((8, 10, 3), np.uint8))
+    write_image(kitti / "image_2" / "000000_11.png", np.zeros((8, 10, 3), np.uint8))
+    write_kitti_png(kitti / "flow_occ" / "000000_10.png", truth[..., :2] * 0, np.ones((8, 10)))
+    run = CliRunner().invoke(
+        main,
+        ["evaluate", "kitti", "--root", str(tmp_path / "kitti"), "--model", "dis",
+         "--pixels", "all", "-o", str(tmp_path / "eval-kitti")],
+    )  # fmt: skip
+    assert run.exit_code == 2 and "only at its valid pixels" in run.output
+
+
 def test_raft_small_with_random_weights_runs_through_the_cli(
     tmp_path: Path, parity_dir: Path
 ) -> None:

@@ -88,23 +88,38 @@ def read_ground_truth(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndar
     ``|u|, |v| < 1000``. ``.png`` is a KITTI 16-bit PNG with its own valid channel. Returns
     ``(H, W, 2)`` float32 flow (0 where invalid) and ``(H, W)`` bool validity.
     """
-    suffix = Path(path).suffix.lower()
-    if suffix == ".png":
+    if Path(path).suffix.lower() == ".png":
         return read_kitti_png(path)
-    if suffix == ".flo":
-        flow = read_flo(path)
-    elif suffix == ".pfm":
-        flow = read_pfm(path)
-        if flow.ndim != 3:
-            raise ValueError(f"{path}: a PFM flow file has 3 channels, got a 1-channel image")
-        flow = np.ascontiguousarray(flow[..., :2])
-    elif suffix == ".npy":
-        flow = read_flow_npy(path)
-        if flow.ndim != 3:
-            raise ValueError(f"{path}: expected one (H, W, 2) flow field, got {flow.shape}")
-    else:
-        raise ValueError(f"{path}: unknown flow file type {suffix!r} (.flo, .pfm, .npy, .png)")
+    flow = read_dense_ground_truth(path)
     valid = np.isfinite(flow).all(axis=-1) & (np.abs(flow) < MAX_DENSE_FLOW).all(axis=-1)
     flow = flow.copy()
     flow[~valid] = 0.0
     return flow, valid
+
+
+def read_dense_ground_truth(path: str | os.PathLike[str]) -> np.ndarray:
+    """The ``(H, W, 2)`` float32 flow of a dense ground-truth file (``.flo``, ``.pfm``,
+    ``.npy``) as stored, every pixel, nothing marked invalid.
+
+    Raises:
+        ValueError: a sparse file (KITTI ``.png``: no flow where its valid channel is 0), an
+            unknown type, or not one flow field.
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix == ".png":
+        raise ValueError(
+            f"{path}: sparse ground truth (KITTI PNG) has no flow at its invalid pixels"
+        )
+    if suffix == ".flo":
+        return read_flo(path)
+    if suffix == ".pfm":
+        flow = read_pfm(path)
+        if flow.ndim != 3:
+            raise ValueError(f"{path}: a PFM flow file has 3 channels, got a 1-channel image")
+        return np.ascontiguousarray(flow[..., :2])
+    if suffix == ".npy":
+        flow = read_flow_npy(path)
+        if flow.ndim != 3:
+            raise ValueError(f"{path}: expected one (H, W, 2) flow field, got {flow.shape}")
+        return flow
+    raise ValueError(f"{path}: unknown flow file type {suffix!r} (.flo, .pfm, .npy, .png)")

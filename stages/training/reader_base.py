@@ -20,7 +20,7 @@ from ..flow_io import read_kitti_png
 from ..image_io import read_image
 from .augment import AugmentConfig, augment
 from .datasets import to_sample
-from .flow_files import read_ground_truth, read_mask
+from .flow_files import read_dense_ground_truth, read_ground_truth, read_mask
 
 # --------------------------------------------------------------------------------------------
 # pairs
@@ -63,10 +63,19 @@ class PairFiles:
     valid: Path | None = None  # non-zero = ground truth
     flow_noc: Path | None = None  # KITTI non-occluded ground truth
 
-    def load(self) -> FlowPair:
-        """Reads every file; shapes are checked against frame 1."""
+    def load(self, *, every_pixel: bool = False) -> FlowPair:
+        """Reads every file; shapes are checked against frame 1.
+
+        ``every_pixel``: the dense flow file as stored at every pixel, all valid (the data
+        set's invalid / valid masks and the 1000 px rule are not applied), as RAFT's
+        ``validate_sintel`` scores; a sparse file (KITTI PNG) raises ``ValueError``.
+        """
         image1, image2 = read_image(self.image1), read_image(self.image2)
-        flow, valid = read_ground_truth(self.flow)
+        if every_pixel:
+            flow = read_dense_ground_truth(self.flow)
+            valid = np.ones(flow.shape[:2], bool)
+        else:
+            flow, valid = read_ground_truth(self.flow)
         size = image1.shape[:2]
 
         def check(shape: tuple[int, ...], path: Path) -> None:
@@ -77,14 +86,16 @@ class PairFiles:
 
         check(image2.shape, self.image2)
         check(flow.shape, self.flow)
-        if self.invalid is not None:
+        if self.invalid is not None and not every_pixel:
             invalid = read_mask(self.invalid)
             check(invalid.shape, self.invalid)
             valid &= ~invalid
-        if self.valid is not None:
+        if self.valid is not None and not every_pixel:
             mask = read_mask(self.valid)
             check(mask.shape, self.valid)
             valid &= mask
+        if not every_pixel:
+            flow[~valid] = 0.0
         occluded = None
         if self.occlusion is not None:
             occluded = read_mask(self.occlusion)
@@ -93,7 +104,6 @@ class PairFiles:
             _, valid_noc = read_kitti_png(self.flow_noc)
             check(valid_noc.shape, self.flow_noc)
             occluded = valid & ~valid_noc
-        flow[~valid] = 0.0
         return FlowPair(
             image1=image1,
             image2=image2,
@@ -210,11 +220,11 @@ class FlowReader(Dataset):
             f"{len(self)} pairs)"
         )
 
-    def pair(self, index: int) -> FlowPair:
-        """The raw, unaugmented pair ``index``."""
+    def pair(self, index: int, *, every_pixel: bool = False) -> FlowPair:
+        """The raw, unaugmented pair ``index`` (``every_pixel``: see :meth:`PairFiles.load`)."""
         if not 0 <= index < len(self.files):
             raise IndexError(f"pair {index} of a {len(self.files)}-pair {self.title} reader")
-        return self.files[index].load()
+        return self.files[index].load(every_pixel=every_pixel)
 
     def sample(self, item: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         """Pair ``item`` as a training sample, augmented by ``rng`` (when configured)."""
