@@ -11,6 +11,7 @@ the resolved configuration next to the outputs, :func:`config_hash` identifies i
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import json
@@ -110,6 +111,9 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if annotation is str:
         _require(isinstance(value, (str, int, float)), f"{key} must be a string, got {value!r}")
         return str(value)
+    if hint is dict:
+        _require(isinstance(value, dict), f"{key} must be a mapping, got {value!r}")
+        return value
     if dataclasses.is_dataclass(annotation):
         if isinstance(value, annotation):
             return value
@@ -200,6 +204,7 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
             continue
         if value is EXPLICIT_NULL:
             value = None
+        value = copy.deepcopy(value)  # a later override must not edit the caller's list / dict
         node = merged
         *parents, leaf = dotted.split(".")
         for part in parents:

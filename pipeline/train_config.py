@@ -16,7 +16,7 @@ from stages.training.augment import AugmentConfig
 from stages.training.readers import DATASET_KINDS
 from stages.training.synthetic import LayeredPairConfig
 
-from .config import ConfigError, _require, load_config_as
+from .config import ConfigError, _require, build_config, config_to_dict, load_config_as
 
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
 SYNTHETIC_PRESETS = ("custom", "photo")
@@ -35,6 +35,9 @@ class DataSource:
     ``preset`` (synthetic only): ``custom`` = the ``synthetic`` section; ``photo`` = whole
     media frames under camera-like motion with cut-out objects
     (:data:`stages.training.validation.PHOTO`, textures from media only).
+    ``augment``: this source's changes to the run's ``augment`` section (keys of
+    :class:`AugmentConfig` but ``crop``), e.g. ``{hflip_prob: 0}`` for the official KITTI stage
+    (:meth:`TrainConfig.augmentation`).
     """
 
     kind: str = "synthetic"
@@ -43,6 +46,7 @@ class DataSource:
     split: str = "training"
     variant: str | None = None
     preset: str = "custom"
+    augment: dict[str, Any] | None = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         _require(self.kind in DATASET_KINDS, f"data.kind must be one of {DATASET_KINDS}")
@@ -54,6 +58,10 @@ class DataSource:
         _require(
             self.kind == "synthetic" or self.root is not None,
             f"data.root is required for the {self.kind} data set",
+        )
+        _require(
+            "crop" not in (self.augment or {}),
+            "data.augment.crop: every source is cropped to the training crop (set crop)",
         )
 
 
@@ -163,14 +171,20 @@ class TrainConfig:
         _require(self.log_every >= 1 and self.checkpoint_every >= 1, "intervals must be >= 1")
         _require(self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1")
         _require(len(self.data) >= 1, "data needs at least one source")
+        for source in self.data:
+            self.augmentation(source)  # a source's augment changes are valid settings
 
     def generator(self) -> LayeredPairConfig:
         """The synthetic generator's settings at the training crop size."""
         return replace(self.synthetic, height=self.crop[0], width=self.crop[1])
 
-    def augmentation(self) -> AugmentConfig:
-        """Augmentation settings at the training crop size."""
-        return replace(self.augment, crop=tuple(self.crop))
+    def augmentation(self, source: DataSource | None = None) -> AugmentConfig:
+        """Augmentation settings at the training crop size: the ``augment`` section, with
+        ``source``'s own changes (its ``augment`` keys) when given."""
+        if source is None or not source.augment:
+            return replace(self.augment, crop=tuple(self.crop))
+        changed = {**config_to_dict(self.augment), **source.augment, "crop": list(self.crop)}
+        return build_config(AugmentConfig, changed, "data.augment.")
 
 
 def load_train_config(

@@ -181,7 +181,7 @@ def build_training_data(config: TrainConfig) -> Dataset:
                 size=config.textures.procedural_size,
                 seed=config.seed,
             )
-            augment = config.augmentation()
+            augment = config.augmentation(source)
             generator = resized(PHOTO, *config.crop) if photo else config.generator()
             dataset: Dataset = SyntheticPairs(
                 generator,
@@ -191,7 +191,7 @@ def build_training_data(config: TrainConfig) -> Dataset:
                 augment_config=augment.__class__(**{**augment.__dict__, "spatial": False}),
             )
         else:
-            dataset = build_reader_dataset(source, config.augmentation(), seed=config.seed)
+            dataset = build_reader_dataset(source, config.augmentation(source), seed=config.seed)
         sources.append((dataset, source.weight))
     return MixedDataset(sources, seed=config.seed, length=length)
 

@@ -331,6 +331,40 @@ def test_reader_sources_mix_in_the_training_data(tmp_path: Path) -> None:
     torch.testing.assert_close(build_training_data(config)[1]["flow"], data[1]["flow"])
 
 
+def test_a_source_changes_the_augmentation_for_itself_only(tmp_path: Path) -> None:
+    """The official KITTI stage: no flips and milder colour jitter for KITTI alone."""
+    from pipeline.config import ConfigError
+    from pipeline.train_config import load_train_config
+    from pipeline.training import build_training_data
+
+    _make_chairs(tmp_path / "chairs", n=1, split=None)
+    base = tmp_path / "kitti" / "training"
+    write_image(base / "image_2" / "000000_10.png", _rgb(0))
+    write_image(base / "image_2" / "000000_11.png", _rgb(1))
+    write_kitti_png(base / "flow_occ" / "000000_10.png", np.full((H, W, 2), 1.5))
+    data = [
+        {"kind": "kitti", "root": str(tmp_path / "kitti"),
+         "augment": {"hflip_prob": 0, "brightness": 0.3, "asymmetric_color": 0}},
+        {"kind": "chairs", "root": str(tmp_path / "chairs")},
+    ]  # fmt: skip
+    overrides = {"data": data, "crop": [64, 64], "steps": 1, "augment.max_scale": 0.4}
+    config = load_train_config(None, {**overrides, "data.0.augment.hue": "0.0955"})  # --set
+    kitti, chairs = build_training_data(config).sources
+    assert kitti.augment_config == replace(
+        config.augmentation(), hflip_prob=0.0, brightness=0.3, asymmetric_color=0.0, hue=0.0955
+    )
+    assert kitti.augment_config.max_scale == 0.4 and kitti.augment_config.crop == (64, 64)
+    assert chairs.augment_config == config.augmentation()
+    with pytest.raises(ConfigError, match=r"data\.augment\.hflip"):
+        load_train_config(None, {**overrides, "data.0.augment": {"hflip": 0}})
+    with pytest.raises(ConfigError, match=r"data\.augment\.brightness must be a number"):
+        load_train_config(None, {**overrides, "data.0.augment.brightness": "bright"})
+    with pytest.raises(ConfigError, match="training crop"):
+        load_train_config(None, {**overrides, "data.0.augment.crop": [16, 16]})
+    with pytest.raises(ConfigError, match=r"data\.augment must be a mapping"):
+        load_train_config(None, {**overrides, "data.1.augment": [1]})
+
+
 def test_kitti_samples_use_the_sparse_augmentation(tmp_path: Path) -> None:
     base = tmp_path / "training"
     write_image(base / "image_2" / "000000_10.png", _rgb(0))
