@@ -12,7 +12,13 @@ import pytest
 import torch
 
 from stages.flow_io import write_flo, write_flow_npy, write_image, write_kitti_png
-from stages.training.augment import AugmentConfig, _resize_sparse, augment
+from stages.training.augment import (
+    AugmentConfig,
+    _resize_sparse,
+    augment,
+    spatial_dense,
+    spatial_sparse,
+)
 from stages.training.readers import (
     READER_KINDS,
     FlyingThings3D,
@@ -391,6 +397,26 @@ def _coordinate_images() -> tuple[np.ndarray, np.ndarray]:
     ys, xs = np.mgrid[0:H, 0:W]
     image = np.dstack([xs, ys, np.zeros_like(xs)]).astype(np.uint8)
     return image, image.copy()
+
+
+def test_sparse_crops_favour_the_frame_edges_as_the_official_kitti_crop() -> None:
+    """The corner is drawn 20 rows / 50 columns past the ends and clamped (RAFT's sparse
+    augmentor), so a 40x56 window of a 48x64 frame sits at the bottom 21 times in 29 rather
+    than 1 in 9, where KITTI's ground truth is."""
+    image1, image2 = _coordinate_images()
+    flow, valid = np.zeros((H, W, 2), np.float32), np.ones((H, W), np.float32)
+    config = AugmentConfig(crop=(40, 56), spatial_prob=0.0, hflip_prob=0.0, vflip_prob=0.0)
+    corners = {"sparse": [], "dense": []}
+    for seed in range(600):
+        for kind, spatial in (("sparse", spatial_sparse), ("dense", spatial_dense)):
+            out = spatial(np.random.default_rng(seed), image1, image2, flow, valid, config)
+            corners[kind].append((int(out[0][0, 0, 1]), int(out[0][0, 0, 0])))  # (y0, x0)
+    for kind, expected_bottom, expected_left in (("sparse", 21 / 29, 51 / 109),
+                                                 ("dense", 1 / 9, 1 / 9)):  # fmt: skip
+        y0, x0 = np.array(corners[kind]).T
+        assert y0.min() == 0 and y0.max() == 8 and x0.min() == 0 and x0.max() == 8
+        assert np.mean(y0 == 8) == pytest.approx(expected_bottom, abs=0.06), kind
+        assert np.mean(x0 == 0) == pytest.approx(expected_left, abs=0.06), kind
 
 
 @pytest.mark.parametrize("flip", ["h", "v"])

@@ -13,7 +13,8 @@ augmentation is a pure function of its generator (which makes training resumable
   its mean colour (simulated occlusions).
 - :func:`spatial_dense` / :func:`spatial_sparse`: random scale (``2^U(min, max)``) with
   stretch, horizontal / vertical flips and a random crop; the sparse version moves the valid
-  ground-truth samples to their new positions instead of interpolating them (KITTI).
+  ground-truth samples to their new positions instead of interpolating them and favours crop
+  windows at the frame's edges (KITTI).
 """
 
 from __future__ import annotations
@@ -135,7 +136,11 @@ def _scales(rng: np.random.Generator, height: int, width: int, config: AugmentCo
     return sx, sy
 
 
-def _flip_and_crop(rng, image1, image2, flow, valid, config):
+def _flip_and_crop(rng, image1, image2, flow, valid, config, margins=(0, 0)):
+    """Flips, then a random ``config.crop`` window. ``margins`` ``(y, x)`` widen the range the
+    corner is drawn from past the frame's ends before it is clamped (the official sparse
+    crop: 20 rows below, 50 columns each side), so windows at the edges come up more often:
+    KITTI's ground truth is densest at the bottom of the frame."""
     if rng.random() < config.hflip_prob:
         image1, image2 = image1[:, ::-1], image2[:, ::-1]
         flow = flow[:, ::-1] * np.array([-1.0, 1.0], np.float32)
@@ -146,8 +151,9 @@ def _flip_and_crop(rng, image1, image2, flow, valid, config):
         valid = valid[::-1]
     crop_h, crop_w = config.crop
     h, w = image1.shape[:2]
-    y0 = int(rng.integers(0, h - crop_h + 1))
-    x0 = int(rng.integers(0, w - crop_w + 1))
+    margin_y, margin_x = margins
+    y0 = min(int(rng.integers(0, h - crop_h + 1 + margin_y)), h - crop_h)
+    x0 = int(np.clip(rng.integers(-margin_x, w - crop_w + 1 + margin_x), 0, w - crop_w))
     window = (slice(y0, y0 + crop_h), slice(x0, x0 + crop_w))
     return (
         np.ascontiguousarray(image1[window]),
@@ -203,7 +209,7 @@ def spatial_sparse(rng, image1, image2, flow, valid, config: AugmentConfig):
         image2 = cv2.resize(image2, size, interpolation=cv2.INTER_LINEAR)
         flow, valid = _resize_sparse(flow, valid, size[0] / w, size[1] / h)
     sparse = config.__class__(**{**config.__dict__, "vflip_prob": 0.0})
-    return _flip_and_crop(rng, image1, image2, flow, valid, sparse)
+    return _flip_and_crop(rng, image1, image2, flow, valid, sparse, margins=(20, 50))
 
 
 def augment(
