@@ -1,6 +1,7 @@
 """Class numbering and train / test splits of action-recognition data sets, read from the
 files the data sets ship, so that the lists motionpipe writes number classes and split videos
-exactly as published models were trained.
+as published models were trained (TSN's HMDB51 numbering is its own ``class_list.txt``, not
+sorted: pass it as the class index).
 
 Class index (``--class-index FILE``)
     One class a line. ``N name`` lines (UCF101's ``classInd.txt``: ``1 ApplyEyeMakeup``) give

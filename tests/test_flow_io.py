@@ -286,7 +286,13 @@ def test_quantize_formula_on_a_grid_and_nan() -> None:
     v = np.linspace(-25, 25, 1001)
     expected = np.clip(np.floor(255 * (v + 10) / 20 + 0.5), 0, 255)
     np.testing.assert_array_equal(quantize_flow(v, bound=10.0), expected.astype(np.uint8))
-    assert quantize_flow(np.array([np.nan]))[0] == 128
+    nan = np.array([np.nan])
+    for rounding in ("round", "half_even", "floor", "truncate"):  # NaN: the level of 0 px
+        assert (
+            quantize_flow(nan, rounding=rounding)[0]
+            == quantize_flow(np.zeros(1), rounding=rounding)[0]
+        )
+    assert quantize_flow(nan)[0] == 128 and quantize_flow(nan, rounding="truncate")[0] == 127
 
 
 def test_dequantize_inverts_quantize_within_half_a_step() -> None:
