@@ -304,8 +304,9 @@ class ProcessExecutor(Executor):
         return task, failed_result(
             task,
             "WorkerCrash",
-            f"worker died with {cause} while processing {task.label} (a crash in native code, "
-            "e.g. the decoder, or the process was killed); a fresh worker continues",
+            f"worker died with {cause} while processing {task.label} (a crash in native code: "
+            "the decoder, OpenCV or PyTorch; or the process was killed); a fresh worker "
+            "continues",
         )
 
     def close(self) -> None:

@@ -44,10 +44,13 @@ DIS_PRESETS = {
 }
 
 
-DIS_MIN_SIDE = 12
-"""OpenCV's DIS refuses frames with a side under its 8-pixel patch, and some under 12 pixels
-(up to 11x11); :class:`DisFlow` pads shorter sides to this (border replicated, at the bottom /
-right) and crops the flow back, so any frame size works."""
+DIS_MIN_SIDE = 32
+"""OpenCV's DIS refuses frames with both sides under 12 pixels, raises an error for frames
+under 32 rows high that are wide (from 640 columns with the ``fast`` preset) and crashes the
+process (SIGSEGV) for some narrower ones (14 x 64 with ``medium``, 31 x 100 with ``fast``;
+OpenCV 5.1 on x86-64, every preset fine from 32 rows at any width). :class:`DisFlow` pads
+shorter sides to this (border replicated, at the bottom / right) and crops the flow back, so
+any frame size works."""
 
 
 class DisFlow:
