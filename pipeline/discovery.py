@@ -23,14 +23,21 @@ Video ids mirror the input paths relative to the input root (the folder; the par
 file or frame folder; for a list, the folder holding the list file and every listed path):
 ``a/clip.mp4`` -> ``a/clip``. Ids are made unique and never nest (one video's output folder is
 never inside another's): on a clash the extension (``clip_mp4``) or ``_frames`` is appended, then
-a counter.
+a counter. A top-level name the run writes itself (``manifest.csv``, ``config.yaml``, the
+features tables, the annotation lists, ``.motionpipe.lock``; :func:`is_reserved`) is not an id
+either: ``classes.txt.mp4`` becomes ``classes.txt_mp4``, and the leading dots of a hidden input
+listed by name become ``_`` (``.clip.mp4`` -> ``_clip``), since the run's lock and temporary files
+are the dot names at the output root. Only regular files are videos: a FIFO, socket or device
+with a video extension becomes a failed job (opening one would wait forever).
 """
 
 from __future__ import annotations
 
 import csv
+import fnmatch
 import logging
 import os
+import stat
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
@@ -48,8 +55,16 @@ VIDEO_EXTENSIONS = (
 LIST_EXTENSIONS = (".txt", ".lst", ".csv")
 """An input file with one of these extensions is a list of inputs."""
 
-RESERVED_IDS = frozenset({"manifest.csv", "manifest.parquet", "config.yaml"})
-"""Names at the output root that belong to the run, not to a video."""
+RESERVED_IDS = frozenset({
+    "manifest.csv", "manifest.parquet", "config.yaml", "features.parquet", "features.csv",
+    "rawframes_flow.txt", "rawframes_rgb.txt", "classes.txt", "mmaction2_rawframes.py",
+    "annotation_options.json",
+})  # fmt: skip
+"""Names at the output root that belong to the run, not to a video (a test checks that every
+run-level file name is here)."""
+
+RESERVED_PATTERNS = ("rawframes_*.txt",)
+"""Patterns of run-level names at the output root (the split lists ``rawframes_flow_*.txt``)."""
 
 MIN_FRAME_FOLDER_IMAGES = 2
 
@@ -105,6 +120,33 @@ def _broken_link_reason(path: str) -> str:
     if os.path.islink(path) and os.path.realpath(path) == os.path.abspath(path):
         return f"symbolic link loop (points to '{target}')"
     return f"broken symbolic link: its target '{target}' does not exist"
+
+
+def _special_file_reason(path: str) -> str | None:
+    """Why ``path`` is not a regular file a decoder can read to its end (a FIFO, socket or
+    device), or ``None`` (a regular file, or one that cannot be examined: reading it says why)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    kinds = (
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    )
+    kind = next((name for test, name in kinds if test(mode)), "a special file")
+    return f"not a regular file: {kind}, which a decoder could wait on forever"
+
+
+def _video_job(path: Path, rel: str) -> VideoJob:
+    """The job of a video file, failed at once when it is not a regular file."""
+    reason = _special_file_reason(str(path))
+    if reason is None:
+        return VideoJob(path, "", rel, "video")
+    return VideoJob(path, "", rel, "video", reason, problem_type="NotARegularFile")
 
 
 def _folder_key(path: str) -> tuple[int, int] | None:
@@ -176,7 +218,7 @@ def _scan_folder(
                 subfolders.append((Path(entry.path), entry_rel))
             elif is_video_name(entry.name):
                 videos += 1
-                jobs.append(VideoJob(Path(entry.path), "", str(entry_rel), "video"))
+                jobs.append(_video_job(Path(entry.path), str(entry_rel)))
             elif is_image_name(entry.name):
                 images += 1
         if images >= MIN_FRAME_FOLDER_IMAGES and videos == 0:
@@ -213,7 +255,7 @@ def _single(path: Path, root: Path) -> list[VideoJob]:
         key = _folder_key(str(path))
         _scan_folder(path, rel, {key} if key else set(), jobs)
         return jobs
-    return [VideoJob(path, "", str(rel), "video")]
+    return [_video_job(path, str(rel))]
 
 
 def _read_list(list_path: Path) -> list[tuple[str, int]]:
@@ -283,11 +325,25 @@ def _once_each(jobs: list[VideoJob], list_path: Path) -> list[VideoJob]:
     return kept
 
 
+def is_reserved(video_id: str) -> bool:
+    """Whether an output folder ``video_id`` would take a name the run writes at the output
+    root (:data:`RESERVED_IDS`, :data:`RESERVED_PATTERNS`, or a dot name)."""
+    top = PurePosixPath(video_id).parts[0]
+    return (
+        top in RESERVED_IDS
+        or top.startswith(".")
+        or any(fnmatch.fnmatchcase(top, pattern) for pattern in RESERVED_PATTERNS)
+    )
+
+
 def _candidate_id(job: VideoJob) -> str:
     rel = PurePosixPath(job.rel_path)
-    if job.kind == "frames":
-        return str(rel)
-    return str(rel.with_suffix("")) if rel.suffix else str(rel)
+    if job.kind != "frames" and rel.suffix:
+        rel = rel.with_suffix("")
+    top, *rest = rel.parts or (".",)
+    if top.startswith(".") and top not in (".", ".."):  # a hidden input listed by name
+        top = "_" + top.lstrip(".")
+    return str(PurePosixPath(top, *rest))
 
 
 def _suffix(job: VideoJob) -> str:
@@ -324,7 +380,7 @@ def assign_ids(jobs: list[VideoJob]) -> list[VideoJob]:
                 first_clash = all(levels[n] == 0 for n in members)
                 bump.update(members if first_clash else members[1:])
         bump.update(n for n, video_id in enumerate(ids) if video_id in ancestors)
-        bump.update(n for n, video_id in enumerate(ids) if video_id in RESERVED_IDS)
+        bump.update(n for n, video_id in enumerate(ids) if is_reserved(video_id))
         if not bump:
             return [replace(job, video_id=v) for job, v in zip(jobs, ids, strict=True)]
         for n in bump:

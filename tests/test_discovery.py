@@ -146,6 +146,50 @@ def test_ids_never_collide_nor_nest() -> None:
     assert len(set(ids)) == len(ids)
 
 
+def test_run_level_file_names_are_never_video_ids() -> None:
+    """A video named after a file the run writes at the output root (a list, a table, the lock)
+    gets another id, so neither can replace the other."""
+    from pipeline import annotations, annotations_cmd, batch, manifest, tables
+    from pipeline.discovery import RESERVED_IDS, is_reserved
+
+    written = {
+        manifest.MANIFEST_CSV, manifest.MANIFEST_PARQUET, batch.CONFIG_NAME, batch.LOCK_NAME,
+        *tables.FEATURE_TABLES, annotations.FLOW_LIST, annotations.RGB_LIST, annotations.CLASSES,
+        annotations.MMACTION2_SNIPPET, annotations_cmd.OPTIONS_FILE,
+        "rawframes_flow_trainlist01.txt", "rawframes_rgb_testlist03.txt", ".x.tmp",
+    }  # fmt: skip
+    assert all(is_reserved(name) for name in written)
+    assert written >= RESERVED_IDS
+    assert not any(is_reserved(name) for name in ("clip", "a/classes.txt", "x.txt", "_clip"))
+    rels = ["classes.txt.mp4", ".motionpipe.lock.mp4", ".hidden.mp4", "_hidden.mp4",
+            "features.parquet.mp4", "rawframes_flow_split1.txt.mkv", "sub/.x.mp4"]  # fmt: skip
+    ids = [job.video_id for job in assign_ids([VideoJob(Path(r), "", r) for r in rels])]
+    assert ids == ["classes.txt_mp4", "_motionpipe.lock", "_hidden_mp4", "_hidden_mp4_2",
+                   "features.parquet_mp4", "rawframes_flow_split1.txt_mkv", "sub/.x"]  # fmt: skip
+
+
+def test_a_named_pipe_fails_at_once_instead_of_hanging_the_batch(tmp_path: Path) -> None:
+    root = tmp_path / "in"
+    root.mkdir()
+    write_video(root / "a.mkv", num_frames=3, codec="ffv1")
+    os.mkfifo(root / "pipe.mp4")
+    os.mkfifo(tmp_path / "listed.mp4")
+    (tmp_path / "list.txt").write_text("in/a.mkv\nlisted.mp4\n")
+    for given, name in ((root, "pipe.mp4"), (tmp_path / "list.txt", "listed.mp4")):
+        jobs = {Path(job.rel_path).name: job for job in find_inputs(given).jobs}
+        assert jobs["a.mkv"].problem is None
+        assert "named pipe (FIFO)" in jobs[name].problem
+        assert jobs[name].problem_type == "NotARegularFile"
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        main,
+        ["run", str(root), "-o", str(out), "--model", "dis", "--no-progress", "--workers", "0"],
+    )
+    assert result.exit_code == 1, result.output
+    assert "pipe.mp4" in result.output and "named pipe" in result.output
+    assert (out / "a" / "meta.json").is_file() and not (out / "pipe").exists()
+
+
 def test_frame_folders_count_as_one_video(tmp_path: Path) -> None:
     root = tmp_path / "in"
     for n in (1, 2, 10):
