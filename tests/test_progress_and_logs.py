@@ -55,6 +55,20 @@ def test_expected_frames_match_the_frames_delivered(tmp_path, suffix, codec, opt
         assert reader.info.header_frame_count is None
 
 
+def test_a_header_claiming_days_of_video_does_not_stall_the_count() -> None:
+    """A damaged or forged duration (a billion frames at 1000 fps) is counted in closed form or
+    left unknown, never walked frame by frame (that took 17 minutes before the first frame)."""
+    from stages.decoding.selection import MAX_COUNTED_FRAMES, expected_count
+
+    assert expected_count(None, 1000.0, 1e6, DecodeConfig()) == 10**9
+    assert expected_count(None, 1000.0, 1e6, DecodeConfig(stride=3)) == -(-(10**9) // 3)
+    assert expected_count(None, 1000.0, 1e6, DecodeConfig(target_fps=10)) is None
+    assert expected_count(None, 1000.0, 1e6, DecodeConfig(start=5.0)) is None
+    assert expected_count(None, 1000.0, 1e6, DecodeConfig(start=5.0, end=6.0)) == 1000
+    limit = MAX_COUNTED_FRAMES / 1000.0
+    assert expected_count(None, 1000.0, limit, DecodeConfig(target_fps=10)) == limit * 10
+
+
 def test_expected_frames_of_a_frame_folder(tmp_path) -> None:
     folder = tmp_path / "frames"
     folder.mkdir()

@@ -93,6 +93,11 @@ def select_frames(
             yield item
 
 
+MAX_COUNTED_FRAMES = 1_000_000
+""":func:`expected_count` walks the timestamps of at most this many frames (about a second);
+a header claiming more (11 hours at 25 fps, or a damaged duration) gives ``None``."""
+
+
 def expected_count(
     frame_count: int | None,
     fps: float,
@@ -108,7 +113,8 @@ def expected_count(
     them); the selection (time range, ``target_fps``, ``stride``) runs on
     those timestamps, so the count is exact for constant-rate streams whose header is right and
     an estimate otherwise (variable frame rate, a wrong header). ``None`` when the stream tells
-    neither its frame count nor its duration and rate.
+    neither its frame count nor its duration and rate, or when a time range or ``target_fps``
+    would need more than :data:`MAX_COUNTED_FRAMES` timestamps walked.
     """
     if fps is None or not fps > 0:
         if frame_count and duration and duration > 0:
@@ -126,6 +132,13 @@ def expected_count(
     first = 0
     if options.start is not None:  # skip the frames before the range without iterating them
         first = min(frame_count, max(0, math.ceil((options.start - first_pts) * fps - 1e-3) - 1))
+    if options.start is None and options.end is None and options.target_fps is None:
+        return -(-frame_count // options.stride)
+    last = frame_count  # selection stops at the first pts past the end
+    if options.end is not None:
+        last = min(frame_count, max(0, math.ceil((options.end - first_pts) * fps) + 1))
+    if last - first > MAX_COUNTED_FRAMES:
+        return None
     if time_base:
         timed = (
             (round((first_pts + k / fps) / time_base) * time_base, None)
