@@ -71,7 +71,7 @@ def quantize_flow(
     to ``[-B, B]`` first and the rest is computed in float64 in denseflow's order, so with
     ``"half_even"`` the levels equal denseflow's, exact ties included (``v = -8`` and ``8`` for
     ``B = 20``). NaN is treated as zero motion (128; 127 with ``"truncate"`` / ``"floor"``),
-where mmaction2 and denseflow write 0; ``+-inf`` clip to 255 / 0.
+    where mmaction2 and denseflow write 0; ``+-inf`` clip to 255 / 0.
 
     Args:
         component: flow component in pixels, any shape (typically ``(H, W)``).
