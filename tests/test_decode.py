@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import pickle
+import struct
 import sys
 from collections.abc import Callable
 from fractions import Fraction
@@ -30,8 +31,10 @@ from tests.media import (
     corrupt_copy,
     default_suffix,
     garble_packets,
+    matroska_declaring,
     pattern_frame,
     read_frame_index,
+    remux_with_pts,
     write_audio_only,
     write_garbage_packets,
     write_no_frames,
@@ -246,6 +249,58 @@ def test_a_decoding_error_fails_the_video_after_its_good_frames(
             for frame in reader.frames():
                 delivered.append(frame)
         assert pattern_ids(delivered) == list(range(12))
+
+
+def test_frames_out_of_order_fail_the_video_after_the_frames_before_them(
+    media: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A frame whose pts lies before its predecessor's (a damaged transport stream) would pair
+    frames that are not adjacent: the stream counts as cut short at that frame."""
+    good = media(codec="ffv1", num_frames=12, fps=25)
+    bad = remux_with_pts(good, tmp_path / "shuffled.mkv", [0, 1, 2, 3, 6, 5, 7, 8, 9, 10, 11, 12])
+    fault = r"frames out of order: pts 0\.200 s after 0\.240 s \(damaged stream\); 5 frame"
+    delivered = []
+    with (
+        open_video(bad, DecodeConfig()) as reader,
+        pytest.raises(DecodeError, match=fault),
+    ):
+        delivered.extend(reader.frames())
+    assert pattern_ids(delivered) == [0, 1, 2, 3, 4]  # the frames as stored, before the fault
+    _, frames, warnings = decode_all(bad, keep_incomplete=True)
+    assert [round(f.pts, 3) for f in frames] == [0.0, 0.04, 0.08, 0.12, 0.24]
+    assert "frames out of order" in warnings[0]
+
+
+def test_a_matroska_recording_killed_before_it_was_closed_is_cut_short(
+    media: Callable[..., Path], tmp_path: Path
+) -> None:
+    """No per-track DURATION tag (FFmpeg writes it when it closes the file), but the segment
+    declares 30 s for 2 s of frames: the file was cut short."""
+    good = media(codec="ffv1", num_frames=50, fps=25)
+    killed = matroska_declaring(good, tmp_path / "killed.mkv", 30.0)
+    with pytest.raises(DecodeError, match=r"frames end at 2\.000 s, the track declares 30\.000 s"):
+        decode_all(killed)
+    assert len(decode_all(matroska_declaring(good, tmp_path / "whole.mkv", 2.0))[1]) == 50
+
+
+def test_an_avi_header_counting_more_frames_says_why_it_may(
+    media: Callable[..., Path], tmp_path: Path
+) -> None:
+    """AVI has no edit lists: fewer frames than its header counts were lost to damage or were
+    placeholders (DivX's packed B-frames decode to nothing); it warns, naming both."""
+    good = media(suffix=".avi", codec="mpeg4", num_frames=30)
+    data = bytearray(good.read_bytes())
+    for chunk, offset in ((b"avih", 24), (b"strh", 40)):  # dwTotalFrames, dwLength
+        at = data.find(chunk) + offset
+        data[at : at + 4] = struct.pack("<I", 40)
+    more = tmp_path / "more.avi"
+    more.write_bytes(bytes(data))
+    info, frames, warnings = decode_all(more)
+    assert info.header_frame_count == 40 and len(frames) == 30
+    assert warnings == [
+        "decoded 30 frames, fewer than the 40 the header declares (avi has no edit lists: "
+        "frames lost to damage, or placeholders that decode to nothing)"
+    ]
 
 
 def test_concealed_corruption_is_delivered_and_reported(

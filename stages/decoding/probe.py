@@ -51,13 +51,16 @@ class StreamProbe(StreamHeader):
     """What the probe learned: the stream's header, which stream it is, its clock, the
     presentation time of its first frame (seconds from the stream start) and, where the
     container states it for the video track alone (Matroska's per-track ``DURATION`` tag), the
-    track's duration in seconds (``track_duration``; None elsewhere)."""
+    track's duration in seconds (``track_duration``; also the segment's duration of a
+    Matroska file that holds the video stream alone; None elsewhere) and the container format
+    (FFmpeg's demuxer name, ``container_format``)."""
 
     path: str
     stream_index: int
     clock: StreamClock
     first_pts: float
     track_duration: float | None = None
+    container_format: str = ""
 
 
 def _tag_seconds(metadata: dict[str, str], key: str) -> float | None:
@@ -216,5 +219,18 @@ def _probe_container(container: av.container.InputContainer, path: str) -> Strea
         duration=duration,
         clock=clock,
         first_pts=clock.seconds(int(first.pts)) if first.pts is not None else 0.0,
-        track_duration=_tag_seconds(dict(stream.metadata), "DURATION"),
+        track_duration=_track_duration(container, stream),
+        container_format=container.format.name,
     )
+
+
+def _track_duration(container: av.container.InputContainer, stream: av.VideoStream) -> float | None:
+    """The video track's duration where Matroska states it: its ``DURATION`` tag, which FFmpeg
+    writes when it closes the file, else the segment's duration when the file holds this
+    stream alone (a recording killed before it was closed may have declared one up front)."""
+    tagged = _tag_seconds(dict(stream.metadata), "DURATION")
+    if tagged is not None or "matroska" not in container.format.name:
+        return tagged
+    if len(container.streams) == 1 and container.duration is not None:
+        return container.duration / 1_000_000
+    return None

@@ -7,8 +7,10 @@ and the same resize. Pixel values agree exactly for 8-bit sources; for 10-bit 4:
 backends' FFmpeg versions convert chroma differently (a few levels on average, more at sharp
 colour edges).
 
-Corrupt streams: when the decoder fails after at least one frame, or the file ends inside a
-frame's data (a truncated file), the frames decoded so far are delivered and the iteration then
+Corrupt streams: when the decoder fails after at least one frame, the file ends inside a
+frame's data (a truncated file) or well before the duration its Matroska header declares, or a
+frame's pts lies before its predecessor's (frames out of order: a damaged stream), the frames
+decoded so far are delivered and the iteration then
 raises :class:`DecodeError` naming the fault, so that a cut-short video never passes for a
 whole one; with ``DecodeConfig.keep_incomplete`` the iteration just ends and
 :attr:`VideoReader.warnings` says why. Frames after the fault are not recovered (backends
@@ -82,6 +84,7 @@ class VideoReader(ClosingReader):
         self._backend = _make_backend(probe, options, self._state)
         self._header_frame_count = probe.header_frame_count
         self._track_duration = probe.track_duration
+        self._container_format = probe.container_format
         self._last_pts: float | None = None
         self._first_pts = probe.first_pts
         self._time_base = float(probe.clock.time_base)
@@ -131,7 +134,16 @@ class VideoReader(ClosingReader):
 
     def _iterate(self) -> Iterator[DecodedFrame]:
         for pts, rgb in self._backend.frames(self.options):
-            if self._last_pts is not None and pts <= self._last_pts:
+            if self._last_pts is not None and pts < self._last_pts:
+                # a decoder delivers frames in presentation order: a frame from the past is a
+                # damaged stream (a lost packet, a broken transport stream), and pairing it
+                # with its neighbours would give flow between frames that are not adjacent
+                self._state.cut_short(
+                    f"frames out of order: pts {pts:.3f} s after {self._last_pts:.3f} s "
+                    "(damaged stream)"
+                )
+                break
+            if self._last_pts is not None and pts == self._last_pts:
                 self._state.warn("timestamps are not strictly increasing")
             self._last_pts = pts
             yield DecodedFrame(index=self.frames_delivered, pts=pts, rgb=self._transform(rgb))
@@ -150,10 +162,7 @@ class VideoReader(ClosingReader):
         unselected = unselected and opts.start is None and opts.end is None
         header = self._header_frame_count
         if unselected and header is not None and self.frames_delivered < header:
-            self._state.warn(
-                f"decoded {self.frames_delivered} frames, fewer than the {header} the header "
-                f"declares{self._shortfall_cause()}"
-            )
+            self._check_shortfall(header)
         if self.frames_delivered == 0:
             self._state.warn("no frame in the selected range")
         if unselected and header is None:
@@ -163,16 +172,27 @@ class VideoReader(ClosingReader):
                 self.info.path, self._state.cut_short_by, self.frames_delivered, header
             )
 
-    def _shortfall_cause(self) -> str:
-        """Why fewer frames came than the header counts, where the reader can tell: after a
-        fault the fault's own warning says it; PyAV reports every fault, so without one the
-        container hid frames (an MP4 edit list, as a stream-copy cut leaves); other decoders
-        report none."""
+    def _check_shortfall(self, header: int) -> None:
+        """Fewer frames came than the header counts: a warning with the cause where the reader
+        can tell it. After a fault, the fault's own warning says why. PyAV delivers every frame
+        it can, so an MP4 / MOV file hides frames behind an edit list (as a stream-copy cut
+        leaves); in other containers (AVI) frames were lost to damage, or were placeholders
+        that decode to nothing (DivX's packed B-frames), which a count alone cannot tell apart.
+        Other decoders report no faults."""
+        shortfall = f"decoded {self.frames_delivered} frames, fewer than the {header} the header"
         if self._state.cut_short_by:
-            return ""
-        if self.info.backend == "pyav":
-            return " (frames the container hides, e.g. behind the edit list of a stream-copy cut)"
-        return f" (hidden frames, or a file cut short: {self.info.backend} does not report faults)"
+            cause = ""
+        elif self.info.backend != "pyav":
+            backend = self.info.backend
+            cause = f" (hidden frames, or a file cut short: {backend} does not report faults)"
+        elif "mov" in self._container_format.split(","):
+            cause = " (frames the container hides, e.g. behind the edit list of a stream-copy cut)"
+        else:
+            cause = (
+                f" ({self._container_format} has no edit lists: frames lost to damage, or "
+                "placeholders that decode to nothing)"
+            )
+        self._state.warn(f"{shortfall} declares{cause}")
 
     def _check_track_duration(self) -> None:
         """A stream without a frame count whose frames end well before the duration its track
