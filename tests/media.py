@@ -286,24 +286,6 @@ def garble_packets(
     return Path(dst)
 
 
-def remux_with_pts(src: str | Path, dst: str | Path, order: Sequence[int]) -> Path:
-    """Remux the video packets of ``src`` (an intra-only codec such as FFV1, one frame a
-    packet) into ``dst`` keeping their order but stamping packet ``k`` with the pts of frame
-    ``order[k]``, so the decoder delivers frames whose timestamps jump back (a damaged
-    stream). ``order[k] >= k`` keeps each pts at or after its dts, as muxers require."""
-    with av.open(str(src)) as source:
-        stream = source.streams.video[0]
-        packets = [packet for packet in source.demux(stream) if packet.size]
-        step = packets[1].pts - packets[0].pts
-        with av.open(str(dst), "w") as target:
-            out_stream = target.add_stream_from_template(stream)
-            for k, packet in enumerate(packets):
-                packet.pts, packet.dts = order[k] * step, k * step
-                packet.stream = out_stream
-                target.mux(packet)
-    return Path(dst)
-
-
 def matroska_declaring(src: str | Path, dst: str | Path, seconds: float) -> Path:
     """Copy a Matroska file written by FFmpeg with its segment duration set to ``seconds`` and
     its per-track ``DURATION`` tag made unrecognisable: what a recording killed before the

@@ -7,10 +7,9 @@ and the same resize. Pixel values agree exactly for 8-bit sources; for 10-bit 4:
 backends' FFmpeg versions convert chroma differently (a few levels on average, more at sharp
 colour edges).
 
-Corrupt streams: when the decoder fails after at least one frame, the file ends inside a
-frame's data (a truncated file) or well before the duration its Matroska header declares, or a
-frame's pts lies before its predecessor's (frames out of order: a damaged stream), the frames
-decoded so far are delivered and the iteration then
+Corrupt streams: when the decoder fails after at least one frame, or the file ends inside a
+frame's data (a truncated file) or well before the duration its Matroska header declares, the
+frames decoded so far are delivered and the iteration then
 raises :class:`DecodeError` naming the fault, so that a cut-short video never passes for a
 whole one; with ``DecodeConfig.keep_incomplete`` the iteration just ends and
 :attr:`VideoReader.warnings` says why. Frames after the fault are not recovered (backends
@@ -134,16 +133,7 @@ class VideoReader(ClosingReader):
 
     def _iterate(self) -> Iterator[DecodedFrame]:
         for pts, rgb in self._backend.frames(self.options):
-            if self._last_pts is not None and pts < self._last_pts:
-                # a decoder delivers frames in presentation order: a frame from the past is a
-                # damaged stream (a lost packet, a broken transport stream), and pairing it
-                # with its neighbours would give flow between frames that are not adjacent
-                self._state.cut_short(
-                    f"frames out of order: pts {pts:.3f} s after {self._last_pts:.3f} s "
-                    "(damaged stream)"
-                )
-                break
-            if self._last_pts is not None and pts == self._last_pts:
+            if self._last_pts is not None and pts <= self._last_pts:
                 self._state.warn("timestamps are not strictly increasing")
             self._last_pts = pts
             yield DecodedFrame(index=self.frames_delivered, pts=pts, rgb=self._transform(rgb))
