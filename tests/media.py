@@ -300,3 +300,17 @@ def matroska_declaring(src: str | Path, dst: str | Path, seconds: float) -> Path
         data[tag : tag + 8] = b"DURATIOX"
     Path(dst).write_bytes(bytes(data))
     return Path(dst)
+
+
+def drop_packets(src: str | Path, dst: str | Path, dropped: range) -> Path:
+    """Remux the video stream of ``src`` into ``dst`` without the packets numbered ``dropped``
+    (decode order), timestamps kept: frames lost from a damaged stream or a capture."""
+    with av.open(str(src)) as source, av.open(str(dst), "w") as target:
+        stream = source.streams.video[0]
+        out_stream = target.add_stream_from_template(stream)
+        packets = (packet for packet in source.demux(stream) if packet.size)
+        for number, packet in enumerate(packets):
+            if number not in dropped:
+                packet.stream = out_stream
+                target.mux(packet)
+    return Path(dst)

@@ -30,6 +30,7 @@ from stages.decoding import reader as reader_module
 from tests.media import (
     corrupt_copy,
     default_suffix,
+    drop_packets,
     garble_packets,
     matroska_declaring,
     pattern_frame,
@@ -262,6 +263,23 @@ def test_b_frames_in_containers_without_pts_are_whole_and_in_order(
     _, frames, warnings = decode_all(path)
     assert pattern_ids(frames) == list(range(40))
     assert warnings in ([], ["timestamps are not strictly increasing"])
+
+
+def test_frames_missing_from_a_stream_are_reported(
+    media: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Four frames lost from an intra-only stream leave a 0.2 s gap at 25 fps: a warning says
+    so; resampling to a higher rate than the source's is no gap."""
+    good = media(codec="ffv1", num_frames=30, fps=25)
+    lost = drop_packets(good, tmp_path / "lost.mkv", range(13, 17))
+    _, frames, warnings = decode_all(lost)
+    assert len(frames) == 26 and [round(f.pts, 2) for f in frames[12:14]] == [0.48, 0.68]
+    assert warnings == [
+        "1 gap(s) longer than 3 frame intervals between frames (largest 0.200 s, before the "
+        "frame at pts 0.680 s): frames missing from the stream, or a variable frame rate"
+    ]
+    assert decode_all(good, target_fps=100)[2] == []
+    assert decode_all(good, stride=4)[2] == []
 
 
 def test_a_matroska_recording_killed_before_it_was_closed_is_cut_short(

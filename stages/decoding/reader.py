@@ -132,13 +132,37 @@ class VideoReader(ClosingReader):
         return self._state.decoded
 
     def _iterate(self) -> Iterator[DecodedFrame]:
+        interval = self._selected_interval()
+        gaps: list[tuple[float, float]] = []  # (gap, pts after it)
         for pts, rgb in self._backend.frames(self.options):
             if self._last_pts is not None and pts <= self._last_pts:
                 self._state.warn("timestamps are not strictly increasing")
+            elif self._last_pts is not None and interval and pts - self._last_pts > 3 * interval:
+                gaps.append((pts - self._last_pts, pts))
             self._last_pts = pts
             yield DecodedFrame(index=self.frames_delivered, pts=pts, rgb=self._transform(rgb))
             self.frames_delivered += 1
+        # Gaps: lost packets, a capture that dropped frames, or a variable frame rate; the pairs
+        # across one span more time than the others. Meaningless once timestamps jump back
+        # (decode-order pts of B-frames in AVI / MPEG-PS).
+        if gaps and "timestamps are not strictly increasing" not in self._state.warnings:
+            largest, after = max(gaps)
+            self._state.warn(
+                f"{len(gaps)} gap(s) longer than 3 frame intervals between frames (largest "
+                f"{largest:.3f} s, before the frame at pts {after:.3f} s): frames missing from "
+                "the stream, or a variable frame rate"
+            )
         self._check_after_end()
+
+    def _selected_interval(self) -> float | None:
+        """The pts step between the frames this selection delivers from a constant-rate
+        stream (``None`` when the rate is unknown)."""
+        opts, rate = self.options, self.info.fps
+        if not rate or rate <= 0:
+            return None
+        if opts.target_fps:  # resampling up keeps each frame once: the source's spacing
+            rate = min(rate, opts.target_fps)
+        return opts.stride / rate
 
     def _check_after_end(self) -> None:
         if self._transform.size_changes:
