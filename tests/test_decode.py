@@ -54,6 +54,15 @@ def stack(frames: list[DecodedFrame]) -> np.ndarray:
     return np.stack([f.rgb for f in frames]).astype(np.int16)
 
 
+def assert_same_conversion(mine: np.ndarray, reference: np.ndarray) -> None:
+    """Two backends' RGB of one 8-bit stream: the same FFmpeg conversion, bit-identical on the
+    machines measured, but each backend bundles its own FFmpeg, whose YUV->RGB code is chosen
+    per CPU (SSE2 / plain C paths round 4:2:0 chroma up to 2 levels apart), so another CPU
+    may see a level or two."""
+    difference = np.abs(np.asarray(mine, np.int16) - np.asarray(reference, np.int16))
+    assert difference.max() <= 2 and difference.mean() < 0.5, (difference.max(), difference.mean())
+
+
 def pattern_ids(frames: list[DecodedFrame]) -> list[int]:
     return [read_frame_index(f.rgb) for f in frames]
 
@@ -135,8 +144,7 @@ def test_backends_agree_exactly_on_lossless_video(
         assert pattern_ids(frames) == list(range(24))
         np.testing.assert_allclose([f.pts for f in frames], np.arange(24) / 30, atol=1e-3)
         assert [f.pts for f in frames] == [f.pts for f in results["pyav"][1]]
-        # Same FFmpeg conversion in every backend: bit-identical RGB for 8-bit sources.
-        assert np.array_equal(stack(frames), reference)
+        assert_same_conversion(stack(frames), reference)
         for f in frames:
             assert f.rgb.dtype == np.uint8 and f.rgb.shape == (H, W, 3)
             assert f.rgb.flags.c_contiguous
@@ -462,7 +470,8 @@ def test_start_seeks_to_the_same_frames(media: Callable[..., Path]) -> None:
                 if backend == "pyav":  # seeks to the keyframe before start (one every 10 frames)
                     assert reader.frames_decoded <= len(expected) + 10
             assert len(frames) == len(expected)
-            assert all(np.array_equal(a.rgb, b) for a, b in zip(frames, expected, strict=True))
+            for got, want in zip(frames, expected, strict=True):
+                assert_same_conversion(got.rgb, want)
 
 
 # --------------------------------------------------------------------------- pixels
@@ -491,7 +500,7 @@ def test_max_and_short_side_resize_with_inter_area(
         for small, big in zip(frames, full, strict=True):
             assert small.rgb.shape == (size[1], size[0], 3) and small.rgb.flags.c_contiguous
             resized = cv2.resize(big.rgb, size, interpolation=cv2.INTER_AREA)
-            assert np.array_equal(small.rgb, resized)
+            assert_same_conversion(small.rgb, resized)  # PyAV's frames, this backend's resize
 
 
 def test_odd_frame_size(media: Callable[..., Path]) -> None:
@@ -500,7 +509,7 @@ def test_odd_frame_size(media: Callable[..., Path]) -> None:
     for backend in BACKENDS:
         info, frames, _ = decode_all(path, backend=backend)
         assert (info.width, info.height) == (65, 49)
-        assert np.array_equal(stack(frames), stack(reference))
+        assert_same_conversion(stack(frames), stack(reference))
         info, frames, _ = decode_all(path, backend=backend, max_side=33)
         assert (info.width, info.height) == (33, 25)  # 49 * 33 / 65 = 24.9
         assert frames[0].rgb.shape == (25, 33, 3)
@@ -818,7 +827,7 @@ def test_shared_clip_without_frame_count_decodes_identically(videos_dir: Path) -
             [f.pts for f in frames], [f.pts for f in reference], rtol=0, atol=1e-6
         )
         for mine, theirs in zip(frames[::10], reference[::10], strict=False):
-            assert np.array_equal(mine.rgb, theirs.rgb)  # full-range YUV handled alike
+            assert_same_conversion(mine.rgb, theirs.rgb)  # full-range YUV handled alike
 
 
 @pytest.mark.slow
@@ -844,4 +853,4 @@ def test_shared_long_clip_decodes_identically(
     for other_header, other_pts, other_sample in results.values():
         assert other_header == header
         assert other_pts == pts  # pts snapped to the stream time base: identical floats
-        assert np.array_equal(other_sample, sample)
+        assert_same_conversion(other_sample, sample)

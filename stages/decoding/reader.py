@@ -3,9 +3,10 @@
 Every backend yields the same frames for the same file and options: the same selection (a pure
 function of the pts, see :mod:`stages.decoding.selection`), the same pts (stream timestamps,
 relative to the stream start, snapped to the stream time base), the same upright orientation
-and the same resize. Pixel values agree exactly for 8-bit sources; for 10-bit 4:2:0 sources the
-backends' FFmpeg versions convert chroma differently (a few levels on average, more at sharp
-colour edges).
+and the same resize. Pixel values agree exactly for 8-bit sources on the CPUs measured (each
+backend bundles its own FFmpeg, which picks its YUV->RGB code per CPU, so another CPU may see
+a level or two); for 10-bit 4:2:0 sources the backends' FFmpeg versions convert chroma
+differently (a few levels on average, more at sharp colour edges).
 
 Corrupt streams: when the decoder fails after at least one frame, or the file ends inside a
 frame's data (a truncated file) or well before the duration its Matroska header declares, the
