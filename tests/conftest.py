@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -25,6 +26,16 @@ INSPECT_DIR = SHARED_DIR / "fixtures" / "inspect"
 VIDEOS_DIR = SHARED_DIR / "videos"
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+# The suite never reads or writes the user's cache: which checkpoint ``model: auto`` finds and
+# which convolution kernel a saved timing picks must not depend on what the machine ran before
+# (its own runs and worker processes inherit this; a test may point it elsewhere).
+_TEST_CACHE = tempfile.mkdtemp(prefix="motionpipe-test-cache-")
+os.environ["MOTIONPIPE_CACHE"] = _TEST_CACHE
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(_TEST_CACHE, ignore_errors=True)
 
 
 def running_under_ci() -> bool:

@@ -209,7 +209,13 @@ def test_train_command_resumes_exactly_and_writes_official_checkpoints(tmp_path:
     config = _tiny_config(tmp_path / "tiny.yaml", steps=4)
     runner = CliRunner()
     straight = tmp_path / "straight"
-    result = runner.invoke(main, ["train", "--config", str(config), "-o", str(straight)])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the config trains with 1
+    try:
+        result = runner.invoke(main, ["train", "--config", str(config), "-o", str(straight)])
+        assert torch.get_num_threads() == 2  # the caller's count is back
+    finally:
+        torch.set_num_threads(threads)
     assert result.exit_code == 0, result.output
     pieces = tmp_path / "pieces"
     first = runner.invoke(main, ["train", "--config", str(config), "-o", str(pieces),
