@@ -199,50 +199,32 @@ def test_frames_smaller_than_the_network_pyramid_are_padded(
     assert flow.shape == (2, 12, 20, 2) and np.isfinite(flow).all()
 
 
-def test_dis_takes_any_frame_size(tmp_path: Path) -> None:
-    """OpenCV's DIS refuses frames with both sides under 12 px (1x1 ... 11x11); the flow
-    stage pads them and crops the flow back, so such videos get flow like any other."""
+@pytest.mark.parametrize("preset", ["medium", "fast"])
+def test_dis_takes_any_frame_size(tmp_path: Path, preset: str) -> None:
+    """OpenCV's DIS refuses frames with both sides under 12 px (1x1 ... 11x11), raises on wide
+    strips under 32 rows (12 x 640) and crashes (SIGSEGV) on some narrower ones (14 x 64 with
+    ``medium``, 24 x 100 with ``fast``): the flow stage pads them and crops the flow back, so
+    such videos get flow like any other. A worker process keeps a regression a failed row
+    rather than a dead test run."""
     from tests.media import write_frames
 
     rng = np.random.default_rng(0)
     folder = tmp_path / "in"
     folder.mkdir()
-    sizes = {"one.mkv": (1, 1), "two.mkv": (2, 2), "strip.mkv": (3, 40), "eleven.mkv": (11, 11)}
+    sizes = {"one.mkv": (1, 1), "two.mkv": (2, 2), "strip.mkv": (3, 40), "eleven.mkv": (11, 11),
+             "a.mkv": (14, 64), "b.mkv": (24, 100), "c.mkv": (12, 640), "d.mkv": (31, 128)}  # fmt: skip
     for name, (height, width) in sizes.items():
         frames = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(3)]
         write_frames(folder / name, frames, codec="ffv1", pix_fmt="yuv444p")
     out = tmp_path / "out"
-    result = _invoke(["run", str(folder), "-o", str(out), *DIS, "--workers", "0",
+    result = _invoke(["run", str(folder), "-o", str(out), *DIS, "--workers", "1",
+                      "--set", f"flow.dis_preset={preset}",
                       "--formats", "npy,flo,kitti,jpg,viz"])  # fmt: skip
     assert result.exit_code == 0, result.output
     for name, (height, width) in sizes.items():
         row = _manifest(out)[name]
         assert row["status"] == "ok", row
         _check_complete(out, row)
-        assert np.load(out / row["video_id"] / "flow.npy").shape == (2, height, width, 2)
-
-
-@pytest.mark.parametrize("preset", ["medium", "fast"])
-def test_dis_takes_wide_strips_that_crash_opencv(tmp_path: Path, preset: str) -> None:
-    """OpenCV's DIS crashes (SIGSEGV) on some frames under 32 rows that are wide (14 x 64 with
-    ``medium``, 24 x 100 with ``fast``) and raises for wider ones (12 x 640): padded, they get
-    flow. A worker process keeps a regression a failed row rather than a dead test run."""
-    from tests.media import write_frames
-
-    rng = np.random.default_rng(1)
-    folder = tmp_path / "in"
-    folder.mkdir()
-    sizes = {"a.mkv": (14, 64), "b.mkv": (24, 100), "c.mkv": (12, 640), "d.mkv": (31, 128)}
-    for name, (height, width) in sizes.items():
-        frames = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(3)]
-        write_frames(folder / name, frames, codec="ffv1", pix_fmt="yuv444p")
-    out = tmp_path / "out"
-    result = _invoke(["run", str(folder), "-o", str(out), *DIS, "--workers", "1",
-                      "--set", f"flow.dis_preset={preset}"])  # fmt: skip
-    assert result.exit_code == 0, result.output
-    for name, (height, width) in sizes.items():
-        row = _manifest(out)[name]
-        assert row["status"] == "ok", row
         assert np.load(out / row["video_id"] / "flow.npy").shape == (2, height, width, 2)
 
 
