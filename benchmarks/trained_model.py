@@ -33,14 +33,18 @@ from pipeline.evaluate import evaluate_dataset  # noqa: E402
 from pipeline.example import example_ground_truth, iter_example_frames  # noqa: E402
 from pipeline.training_log import read_log  # noqa: E402
 from stages.training.textures import find_media, load_media_frames  # noqa: E402
-from stages.training.validation import build_validation_set  # noqa: E402
+from stages.training.validation import (  # noqa: E402
+    VALIDATION_FRAMES_PER_VIDEO,
+    build_validation_set,
+)
 
 DIS_TITLE = "OpenCV DIS (medium)"
 HELD_OUT = ("../shared/videos/asl_milk.mkv", "../shared/videos/asl_night.mkv")
 
 
 def accuracy(args, estimators: dict) -> None:
-    media = load_media_frames(find_media([REPO / p for p in args.textures]), frames_per_video=24)
+    files = find_media([REPO / p for p in args.textures])
+    media = load_media_frames(files, frames_per_video=VALIDATION_FRAMES_PER_VIDEO)
     print("| set | estimator | EPE (px, mean over pixels) | mean over pairs | median pair "
           "| pairs better than DIS | > 1 px | > 3 px | s/pair |")  # fmt: skip
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")

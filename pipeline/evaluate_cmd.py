@@ -12,7 +12,11 @@ from models import PAD_MODES, CheckpointError
 from models.raft import ARCHS
 from stages.training.readers import READER_KINDS, FlowPair, open_reader
 from stages.training.textures import find_media, load_media_frames
-from stages.training.validation import VALIDATION_SETS, build_validation_set
+from stages.training.validation import (
+    VALIDATION_FRAMES_PER_VIDEO,
+    VALIDATION_SETS,
+    build_validation_set,
+)
 
 from .cli_common import refine_option
 from .config import ConfigError
@@ -31,7 +35,7 @@ def _generated_set(name: str, pairs: int, seed: int, textures: tuple[Path, ...])
         files = find_media(textures)
         if not files:
             raise click.ClickException(f"no images or videos under {', '.join(map(str, textures))}")
-        media = load_media_frames(files)
+        media = load_media_frames(files, frames_per_video=VALIDATION_FRAMES_PER_VIDEO)
         if not media:
             raise click.ClickException(f"none of the {len(files)} media files could be read")
     label, generated = build_validation_set(name, pairs=pairs, seed=seed, media_frames=media)

@@ -55,6 +55,10 @@ PHOTO = LayeredPairConfig(
 
 VALIDATION_SETS: tuple[str, ...] = ("layered", "photo")
 
+VALIDATION_FRAMES_PER_VIDEO = 24
+"""Frames taken from each texture video of a held-out set (``evaluate --textures`` and
+``benchmarks/trained_model.py`` build the same pairs from the same clips)."""
+
 
 def build_validation_set(
     name: str, *, pairs: int, seed: int, media_frames: Sequence[np.ndarray] = ()
