@@ -23,7 +23,8 @@ Video ids mirror the input paths relative to the input root (the folder; the par
 file or frame folder; for a list, the folder holding the list file and every listed path):
 ``a/clip.mp4`` -> ``a/clip``. Ids are made unique and never nest (one video's output folder is
 never inside another's): on a clash the extension (``clip_mp4``) or ``_frames`` is appended, then
-a counter. A top-level name the run writes itself (``manifest.csv``, ``config.yaml``, the
+a counter. Ids that differ only in case or Unicode normalisation clash too, since macOS and
+Windows would give them one folder. A top-level name the run writes itself (``manifest.csv``, ``config.yaml``, the
 features tables, the annotation lists, ``.motionpipe.lock``; :func:`is_reserved`) is not an id
 either: ``classes.txt.mp4`` becomes ``classes.txt_mp4``, and the leading dots of a hidden input
 listed by name become ``_`` (``.clip.mp4`` -> ``_clip``), since the run's lock and temporary files
@@ -38,6 +39,7 @@ import fnmatch
 import logging
 import os
 import stat
+import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
@@ -353,6 +355,12 @@ def _suffix(job: VideoJob) -> str:
     return f"_{extension}" if extension else "_video"
 
 
+def _folder_name_key(video_id: str) -> str:
+    """What decides whether two output folders are one on some file system: macOS and Windows
+    compare names ignoring case, macOS also ignoring Unicode normalisation (NFC / NFD)."""
+    return unicodedata.normalize("NFC", video_id).casefold()
+
+
 def assign_ids(jobs: list[VideoJob]) -> list[VideoJob]:
     """Gives every job a unique id that is neither reserved nor a folder around another id.
 
@@ -370,17 +378,18 @@ def assign_ids(jobs: list[VideoJob]) -> list[VideoJob]:
 
     for _ in range(4 * len(jobs) + 4):
         ids = [make(n) for n in range(len(jobs))]
+        keys = [_folder_name_key(video_id) for video_id in ids]
         groups: dict[str, list[int]] = defaultdict(list)
-        for n, video_id in enumerate(ids):
-            groups[video_id].append(n)
-        ancestors = {str(parent) for video_id in ids for parent in PurePosixPath(video_id).parents}
+        for n, key in enumerate(keys):
+            groups[key].append(n)
+        ancestors = {str(parent) for key in keys for parent in PurePosixPath(key).parents}
         bump: set[int] = set()
         for members in groups.values():
             if len(members) > 1:
                 first_clash = all(levels[n] == 0 for n in members)
                 bump.update(members if first_clash else members[1:])
-        bump.update(n for n, video_id in enumerate(ids) if video_id in ancestors)
-        bump.update(n for n, video_id in enumerate(ids) if is_reserved(video_id))
+        bump.update(n for n, key in enumerate(keys) if key in ancestors)
+        bump.update(n for n, key in enumerate(keys) if is_reserved(key))
         if not bump:
             return [replace(job, video_id=v) for job, v in zip(jobs, ids, strict=True)]
         for n in bump:

@@ -146,6 +146,16 @@ def test_ids_never_collide_nor_nest() -> None:
     assert len(set(ids)) == len(ids)
 
 
+def test_ids_one_folder_on_macos_or_windows_clash() -> None:
+    """``Clip`` and ``CLIP``, or ``café`` written NFC and NFD, are one folder on a file system
+    that ignores case or normalisation: they get suffixes as any clash, wherever the run is."""
+    nfc, nfd = "caf\u00e9.mp4", "cafe\u0301.mkv"
+    rels = ["Clip.mp4", "CLIP.mp4", nfc, nfd, "A/x.mp4", "a/x.mkv", "a.mp4", "Classes.txt.mp4"]
+    ids = [job.video_id for job in assign_ids([VideoJob(Path(r), "", r) for r in rels])]
+    assert ids == ["Clip_mp4", "CLIP_mp4_2", "caf\u00e9_mp4", "cafe\u0301_mkv", "A/x_mp4",
+                   "a/x_mkv", "a_mp4", "Classes.txt_mp4"]  # fmt: skip
+
+
 def test_run_level_file_names_are_never_video_ids() -> None:
     """A video named after a file the run writes at the output root (a list, a table, the lock)
     gets another id, so neither can replace the other."""
