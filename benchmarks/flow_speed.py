@@ -78,7 +78,12 @@ def _official_network(model_name: str, args: argparse.Namespace):
     if root is None:
         flag = "--official-gma" if model_name == "gma" else "--official-raft"
         raise SystemExit(f"the official path of {model_name} needs {flag} CHECKOUT")
-    sys.path.insert(0, str(Path(root).resolve() / "core"))
+    core = Path(root).resolve() / "core"
+    module = "network.py" if model_name == "gma" else "raft.py"
+    if not (core / module).is_file():
+        repository = "zacjiang/GMA" if model_name == "gma" else "princeton-vl/RAFT"
+        raise SystemExit(f"{root}: not a checkout of {repository} (no core/{module})")
+    sys.path.insert(0, str(core))
     if model_name == "gma":
         from network import RAFTGMA  # zacjiang/GMA
 
