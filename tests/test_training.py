@@ -281,6 +281,15 @@ def test_missing_texture_paths_stop_training_before_anything_is_written(tmp_path
     assert result.exit_code == 1
     assert "texture paths not found: no/such/clip.mkv" in result.output
     assert "current folder" in result.output and not out.exists()
+    for option, message in (
+        ("init_checkpoint=no/such/weights.pth", "no/such/weights.pth"),
+        ("data=[{kind: kitti, root: no/such/kitti}]", "no/such/kitti"),
+    ):  # a checkpoint or a data set that cannot be read: nothing written either
+        result = CliRunner().invoke(
+            main, ["train", "--config", str(config), "-o", str(out), "--set", option]
+        )
+        assert result.exit_code == 1 and message in result.output, result.output
+        assert not out.exists(), option
 
 
 def test_resume_accepts_a_run_saved_before_a_config_key_was_added(tmp_path: Path) -> None:
