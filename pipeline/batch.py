@@ -58,11 +58,9 @@ from tqdm import tqdm
 from models.atomic_files import remove_leftover_temporaries
 
 from .config import RunConfig, dump_config
-from .discovery import VideoJob
+from .discovery import VideoJob, is_reserved
 from .executors import Execution, Executor, VideoTask, WorkerStartupError, make_executor
 from .manifest import (
-    MANIFEST_CSV,
-    MANIFEST_PARQUET,
     ManifestRow,
     RunManifest,
     has_manifest,
@@ -267,6 +265,17 @@ def _row(job: VideoJob, result: BatchResult | None, hash_: str) -> ManifestRow:
     return ManifestRow(**outcome, reused=result.reused, config_hash=hash_)
 
 
+def _remove_run_level_temporaries(out_root: Path) -> None:
+    """Removes the temporaries a killed run left beside the files it writes at the output root
+    (manifest, config, features table, annotation lists: ``.<name>.<8 hex>.tmp``); called
+    under the folder's lock, so no live writer owns them."""
+    targets = {path.name[1:-13] for path in out_root.glob(".*.????????.tmp")}
+    for name in sorted(targets):
+        if name and not name.startswith(".") and is_reserved(name):
+            for path in remove_leftover_temporaries(out_root / name):
+                logger.debug("removed %s, left by an interrupted write", path)
+
+
 def run_batch(
     jobs: Sequence[VideoJob],
     input_root: str | Path,
@@ -334,9 +343,7 @@ def run_batch(
         raise
     try:
         check_output_folder(out_root, resume=resume, overwrite=overwrite)
-        for name in (MANIFEST_PARQUET, MANIFEST_CSV, CONFIG_NAME):
-            for path in remove_leftover_temporaries(out_root / name):  # a killed run's
-                logger.debug("removed %s, left by an interrupted write", path)
+        _remove_run_level_temporaries(out_root)
         if resume or overwrite:
             check_left_behind(out_root, jobs, estimator)
         key = results_key(config, estimator)

@@ -386,13 +386,16 @@ def test_a_resumed_run_removes_what_a_killed_write_left(tmp_path: Path) -> None:
     _video(folder / "v.mkv", width=32, height=32, num_frames=3, codec="ffv1")
     out = tmp_path / "out"
     assert _invoke(["run", str(folder), "-o", str(out), *DIS, "--workers", "0"]).exit_code == 0
-    leftovers = [out / ".manifest.parquet.0a1b2c3d.tmp", out / ".config.yaml.ffffffff.tmp"]
-    kept = [out / ".manifest.parquet.mine.tmp"]
+    leftovers = [out / f".{name}.0a1b2c3d.tmp" for name in (
+        "manifest.parquet", "config.yaml", "features.parquet", "rawframes_flow.txt",
+        "rawframes_rgb_testlist01.txt", "classes.txt", "annotation_options.json")]  # fmt: skip
+    kept = [out / ".manifest.parquet.mine.tmp", out / "v" / ".flow.npy.0a1b2c3d.tmp",
+            out / ".notes.txt.0a1b2c3d.tmp"]  # fmt: skip
     for path in leftovers + kept:
         path.write_bytes(b"")
     assert _invoke(["run", str(folder), "-o", str(out), *DIS, "--resume"]).exit_code == 0
     assert not any(path.exists() for path in leftovers)
-    assert all(path.exists() for path in kept)  # not a name the writers give
+    assert all(path.exists() for path in kept)  # not a name the run's writers give there
 
 
 def test_a_run_over_its_manifest_budget_still_ends_with_every_row(
