@@ -40,6 +40,7 @@ __all__ = [
     "atomic_path",
     "commit",
     "create_temporary",
+    "leftover_targets",
     "naming_errors",
     "remove_leftover_temporaries",
     "write_bytes_atomic",
@@ -79,6 +80,14 @@ def remove_leftover_temporaries(target: PathLike) -> list[Path]:
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
+
+
+def leftover_targets(folder: PathLike) -> set[str]:
+    """Names of the files in ``folder`` that have a writer's temporary beside them
+    (``.<name>.<8 hex digits>.tmp``, see :func:`remove_leftover_temporaries`)."""
+    temporary = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{8}\.tmp")
+    matches = (temporary.fullmatch(path.name) for path in Path(folder).glob(".*.tmp"))
+    return {match["name"] for match in matches if match}
 
 
 @contextlib.contextmanager

@@ -86,15 +86,15 @@ class PairFiles:
 
         check(image2.shape, self.image2)
         check(flow.shape, self.flow)
-        if self.invalid is not None and not every_pixel:
-            invalid = read_mask(self.invalid)
-            check(invalid.shape, self.invalid)
-            valid &= ~invalid
-        if self.valid is not None and not every_pixel:
-            mask = read_mask(self.valid)
-            check(mask.shape, self.valid)
-            valid &= mask
         if not every_pixel:
+            if self.invalid is not None:
+                invalid = read_mask(self.invalid)
+                check(invalid.shape, self.invalid)
+                valid &= ~invalid
+            if self.valid is not None:
+                mask = read_mask(self.valid)
+                check(mask.shape, self.valid)
+                valid &= mask
             flow[~valid] = 0.0
         occluded = None
         if self.occlusion is not None:
