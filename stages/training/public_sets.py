@@ -44,12 +44,13 @@ class FlyingChairs(FlowReader):
                 f"{self.root} (1 = training, 2 = validation per pair)"
             )
         else:
-            logger.warning(
-                "no FlyingChairs split file (%s) in %s: 'training' takes every pair, the "
-                "validation pairs included",
-                " or ".join(self.SPLIT_FILES),
-                self.root,
-            )
+            if flows:  # an empty root is refused for its missing pairs, not warned about
+                logger.warning(
+                    "no FlyingChairs split file (%s) in %s: 'training' takes every pair, the "
+                    "validation pairs included",
+                    " or ".join(self.SPLIT_FILES),
+                    self.root,
+                )
             labels = [1] * len(flows)
         wanted = 1 if self.split == "training" else 2
         out = []

@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from ..image_io import read_image
 from .augment import AugmentConfig
@@ -150,21 +151,13 @@ READERS: dict[str, type[FlowReader]] = {
 READER_KINDS: tuple[str, ...] = tuple(READERS)
 
 
-def open_reader(
-    kind: str,
-    root: str | os.PathLike[str],
-    *,
-    split: str = "training",
-    variant: str | None = None,
-    augment_config: AugmentConfig | None = None,
-    seed: int = 0,
-) -> FlowReader:
-    """The reader of data set ``kind`` (one of :data:`READER_KINDS`) under ``root``."""
+def open_reader(kind: str, root: str | os.PathLike[str], **options: Any) -> FlowReader:
+    """The reader of data set ``kind`` (one of :data:`READER_KINDS`) under ``root``;
+    ``options`` are the reader's keywords (``split``, ``variant``, ``augment_config``,
+    ``seed``: see :class:`FlowReader`)."""
     if kind not in READERS:
         raise ValueError(f"unknown data set {kind!r}; expected one of {', '.join(READER_KINDS)}")
-    return READERS[kind](
-        root, split=split, variant=variant, augment_config=augment_config, seed=seed
-    )
+    return READERS[kind](root, **options)
 
 
 def build_reader_dataset(source, augment_config: AugmentConfig | None, *, seed: int) -> FlowReader:
