@@ -36,10 +36,12 @@ def print_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> None
         print("| " + " | ".join(str(cell) for cell in row) + " |")
 
 
-def add_video_argument(parser) -> None:
-    """``--video``: the clip a benchmark runs on; default the shared ``bottle-detection.mp4``."""
+def add_clip_arguments(parser, *, frames: int) -> None:
+    """The clip a benchmark runs on: the first ``--frames`` (default ``frames``) frames of
+    ``--video`` (default the shared ``bottle-detection.mp4``)."""
     default = Path(__file__).resolve().parents[2] / "shared/videos/bottle-detection.mp4"
     parser.add_argument("--video", type=Path, default=default)
+    parser.add_argument("--frames", type=int, default=frames)
 
 
 def run_timed(arguments: Sequence[str]) -> tuple[float, float]:

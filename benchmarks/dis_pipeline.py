@@ -30,7 +30,7 @@ from statistics import median
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks._common import add_video_argument, cpu_description, print_table, run_timed, spread  # noqa: E402
+from benchmarks._common import add_clip_arguments, cpu_description, print_table, run_timed, spread  # noqa: E402
 
 ALL_OUTPUTS = [
     "--formats", "npy,jpg,viz", "--set", "warp.enabled=true", "--set", "features.enabled=true",
@@ -69,8 +69,7 @@ def _ratio(values: list[float], base: list[float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_video_argument(parser)
-    parser.add_argument("--frames", type=int, default=100)
+    add_clip_arguments(parser, frames=100)
     parser.add_argument("--size", default="768x432")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()

@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
 from benchmarks._common import (  # noqa: E402
-    add_video_argument,
+    add_clip_arguments,
     cpu_description,
     print_table,
     spread,
@@ -41,8 +41,7 @@ from stages.flow import FlowStage  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_video_argument(parser)
-    parser.add_argument("--frames", type=int, default=33)
+    add_clip_arguments(parser, frames=33)
     parser.add_argument("--model", default="raft-large")
     parser.add_argument("--iters", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=3)
