@@ -65,6 +65,7 @@ from .manifest import (
     RunManifest,
     has_manifest,
 )
+from .progress import ShowProgress, progress_bar
 from .resume import check_left_behind, plan_resume
 from .run_start import (
     RunStartError,
@@ -388,7 +389,7 @@ def _run_locked(
     kept: dict[int, dict],
     *,
     runner: Executor,
-    progress: bool,
+    progress: ShowProgress,
     fail_fast: bool,
 ) -> tuple[list[VideoResult], RunManifest]:
     """Runs the jobs; returns their results and the manifest (see :attr:`RunManifest.error`)."""
@@ -424,12 +425,12 @@ def _run_locked(
         manifest.save()  # within its time budget
 
     failed_early = any(r is not None and r.status == "failed" for r in results)
-    bar = tqdm(
+    bar = progress_bar(
+        show=progress,
         total=len(jobs),
         initial=len(jobs) - len(tasks),
         desc="videos",
         unit="video",
-        disable=not progress,
         position=0,
         dynamic_ncols=True,
     )

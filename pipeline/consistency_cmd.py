@@ -45,6 +45,7 @@ from stages.warp_stage import pair_products
 
 from .cli_common import parse_set_options
 from .config import FLOW_MODELS, ConfigError, RunConfig, WarpConfig, load_config
+from .progress import ShowProgress, progress_bar, progress_option
 from .runner import FlowSession, advance, build_flow_session, complete
 
 logger = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def evaluate_consistency(
     config: RunConfig,
     session: FlowSession,
     *,
-    progress: bool = False,
+    progress: ShowProgress = False,
 ) -> dict[str, object]:
     """Per-pair and per-video warping errors of ``processed`` using ``source``'s flow.
 
@@ -85,11 +86,11 @@ def evaluate_consistency(
         size, gap = config.decode.chunk_size, config.flow.gap
         src_chunks = iter_chunks(src_reader, "source", size, overlap=gap)
         proc_chunks = iter_chunks(proc_reader, "processed", size, overlap=gap)
-        bar = tqdm(
+        bar = progress_bar(
+            show=progress,
             total=src_reader.expected_frames(),
             desc="consistency",
             unit="frame",
-            disable=not progress,
             dynamic_ncols=True,
         )
         with bar:
@@ -285,7 +286,7 @@ def update_summary(out_root: Path, row: dict[str, object]) -> Path:
 @click.option("--iters", type=click.IntRange(min=1))
 @click.option("--device", help="auto, cpu, cuda, cuda:1, mps")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE")
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@progress_option
 def consistency_command(
     source: Path,
     processed: Path,
@@ -296,7 +297,7 @@ def consistency_command(
     iters: int | None,
     device: str | None,
     settings: tuple[str, ...],
-    progress: bool,
+    progress: ShowProgress,
 ) -> None:
     """Warping error (E_warp) of PROCESSED against SOURCE, with SOURCE's own as the baseline."""
     overrides: dict[str, object] = {

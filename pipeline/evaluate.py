@@ -36,12 +36,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from stages.flow_io import atomic_path
 
 from .estimators import Estimator
 from .json_files import write_json
+from .progress import ShowProgress, progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -269,7 +269,7 @@ def evaluate_dataset(
     dataset: str = "",
     max_pairs: int | None = None,
     info: dict[str, Any] | None = None,
-    progress: bool = False,
+    progress: ShowProgress = False,
     every_pixel: bool = False,
 ) -> EvaluationResult:
     """Runs ``estimator`` on every pair of ``data`` and measures it against the ground truth.
@@ -291,7 +291,7 @@ def evaluate_dataset(
             ground truth only. Recorded in the summary as ``pixels: all``.
     """
     rows = []
-    bar = tqdm(total=_total(data, max_pairs), desc="evaluate", unit="pair", disable=not progress)
+    bar = progress_bar(show=progress, total=_total(data, max_pairs), desc="evaluate", unit="pair")
     for index, pair in _iter_pairs(data, max_pairs, every_pixel):
         start = time.perf_counter()
         flow = np.asarray(estimator(pair.image1, pair.image2))

@@ -22,6 +22,7 @@ from .cli_common import refine_option
 from .config import ConfigError
 from .estimators import build_estimator
 from .evaluate import evaluate_dataset, resolve_pad_mode
+from .progress import ShowProgress, progress_option
 from .run_start import RunStartError, check_output_root
 
 logger = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ def _generated_set(name: str, pairs: int, seed: int, textures: tuple[Path, ...])
     "-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
     help="Folder for pairs.csv, pairs.parquet, sequences.csv, summary.json.",
 )  # fmt: skip
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@progress_option
 def evaluate(
     dataset: str,
     root: Path | None,
@@ -115,7 +116,7 @@ def evaluate(
     seed: int,
     textures: tuple[Path, ...],
     output: Path,
-    progress: bool,
+    progress: ShowProgress,
 ) -> None:
     """Measure a flow model against the ground truth of DATASET (EPE, outliers, Fl)."""
     try:  # before any pair is evaluated

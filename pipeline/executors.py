@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .config import RunConfig
+from .progress import ShowProgress
 from .run_start import Estimator
 from .runner import FlowSession, VideoResult, build_flow_session, process_video
 
@@ -47,14 +48,15 @@ class Execution:
         executor: ``"local"`` or ``"ray"``.
         address: the Ray cluster (``None`` or ``"local"``: a local Ray instance for the run).
         timeout: seconds per video before its worker is killed (``TimeoutError``).
-        progress: an overall bar over videos and a frame bar per video.
+        progress: an overall bar over videos and a frame bar per video (``None``: as
+            :mod:`pipeline.progress` decides from stderr).
     """
 
     workers: int | None = 1
     executor: str = "local"
     address: str | None = None
     timeout: float | None = None
-    progress: bool = True
+    progress: ShowProgress = None
 
     def __post_init__(self) -> None:
         if self.executor not in EXECUTORS:
@@ -96,7 +98,7 @@ def failed_result(task: VideoTask, error_type: str, error: str) -> VideoResult:
 
 
 def run_task(
-    task: VideoTask, config: RunConfig, session: FlowSession, *, progress: bool
+    task: VideoTask, config: RunConfig, session: FlowSession, *, progress: ShowProgress
 ) -> VideoResult:
     """Processes one video; never raises for a bad video (the error is on the result)."""
     try:
@@ -119,7 +121,7 @@ class Job(Protocol):
     of a module-level class."""
 
     def __call__(
-        self, task: VideoTask, config: RunConfig, session: FlowSession, *, progress: bool
+        self, task: VideoTask, config: RunConfig, session: FlowSession, *, progress: ShowProgress
     ) -> VideoResult: ...
 
 
@@ -193,7 +195,7 @@ class InProcessExecutor(Executor):
         config: RunConfig,
         *,
         estimator: Estimator | None = None,
-        progress: bool = True,
+        progress: ShowProgress = None,
         job: Job = run_task,
     ) -> None:
         self.config = config

@@ -34,6 +34,7 @@ from .config import (
 from .devices import PRECISIONS
 from .discovery import find_inputs
 from .executors import EXECUTORS, Execution, WorkerStartupError
+from .progress import ShowProgress, progress_option
 from .run_start import RunStartError
 from .runner import VideoResult
 from .tables import collect_feature_tables, remove_feature_tables
@@ -65,7 +66,7 @@ logger = logging.getLogger("motionpipe")
     metavar="KEY=VALUE",
     help="Any config key, e.g. --set decode.stride=2.",
 )
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@progress_option
 @click.option(
     "--workers",
     type=click.IntRange(min=0),
@@ -108,7 +109,7 @@ def run(
     input_path: Path,
     output: Path,
     config_path: Path | None,
-    progress: bool,
+    progress: ShowProgress,
     settings,
     workers: int | None,
     executor: str,
@@ -209,7 +210,7 @@ class RunFiles:
     output: Path
     config: RunConfig
     lists: ListOptions | None  # None: no jpg output, no lists
-    progress: bool
+    progress: ShowProgress
     failed: bool = False  # a file could not be written (the run then exits 1)
 
     def write(self, results: list[VideoResult]) -> None:

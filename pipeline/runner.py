@@ -37,6 +37,7 @@ from .logs import VERBOSE, quiet_libraries
 from .manifest import Outcome
 from .model_choice import ModelChoice, choose_model
 from .overlap import OutputStages, Prefetcher
+from .progress import ShowProgress, progress_bar
 from .run_start import Estimator, check_loaded_checkpoint, results_hash, results_key
 
 logger = logging.getLogger(__name__)
@@ -120,10 +121,12 @@ def advance(bar: tqdm, frames: int) -> None:
 
 def complete(bar: tqdm) -> None:
     """Ends a frame bar at 100 % whatever the estimate was (fewer frames than announced) and
-    shows it (a fast bar may not have refreshed since its start)."""
+    shows it (a fast bar may not have refreshed since its start), unless it is a bar whose
+    ``delay`` has not passed yet (in a log, see :mod:`pipeline.progress`)."""
     if bar.total != bar.n:
         bar.total = bar.n
-    bar.refresh()
+    if not bar.disable and bar.format_dict["elapsed"] >= bar.delay:
+        bar.refresh()
 
 
 def _timed(iterator: Iterator, seconds: dict[str, float], key: str) -> Iterator:
@@ -145,7 +148,7 @@ def process_video(
     config: RunConfig,
     session: FlowSession,
     *,
-    progress: bool = True,
+    progress: ShowProgress = None,
 ) -> VideoResult:
     """Decodes one video, estimates flow chunk by chunk, writes every output, then meta.json.
 
@@ -171,11 +174,12 @@ def process_video(
             chunks = iter_chunks(
                 reader, video_id, config.decode.chunk_size, overlap=config.flow.gap
             )
-            bar = tqdm(
+            bar = progress_bar(
+                show=progress,
+                detail=True,
                 total=reader.expected_frames(),
                 desc=video_id,
                 unit="frame",
-                disable=not progress,
                 leave=False,
             )
 

@@ -8,9 +8,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
-from tqdm import tqdm
 
 from stages.feature_io import read_table, write_table
+
+from .progress import ShowProgress, progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ def collect_feature_tables(
     video_ids: Iterable[str],
     *,
     table_format: str = "parquet",
-    progress: bool = False,
+    progress: ShowProgress = False,
 ) -> Path | None:
     """Concatenates the ``clips.*`` tables of ``video_ids`` into ``OUT/features.parquet``
     (or ``.csv``): one row per clip of every video, ready for ``pandas.read_parquet``.
@@ -38,7 +39,7 @@ def collect_feature_tables(
     remove_feature_tables(out_root, keep=target)  # an earlier run's table in the other format
     tables = []
     video_ids = list(video_ids)
-    bar = tqdm(video_ids, desc="features table", unit="video", disable=not progress)
+    bar = progress_bar(video_ids, show=progress, desc="features table", unit="video")
     for video_id in bar:
         path = out_root / video_id / f"clips.{suffix}"
         if path.is_file():

@@ -17,6 +17,7 @@ from models.weights import BUNDLED_DIR, WEIGHTS
 
 from .cli_common import parse_set_options
 from .config import ConfigError
+from .progress import ShowProgress, progress_option
 from .train_config import load_train_config
 from .training import STATE_FILE, Trainer, TrainingError, export_weights
 from .training_log import read_log
@@ -44,6 +45,7 @@ logger = logging.getLogger(__name__)
     help="Train this many steps now, save, and exit (resume later with --resume).",
 )  # fmt: skip
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config key.")
+@progress_option
 def train(
     config_path: Path | None,
     output: Path,
@@ -52,6 +54,7 @@ def train(
     init_checkpoint: str | None,
     stop_after: int | None,
     sets: tuple[str, ...],
+    progress: ShowProgress,
 ) -> None:
     """Train a RAFT-family model (synthetic data built in, or data sets on disk) into OUTPUT."""
     overrides = {"steps": steps, "init_checkpoint": init_checkpoint, **parse_set_options(sets)}
@@ -59,7 +62,9 @@ def train(
         config_path = output / "config.yaml"  # the run's own configuration
     try:
         config = load_train_config(config_path, overrides)
-        result = Trainer(config, output, resume=resume).run(stop_after=stop_after)
+        result = Trainer(config, output, resume=resume).run(
+            stop_after=stop_after, progress=progress
+        )
     except (ConfigError, TrainingError, CheckpointError) as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:  # disk full, folder not writable: the last saved state is intact

@@ -34,7 +34,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from models import create_model
 from models.atomic_files import write_bytes_atomic
@@ -49,6 +48,7 @@ from .allocator import set_large_block_reuse
 from .config import ConfigError, build_config, config_hash, config_to_dict, dump_config
 from .devices import cpu_has_native_bf16, resolve_device
 from .json_files import write_json
+from .progress import ShowProgress, progress_bar
 from .run_start import key_differences
 from .train_config import TrainConfig
 from .training_log import RunLog
@@ -426,18 +426,19 @@ class Trainer:
         return path
 
     # ------------------------------------------------------------------ loop
-    def run(self, *, stop_after: int | None = None) -> TrainResult:
+    def run(self, *, stop_after: int | None = None, progress: ShowProgress = None) -> TrainResult:
         """Trains until ``config.steps`` (or ``stop_after`` more steps, for tests and pieces),
-        with ``config.threads`` PyTorch threads; the caller's thread count is restored after."""
+        with ``config.threads`` PyTorch threads; the caller's thread count is restored after.
+        ``progress``: the step bar on stderr (see :mod:`pipeline.progress`)."""
         threads = torch.get_num_threads()
         if self.config.threads is not None:
             torch.set_num_threads(self.config.threads)
         try:
-            return self._run(stop_after)
+            return self._run(stop_after, progress)
         finally:
             torch.set_num_threads(threads)
 
-    def _run(self, stop_after: int | None) -> TrainResult:
+    def _run(self, stop_after: int | None, progress: ShowProgress) -> TrainResult:
         config = self.config
         saved = self._check_output()
         device = resolve_device(config.device)
@@ -500,8 +501,13 @@ class Trainer:
         started, window_start = time.perf_counter(), time.perf_counter()
         interrupted = False
         try:
-            bar = tqdm(
-                total=config.steps, initial=step, desc="train", unit="step", dynamic_ncols=True
+            bar = progress_bar(
+                show=progress,
+                total=config.steps,
+                initial=step,
+                desc="train",
+                unit="step",
+                dynamic_ncols=True,
             )
             for batch in loader:
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}

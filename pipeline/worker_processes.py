@@ -37,6 +37,7 @@ from .executors import (
     pinned,
     run_task,
 )
+from .progress import ShowProgress
 from .run_start import Estimator
 from .runner import VideoResult, build_flow_session
 from .startup import worker_entry
@@ -85,7 +86,7 @@ def _worker_main(
     config: RunConfig,
     device: str | None,
     number: int,
-    progress: bool,
+    progress: ShowProgress,
     log_level: int,
     parent_pid: int,
     threads: int | None,
@@ -156,7 +157,7 @@ class ProcessExecutor(Executor):
         *,
         estimator: Estimator | None = None,
         timeout: float | None = None,
-        progress: bool = True,
+        progress: ShowProgress = None,
         job: Job = run_task,
     ) -> None:
         if not devices:
@@ -198,7 +199,7 @@ class ProcessExecutor(Executor):
         )
         # tqdm reads TQDM_* overrides when it is imported, before any code of ours runs in the
         # child: the worker's frame bars go below the overall bar through its environment.
-        with _environment("TQDM_POSITION", str(number + 1) if self.progress else None):
+        with _environment("TQDM_POSITION", str(number + 1) if self.progress is not False else None):
             process.start()
         child_conn.close()
         worker = _Worker(number, self.devices[number], process, parent_conn)

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 from pipeline import batch
 from pipeline.config import RunConfig
 from pipeline.executors import VideoTask, make_executor, run_task
+from pipeline.progress import ShowProgress
 from pipeline.runner import FlowSession, VideoResult
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ class Failures:
     fill_disk_on: str | None = None
 
     def __call__(
-        self, task: VideoTask, config: RunConfig, session: FlowSession, *, progress: bool
+        self, task: VideoTask, config: RunConfig, session: FlowSession, *, progress: ShowProgress
     ) -> VideoResult:
         if self.crash_on and self.crash_on in task.path:
             logger.error("failure injection: aborting while starting %s", task.path)

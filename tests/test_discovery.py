@@ -327,7 +327,7 @@ def test_run_on_a_frame_folder_and_a_list(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         main,
         ["-q", "run", str(tmp_path / "list.txt"), "-o", str(out), "--model", "dis",
-         "--workers", "0"],
+         "--workers", "0", "--progress"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     meta = json.loads((out / "in" / "shot one" / "meta.json").read_text())

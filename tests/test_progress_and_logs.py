@@ -6,7 +6,10 @@ Bars are read from the CLI's captured stderr (tqdm writes ``n/total`` on every r
 from __future__ import annotations
 
 import json
+import os
 import re
+import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -84,7 +87,7 @@ def test_run_frame_bar_counts_the_selected_frames_of_an_mkv(tmp_path) -> None:
     clip = write_video(tmp_path / "clip.mkv", num_frames=150, fps=30, codec="ffv1")
     out = tmp_path / "out"
     result = _invoke(
-        ["run", str(clip), "-o", str(out), "--model", "dis", "--workers", "0",
+        ["run", str(clip), "-o", str(out), "--model", "dis", "--workers", "0", "--progress",
          "--set", "decode.start=1.0", "--set", "decode.end=4.0", "--chunk-size", "20"]
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -103,7 +106,8 @@ def test_consistency_and_features_show_bars_with_totals(tmp_path) -> None:
     processed = write_frames(videos / "proc.mkv", darker, codec="ffv1", pix_fmt="yuv444p")
     result = _invoke(
         ["consistency", "--source", str(source), "--processed", str(processed),
-         "-o", str(tmp_path / "report"), "--model", "dis", "--set", "decode.chunk_size=4"]
+         "-o", str(tmp_path / "report"), "--model", "dis", "--set", "decode.chunk_size=4",
+         "--progress"]
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     bars = _totals(result.stderr, "consistency")
@@ -111,10 +115,71 @@ def test_consistency_and_features_show_bars_with_totals(tmp_path) -> None:
 
     result = _invoke(
         ["run", str(videos), "-o", str(tmp_path / "out"), "--model", "dis", "--workers", "0",
-         "--set", "features.enabled=true", "--set", "features.clip_len=4"]
+         "--set", "features.enabled=true", "--set", "features.clip_len=4", "--progress"]
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert _totals(result.stderr, "features table")[-1] == (2, 2)
+
+
+def test_a_log_file_gets_the_overall_bars_only_and_sparsely(tmp_path) -> None:
+    """stderr that is not a terminal (here the runner's buffer; a log file, a cluster job)
+    keeps every refresh: by default a video's frame bar shows only once it has run 30 s (not
+    for these short ones) and the overall bars write a line every 30 s (here: their first and
+    last state); ``--progress`` brings every bar back, ``--no-progress`` leaves none."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("a", "b"):
+        write_video(videos / f"{name}.mkv", num_frames=30, fps=30, codec="ffv1")
+    base = ["run", str(videos), "--model", "dis", "--workers", "0", "--chunk-size", "8",
+            "--set", "features.enabled=true", "--set", "features.clip_len=4"]  # fmt: skip
+    default = _invoke([*base, "-o", str(tmp_path / "default")])
+    forced = _invoke([*base, "-o", str(tmp_path / "forced"), "--progress"])
+    hidden = _invoke([*base, "-o", str(tmp_path / "hidden"), "--no-progress"])
+    for result in (default, forced, hidden):
+        assert result.exit_code == 0, result.output
+    assert _totals(default.stderr, "videos") == [(0, 2), (2, 2)]
+    assert "\r" not in default.stderr  # a line per refresh, not one carriage-returned line
+    assert _totals(default.stderr, "features table") == [(0, 2), (2, 2)]
+    assert _totals(default.stderr, "a") == [] and _totals(default.stderr, "b") == []
+    assert _totals(forced.stderr, "a")[-1] == (30, 30) == _totals(forced.stderr, "b")[-1]
+    assert _totals(hidden.stderr, "videos") == _totals(hidden.stderr, "features table") == []
+
+
+def test_in_a_log_a_detail_bar_appears_once_it_has_run_long(monkeypatch) -> None:
+    """A video's frame bar in a log: nothing for a short video, then a plain line per refresh
+    (no carriage returns or cursor moves) for one that runs past the refresh interval."""
+    import io
+
+    from pipeline import progress
+
+    monkeypatch.setattr(progress, "LOG_REFRESH_SECONDS", 0.2)
+    log = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", log)
+    with progress.progress_bar(total=3, show=None, detail=True, desc="short", leave=False) as bar:
+        bar.update(3)
+    assert log.getvalue() == ""
+    with progress.progress_bar(total=4, show=None, detail=True, desc="long", position=1) as bar:
+        for _ in range(4):
+            time.sleep(0.15)
+            bar.update(1)
+    lines = log.getvalue().splitlines()
+    assert lines and all(re.fullmatch(r"long: +\d+%\|[# ]+\| \d/4 \[.*\]", x) for x in lines)
+
+
+def test_a_terminal_gets_every_bar_live(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a real terminal (a pseudo-terminal here) the default shows detail bars too, at
+    tqdm's own refresh rate."""
+    from pipeline.progress import LOG_REFRESH_SECONDS, progress_bar
+
+    leader, follower = os.openpty()
+    with os.fdopen(follower, "w") as terminal:
+        monkeypatch.setattr(sys, "stderr", terminal)
+        with progress_bar(range(3), show=None, detail=True, desc="frames") as bar:
+            assert not bar.disable and bar.mininterval < LOG_REFRESH_SECONDS
+            assert sum(1 for _ in bar) == 3
+        with progress_bar(range(3), show=False) as bar:
+            assert bar.disable
+    os.close(leader)
 
 
 def test_log_levels_follow_the_help(tmp_path) -> None:
