@@ -10,16 +10,23 @@ against. Outputs in ``OUT``:
   points at the videos when ``OUT`` and the videos move together), ``source_absolute`` and
   ``processed_absolute`` (it still points at them when ``OUT`` alone moves),
   ``e_warp_source``, ``e_warp_processed``, their ratio, photometric errors, occluded
-  fraction, frames, pairs, model, and ``details``, the pair's folder relative to ``OUT``;
+  fraction, frames, pairs, model, ``config_hash``, and ``details``, the pair's folder
+  relative to ``OUT``;
 - ``<details>/consistency_frames.csv`` and ``.parquet``: one row per frame pair;
-- ``<details>/consistency.png``: both per-pair errors over time, worst pairs marked.
+- ``<details>/consistency.png``: both per-pair errors over time, worst pairs marked;
+- ``<details>/config.yaml``: the resolved configuration (its hash is the row's
+  ``config_hash``).
 
 The details folder mirrors the processed file's path without its extension, as ``run`` names
 its outputs: relative to the current folder when the file lies below it (``a/proc.mkv`` ->
 ``OUT/a/proc/``), else its absolute path without the root. So ``a/proc.mkv`` and
 ``b/proc.mkv`` never share a folder; a folder already used by another pair of the summary
-gets the extension (``proc_mkv``), then a counter. It is written whole or not at all (staged
-in a hidden folder beside it), so a full disk leaves the earlier result, never a part.
+gets the extension (``proc_mkv``), then a counter, and so does an existing folder that holds
+anything else: nothing but these files is ever replaced. It is written whole or not at all
+(staged in a hidden folder beside it), so a full disk leaves the earlier result, never a part.
+A pair whose files now fail (sizes or frame counts differ, a decoding error) loses its earlier
+row and files. Runs into one ``OUT`` may overlap: each files its result under an ``flock`` on
+``OUT/.consistency.lock``.
 """
 
 from __future__ import annotations
@@ -32,57 +39,75 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import click
 import pandas as pd
 from tqdm import tqdm
 
+from models import CheckpointError
 from models.atomic_files import atomic_path, write_bytes_atomic
 from stages.consistency import plot_error_over_time, summarize_video
-from stages.decode import DecodeError, iter_chunks, open_video
+from stages.decode import DecodeError, VideoInfo, iter_chunks, open_video
 from stages.warp_stage import pair_products
 
 from .cli_common import parse_set_options
-from .config import FLOW_MODELS, ConfigError, RunConfig, WarpConfig, load_config
+from .config import (
+    FLOW_MODELS,
+    ConfigError,
+    RunConfig,
+    WarpConfig,
+    config_hash,
+    dump_config,
+    load_config,
+)
 from .progress import ShowProgress, progress_bar, progress_option
 from .runner import FlowSession, advance, build_flow_session, complete
 
 logger = logging.getLogger(__name__)
 
 SUMMARY_FILE = "consistency_summary.csv"
+LOCK_FILE = ".consistency.lock"
+DETAIL_FILES = frozenset(
+    {"consistency_frames.csv", "consistency_frames.parquet", "consistency.png", "config.yaml"}
+)
+"""What a pair's details folder holds: all that :func:`_staged_folder` may replace."""
 
 
 class ConsistencyInputError(ValueError):
     """The two videos cannot be compared (different sizes or frame counts)."""
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """What :func:`evaluate_consistency` measured: one row per frame pair (``table``), the
+    frames of each video and the seconds it took."""
+
+    source: Path
+    processed: Path
+    table: pd.DataFrame
+    frames: int
+    seconds: float
+
+
 def evaluate_consistency(
     source: Path,
     processed: Path,
-    out_dir: Path,
     config: RunConfig,
     session: FlowSession,
     *,
     progress: ShowProgress = False,
-) -> dict[str, object]:
-    """Per-pair and per-video warping errors of ``processed`` using ``source``'s flow.
+) -> Comparison:
+    """Per-pair warping errors of ``source`` and ``processed``, both with ``source``'s flow.
 
-    Returns the summary row, with ``source_absolute`` and ``processed_absolute`` (absolute
-    paths; :func:`update_summary` adds the paths relative to the output folder). Raises
-    :class:`ConsistencyInputError` for mismatched inputs. ``progress``: a bar over the source's
-    frames on stderr.
+    Raises :class:`ConsistencyInputError` for mismatched inputs. ``progress``: a bar over the
+    source's frames on stderr. :func:`write_report` files the result.
     """
     started = time.perf_counter()
     options = config.decode
     with open_video(source, options) as src_reader, open_video(processed, options) as proc_reader:
-        src_size = (src_reader.info.width, src_reader.info.height)
-        proc_size = (proc_reader.info.width, proc_reader.info.height)
-        if src_size != proc_size:
-            raise ConsistencyInputError(
-                f"frame sizes differ: source {source} is {src_size[0]}x{src_size[1]}, "
-                f"processed {processed} is {proc_size[0]}x{proc_size[1]}"
-            )
+        _check_same_frames(src_reader.info, proc_reader.info, source, processed)
         size, gap = config.decode.chunk_size, config.flow.gap
         src_chunks = iter_chunks(src_reader, "source", size, overlap=gap)
         proc_chunks = iter_chunks(proc_reader, "processed", size, overlap=gap)
@@ -105,7 +130,27 @@ def evaluate_consistency(
             )
     if not rows:
         raise ConsistencyInputError(f"{source} has fewer than {config.flow.gap + 1} frames")
-    return _write_results(rows, src_frames, source, processed, out_dir, session, started)
+    seconds = time.perf_counter() - started
+    return Comparison(source, processed, pd.DataFrame(rows), src_frames, seconds)
+
+
+def _check_same_frames(source: VideoInfo, processed: VideoInfo, *paths: Path) -> None:
+    """Refuses frames of different sizes; warns when the rotation tags differ (a copy that
+    lost its tag holds frames turned against the source's: all error, no flicker)."""
+    turned = ""
+    if source.rotation != processed.rotation:
+        turned = (
+            f"rotation tags differ: source {source.rotation} degrees, processed "
+            f"{processed.rotation} degrees (frames are compared as displayed)"
+        )
+    if (source.width, source.height) != (processed.width, processed.height):
+        raise ConsistencyInputError(
+            f"frame sizes differ: source {paths[0]} is {source.width}x{source.height}, "
+            f"processed {paths[1]} is {processed.width}x{processed.height}"
+            + (f"; {turned}" if turned else "")
+        )
+    if turned:
+        logger.warning("%s vs %s: %s", paths[0], paths[1], turned)
 
 
 def _compare_chunks(src_chunks, proc_chunks, session: FlowSession, warp: WarpConfig, bar: tqdm):
@@ -143,12 +188,64 @@ def _compare_chunks(src_chunks, proc_chunks, session: FlowSession, warp: WarpCon
     return rows, src_frames, proc_frames
 
 
+def write_report(
+    out_root: Path, comparison: Comparison, config: RunConfig, session: FlowSession
+) -> tuple[dict[str, object], Path]:
+    """Writes the pair's details folder and its row of the summary; returns the row and the
+    summary's path. Runs into one ``out_root`` may overlap: each files its result under a lock
+    (choosing the folder, writing it, updating the summary)."""
+    with _report_lock(out_root):
+        details = details_folder(out_root, comparison.source, comparison.processed)
+        row = _write_results(comparison, out_root / details, config, session)
+        return row, update_summary(out_root, {**row, "details": details})
+
+
+def forget_pair(out_root: Path, source: Path, processed: Path) -> bool:
+    """Removes an earlier result of (``source``, ``processed``) from ``out_root``: its summary
+    row and its files (the folder too when nothing else is left in it). True if there was
+    one. For a pair that now fails, whose earlier numbers no longer describe the files."""
+    if not (out_root / SUMMARY_FILE).is_file():
+        return False
+    with _report_lock(out_root):
+        summary = _read_summary(out_root)
+        pair = (os.path.abspath(source), os.path.abspath(processed))
+        keep = [p != pair for p in _absolute_pairs(summary)]
+        if all(keep):
+            return False
+        for folder in summary["details"][[not k for k in keep]]:
+            target = out_root / str(folder)
+            for name in DETAIL_FILES:
+                (target / name).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # not empty: other pairs' folders inside
+                target.rmdir()
+        write_bytes_atomic(out_root / SUMMARY_FILE, summary[keep].to_csv(index=False).encode())
+        return True
+
+
+@contextlib.contextmanager
+def _report_lock(out_root: Path) -> Iterator[None]:
+    """An exclusive POSIX ``flock`` on ``OUT/.consistency.lock``, waited for."""
+    out_root.mkdir(parents=True, exist_ok=True)
+    with open(out_root / LOCK_FILE, "a") as handle:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: runs into one folder must not overlap
+            yield
+            return
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _write_results(
-    rows, frames: int, source: Path, processed: Path, out_dir: Path, session, started: float
+    comparison: Comparison, out_dir: Path, config: RunConfig, session: FlowSession
 ) -> dict[str, object]:
-    """Writes the pair's tables and plot; returns its summary row."""
-    table = pd.DataFrame(rows)
+    """Writes the pair's tables, plot and resolved configuration; returns its summary row."""
+    table, source, processed = comparison.table, comparison.source, comparison.processed
     with _staged_folder(out_dir) as staging:
+        dump_config(config, staging / "config.yaml")
         write_bytes_atomic(
             staging / "consistency_frames.csv", table.to_csv(index=False).encode(), durable=False
         )
@@ -169,7 +266,7 @@ def _write_results(
     return {
         "source_absolute": os.path.abspath(source),
         "processed_absolute": os.path.abspath(processed),
-        "frames": frames,
+        "frames": comparison.frames,
         "pairs": len(table),
         "e_warp_source": e_src,
         "e_warp_processed": e_proc,
@@ -178,7 +275,8 @@ def _write_results(
         "photometric_error_processed": stats["photometric_error_processed"],
         "occluded_fraction": stats["occluded_fraction"],
         "model": session.stage.config.model,
-        "seconds": round(time.perf_counter() - started, 2),
+        "config_hash": config_hash(config),
+        "seconds": round(comparison.seconds, 2),
     }
 
 
@@ -218,8 +316,30 @@ def _staged_folder(target: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    if _foreign(target):
+        # other things live there (another pair's nested details folder, a user's files):
+        # replace only this command's files, never remove anything else
+        if target.is_symlink() or not target.is_dir():
+            shutil.rmtree(staging, ignore_errors=True)
+            raise ConsistencyInputError(f"{target} exists and is not a folder")
+        for name in DETAIL_FILES:
+            (target / name).unlink(missing_ok=True)
+        for entry in staging.iterdir():
+            os.replace(entry, target / entry.name)
+        staging.rmdir()
+        return
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
+
+
+def _foreign(folder: Path) -> bool:
+    """Whether ``folder`` exists and is anything but a details folder of this command (a
+    file, a link, or a folder holding other entries than :data:`DETAIL_FILES`)."""
+    if not os.path.lexists(folder):
+        return False
+    if folder.is_symlink() or not folder.is_dir():
+        return True
+    return any(e.name not in DETAIL_FILES or not e.is_file() for e in folder.iterdir())
 
 
 def details_folder(out_root: Path, source: Path, processed: Path) -> str:
@@ -239,7 +359,7 @@ def details_folder(out_root: Path, source: Path, processed: Path) -> str:
     extension = Path(processed_key).suffix.lstrip(".").lower() or "video"
     numbered = (f"{base}_{extension}_{n}" for n in itertools.count(2))
     candidates = itertools.chain([str(base), f"{base}_{extension}"], numbered)
-    return next(c for c in candidates if c not in taken)
+    return next(c for c in candidates if c not in taken and not _foreign(out_root / c))
 
 
 def _relative_to(path: str, root: Path) -> str:
@@ -303,17 +423,25 @@ def consistency_command(
     overrides: dict[str, object] = {
         "flow.model": model, "flow.checkpoint": checkpoint, "flow.iters": iters,
         "flow.device": device, "flow.backward": True,
+        # the occlusion test needs backward flow whatever flow.backward says (as in `run`)
+        "warp.enabled": True,
     }  # fmt: skip
     overrides.update(parse_set_options(settings))
     try:
         config = load_config(config_path, overrides)
         session = build_flow_session(config)
-        details = details_folder(output, source, processed)
-        row = evaluate_consistency(
-            source, processed, output / details, config, session, progress=progress
-        )
-        summary = update_summary(output, {**row, "details": details})
-    except (ConfigError, ConsistencyInputError, DecodeError, ValueError, OSError) as exc:
+    except (CheckpointError, ConfigError, ValueError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        comparison = evaluate_consistency(source, processed, config, session, progress=progress)
+        row, summary = write_report(output, comparison, config, session)
+    except (ConsistencyInputError, DecodeError) as exc:  # the pair's files as they are now
+        message = str(exc)
+        with contextlib.suppress(OSError):
+            if forget_pair(output, source, processed):
+                message += f" (its earlier result in {output} was removed)"
+        raise click.ClickException(message) from None
+    except (ValueError, OSError) as exc:  # e.g. a full disk: an earlier result stays whole
         raise click.ClickException(str(exc)) from None
     click.echo(
         f"E_warp source {row['e_warp_source']:.6f}  processed {row['e_warp_processed']:.6f}  "

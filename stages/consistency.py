@@ -223,8 +223,8 @@ def batch_metrics(
     Keys (fractions are of all ``H * W`` pixels, in [0, 1]):
         ``e_warp``: :func:`warping_error` (pixel values in [0, 1]).
         ``photometric_error``: :func:`photometric_error`.
-        ``occluded_fraction``: pixels flagged by :func:`forward_backward_occlusion` (including
-        targets outside the frame); NaN without ``flow_bw``.
+        ``occluded_fraction``: pixels flagged by :func:`forward_backward_occlusion`, and
+        targets outside the frame unless ``config.count_outside``; NaN without ``flow_bw``.
         ``valid_fraction``: pixels whose forward target lies inside the frame.
         ``motion_boundary_fraction``: pixels flagged by :func:`motion_boundaries`.
         ``counted_fraction``: pixels counted by ``e_warp``.

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import av
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from click.testing import CliRunner
 from PIL import Image
 
 from pipeline.cli import main
 from pipeline.consistency_cmd import _ratio
 from stages.decode import DecodeConfig, open_video
+from tests.conftest import REPO_ROOT
 from tests.media import write_frames
 
 SIDE = 160  # frames are downscaled to this long side to keep the test fast
@@ -177,3 +181,90 @@ def test_ratio_of_two_zero_errors_is_one() -> None:
     assert _ratio(0.0, 0.0) == 1.0
     assert _ratio(1e-3, 0.0) == math.inf
     assert _ratio(3e-3, 1e-3) == pytest.approx(3.0)
+
+
+def test_a_folder_the_command_did_not_write_is_never_replaced(
+    copies, tmp_path: Path, monkeypatch
+) -> None:
+    """``-o .`` with ``results.mkv`` beside a user's ``results/`` folder: the folder stays."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "notes.txt").write_text("keep me")
+    processed = tmp_path / "results.mkv"
+    processed.write_bytes(copies["flicker"].read_bytes())
+    result = _consistency(copies["source"], Path("results.mkv"), Path("."))
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "results" / "notes.txt").read_text() == "keep me"
+    summary = pd.read_csv(tmp_path / "consistency_summary.csv")
+    assert summary["details"].tolist() == ["results_mkv"]
+    assert (tmp_path / "results_mkv" / "consistency_frames.csv").is_file()
+
+
+def test_rows_record_their_settings_and_a_pair_that_now_fails_loses_its_result(
+    copies, tmp_path: Path, monkeypatch
+) -> None:
+    """Each row has its configuration's hash (the details folder its config.yaml), so rows made
+    with other settings are told apart; flow.backward=false keeps the occlusion test (the
+    command computes backward flow for it, as run does). When a pair's processed file later
+    fails, its earlier row and files go: they no longer describe the file."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("flicker", "smoothed"):
+        (tmp_path / f"{name}.mkv").write_bytes(copies[name].read_bytes())
+    assert _consistency(copies["source"], Path("flicker.mkv"), Path("rep")).exit_code == 0
+    assert _consistency(copies["source"], Path("smoothed.mkv"), Path("rep")).exit_code == 0
+    other = CliRunner().invoke(
+        main,
+        ["-q", "consistency", "--source", str(copies["source"]), "--processed", "flicker.mkv",
+         "-o", "other", "--model", "dis", "--set", "flow.backward=false",
+         "--set", "warp.count_outside=true"],
+    )  # fmt: skip
+    assert other.exit_code == 0, other.output
+    first = pd.read_csv(tmp_path / "rep" / "consistency_summary.csv").iloc[0]
+    changed = pd.read_csv(tmp_path / "other" / "consistency_summary.csv").iloc[0]
+    assert first["config_hash"] != changed["config_hash"]
+    saved = yaml.safe_load((tmp_path / "other" / "flicker" / "config.yaml").read_text())
+    assert saved["warp"]["count_outside"] is True
+    assert changed["occluded_fraction"] > 0  # the occlusion test ran without flow.backward
+
+    (tmp_path / "flicker.mkv").write_bytes(copies["short"].read_bytes())
+    result = _consistency(copies["source"], Path("flicker.mkv"), Path("rep"))
+    assert result.exit_code != 0 and "frame counts differ" in result.output
+    assert "earlier result" in result.output
+    summary = pd.read_csv(tmp_path / "rep" / "consistency_summary.csv")
+    assert summary["details"].tolist() == ["smoothed"]
+    assert not (tmp_path / "rep" / "flicker").exists()
+    assert (tmp_path / "rep" / "smoothed" / "consistency_frames.csv").is_file()
+
+
+def test_runs_into_one_report_at_once_keep_every_row(copies, tmp_path: Path) -> None:
+    """Three processes evaluating three pairs into one folder at the same time: each files its
+    row under the report's lock, none is lost."""
+    names = ("flicker", "smoothed", "shuffled")
+    commands = [
+        [sys.executable, str(REPO_ROOT / "run_pipeline.py"), "-q", "consistency", "--source",
+         str(copies["source"]), "--processed", str(copies[name]), "-o", str(tmp_path / "rep"),
+         "--model", "dis", "--no-progress"]
+        for name in names
+    ]  # fmt: skip
+    processes = [subprocess.Popen(c, stderr=subprocess.PIPE, text=True) for c in commands]
+    for process in processes:
+        assert process.wait(timeout=300) == 0, process.stderr.read()
+    summary = pd.read_csv(tmp_path / "rep" / "consistency_summary.csv")
+    assert sorted(Path(folder).name for folder in summary["details"]) == sorted(names)
+
+
+def test_a_lost_rotation_tag_is_named(tmp_path: Path) -> None:
+    """A processed copy whose rotation tag was lost holds frames turned against the source's:
+    square frames are compared with a warning naming both tags, others refused naming them."""
+    frames = [np.full((48, 48, 3), 10 * i, np.uint8) for i in range(4)]
+    turned = write_frames(tmp_path / "turned.mp4", frames, codec="ffv1", rotation=90)
+    plain = write_frames(tmp_path / "plain.mp4", frames, codec="ffv1")
+    square = _consistency(turned, plain, tmp_path / "square")
+    assert square.exit_code == 0, square.output
+    assert "rotation tags differ: source 90 degrees, processed 0 degrees" in square.output
+    wide = [np.zeros((32, 48, 3), np.uint8)] * 4
+    turned = write_frames(tmp_path / "turned_wide.mp4", wide, codec="ffv1", rotation=90)
+    plain = write_frames(tmp_path / "plain_wide.mp4", wide, codec="ffv1")
+    result = _consistency(turned, plain, tmp_path / "wide")
+    assert result.exit_code != 0
+    assert "frame sizes differ" in result.output and "rotation tags differ" in result.output
