@@ -11,7 +11,7 @@ in-process), ``worker_processes``, ``ray_executor``, ``overlap``, ``allocator``.
 live on a terminal, a line every 30 s in a log), ``logs``, and
 one module per command beside its library (``run_cmd``, ``pair_cmd``, ``consistency_cmd``,
 ``evaluate`` / ``evaluate_cmd``, ``inspect`` / ``inspect_cmd`` / ``inspect_report``,
-``training`` / ``training_log`` / ``train_cmd``, ``annotations`` / ``annotations_cmd``,
+``training`` / ``training_log`` / ``training_weights`` / ``train_cmd``, ``annotations`` / ``annotations_cmd``,
 ``config_cmd``).
 
 Imports ``stages`` and ``models``; ``run_pipeline.py`` is the only thing above it.

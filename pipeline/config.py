@@ -257,9 +257,22 @@ def load_config_as(
         if not isinstance(data, dict):
             raise ConfigError(f"{path} must hold a mapping of sections, got {type(data).__name__}")
     try:
-        return build_config(cls, apply_overrides(data, overrides or {}))
+        return build_config(
+            cls, apply_overrides(_seed_lists(cls, data, overrides), overrides or {})
+        )
     except ConfigError as exc:
         raise ConfigError(f"{exc}{_origin(cls, data, path, overrides)}") from None
+
+
+def _seed_lists(cls: type, data: dict[str, Any], overrides: dict[str, Any] | None) -> dict:
+    """``data`` with the default of each list setting an override indexes into and the file
+    leaves out (``--set data.0.root=...`` without a file edits the default data list)."""
+    heads = {key.split(".", 1)[0] for key in overrides or {} if "." in key} - set(data)
+    if not heads:
+        return data
+    defaults = config_to_dict(cls())
+    lists = {h: defaults[h] for h in heads if isinstance(defaults.get(h), list)}
+    return {**data, **lists}
 
 
 def _origin(cls: type, data: dict[str, Any], path: str | Path | None, overrides) -> str:

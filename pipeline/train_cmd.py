@@ -19,8 +19,9 @@ from .cli_common import parse_set_options
 from .config import ConfigError
 from .progress import ShowProgress, progress_option
 from .train_config import load_train_config
-from .training import STATE_FILE, Trainer, TrainingError, export_weights
+from .training import STATE_FILE, Trainer, TrainingError
 from .training_log import read_log
+from .training_weights import export_weights
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +80,8 @@ def train(
         click.echo(f"trained {result.step} steps; weights: {result.weights}")
     else:
         click.echo(f"stopped at step {result.step}; continue with --resume -o {output}")
+        if result.signal is not None:  # a scheduler or `train && export-model` must not see success
+            raise SystemExit(128 + result.signal)
 
 
 @click.command("export-model")
@@ -97,6 +100,11 @@ def export_model(
 ) -> None:
     """Package trained WEIGHTS for distribution: official layout, optional float16, and a JSON
     sidecar with the training configs, seeds and the file's SHA-256."""
+    if output.suffix.lower() == ".json":
+        raise click.ClickException(
+            f"{output}: the checkpoint needs another suffix than .json (its sidecar is "
+            f"{output.with_suffix('.json').name}, which would overwrite it)"
+        )
     stages = []
     for run in runs:
         config_file = run / "config.yaml"
@@ -105,6 +113,19 @@ def export_model(
         config = yaml.safe_load(config_file.read_text())
         stages.append({"run": run.name, "seed": config.get("seed"),
                        "steps_trained": _last_logged_step(run), "config": config})  # fmt: skip
+    if stages:
+        from models.weights import infer_architecture, load_checkpoint
+
+        try:
+            arch = infer_architecture(load_checkpoint(weights))
+        except CheckpointError as exc:
+            raise click.ClickException(str(exc)) from None
+        trained = stages[-1]["config"].get("model")
+        if trained is not None and trained != arch:
+            raise click.ClickException(
+                f"{weights} is a {arch} checkpoint but the last --run, {runs[-1]}, trained "
+                f"{trained}: the sidecar would record another model's recipe"
+            )
     _steps_handed_on(stages)
     if stages:
         stages = _inherited_stages(stages[0]["config"].get("init_checkpoint")) + stages

@@ -60,6 +60,11 @@ class DataSource:
             f"data.root is required for the {self.kind} data set",
         )
         _require(
+            self.kind != "synthetic" or self.root is None,
+            f"data.root ({self.root}) is for data sets read from disk, and this source is the "
+            "synthetic generator: set its kind (data.N.kind) too",
+        )
+        _require(
             "crop" not in (self.augment or {}),
             "data.augment.crop: every source is cropped to the training crop (set crop)",
         )
@@ -123,6 +128,7 @@ class ValidationConfig:
     def __post_init__(self) -> None:
         _require(self.every >= 1 and self.pairs >= 1, "validation.every/pairs must be >= 1")
         _require(self.iters >= 1, "validation.iters must be >= 1")
+        _require(self.seed >= 0, "validation.seed must be >= 0")
         unknown = sorted(set(self.sets) - {"layered", "photo"})
         _require(not unknown, f"validation.sets: unknown {unknown}; choose layered, photo")
 
@@ -160,6 +166,8 @@ class TrainConfig:
         _require(self.model in ARCHS, f"model must be one of {ARCHS}")
         _require(self.iters >= 1 and self.steps >= 1, "iters and steps must be >= 1")
         _require(0 < self.gamma <= 1, "gamma must be in (0, 1]")
+        _require(self.max_flow > 0, "max_flow must be > 0 (ground truth this long is ignored)")
+        _require(self.seed >= 0, "seed must be >= 0")
         _require(self.batch_size >= 1, "batch_size must be >= 1")
         _require(
             len(self.crop) == 2 and all(c >= 64 and c % 8 == 0 for c in self.crop),
@@ -184,7 +192,8 @@ class TrainConfig:
         if source is None or not source.augment:
             return replace(self.augment, crop=tuple(self.crop))
         changed = {**config_to_dict(self.augment), **source.augment, "crop": list(self.crop)}
-        return build_config(AugmentConfig, changed, "data.augment.")
+        number = next((str(i) for i, s in enumerate(self.data) if s is source), "N")
+        return build_config(AugmentConfig, changed, f"data.{number}.augment.")
 
 
 def load_train_config(

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
 import logging
+import math
 import os
 import signal
 import time
@@ -36,7 +36,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from models import create_model
-from models.atomic_files import write_bytes_atomic
+from models.atomic_files import leftover_targets, remove_leftover_temporaries
 from models.losses import flow_metrics, sequence_loss
 from models.raft import RAFT
 from stages.training.datasets import SyntheticPairs
@@ -47,11 +47,11 @@ from stages.training.validation import PHOTO, build_validation_set, resized
 from .allocator import set_large_block_reuse
 from .config import ConfigError, build_config, config_hash, config_to_dict, dump_config
 from .devices import cpu_has_native_bf16, resolve_device
-from .json_files import write_json
 from .progress import ShowProgress, progress_bar
 from .run_start import key_differences
 from .train_config import TrainConfig
 from .training_log import RunLog
+from .training_weights import save_torch, save_weights
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +77,8 @@ class TrainResult:
     weights: Path | None
     interrupted: bool
     last_metrics: dict[str, float]
+    #: the signal (SIGINT / SIGTERM) that stopped the run, None otherwise
+    signal: int | None = None
 
 
 def resolve_train_precision(name: str, device: torch.device) -> torch.dtype | None:
@@ -191,7 +193,12 @@ def build_training_data(config: TrainConfig) -> Dataset:
                 augment_config=augment.__class__(**{**augment.__dict__, "spatial": False}),
             )
         else:
-            dataset = build_reader_dataset(source, config.augmentation(source), seed=config.seed)
+            try:
+                dataset = build_reader_dataset(
+                    source, config.augmentation(source), seed=config.seed
+                )
+            except (OSError, ValueError) as exc:  # a data set that is missing or malformed
+                raise TrainingError(f"data set {source.kind} at {source.root}: {exc}") from None
         sources.append((dataset, source.weight))
     return MixedDataset(sources, seed=config.seed, length=length)
 
@@ -205,60 +212,6 @@ class _IndexRange(torch.utils.data.Sampler[int]):
 
     def __len__(self) -> int:
         return self.stop - self.start
-
-
-def official_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The model's weights under the official key names with the ``module.`` prefix that the
-    official scripts expect (they load into ``nn.DataParallel``)."""
-    return {f"module.{k}": v.detach().cpu().clone() for k, v in model.state_dict().items()}
-
-
-def save_torch(obj: Any, path: Path) -> None:
-    """``torch.save`` through memory, then one atomic write: a full disk is an ``OSError``
-    naming ``path`` (torch's own file writer reports it as a RuntimeError without errno)."""
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    write_bytes_atomic(path, buffer.getbuffer())
-
-
-def save_weights(model: torch.nn.Module, path: Path) -> None:
-    """Writes :func:`official_state_dict` atomically."""
-    save_torch(official_state_dict(model), path)
-
-
-def export_weights(
-    source: Path, target: Path, *, half: bool, provenance: dict[str, Any]
-) -> dict[str, Any]:
-    """Writes a checkpoint for distribution and a JSON sidecar that says how it was made.
-
-    ``source``: any checkpoint :func:`models.weights.load_checkpoint` reads (a run's
-    ``model.pth`` or ``checkpoints/step_*.pth``). ``target``: the new ``.pth`` (official layout
-    with the ``module.`` prefix; float16 tensors with ``half``, which halves the file and loads
-    into float32 models unchanged otherwise). The sidecar ``target.with_suffix(".json")`` holds
-    ``provenance`` plus the architecture, dtype, parameter count and the file's SHA-256 (the
-    value a registry entry needs).
-    """
-    from models.weights import infer_architecture, load_checkpoint, sha256_file
-
-    state = load_checkpoint(source)
-    arch = infer_architecture(state)
-    out = {}
-    for key, tensor in state.items():
-        floating = tensor.is_floating_point()
-        out[f"module.{key}"] = tensor.half() if half and floating else tensor
-    target.parent.mkdir(parents=True, exist_ok=True)
-    save_torch(out, target)
-    record = {
-        **provenance,
-        "architecture": arch,
-        "dtype": "float16" if half else "float32",
-        "parameters": int(sum(t.numel() for t in state.values() if t.is_floating_point())),
-        "file": target.name,
-        "bytes": target.stat().st_size,
-        "sha256": sha256_file(target),
-    }
-    write_json(target.with_suffix(".json"), record)
-    return record
 
 
 def freeze_batchnorm(model: torch.nn.Module) -> None:
@@ -347,8 +300,18 @@ class Trainer:
         state_path = self.output / STATE_FILE
         if self.resume:
             if not state_path.exists():
-                raise TrainingError(f"--resume: no {STATE_FILE} in {self.output}")
-            state = torch.load(state_path, map_location="cpu", weights_only=False)
+                raise TrainingError(
+                    f"--resume: no {STATE_FILE} in {self.output} (the run saved no state: run "
+                    "the same command without --resume to start it)"
+                )
+            try:
+                state = torch.load(state_path, map_location="cpu", weights_only=False)
+            except (RuntimeError, EOFError, ValueError, OSError) as exc:  # truncated / not ours
+                raise TrainingError(
+                    f"--resume: {state_path} cannot be read ({str(exc).splitlines()[0]}); "
+                    f"the weights in {self.output / 'checkpoints'} can start a new run with "
+                    "--init-checkpoint (optimizer and schedule state are lost)"
+                ) from None
             if not self._same_config(state):
                 now = config_to_dict(self.config)
                 saved = {k: v for k, v in state.get("config", {}).items() if k in now}
@@ -370,10 +333,11 @@ class Trainer:
             )
         return None
 
-    def _build_model(self, device: torch.device) -> RAFT:
-        model = create_model(
-            self.config.model, checkpoint=self.config.init_checkpoint, device=device
-        )
+    def _build_model(self, device: torch.device, *, resuming: bool = False) -> RAFT:
+        # A resumed run's weights come from its state.pt (loaded below): the init checkpoint
+        # may have been moved, rotated out of an earlier run's checkpoints/ or need a download.
+        checkpoint = self.output / STATE_FILE if resuming else self.config.init_checkpoint
+        model = create_model(self.config.model, checkpoint=checkpoint, device=device)
         model.set_fast_kernels(False)
         model.train()
         if self.config.freeze_bn:
@@ -420,7 +384,11 @@ class Trainer:
         folder.mkdir(exist_ok=True)
         path = folder / f"step_{step:06d}.pth"
         save_weights(model, path)
-        kept = sorted(folder.glob("step_*.pth"))
+        # by step, not by name: step_1000000.pth sorts before step_999750.pth
+        kept = sorted(
+            (p for p in folder.glob("step_*.pth") if p.stem[5:].isdigit()),
+            key=lambda p: int(p.stem[5:]),
+        )
         for old in kept[: -self.config.keep_checkpoints]:
             old.unlink(missing_ok=True)
         return path
@@ -441,7 +409,16 @@ class Trainer:
     def _run(self, stop_after: int | None, progress: ShowProgress) -> TrainResult:
         config = self.config
         saved = self._check_output()
-        device = resolve_device(config.device)
+        if saved is not None:
+            # temporaries of saves a killed run did not finish (a state.pt's is as large as it)
+            for folder in (self.output, self.output / "checkpoints"):
+                if folder.is_dir():
+                    for name in leftover_targets(folder):
+                        remove_leftover_temporaries(folder / name)
+        try:
+            device = resolve_device(config.device)
+        except ValueError as exc:
+            raise TrainingError(str(exc)) from None
         # Every step allocates the same large activations; reuse them instead of page-faulting
         # fresh mappings (1.59 vs 2.21 s per step measured, see pipeline.allocator).
         set_large_block_reuse(True)
@@ -449,7 +426,7 @@ class Trainer:
         _check_media_paths(config)
 
         torch.manual_seed(config.seed)  # the initial weights are part of what the seed fixes
-        model = self._build_model(device)
+        model = self._build_model(device, resuming=saved is not None)
         optimizer = torch.optim.AdamW(
             model.parameters(),
             lr=config.optim.lr,
@@ -534,7 +511,7 @@ class Trainer:
                 bar.update(1)
                 if step % config.log_every == 0 or step == stop:
                     elapsed = time.perf_counter() - window_start
-                    last = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
+                    last = {k: _finite_mean([m[k] for m in window]) for k in window[0]}
                     record = {"step": step, **last, "lr": scheduler.get_last_lr()[0],
                               "pairs_per_s": len(window) * config.batch_size / max(elapsed, 1e-9),
                               "time_s": time.perf_counter() - started}  # fmt: skip
@@ -561,7 +538,7 @@ class Trainer:
             for signum, handler in previous_handlers.items():
                 signal.signal(signum, handler)
         if interrupted or step < config.steps:
-            return TrainResult(step, None, interrupted, last)
+            return TrainResult(step, None, interrupted, last, self._stop_signal)
         return self._finish(model, step, interrupted=False, metrics=last)
 
     def _finish(self, model, step: int, *, interrupted: bool, metrics) -> TrainResult:
@@ -569,6 +546,13 @@ class Trainer:
         save_weights(model, path)
         RunLog(self.output).plot()
         return TrainResult(step, path, interrupted, metrics)
+
+
+def _finite_mean(values: list[float]) -> float:
+    """Mean of the finite values (a batch without valid ground truth, a sparse crop that missed
+    every KITTI point, has no EPE), NaN when there is none."""
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else math.nan
 
 
 def default_threads() -> int:

@@ -5,6 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -16,7 +20,7 @@ from click.testing import CliRunner
 
 from models import Padder, create_model, raft_small_convex
 from models.losses import flow_metrics, sequence_loss
-from models.weights import infer_architecture, load_checkpoint
+from models.weights import BUNDLED_DIR, infer_architecture, load_checkpoint
 from pipeline.cli import main
 from pipeline.config import ConfigError
 from pipeline.train_config import load_train_config
@@ -24,6 +28,7 @@ from pipeline.training import freeze_batchnorm, validate
 from pipeline.training_log import RunLog, read_log
 from stages.training.synthetic import LayeredPairConfig, MotionRange, generate_pair
 from stages.training.textures import PROCEDURAL_KINDS, TexturePool, procedural_texture
+from tests.conftest import REPO_ROOT
 
 
 def _rgb(path: Path) -> torch.Tensor:
@@ -183,6 +188,16 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
         load_train_config(None, {"synthetic.sprites": [3, 1]})
     with pytest.raises(ConfigError, match="model"):
         load_train_config(None, {"model": "flownet"})
+    with pytest.raises(ConfigError, match="max_flow must be > 0"):  # all pixels ignored: loss 0
+        load_train_config(None, {"max_flow": -5})
+    with pytest.raises(ConfigError, match="seed must be >= 0"):
+        load_train_config(None, {"seed": -1})
+    with pytest.raises(ConfigError, match=r"validation\.seed must be >= 0"):
+        load_train_config(None, {"validation.seed": -1})
+    with pytest.raises(ConfigError, match=r"data\.root \(/x\) is for data sets read from disk"):
+        load_train_config(None, {"data.0.root": "/x"})  # the default source is the generator
+    config = load_train_config(None, {"data.0.kind": "chairs", "data.0.root": "/x"})  # no file
+    assert (config.data[0].kind, config.data[0].root) == ("chairs", "/x")
 
 
 def _tiny_config(path: Path, steps: int) -> Path:
@@ -378,9 +393,78 @@ def test_a_stage_started_from_a_snapshot_records_the_earlier_run_at_that_step() 
 def test_official_raft_small_keys_are_what_training_saves(tmp_path: Path, parity_dir: Path) -> None:
     """A raft-small training checkpoint has exactly the official file's keys and shapes."""
     from models import raft_small
-    from pipeline.training import official_state_dict
+    from pipeline.training_weights import official_state_dict
 
     ours = official_state_dict(raft_small())
     official = torch.load(parity_dir / "raft_small_random.pth", weights_only=True)
     assert list(ours) == list(official)
     assert all(ours[k].shape == official[k].shape for k in ours)
+
+
+def test_resume_needs_no_init_checkpoint_and_clears_killed_saves(tmp_path: Path) -> None:
+    """The state holds every weight: a resumed run must not load the init checkpoint again
+    (rotated out of an earlier run's checkpoints/, moved, or a download); and the temporaries
+    of saves a killed run left are removed."""
+    config = _tiny_config(tmp_path / "tiny.yaml", steps=2)
+    runner = CliRunner()
+    start = tmp_path / "start.pth"
+    start.write_bytes((BUNDLED_DIR / "motionpipe-small-v3.pth").read_bytes())
+    run = tmp_path / "run"
+    first = runner.invoke(main, ["train", "--config", str(config), "-o", str(run),
+                                 "--init-checkpoint", str(start), "--stop-after", "1"])  # fmt: skip
+    assert first.exit_code == 0, first.output
+    start.unlink()
+    (run / ".state.pt.0123abcd.tmp").write_bytes(b"half a state")
+    second = runner.invoke(main, ["train", "-o", str(run), "--resume"])
+    assert second.exit_code == 0, second.output
+    assert (run / "model.pth").exists() and not list(run.rglob(".*.tmp"))
+
+
+def test_checkpoints_rotate_by_step_past_a_million(tmp_path: Path) -> None:
+    from pipeline.training import Trainer
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for step in (999_250, 999_500, 999_750):
+        (folder / f"step_{step:06d}.pth").write_bytes(b"")
+    config = load_train_config(None, {"keep_checkpoints": 3})
+    Trainer(config, tmp_path)._save_checkpoint(torch.nn.Linear(1, 1), 1_000_000)
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "step_1000000.pth",
+        "step_999500.pth",
+        "step_999750.pth",
+    ]
+
+
+def test_a_signal_saves_the_state_and_exits_non_zero(tmp_path: Path) -> None:
+    """SIGTERM stops a run with its state saved and exit status 143 (a scheduler, or ``train
+    && export-model``, must not take the unfinished run for a finished one)."""
+    config = _tiny_config(tmp_path / "tiny.yaml", steps=10_000)
+    run = tmp_path / "run"
+    command = [sys.executable, str(REPO_ROOT / "run_pipeline.py"), "train", "--config",
+               str(config), "-o", str(run), "--no-progress"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 240
+    while not (run / "log.jsonl").is_file():  # written after the first step: handlers are in
+        assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=240)[0].decode()
+    assert process.returncode == 128 + signal.SIGTERM, output
+    assert "continue with --resume" in output and (run / "state.pt").is_file()
+
+
+def test_export_refuses_a_json_output_and_another_runs_recipe(tmp_path: Path) -> None:
+    """The sidecar of ``x.json`` would be ``x.json`` itself; the recipe of a run that trained
+    another architecture than the weights' would be a false record."""
+    weights = BUNDLED_DIR / "motionpipe-small-v3.pth"  # raft-small-convex
+    run = tmp_path / "kitti-run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": "raft-small", "seed": 1}))
+    runner = CliRunner()
+    result = runner.invoke(main, ["export-model", str(weights), "-o", str(tmp_path / "x.json")])
+    assert result.exit_code != 0 and "another suffix than .json" in result.output
+    result = runner.invoke(main, ["export-model", str(weights), "-o", str(tmp_path / "x.pth"),
+                                  "--run", str(run)])  # fmt: skip
+    assert result.exit_code != 0 and "the last --run" in result.output
+    assert not (tmp_path / "x.pth").exists() and not (tmp_path / "x.json").exists()

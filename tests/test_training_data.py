@@ -387,9 +387,9 @@ def test_a_source_changes_the_augmentation_for_itself_only(tmp_path: Path) -> No
     )
     assert kitti.augment_config.max_scale == 0.4 and kitti.augment_config.crop == (64, 64)
     assert chairs.augment_config == config.augmentation()
-    with pytest.raises(ConfigError, match=r"data\.augment\.hflip"):
+    with pytest.raises(ConfigError, match=r"data\.0\.augment\.hflip"):
         load_train_config(None, {**overrides, "data.0.augment": {"hflip": 0}})
-    with pytest.raises(ConfigError, match=r"data\.augment\.brightness must be a number"):
+    with pytest.raises(ConfigError, match=r"data\.0\.augment\.brightness must be a number"):
         load_train_config(None, {**overrides, "data.0.augment.brightness": "bright"})
     with pytest.raises(ConfigError, match="training crop"):
         load_train_config(None, {**overrides, "data.0.augment.crop": [16, 16]})
