@@ -10,6 +10,7 @@ import os
 import re
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import cv2
@@ -56,6 +57,19 @@ def test_expected_frames_match_the_frames_delivered(tmp_path, suffix, codec, opt
         assert expected == sum(1 for _ in reader.frames())
     if suffix != "mp4":
         assert reader.info.header_frame_count is None
+
+
+@pytest.mark.parametrize("suffix", ["mkv", "webm", "mp4"])
+def test_a_stream_that_starts_late_is_counted_from_its_start(tmp_path, suffix) -> None:
+    """Matroska's duration is where the segment ends, counted from 0: a stream whose first
+    frame is at 0.5 s (B-frame delay, a cut) holds 0.5 s fewer frames than it reads."""
+    frames = [pattern_frame(i, 64, 48) for i in range(45)]
+    codec = "libvpx-vp9" if suffix == "webm" else "libx264"
+    path = write_frames(tmp_path / f"late.{suffix}", frames, codec=codec, fps=30,
+                        pts=[500 + 33 * i for i in range(45)], time_base=Fraction(1, 1000))  # fmt: skip
+    with open_video(path, DecodeConfig()) as reader:
+        assert reader.info.stream_start == 0.5
+        assert reader.expected_frames() == 45 == sum(1 for _ in reader.frames())
 
 
 def test_a_header_claiming_days_of_video_does_not_stall_the_count() -> None:

@@ -202,6 +202,8 @@ def _probe_container(container: av.container.InputContainer, path: str) -> Strea
         duration: float | None = float(stream.duration * time_base)
     elif container.duration is not None:
         duration = container.duration / 1_000_000
+        if "matroska" in container.format.name:  # the segment's end, counted from 0
+            duration = max(0.0, duration - clock.start_seconds)
     else:
         duration = None
     codec_ctx = stream.codec_context

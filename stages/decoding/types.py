@@ -118,7 +118,8 @@ class StreamHeader:
             the real count is the number of frames actually decoded.
         codec: decoder name, e.g. ``"h264"``.
         pix_fmt: stored pixel format, e.g. ``"yuv420p"``, ``"yuvj420p"``, ``"gray"``.
-        duration: stream (or container) duration in seconds, ``None`` if unknown.
+        duration: the stream's length in seconds (its own duration, else the container's;
+            Matroska's, which ends the segment, less the stream's start), ``None`` if unknown.
     """
 
     source_width: int
