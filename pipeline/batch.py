@@ -287,6 +287,7 @@ def run_batch(
     overwrite: bool = False,
     fail_fast: bool = False,
     finish_run: Callable[[list[VideoResult]], None] | None = None,
+    start_run: Callable[[], None] | None = None,
 ) -> list[VideoResult]:
     """Processes every job into ``out_root`` and writes the manifest; see the module docstring.
 
@@ -302,6 +303,10 @@ def run_batch(
         finish_run: called with the results after the last video, while the run still holds
             the folder's lock: for files made from the finished videos (features table,
             action-recognition lists), which a second run must not see half done.
+        start_run: called under the lock before the first video folder changes: removes the
+            run-level files of an earlier run, which an interrupted run must not leave behind
+            describing videos it has since removed or redone (an ``OSError`` there is a
+            :class:`RunStartError`).
 
     Returns:
         One :class:`BatchResult` per job, in the order of ``jobs``.
@@ -359,6 +364,13 @@ def run_batch(
             dump_config(config, out_root / CONFIG_NAME)
         except OSError as exc:
             raise RunStartError(f"cannot write to output folder {out_root}: {exc}") from None
+        if start_run is not None:
+            try:
+                start_run()
+            except OSError as exc:
+                raise RunStartError(
+                    f"cannot remove the earlier run's files in {out_root}: {exc}"
+                ) from None
         results, manifest = _run_locked(
             jobs,
             out_root,

@@ -181,6 +181,7 @@ def run(
             overwrite=overwrite,
             fail_fast=fail_fast,
             finish_run=run_files.write,
+            start_run=run_files.clear,
         )
     except OutputInUse as exc:
         raise click.UsageError(str(exc)) from None
@@ -212,6 +213,14 @@ class RunFiles:
     lists: ListOptions | None  # None: no jpg output, no lists
     progress: ShowProgress
     failed: bool = False  # a file could not be written (the run then exits 1)
+
+    def clear(self) -> None:
+        """Removes an earlier run's features tables and action-recognition lists before any
+        video folder changes, so that an interrupted run (Ctrl-C, a killed job) leaves none
+        naming videos it redid or removed; :meth:`write` makes this run's. The list options
+        stay: ``--resume`` reads them."""
+        remove_feature_tables(self.output)
+        remove_rawframe_lists(self.output)
 
     def write(self, results: list[VideoResult]) -> None:
         finished = [r for r in results if r.status == "ok"]

@@ -220,6 +220,34 @@ def test_a_run_leaves_no_table_or_list_it_did_not_write(tmp_path: Path) -> None:
     assert not (out / "annotation_options.json").exists()
 
 
+def test_an_interrupted_run_leaves_no_earlier_table_or_lists(tmp_path: Path, monkeypatch) -> None:
+    """A run stopped (Ctrl-C, a killed job) after it began to redo videos must not leave the
+    earlier run's features table or rawframes lists: they would list clips of the old settings
+    and folders the new run already removed. ``--resume`` makes them again."""
+    from stages.clip_features import ClipFeatureStage
+
+    video = write_video(tmp_path / "a.mkv", width=64, height=48, num_frames=12)
+    out = tmp_path / "out"
+    first = _run_dis(video, out, *_jpg_features())
+    assert first.exit_code == 0, first.output
+    assert (out / "features.parquet").is_file() and (out / "rawframes_flow.txt").is_file()
+
+    def interrupted(self, chunk):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ClipFeatureStage, "process", interrupted)
+        second = _run_dis(video, out, *_jpg_features("--overwrite", "--set", "features.clip_len=5"))
+    assert second.exit_code == 130, second.output
+    assert not list(out.glob("features.*")) and not list(out.glob("rawframes*.txt"))
+    assert (out / "annotation_options.json").is_file()  # what --resume writes the lists with
+    resumed = _run_dis(video, out, *_jpg_features("--resume", "--set", "features.clip_len=5"))
+    assert resumed.exit_code == 0, resumed.output
+    table = pd.read_parquet(out / "features.parquet")
+    assert (table["end_frame"] - table["start_frame"]).max() == 5  # the new settings' clips
+    assert (out / "rawframes_flow.txt").is_file()
+
+
 def test_run_level_files_are_written_under_the_lock(tmp_path: Path) -> None:
     video = write_video(tmp_path / "a.mkv", width=64, height=48, num_frames=6)
     out = tmp_path / "out"
