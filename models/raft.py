@@ -404,6 +404,8 @@ class RAFT(nn.Module):
         """
         if image1.ndim != 4 or image1.shape[1] != 3:
             raise ValueError(f"images must be (B, 3, H, W) float 0..255, got {tuple(image1.shape)}")
+        if image1.shape != image2.shape:  # before padding, so that the message shows theirs
+            _check_padded_pair(image1, image2)
         _warn_if_normalized(image1)
         padder = self.padder(image1.shape[-2], image1.shape[-1], pad_mode)
         with _eval_mode(self):

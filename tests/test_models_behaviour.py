@@ -129,6 +129,8 @@ def test_zero_flow_init_equals_no_init_and_warm_start_runs(small_model, frames) 
     assert warm.flow.shape == cold.flow.shape and torch.isfinite(warm.flow).all()
     with pytest.raises(ValueError, match="1/8 grid"):
         small_model.estimate_flow(image1, image2, iters=1, flow_init=torch.zeros(1, 2, 5, 5))
+    with pytest.raises(ValueError, match=r"equal shapes, got \(1, 3, 160, 256\) and \(1, 3, 159"):
+        small_model.estimate_flow(image1, image2[..., :159, :], iters=1)  # the shapes given
     # a float64 initial flow (torch.from_numpy of a numpy flow) is taken as float32
     as_double = small_model.estimate_flow(
         image1, image2, iters=3, flow_init=forward_interpolate(cold.flow_low).double()
