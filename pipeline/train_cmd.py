@@ -6,7 +6,6 @@ import errno
 import json
 import logging
 import re
-from itertools import pairwise
 from pathlib import Path
 
 import click
@@ -126,7 +125,7 @@ def export_model(
                 f"{weights} is a {arch} checkpoint but the last --run, {runs[-1]}, trained "
                 f"{trained}: the sidecar would record another model's recipe"
             )
-    _steps_handed_on(stages)
+    _steps_handed_on(stages, weights)
     if stages:
         stages = _inherited_stages(stages[0]["config"].get("init_checkpoint")) + stages
     try:
@@ -140,11 +139,12 @@ def export_model(
                                                  "sha256")}))  # fmt: skip
 
 
-def _steps_handed_on(stages: list[dict]) -> None:
+def _steps_handed_on(stages: list[dict], weights: Path) -> None:
     """A stage that started from an earlier run's ``checkpoints/step_N.pth`` took that run at
-    step N, whatever the earlier run did afterwards: its ``steps_trained`` becomes N."""
-    for earlier, later in pairwise(stages):
-        start = Path(str(later["config"].get("init_checkpoint") or ""))
+    step N, whatever the earlier run did afterwards: its ``steps_trained`` becomes N. So does
+    the last run's when the exported ``weights`` are such a snapshot of it."""
+    handed_on = [Path(str(s["config"].get("init_checkpoint") or "")) for s in stages[1:]]
+    for earlier, start in zip(stages, [*handed_on, weights], strict=True):
         match = re.fullmatch(r"step_(\d+)\.pth", start.name)
         if (
             match

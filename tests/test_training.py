@@ -386,8 +386,10 @@ def test_a_stage_started_from_a_snapshot_records_the_earlier_run_at_that_step() 
         {"run": "stage3", "steps_trained": 3000,
          "config": {"init_checkpoint": "runs/stage2/model.pth"}},
     ]  # fmt: skip
-    _steps_handed_on(stages)
+    _steps_handed_on(stages, Path("runs/stage3/model.pth"))
     assert [stage["steps_trained"] for stage in stages] == [4500, 1500, 3000]
+    _steps_handed_on(stages, Path("runs/stage3/checkpoints/step_002000.pth"))  # a snapshot
+    assert [stage["steps_trained"] for stage in stages] == [4500, 1500, 2000]
 
 
 def test_official_raft_small_keys_are_what_training_saves(tmp_path: Path, parity_dir: Path) -> None:
