@@ -356,8 +356,14 @@ class Trainer:
 
     def _install_signal_handlers(self) -> dict[int, Any]:
         def handler(signum, _frame):
+            if self._stop_signal is not None:  # a second one: stop at once, no further save
+                raise KeyboardInterrupt
             self._stop_signal = signum
-            logger.warning("signal %d: saving the training state after this step", signum)
+            logger.warning(
+                "signal %d: saving the training state after this step (again: stop at once, "
+                "keeping the last saved state)",
+                signum,
+            )
 
         previous = {}
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -518,7 +524,8 @@ class Trainer:
                     log.write(record)
                     bar.set_postfix(loss=f"{last['loss']:.3f}", epe=f"{last['epe']:.2f}")
                     window, window_start = [], time.perf_counter()
-                if step % config.validation.every == 0 or step == config.steps:
+                validation_due = step % config.validation.every == 0 or step == config.steps
+                if validation_due and self._stop_signal is None:  # stopping: save first
                     val = validate(model, val_sets, iters=config.validation.iters)
                     log.write({"step": step, **val})
                     log.plot()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -470,3 +471,20 @@ def test_export_refuses_a_json_output_and_another_runs_recipe(tmp_path: Path) ->
                                   "--run", str(run)])  # fmt: skip
     assert result.exit_code != 0 and "the last --run" in result.output
     assert not (tmp_path / "x.pth").exists() and not (tmp_path / "x.json").exists()
+
+
+def test_a_second_signal_stops_at_once(tmp_path: Path) -> None:
+    """The first SIGINT asks for a save after the step (validation is skipped); a second one
+    interrupts whatever runs, the state saved last stays."""
+    from pipeline.training import Trainer
+
+    trainer = Trainer(load_train_config(None, {}), tmp_path / "run")
+    previous = trainer._install_signal_handlers()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert trainer._stop_signal == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
