@@ -144,7 +144,7 @@ def _steps_handed_on(stages: list[dict], weights: Path) -> None:
     step N, whatever the earlier run did afterwards: its ``steps_trained`` becomes N. So does
     the last run's when the exported ``weights`` are such a snapshot of it."""
     handed_on = [Path(str(s["config"].get("init_checkpoint") or "")) for s in stages[1:]]
-    for earlier, start in zip(stages, [*handed_on, weights], strict=True):
+    for earlier, start in zip(stages, [*handed_on, weights], strict=False):  # none: no stage
         match = re.fullmatch(r"step_(\d+)\.pth", start.name)
         if (
             match
