@@ -17,6 +17,7 @@ in input-image coordinates where that makes sense:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,6 +136,10 @@ def read_ground_truth(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         valid = np.ones(flow.shape[:2], bool)
     else:
         raise ValueError(f"ground truth {path}: unsupported extension {suffix!r} (.flo .npy .png)")
+    if flow.ndim != 3:
+        raise ValueError(
+            f"ground truth {path}: one (H, W, 2) flow field expected, got {flow.shape}"
+        )
     valid = valid & np.isfinite(flow).all(-1) & (np.abs(flow) < 1e9).all(-1)
     return flow.astype(np.float32), valid
 
@@ -157,7 +162,7 @@ def read_video_pair(path: str | Path, frame: int) -> tuple[np.ndarray, np.ndarra
                 return first, decoded.rgb
     raise ValueError(
         f"frame {frame} needs frames {frame} and {frame + 1}, but {path} has {count} decoded "
-        f"frame(s) (valid: 0..{max(count - 2, 0)})"
+        f"frame(s)" + (f" (valid: 0..{count - 2})" if count >= 2 else " (no pair to inspect)")
     )
 
 
@@ -239,6 +244,8 @@ def inspect_pair(
         gt_flow = valid = epe = None
         source_flow, source = final, "final estimate"
     motion = source_flow[pixel_array[:, 1], pixel_array[:, 0]].astype(np.float64)  # (P, 2)
+    if valid is not None:  # no true correspondence where the ground truth is invalid
+        motion[~valid[pixel_array[:, 1], pixel_array[:, 0]]] = np.nan
     targets = pixel_array + motion
     target_centres = cells + motion / 8.0
 
@@ -288,11 +295,31 @@ def inspect_pair(
     )
 
 
+#: Files an earlier ``inspect`` into the same folder may have left (removed before writing).
+_OUTPUT_NAME = re.compile(
+    r"(report\.html|overview\.png|iterations\.png|features\.png|"
+    r"pixel\d+_(correlation|upsampling|attention)\.png|"
+    r"(iterations|correlation|upsampling|attention)\.npz)"
+)
+
+
+def remove_earlier_outputs(output: str | Path) -> None:
+    """Deletes the files a previous inspection wrote into ``output`` (only inspect's names), so
+    that a GMA run's ``attention.npz`` or a 3-pixel run's ``pixel2_*.png`` do not sit beside a
+    later run's results."""
+    out = Path(output)
+    if out.is_dir():
+        for path in out.iterdir():
+            if path.is_file() and _OUTPUT_NAME.fullmatch(path.name):
+                path.unlink()
+
+
 def save_arrays(inspection: Inspection, output: str | Path) -> list[Path]:
     """Writes ``iterations.npz``, ``correlation.npz`` and, where the model has them,
     ``upsampling.npz`` and ``attention.npz`` into ``output``; returns their paths."""
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
+    remove_earlier_outputs(out)
     ins = inspection
     written = [out / "iterations.npz", out / "correlation.npz"]
     extra = {} if ins.epe is None else {"epe": ins.epe}

@@ -48,7 +48,10 @@ def _parse_pixels(ctx: click.Context, param: click.Parameter, values: tuple[str,
     return pixels
 
 
-def _load_pair(images: tuple[Path, ...], video: Path | None, frame: int):
+def _load_pair(images: tuple[Path, ...], video: Path | None, frame: int | None):
+    if video is None and frame is not None:
+        raise click.UsageError("--frame picks a pair of --video's frames: give --video too")
+    frame = frame or 0
     if video is not None:
         if images:
             raise click.UsageError("give either IMAGE1 IMAGE2 or --video, not both")
@@ -76,8 +79,9 @@ def _load_pair(images: tuple[Path, ...], video: Path | None, frame: int):
 )  # fmt: skip
 @click.option("--video", type=click.Path(path_type=Path), default=None,
               help="Take the pair from a video (or frame folder) instead of two images.")  # fmt: skip
-@click.option("--frame", type=click.IntRange(min=0), default=0, show_default=True,
-              help="With --video: the pair (FRAME, FRAME + 1), decoded frame indices.")  # fmt: skip
+@click.option("--frame", type=click.IntRange(min=0), default=None,
+              help="With --video: the pair (FRAME, FRAME + 1), decoded frame indices "
+              "[default: 0].")  # fmt: skip
 @click.option(
     "--model", type=click.Choice(["auto", *ARCHS]), default="auto", show_default=True,
     help="auto: as run chooses, a cached official checkpoint, else the shipped model.",
@@ -101,7 +105,7 @@ def inspect(
     images: tuple[Path, ...],
     output: Path,
     video: Path | None,
-    frame: int,
+    frame: int | None,
     model: str,
     checkpoint: str | None,
     iters: int,

@@ -111,8 +111,13 @@ def iterations_picture(ins: Inspection, out: Path) -> Picture:
     ax.set_xticks(steps if len(steps) <= 24 else steps[:: max(1, len(steps) // 12)])
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    which = (
+        f"each of the {ins.iters} GRU iterations"
+        if len(shown) == len(ins.flows)
+        else f"{len(shown)} of the {ins.iters} GRU iterations (evenly spaced, first and last)"
+    )
     caption = (
-        f"The upsampled flow after each of the {ins.iters} GRU iterations (RAFT adds an update "
+        f"The upsampled flow after {which} (RAFT adds an update "
         "each step, f_(k+1) = f_k + delta f_k), all drawn with one colour scale "
         f"(saturated at {scale:.1f} px; hue = direction). Below: how far each iteration moved "
         "the flow; a converging network gives a falling curve."
@@ -135,9 +140,12 @@ def overview_picture(ins: Inspection, out: Path) -> Picture:
         ax.imshow(image)
         ax.set_title(title, fontsize=9)
         ax.axis("off")
+        ax.set_autoscale_on(False)  # a correspondence outside the frame must not shrink it
         for p, (x, y) in enumerate(ins.pixels):
             if i == 1:
                 x, y = ins.targets[p]
+                if not np.isfinite([x, y]).all():  # invalid ground truth at the pixel
+                    continue
             ax.plot(x, y, "o", ms=6, mfc="none", mec=_TARGET, mew=1.5)
             ax.annotate(str(p), (x, y), xytext=(4, 4), textcoords="offset points",
                         color=_TARGET, fontsize=9, weight="bold")  # fmt: skip
@@ -339,7 +347,9 @@ def write_report(
         for k, v in facts.items()
     )
     pixel_rows = "".join(
-        f"<tr><td>{p}</td><td>{x}, {y}</td><td>{cx}, {cy}</td><td>{tx:.2f}, {ty:.2f}</td></tr>"
+        f"<tr><td>{p}</td><td>{x}, {y}</td><td>{cx}, {cy}</td><td>"
+        + (f"{tx:.2f}, {ty:.2f}" if np.isfinite([tx, ty]).all() else "none (invalid there)")
+        + "</td></tr>"
         for p, ((x, y), (cx, cy), (tx, ty)) in enumerate(
             zip(ins.pixels.tolist(), ins.cells.tolist(), ins.targets.tolist(), strict=True)
         )

@@ -17,7 +17,7 @@ from PIL import Image
 from models import Padder, RefineTrace, create_model
 from pipeline.cli import main
 from pipeline.images import read_rgb
-from pipeline.inspect import inspect_pair, read_video_pair, save_arrays
+from pipeline.inspect import inspect_pair, read_ground_truth, read_video_pair, save_arrays
 from stages.flow_io import write_flo
 from tests.media import read_frame_index, write_video
 
@@ -213,6 +213,9 @@ def test_video_frame_pair(tmp_path: Path, parity_dir: Path) -> None:
     np.testing.assert_allclose(np.load(out / "iterations.npz")["flow"], direct.flows, atol=1e-5)
     late = CliRunner().invoke(main, [*args[:4], "4", *args[5:]])
     assert late.exit_code == 2 and "frame 4 needs frames 4 and 5" in late.output
+    images = _crop_pair(parity_dir, tmp_path, (0, 0, 96, 72))
+    stray = CliRunner().invoke(main, ["inspect", *images, "--frame", "2", *args[5:]])
+    assert stray.exit_code == 2 and "--frame picks a pair of --video's frames" in stray.output
 
 
 def _chromium() -> str | None:
@@ -267,3 +270,39 @@ def test_default_model_works_offline_with_the_shipped_model(
     refused = CliRunner().invoke(main, ["inspect", *images, "-o", str(out), "--checkpoint",
                                         "random"])  # fmt: skip
     assert refused.exit_code == 2 and "explicit --model" in refused.output
+
+
+def test_a_second_inspection_and_ground_truth_invalid_at_a_pixel(
+    parity_dir: Path, tmp_path: Path
+) -> None:
+    """Ground truth that is unknown at a traced pixel (Sintel's 1e10 marker) gives no true
+    correspondence there, not one 1e10 px away; a later inspection into the same folder
+    removes what the earlier one wrote that it does not (a user's files stay)."""
+    images = _crop_pair(parity_dir, tmp_path, (500, 200, 600, 277))
+    gt = np.full((77, 100, 2), 1.5, np.float32)
+    gt[5, 10] = 1e10
+    write_flo(tmp_path / "gt.flo", gt)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    base = ["inspect", *images, "-o", str(out), "--model", "raft-small", "--iters", "1",
+            "--checkpoint", str(parity_dir / "raft_small_random.pth"), "--device", "cpu"]  # fmt: skip
+    first = CliRunner().invoke(
+        main, [*base, "--pixel", "10,5", "--pixel", "50,40", "--gt", str(tmp_path / "gt.flo")]
+    )
+    assert first.exit_code == 0, first.output
+    targets = np.load(out / "correlation.npz")["targets"]
+    assert np.isnan(targets[0]).all() and targets[1].tolist() == [51.5, 41.5]
+    assert "none (invalid there)" in (out / "report.html").read_text()
+    assert (out / "pixel1_correlation.png").is_file()
+    second = CliRunner().invoke(main, [*base, "--pixel", "20,20"])
+    assert second.exit_code == 0, second.output
+    assert not (out / "pixel1_correlation.png").exists()
+    assert (out / "notes.txt").read_text() == "mine"
+    stacked = tmp_path / "stacked.npy"
+    np.save(stacked, np.zeros((3, 77, 100, 2), np.float32))
+    with pytest.raises(ValueError, match=r"one \(H, W, 2\) flow field expected"):
+        read_ground_truth(stacked)
+    single = write_video(tmp_path / "one.mp4", width=96, height=72, num_frames=1)
+    with pytest.raises(ValueError, match=r"1 decoded frame\(s\) \(no pair to inspect\)"):
+        read_video_pair(single, 0)
