@@ -212,7 +212,8 @@ def forget_pair(out_root: Path, source: Path, processed: Path) -> bool:
         keep = [p != pair for p in _absolute_pairs(summary)]
         if all(keep):
             return False
-        for folder in summary["details"][[not k for k in keep]]:
+        folders = summary["details"] if "details" in summary.columns else []
+        for folder in [f for f, k in zip(folders, keep, strict=False) if not k]:
             target = out_root / str(folder)
             for name in DETAIL_FILES:
                 (target / name).unlink(missing_ok=True)
