@@ -7,8 +7,8 @@ see :func:`build_estimator`) over the pairs of a data set reader
 
 Metrics (``e`` = end-point error ``|flow - gt|`` of a valid pixel, in pixels):
 
-- ``epe``: mean ``e``; ``outlier_1px`` / ``3px`` / ``5px``: fraction of valid pixels with
-  ``e`` above 1 / 3 / 5 px;
+- ``epe``: mean ``e``; ``outlier_1px`` / ``3px`` / ``5px``: fraction of valid pixels not
+  within 1 / 3 / 5 px (``e >= N``: one minus RAFT's 1px / 3px / 5px accuracy, ``e < N``);
 - ``fl``: KITTI's outlier rate, fraction of valid pixels with ``e > 3`` px and
   ``e > 0.05 |gt|`` (``Fl-all`` over a whole set);
 - ``epe_occ`` / ``epe_noc``: mean ``e`` over the occluded / non-occluded valid pixels, where
@@ -72,6 +72,10 @@ PAIR_COLUMNS: tuple[str, ...] = (
 )
 
 
+#: The files of an evaluation folder, ``summary.json`` (written last) included.
+OUTPUT_NAMES: tuple[str, ...] = ("pairs.csv", "pairs.parquet", "sequences.csv", "summary.json")
+
+
 def resolve_pad_mode(pad_mode: str, dataset: str) -> str:
     """``auto``: ``kitti`` for KITTI and HD1K frames, ``sintel`` otherwise."""
     if pad_mode != "auto":
@@ -125,9 +129,9 @@ def pair_metrics(
         "nonfinite_pixels": int(np.isnan(e).sum()),
         "epe": mean(e),
     }
-    # written as "not within": a NaN error is an outlier
+    # written as "not within" (RAFT's accuracy is e < N): a NaN error is an outlier
     for threshold in OUTLIER_THRESHOLDS:
-        out[f"outlier_{threshold}px"] = mean(~(e <= threshold))
+        out[f"outlier_{threshold}px"] = mean(~(e < threshold))
     fl = ~((e <= FL_PIXELS) | (e <= FL_FRACTION * magnitude[mask]))
     out["fl"] = mean(fl)
     out["has_occlusion"] = occluded is not None
@@ -196,15 +200,12 @@ class EvaluationResult:
 
     def write(self, folder: str | os.PathLike[str]) -> dict[str, Path]:
         """``pairs.csv``, ``pairs.parquet``, ``sequences.csv`` and ``summary.json`` in
-        ``folder`` (each written atomically)."""
+        ``folder`` (each written atomically; ``summary.json`` last, an earlier one removed
+        first, so a folder with a ``summary.json`` holds one complete evaluation)."""
         root = Path(folder)
         root.mkdir(parents=True, exist_ok=True)
-        paths = {
-            "pairs.csv": root / "pairs.csv",
-            "pairs.parquet": root / "pairs.parquet",
-            "sequences.csv": root / "sequences.csv",
-            "summary.json": root / "summary.json",
-        }
+        paths = output_paths(root)
+        paths["summary.json"].unlink(missing_ok=True)
         with atomic_path(paths["pairs.csv"]) as tmp:
             self.pairs.to_csv(tmp, index=False, lineterminator="\n")
         with atomic_path(paths["pairs.parquet"]) as tmp:
@@ -238,6 +239,19 @@ class EvaluationResult:
         ]
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def output_paths(folder: str | os.PathLike[str]) -> dict[str, Path]:
+    """The files :meth:`EvaluationResult.write` writes into ``folder``."""
+    root = Path(folder)
+    return {name: root / name for name in OUTPUT_NAMES}
+
+
+def remove_earlier_outputs(folder: str | os.PathLike[str]) -> None:
+    """Deletes an earlier evaluation's files in ``folder`` (only evaluate's names), so that a
+    failed or interrupted run never leaves the previous run's complete-looking tables."""
+    for path in output_paths(folder).values():
+        path.unlink(missing_ok=True)
 
 
 def _iter_pairs(data: Any, max_pairs: int | None, every_pixel: bool) -> Iterator[tuple[int, Any]]:
@@ -297,6 +311,13 @@ def evaluate_dataset(
         flow = np.asarray(estimator(pair.image1, pair.image2))
         seconds = time.perf_counter() - start
         valid = None if every_pixel else getattr(pair, "valid", None)
+        if every_pixel and not np.isfinite(pair.flow).all():
+            bad = int((~np.isfinite(pair.flow).all(axis=-1)).sum())
+            name = getattr(pair, "name", "") or f"pair {index}"
+            raise ValueError(
+                f"{name}: the ground truth is NaN or infinite at {bad} pixels; every-pixel "
+                "scoring (--pixels all) needs finite flow everywhere (use --pixels valid)"
+            )
         metrics = pair_metrics(flow, pair.flow, valid, getattr(pair, "occluded", None))
         sequence = getattr(pair, "sequence", "") or f"{index:06d}"
         rows.append(

@@ -21,7 +21,7 @@ from stages.training.validation import (
 from .cli_common import refine_option
 from .config import ConfigError
 from .estimators import build_estimator
-from .evaluate import evaluate_dataset, resolve_pad_mode
+from .evaluate import evaluate_dataset, remove_earlier_outputs, resolve_pad_mode
 from .progress import ShowProgress, progress_option
 from .run_start import RunStartError, check_output_root
 
@@ -159,6 +159,7 @@ def evaluate(
     if max_pairs is not None:
         info["max_pairs"] = max_pairs  # a partial evaluation says so
     try:
+        remove_earlier_outputs(output)  # a failed run must not leave the last one's tables
         result = evaluate_dataset(
             data,
             estimator,

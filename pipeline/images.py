@@ -23,7 +23,15 @@ def read_rgb(path: str | Path) -> np.ndarray:
     try:
         with Image.open(path) as image:
             if image.mode in _HIGH_DEPTH_MODES:
-                return read_image(path)
+                try:
+                    return read_image(path)
+                except ValueError as exc:
+                    if image.mode not in ("F", "I"):
+                        raise
+                    raise ValueError(  # OpenCV reads 8- and 16-bit samples only
+                        f"{exc} (its samples are 32-bit, PIL mode {image.mode}: convert it to "
+                        "8 or 16 bits)"
+                    ) from None
             image = ImageOps.exif_transpose(image)
             if image.mode != "RGB":
                 image = image.convert("RGB")

@@ -96,6 +96,17 @@ def pair(
         raise click.BadParameter(
             f"no image format for {viz.name!r}; use .png or .jpg", param_hint="--viz"
         )
+    if viz is not None and _same_file(output, viz):
+        raise click.BadParameter(
+            f"{viz} is also the flow file (-o); give the picture another name", param_hint="--viz"
+        )
+    for path, role in ((output, "-o"), (viz, "--viz")):
+        for image in (image1, image2):
+            if path is not None and _same_file(path, image):
+                raise click.BadParameter(
+                    f"{path} is an input image; writing there would replace it",
+                    param_hint=role,
+                )
     for path in (output, viz):  # before the flow is computed: a bad path fails at once
         if path is not None:
             _make_parent(path)
@@ -144,6 +155,11 @@ def example(path: Path, frames: int) -> None:
     except OSError as exc:
         raise click.ClickException(f"cannot write {path}: {exc.strerror or exc}") from None
     click.echo(f"wrote {path}")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name the same file (resolved; existing or not)."""
+    return os.path.normcase(a.resolve()) == os.path.normcase(b.resolve())
 
 
 def _make_parent(path: Path) -> None:

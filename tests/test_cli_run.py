@@ -186,6 +186,13 @@ def test_pair_and_example_refuse_unusable_output_paths_before_any_work(tmp_path:
     result = _invoke([*pair, "-o", str(tmp_path / "flow.flo"), "--viz", str(tmp_path / "v.txt")])
     assert result.exit_code == 2 and "--viz" in result.output
     assert not (tmp_path / "flow.flo").exists()  # refused before the flow was computed
+    png = tmp_path / "flow.png"
+    result = _invoke([*pair, "-o", str(png), "--viz", str(tmp_path / "." / "flow.png")])
+    assert result.exit_code == 2 and "also the flow file" in result.output
+    before = images[0].read_bytes()
+    result = _invoke([*pair, "-o", str(images[0])])  # the KITTI PNG would replace frame 1
+    assert result.exit_code == 2 and "input image" in result.output
+    assert images[0].read_bytes() == before and not png.exists()
     result = _invoke(["example", str(tmp_path / "clip.avi")])
     assert result.exit_code == 2 and "*.mp4" in result.output
     result = _invoke(["example", str(blocker / "clip.mp4")])
@@ -218,6 +225,11 @@ def test_pair_reads_16_bit_and_exif_rotated_images_as_frame_folders_do(tmp_path:
     upright = read_rgb(rotated)
     assert upright.shape == (WIDTH, HEIGHT, 3) == read_image(rotated).shape
     assert np.abs(upright.astype(int) - read_image(rotated)).mean() < 2  # two JPEG decoders
+
+    floats = tmp_path / "float.tif"  # 32-bit samples: OpenCV reads none, the error says why
+    Image.fromarray(np.zeros((HEIGHT, WIDTH), np.float32)).save(floats)
+    with pytest.raises(ValueError, match="samples are 32-bit, PIL mode F: convert it to 8 or 16"):
+        read_rgb(floats)
 
 
 def test_config_errors_name_the_key(tmp_path: Path) -> None:

@@ -47,7 +47,8 @@ def test_pair_metrics_on_hand_made_flows_are_exact() -> None:
     m = pair_metrics(gt + error, gt, occluded=occluded)
     assert m["valid_pixels"] == 4
     assert m["epe"] == pytest.approx(11.5 / 4, abs=1e-12)
-    assert (m["outlier_1px"], m["outlier_3px"], m["outlier_5px"]) == (0.75, 0.5, 0.0)
+    # e = 5 is not within 5 px: 1 - outlier is RAFT's accuracy mean(e < 5), ties included
+    assert (m["outlier_1px"], m["outlier_3px"], m["outlier_5px"]) == (0.75, 0.5, 0.25)
     # Fl: > 3 px and > 5 % of |gt|: EPE 5 at |gt| 0 is one; EPE 4 at |gt| 100 is not
     assert m["fl"] == 0.25
     assert m["epe_occ"] == pytest.approx(3.5, abs=1e-12)
@@ -278,3 +279,33 @@ def test_cli_errors_are_one_line_and_name_the_problem(tmp_path: Path) -> None:
                                "-o", str(blocker / "eval")])  # fmt: skip
     assert run.exit_code == 1 and "is a file, not a folder" in run.output
     assert run.output.startswith("Error:")  # at once, before any pair is evaluated
+
+
+def test_a_failed_rerun_leaves_no_earlier_tables(tmp_path: Path) -> None:
+    """A second evaluation into the same folder that fails (a broken ground-truth file) must
+    not leave the first run's complete-looking pairs.csv / summary.json behind."""
+    data, out = tmp_path / "data", tmp_path / "eval"
+    _shifted_folder(data, pairs=2, shift=2, height=32, width=48)
+    args = ["evaluate", "folder", "--root", str(data), "--model", "dis", "--no-progress",
+            "-o", str(out)]  # fmt: skip
+    assert CliRunner().invoke(main, args).exit_code == 0
+    assert (out / "summary.json").is_file()
+    (data / "flow" / "p1.flo").write_bytes((data / "flow" / "p1.flo").read_bytes()[:100])
+    run = CliRunner().invoke(main, args)
+    assert run.exit_code != 0 and "p1.flo" in run.output
+    assert not [p.name for p in out.iterdir()]
+
+
+def test_every_pixel_refuses_non_finite_ground_truth(tmp_path: Path) -> None:
+    """With --pixels all a NaN in a .npy ground truth is the data's fault, not the
+    estimate's: a clear error naming the pair, not 'NaN or infinite estimates'."""
+    image = procedural_texture(np.random.default_rng(0), 32, "noise")[:24, :32]
+    flow = np.zeros((24, 32, 2), np.float32)
+    flow[:2, :2] = np.nan
+    pair = FlowPair(image, image, flow, np.ones((24, 32), np.float32), name="p0")
+    with pytest.raises(ValueError, match="p0: the ground truth is NaN or infinite at 4 pixels"):
+        evaluate_dataset([pair], lambda a, b: np.zeros((24, 32, 2), np.float32), every_pixel=True)
+    # the valid pixels only: NaN ground truth is unknown, the pair scores
+    pair = FlowPair(image, image, np.nan_to_num(flow), np.isfinite(flow).all(-1).astype(np.float32))
+    result = evaluate_dataset([pair], lambda a, b: np.zeros((24, 32, 2), np.float32))
+    assert result.summary["metrics"]["valid_pixels"] == 24 * 32 - 4
