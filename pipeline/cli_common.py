@@ -61,6 +61,19 @@ def parse_set_options(values: tuple[str, ...]) -> dict[str, Any]:
     return overrides
 
 
+def merge_overrides(flags: dict[str, Any], settings: tuple[str, ...]) -> dict[str, Any]:
+    """Dotted overrides from command-line flags (``{"flow.model": "dis"}``, ``None``: not
+    given) and ``--set`` options, refusing a key given both ways: either one silently losing
+    to the other would run something the user did not ask for."""
+    parsed = parse_set_options(settings)
+    clashes = sorted(k for k, v in flags.items() if v is not None and k in parsed)
+    if clashes:
+        raise click.UsageError(
+            f"{', '.join(clashes)} given both as an option and with --set; give each key once"
+        )
+    return {**flags, **parsed}
+
+
 def _yaml_value(text: str) -> Any:
     """``text`` read as a YAML value, or ``text`` itself where it is not valid YAML."""
     try:

@@ -109,7 +109,10 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if annotation in (int, float):
         return _number(value, annotation, key)
     if annotation is str:
-        _require(isinstance(value, (str, int, float)), f"{key} must be a string, got {value!r}")
+        _require(
+            isinstance(value, (str, int, float)) and not isinstance(value, bool),
+            f"{key} must be a string, got {value!r} (quote YAML words such as yes / no / on / off)",
+        )
         return str(value)
     if hint is dict:
         _require(isinstance(value, dict), f"{key} must be a mapping, got {value!r}")
@@ -131,6 +134,7 @@ def _number(value: Any, annotation: type, key: str) -> int | float:
     except (TypeError, ValueError):
         raise ConfigError(f"{key} must be a number, got {value!r}") from None
     if annotation is float:
+        _require(math.isfinite(number), f"{key} must be a finite number, got {value!r}")
         return number
     if isinstance(value, int) and not isinstance(value, bool):
         return value  # exact, also beyond float precision
@@ -249,9 +253,13 @@ def load_config_as(
     data: dict[str, Any] = {}
     if path is not None:
         try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
+            data = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {path}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"cannot read {path}: not UTF-8 text ({exc.reason})") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"cannot parse {path}: {exc}") from None
         if not isinstance(data, dict):
@@ -262,6 +270,25 @@ def load_config_as(
         )
     except ConfigError as exc:
         raise ConfigError(f"{exc}{_origin(cls, data, path, overrides)}") from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last
+    silently: a second ``flow:`` section would drop every key of the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"found duplicate key {key!r} (first {seen[key]})", key_node.start_mark,
+                )  # fmt: skip
+            seen[key] = f"line {key_node.start_mark.line + 1}"
+        return super().construct_mapping(node, deep=deep)
 
 
 def _seed_lists(cls: type, data: dict[str, Any], overrides: dict[str, Any] | None) -> dict:

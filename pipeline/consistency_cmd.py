@@ -52,7 +52,7 @@ from stages.consistency import plot_error_over_time, summarize_video
 from stages.decode import DecodeError, VideoInfo, iter_chunks, open_video
 from stages.warp_stage import pair_products
 
-from .cli_common import parse_set_options
+from .cli_common import merge_overrides
 from .config import (
     FLOW_MODELS,
     ConfigError,
@@ -421,13 +421,14 @@ def consistency_command(
     progress: ShowProgress,
 ) -> None:
     """Warping error (E_warp) of PROCESSED against SOURCE, with SOURCE's own as the baseline."""
-    overrides: dict[str, object] = {
-        "flow.model": model, "flow.checkpoint": checkpoint, "flow.iters": iters,
-        "flow.device": device, "flow.backward": True,
-        # the occlusion test needs backward flow whatever flow.backward says (as in `run`)
-        "warp.enabled": True,
-    }  # fmt: skip
-    overrides.update(parse_set_options(settings))
+    overrides: dict[str, object] = merge_overrides(
+        {"flow.model": model, "flow.checkpoint": checkpoint, "flow.iters": iters,
+         "flow.device": device},
+        settings,
+    )  # fmt: skip
+    # the occlusion test needs backward flow whatever flow.backward says (as in `run`), and
+    # the measurement is the warp stage's: the recorded configuration says what ran
+    overrides.update({"flow.backward": True, "warp.enabled": True})
     try:
         config = load_config(config_path, overrides)
         session = build_flow_session(config)

@@ -21,7 +21,7 @@ from .annotations_cmd import (
     write_run_annotations,
 )
 from .batch import ManifestNotWritten, OutputInUse, OutputLocked, run_batch, summary_lines
-from .cli_common import parse_set_options, refine_option
+from .cli_common import merge_overrides, refine_option
 from .config import (
     BACKENDS,
     CORR_CHOICES,
@@ -142,8 +142,7 @@ def run(
         "backward": "flow.backward", "warm_start": "flow.warm_start", "corr": "flow.corr",
         "refine": "flow.refine",
     }  # fmt: skip
-    overrides = {names[k]: v for k, v in flags.items()}
-    overrides.update(parse_set_options(settings))
+    overrides = merge_overrides({names[k]: v for k, v in flags.items()}, settings)
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite exclude each other")
     if timeout is not None and workers == 0 and executor == "local":

@@ -14,7 +14,7 @@ import yaml
 from models import CheckpointError
 from models.weights import BUNDLED_DIR, WEIGHTS
 
-from .cli_common import parse_set_options
+from .cli_common import merge_overrides
 from .config import ConfigError
 from .progress import ShowProgress, progress_option
 from .train_config import load_train_config
@@ -57,7 +57,7 @@ def train(
     progress: ShowProgress,
 ) -> None:
     """Train a RAFT-family model (synthetic data built in, or data sets on disk) into OUTPUT."""
-    overrides = {"steps": steps, "init_checkpoint": init_checkpoint, **parse_set_options(sets)}
+    overrides = merge_overrides({"steps": steps, "init_checkpoint": init_checkpoint}, sets)
     if resume and config_path is None and (output / "config.yaml").is_file():
         config_path = output / "config.yaml"  # the run's own configuration
     try:

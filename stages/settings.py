@@ -188,7 +188,9 @@ class FlowConfig:
         require(self.corr in CORR_CHOICES, f"flow.corr must be one of {CORR_CHOICES}")
         require(self.pad_mode in PAD_MODES, f"flow.pad_mode must be one of {PAD_MODES}")
         require(self.precision in PRECISION_NAMES, "flow.precision: fp32, fp16 or bf16")
-        require(self.batch_pairs >= 1 and self.encode_batch >= 1, "batch sizes must be >= 1")
+        for name in ("batch_pairs", "encode_batch"):
+            value = getattr(self, name)
+            require(value >= 1, f"flow.{name} must be >= 1, got {value!r}")
         require(self.on_demand_above_pixels >= 0, "flow.on_demand_above_pixels must be >= 0")
         require(self.memory_budget_mb >= 64, "flow.memory_budget_mb must be >= 64")
         require(
