@@ -27,7 +27,7 @@ import logging
 import os
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -88,6 +88,19 @@ def leftover_targets(folder: PathLike) -> set[str]:
     temporary = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{8}\.tmp")
     matches = (temporary.fullmatch(path.name) for path in Path(folder).glob(".*.tmp"))
     return {match["name"] for match in matches if match}
+
+
+def remove_temporaries_in(
+    folder: PathLike, *, targets: Callable[[str], bool] = lambda name: True
+) -> list[Path]:
+    """Delete the temporaries killed writers left in ``folder`` beside the files whose names
+    ``targets`` accepts (every one by default); return their paths. As for
+    :func:`remove_leftover_temporaries`, only where no one writes into ``folder`` now."""
+    removed = []
+    for name in sorted(leftover_targets(folder)):
+        if targets(name):
+            removed += remove_leftover_temporaries(Path(folder) / name)
+    return removed
 
 
 @contextlib.contextmanager

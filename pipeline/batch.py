@@ -55,7 +55,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from models.atomic_files import leftover_targets, remove_leftover_temporaries
+from models.atomic_files import remove_temporaries_in
 
 from .config import RunConfig, dump_config
 from .discovery import VideoJob, is_reserved
@@ -270,10 +270,10 @@ def _remove_run_level_temporaries(out_root: Path) -> None:
     """Removes the temporaries a killed run left beside the files it writes at the output root
     (manifest, config, features table, annotation lists: ``.<name>.<8 hex>.tmp``); called
     under the folder's lock, so no live writer owns them."""
-    for name in sorted(leftover_targets(out_root)):
-        if not name.startswith(".") and is_reserved(name):
-            for path in remove_leftover_temporaries(out_root / name):
-                logger.debug("removed %s, left by an interrupted write", path)
+    for path in remove_temporaries_in(
+        out_root, targets=lambda name: not name.startswith(".") and is_reserved(name)
+    ):
+        logger.debug("removed %s, left by an interrupted write", path)
 
 
 def run_batch(

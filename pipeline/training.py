@@ -36,7 +36,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from models import create_model
-from models.atomic_files import leftover_targets, remove_leftover_temporaries
+from models.atomic_files import remove_temporaries_in
 from models.losses import flow_metrics, sequence_loss
 from models.raft import RAFT
 from stages.training.datasets import SyntheticPairs
@@ -418,9 +418,7 @@ class Trainer:
         if saved is not None:
             # temporaries of saves a killed run did not finish (a state.pt's is as large as it)
             for folder in (self.output, self.output / "checkpoints"):
-                if folder.is_dir():
-                    for name in leftover_targets(folder):
-                        remove_leftover_temporaries(folder / name)
+                remove_temporaries_in(folder)
         try:
             device = resolve_device(config.device)
         except ValueError as exc:
