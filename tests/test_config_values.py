@@ -25,6 +25,13 @@ def test_a_key_given_twice_in_a_file_is_refused(tmp_path, text: str) -> None:
         load_config(preset)
 
 
+def test_an_unhashable_key_is_the_parsers_error(tmp_path) -> None:
+    preset = tmp_path / "preset.yaml"
+    preset.write_text("flow:\n  ? [1, 2]\n  : 3\n")
+    with pytest.raises(ConfigError, match="found unhashable key"):
+        load_config(preset)
+
+
 def test_merge_keys_still_work(tmp_path) -> None:
     preset = tmp_path / "preset.yaml"
     preset.write_text("flow:\n  <<: {iters: 4}\n  model: dis\n")
