@@ -62,6 +62,7 @@ from .config import (
     dump_config,
     load_config,
 )
+from .config_cmd import preset_path
 from .progress import ShowProgress, progress_bar, progress_option
 from .runner import FlowSession, advance, build_flow_session, complete
 
@@ -430,7 +431,8 @@ def consistency_command(
     # the measurement is the warp stage's: the recorded configuration says what ran
     overrides.update({"flow.backward": True, "warp.enabled": True})
     try:
-        config = load_config(config_path, overrides)
+        preset = None if config_path is None else preset_path(str(config_path))
+        config = load_config(preset, overrides)
         session = build_flow_session(config)
     except (CheckpointError, ConfigError, ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from None

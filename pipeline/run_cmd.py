@@ -31,6 +31,7 @@ from .config import (
     RunConfig,
     load_config,
 )
+from .config_cmd import preset_path
 from .devices import PRECISIONS
 from .discovery import find_inputs
 from .executors import EXECUTORS, Execution, WorkerStartupError
@@ -150,7 +151,8 @@ def run(
     if address is not None and executor != "ray":
         raise click.UsageError("--address is for --executor ray")
     try:
-        config = load_config(config_path, overrides)
+        preset = None if config_path is None else preset_path(str(config_path))
+        config = load_config(preset, overrides)
         found = find_inputs(input_path)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None

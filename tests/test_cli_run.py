@@ -27,7 +27,8 @@ from stages.decode import DecodeConfig, open_video
 from stages.flow_jpeg import dequantize_flow
 from stages.flow_viz import caption_height, legend_width
 from stages.image_io import read_image
-from tests.media import pattern_frame, write_frames
+from tests.conftest import REPO_ROOT
+from tests.media import pattern_frame, write_frames, write_video
 
 WIDTH, HEIGHT, FRAMES = 96, 72, 7
 
@@ -237,6 +238,22 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
         main, ["run", "x.mp4", "-o", str(tmp_path), "--set", "flow.itres=3"]
     )
     assert result.exit_code != 0 and "flow.itres" in result.output
+
+
+def test_config_takes_a_preset_name_as_config_show_does(tmp_path: Path) -> None:
+    """``--config quickstart`` is ``configs/quickstart.yaml`` from any folder; an unknown name
+    lists the presets, before anything is written."""
+    video = write_video(tmp_path / "clip.mkv", width=64, height=48, num_frames=4, codec="ffv1")
+    out = tmp_path / "out"
+    result = _invoke(["run", str(video), "-o", str(out), "--config", "quickstart",
+                      "--model", "dis", "--no-progress"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    preset = yaml.safe_load((REPO_ROOT / "configs" / "quickstart.yaml").read_text())
+    assert saved["output"]["formats"] == preset["output"]["formats"]
+    result = _invoke(["run", str(video), "-o", str(tmp_path / "other"), "--config", "nosuch"])
+    assert result.exit_code == 1 and "no preset 'nosuch'" in result.output
+    assert "quickstart" in result.output and not (tmp_path / "other").exists()
 
 
 def _fresh_python(code: str) -> str:
