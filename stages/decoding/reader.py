@@ -135,9 +135,11 @@ class VideoReader(ClosingReader):
     def _iterate(self) -> Iterator[DecodedFrame]:
         interval = self._selected_interval()
         gaps: list[tuple[float, float]] = []  # (gap, pts after it)
+        out_of_order = False
         for pts, rgb in self._backend.frames(self.options):
             if self._last_pts is not None and pts <= self._last_pts:
                 self._state.warn("timestamps are not strictly increasing")
+                out_of_order = True
             elif self._last_pts is not None and interval and pts - self._last_pts > 3 * interval:
                 gaps.append((pts - self._last_pts, pts))
             self._last_pts = pts
@@ -146,7 +148,7 @@ class VideoReader(ClosingReader):
         # Gaps: lost packets, a capture that dropped frames, or a variable frame rate; the pairs
         # across one span more time than the others. Meaningless once timestamps jump back
         # (decode-order pts of B-frames in AVI / MPEG-PS).
-        if gaps and "timestamps are not strictly increasing" not in self._state.warnings:
+        if gaps and not out_of_order:
             largest, after = max(gaps)
             self._state.warn(
                 f"{len(gaps)} gap(s) longer than 3 frame intervals between frames (largest "
