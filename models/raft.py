@@ -130,7 +130,9 @@ class RAFT(nn.Module):
 
     Build it with :func:`raft_large`, :func:`raft_small` or :func:`gma` (or
     :func:`models.create_model`). Submodules: ``fnet`` (feature encoder), ``cnet`` (context
-    encoder), ``update_block``, and for GMA ``att`` (attention over context features).
+    encoder), ``update_block``, and for GMA ``att`` (attention over context features). The
+    sizes (:attr:`hidden_dim`, :attr:`context_dim`, :attr:`corr_levels`, :attr:`corr_radius`)
+    are read from the submodules, so a model cannot be assembled with sizes that disagree.
     """
 
     def __init__(
@@ -140,22 +142,44 @@ class RAFT(nn.Module):
         fnet: Encoder,
         cnet: Encoder,
         update_block: UpdateBlock,
-        hidden_dim: int,
-        context_dim: int,
-        corr_levels: int,
-        corr_radius: int,
         att: Attention | None = None,
     ) -> None:
         super().__init__()
+        hidden, context = update_block.gru.hidden_dim, update_block.gru.context_dim
+        if cnet.conv2.out_channels != hidden + context:
+            raise ValueError(
+                f"the context encoder gives {cnet.conv2.out_channels} channels; the update "
+                f"block's GRU takes {hidden} hidden + {context} context channels"
+            )
+        if (att is None) != (update_block.aggregator is None):
+            raise ValueError(
+                "GMA needs both the attention module and the update block's aggregator"
+            )
         self.arch = arch
         self.fnet = fnet
         self.cnet = cnet
         self.update_block = update_block
         self.att = att
-        self.hidden_dim = hidden_dim
-        self.context_dim = context_dim
-        self.corr_levels = corr_levels
-        self.corr_radius = corr_radius
+
+    @property
+    def hidden_dim(self) -> int:
+        """Channels of the GRU's hidden state (the first part of the context encoder's map)."""
+        return self.update_block.gru.hidden_dim
+
+    @property
+    def context_dim(self) -> int:
+        """Channels of the context features that enter every GRU step."""
+        return self.update_block.gru.context_dim
+
+    @property
+    def corr_levels(self) -> int:
+        """Levels of the correlation pyramid the motion encoder reads."""
+        return self.update_block.encoder.corr_levels
+
+    @property
+    def corr_radius(self) -> int:
+        """Lookup radius (cells) on each pyramid level."""
+        return self.update_block.encoder.corr_radius
 
     def set_fast_kernels(self, enabled: bool = True) -> RAFT:
         """Switch every submodule between the fast evaluation (default) and the official one.
@@ -453,14 +477,14 @@ def _build_raft(
     gru_cls = SepConvGRU if separable_gru else ConvGRU
     update_block = UpdateBlock(
         encoder=MotionEncoder(
-            corr_planes=corr_levels * (2 * corr_radius + 1) ** 2,
+            corr_levels=corr_levels,
+            corr_radius=corr_radius,
             corr_widths=motion_corr_widths,
             flow_widths=motion_flow_widths,
             out_dim=motion_dim,
         ),
         gru=gru_cls(hidden_dim=hidden_dim, input_dim=gru_input, context_dim=context_dim),
         flow_head=FlowHead(hidden_dim, flow_head_dim),
-        hidden_dim=hidden_dim,
         with_mask=convex_upsampling,
         aggregator=(
             Aggregate(dim=motion_dim, heads=gma_heads, dim_head=context_dim) if gma_heads else None
@@ -473,17 +497,7 @@ def _build_raft(
         if gma_heads
         else None
     )
-    return RAFT(
-        arch=arch,
-        fnet=fnet,
-        cnet=cnet,
-        update_block=update_block,
-        hidden_dim=hidden_dim,
-        context_dim=context_dim,
-        corr_levels=corr_levels,
-        corr_radius=corr_radius,
-        att=att,
-    )
+    return RAFT(arch=arch, fnet=fnet, cnet=cnet, update_block=update_block, att=att)
 
 
 _LARGE = {

@@ -267,7 +267,8 @@ class MotionEncoder(nn.Module):
     Output ``(B, out_dim, h, w)`` whose last two channels are the input flow itself.
 
     Args:
-        corr_planes: channels of the correlation lookup, ``levels * (2r + 1)^2``.
+        corr_levels, corr_radius: the correlation lookup it reads, ``levels * (2r + 1)^2``
+            channels (RAFT: 4 levels, radius 4, or 3 for RAFT-small).
         corr_widths: widths of the correlation branch: ``(256, 192)`` (large) or ``(96,)``.
         flow_widths: widths of the flow branch: ``(128, 64)`` (large) or ``(64, 32)``.
         out_dim: channels of the output including the 2 flow channels: 128 or 82.
@@ -276,7 +277,8 @@ class MotionEncoder(nn.Module):
     def __init__(
         self,
         *,
-        corr_planes: int,
+        corr_levels: int,
+        corr_radius: int,
         corr_widths: tuple[int, ...],
         flow_widths: tuple[int, int],
         out_dim: int,
@@ -284,6 +286,8 @@ class MotionEncoder(nn.Module):
         super().__init__()
         if len(corr_widths) not in (1, 2):
             raise ValueError(f"corr_widths must have 1 or 2 entries, got {corr_widths}")
+        self.corr_levels, self.corr_radius = corr_levels, corr_radius
+        corr_planes = corr_levels * (2 * corr_radius + 1) ** 2
         self.convc1 = nn.Conv2d(corr_planes, corr_widths[0], 1, padding=0)
         self.convc2 = (
             nn.Conv2d(corr_widths[0], corr_widths[1], 3, padding=1)
@@ -336,7 +340,6 @@ class UpdateBlock(nn.Module):
         encoder: MotionEncoder,
         gru: ConvGRU | SepConvGRU,
         flow_head: FlowHead,
-        hidden_dim: int,
         with_mask: bool,
         aggregator: Aggregate | None = None,
     ) -> None:
@@ -346,7 +349,7 @@ class UpdateBlock(nn.Module):
         self.flow_head = flow_head
         self.mask = (
             nn.Sequential(
-                nn.Conv2d(hidden_dim, 256, 3, padding=1),
+                nn.Conv2d(gru.hidden_dim, 256, 3, padding=1),
                 nn.ReLU(inplace=True),
                 nn.Conv2d(256, 64 * 9, 1, padding=0),
             )

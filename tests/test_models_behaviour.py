@@ -362,3 +362,23 @@ def test_few_output_convolution_equals_conv2d() -> None:
     with torch.inference_mode():
         out = _few_outputs_conv3x3(x, weight, bias)
         assert torch.allclose(out, F.conv2d(x, weight, bias, padding=1), atol=1e-5)
+
+
+def test_model_sizes_come_from_its_submodules_and_must_agree() -> None:
+    from models import raft_small
+    from models.raft import RAFT
+
+    small, gma_model = raft_small(), gma()
+    assert (small.hidden_dim, small.context_dim) == (96, 64)
+    assert (small.corr_levels, small.corr_radius) == (4, 3)
+    assert (gma_model.corr_levels, gma_model.corr_radius) == (4, 4)
+    parts = {"fnet": small.fnet, "update_block": small.update_block}
+    with pytest.raises(ValueError, match="context encoder gives 256 channels"):
+        RAFT(arch="raft-small", cnet=gma_model.cnet, **parts)
+    with pytest.raises(ValueError, match="GMA needs both"):
+        RAFT(
+            arch="gma",
+            fnet=gma_model.fnet,
+            cnet=gma_model.cnet,
+            update_block=gma_model.update_block,
+        )
