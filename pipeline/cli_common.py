@@ -9,7 +9,7 @@ import yaml
 
 from stages.flow_refine import REFINE_CHOICES
 
-from .config import EXPLICIT_NULL, FlowConfig
+from .config import EXPLICIT_NULL, FlowConfig, parse_yaml
 
 checkpoint_option = click.option(
     "--checkpoint",
@@ -45,12 +45,13 @@ def refine_option(default: str | None = FlowConfig.refine):
 def parse_set_options(values: tuple[str, ...]) -> dict[str, Any]:
     """``--set KEY=VALUE`` options -> ``{"KEY": value}`` (dotted config keys).
 
-    Each VALUE is read as YAML, the way it would read in a preset file: ``null``, ``~`` or
-    nothing -> null (:data:`pipeline.config.EXPLICIT_NULL`, which sets the key to ``None``); ``true`` / ``false`` -> bool; ``12`` -> int; ``0.5`` -> float;
-    ``[npy, viz]`` -> list; ``"12"`` (quoted) -> the string. Other text stays a string,
-    ``1e9`` included (PyYAML reads YAML 1.1, where a float needs a dot); the configuration
-    turns numeric strings into numbers for numeric keys. A VALUE that is not valid YAML
-    (``[1, 2``, ``%x``) is kept as the text typed.
+    Each VALUE is read as YAML, the way it would read in a preset file
+    (:class:`pipeline.config.ConfigLoader`): ``null``, ``~`` or nothing -> null
+    (:data:`pipeline.config.EXPLICIT_NULL`, which sets the key to ``None``); ``true`` /
+    ``false`` -> bool; ``12`` and ``012`` -> int 12; ``0.5`` and ``1e9`` -> float; ``[npy,
+    viz]`` -> list; ``"12"`` (quoted) -> the string. Other text stays a string; the
+    configuration turns numeric strings into numbers for numeric keys. A VALUE that is not
+    valid YAML (``[1, 2``, ``%x``) is kept as the text typed.
     """
     overrides = {}
     for item in values:
@@ -77,7 +78,7 @@ def merge_overrides(flags: dict[str, Any], settings: tuple[str, ...]) -> dict[st
 def _yaml_value(text: str) -> Any:
     """``text`` read as a YAML value, or ``text`` itself where it is not valid YAML."""
     try:
-        value = yaml.safe_load(text)
+        value = parse_yaml(text)
     except yaml.YAMLError:
         return text
     return EXPLICIT_NULL if value is None else value

@@ -13,9 +13,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import difflib
 import hashlib
 import json
 import math
+import re
 import types
 import typing
 from collections.abc import Hashable
@@ -156,10 +158,10 @@ def build_config(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=str)
     if unknown:
         raise ConfigError(
-            f"unknown key(s) {', '.join(prefix + k for k in unknown)}; "
+            f"unknown key(s) {', '.join(_unknown_key(prefix, k, fields) for k in unknown)}; "
             f"valid: {', '.join(prefix + k for k in fields)}"
         )
     kwargs = {name: _coerce(value, hints[name], prefix + name) for name, value in data.items()}
@@ -169,6 +171,12 @@ def build_config(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         raise
     except ValueError as exc:  # validation of a stage-level dataclass
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: {exc}") from None
+
+
+def _unknown_key(prefix: str, key: Any, fields: typing.Iterable[str]) -> str:
+    """``prefix + key``, with the closest valid key when one is near (a typo)."""
+    close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.75)
+    return f"{prefix}{key}" + (f" (did you mean {prefix}{close[0]}?)" if close else "")
 
 
 def config_from_dict(data: dict[str, Any]) -> RunConfig:
@@ -254,7 +262,7 @@ def load_config_as(
     data: dict[str, Any] = {}
     if path is not None:
         try:
-            data = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
+            data = parse_yaml(Path(path).read_text(encoding="utf-8")) or {}
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {path}") from None
         except UnicodeDecodeError as exc:
@@ -273,9 +281,20 @@ def load_config_as(
         raise ConfigError(f"{exc}{_origin(cls, data, path, overrides)}") from None
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last
-    silently: a second ``flow:`` section would drop every key of the first)."""
+def parse_yaml(text: str) -> Any:
+    """A preset file's text, or a ``--set`` value, read with :class:`ConfigLoader`."""
+    return yaml.load(text, Loader=ConfigLoader)
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with two changes for configuration:
+
+    - a key given twice in one mapping is refused (PyYAML keeps the last silently: a second
+      ``flow:`` section would drop every key of the first);
+    - numbers are read as YAML 1.2 reads them, not YAML 1.1: ``012`` is twelve (1.1: octal
+      ten), ``1e9`` is a float (1.1: a string), ``1:30`` and ``1_000`` stay strings (1.1:
+      sexagesimal 90 and 1000); ``0o17`` and ``0x1f`` are octal and hexadecimal.
+    """
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: dict[Any, Any] = {}
@@ -292,6 +311,29 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 )  # fmt: skip
             seen[key] = f"line {key_node.start_mark.line + 1}"
         return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        text = self.construct_scalar(node)
+        return int(text, 16 if "0x" in text else 8 if "0o" in text else 10)
+
+
+_INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_INT, _FLOAT)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+ConfigLoader.add_implicit_resolver(
+    _INT, re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789")
+)
+ConfigLoader.add_implicit_resolver(
+    _FLOAT,
+    re.compile(
+        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+.0123456789"),
+)
+ConfigLoader.add_constructor(_INT, ConfigLoader.construct_yaml_int)
 
 
 def _seed_lists(cls: type, data: dict[str, Any], overrides: dict[str, Any] | None) -> dict:

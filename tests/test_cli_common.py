@@ -29,7 +29,8 @@ from pipeline.config import EXPLICIT_NULL, ConfigError, load_config
         ("/data/weights/raft sintel.pth", "/data/weights/raft sintel.pth"),
         ('"12"', "12"),
         ("'null'", "null"),
-        ("1e9", "1e9"),  # YAML 1.1: no dot, no float; the config reads it as a number
+        ("1e9", 1e9),  # YAML 1.2, as the config reads files (YAML 1.1: a string)
+        ("012", 12),  # YAML 1.2 (YAML 1.1: octal 10)
         ("[1, 2", "[1, 2"),  # not valid YAML: kept as typed
         ("%x", "%x"),
     ],

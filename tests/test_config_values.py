@@ -1,5 +1,6 @@
 """Configuration values at their edges: duplicate YAML keys, non-finite floats, booleans
-for string keys, key names in messages, and options given both as a flag and with --set."""
+for string keys, key names in messages, options given both as a flag and with --set,
+unknown keys (with the closest valid one), and numbers read as YAML 1.2 reads them."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from click.testing import CliRunner
 
 from pipeline.cli import main
 from pipeline.cli_common import parse_set_options
-from pipeline.config import ConfigError, load_config
+from pipeline.config import ConfigError, load_config, parse_yaml
 
 
 @pytest.mark.parametrize(
@@ -78,3 +79,51 @@ def test_a_key_given_as_flag_and_with_set_is_a_usage_error(tmp_path, args) -> No
     result = CliRunner().invoke(main, ["run", str(tmp_path), "-o", str(tmp_path / "o"), *args])
     assert result.exit_code == 2, result.output
     assert "given both as an option and with --set" in result.output
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"flow.iter": 3}, "flow.iter (did you mean flow.iters?)"),
+        ({"flwo.iters": 3}, "flwo (did you mean flow?)"),
+        ({"warp.count_outsid": True}, "warp.count_outsid (did you mean warp.count_outside?)"),
+        ({"flow.zzz": 1}, "unknown key(s) flow.zzz; valid: flow.model"),
+    ],
+)
+def test_an_unknown_key_names_the_closest_valid_one(overrides, message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(None, overrides)
+    assert message in str(error.value)
+
+
+def test_unknown_keys_of_mixed_types_are_all_named(tmp_path) -> None:
+    preset = tmp_path / "preset.yaml"
+    preset.write_text("flow:\n  1: a\n  itres: 3\n")
+    with pytest.raises(ConfigError, match=r"flow\.1, flow\.itres \(did you mean flow\.iters\?\)"):
+        load_config(preset)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("012", 12),  # YAML 1.1: octal 10
+        ("-012", -12),
+        ("0o17", 15),
+        ("0x1f", 31),
+        ("1e9", 1e9),  # YAML 1.1: a string
+        (".5", 0.5),
+        ("1:30", "1:30"),  # YAML 1.1: sexagesimal 90
+        ("1_000", "1_000"),  # YAML 1.1: 1000
+        ("yes", True),
+    ],
+)
+def test_numbers_read_as_yaml_1_2_reads_them(text: str, value) -> None:
+    assert parse_yaml(text) == value
+    assert type(parse_yaml(text)) is type(value)
+
+
+def test_a_leading_zero_is_decimal_in_files_and_with_set(tmp_path) -> None:
+    preset = tmp_path / "preset.yaml"
+    preset.write_text("flow:\n  iters: 012\n")
+    assert load_config(preset).flow.iters == 12
+    assert load_config(None, parse_set_options(("flow.iters=012",))).flow.iters == 12
