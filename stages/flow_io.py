@@ -200,8 +200,8 @@ def write_kitti_png(
     Encoding per pixel: R = ``u * 64 + 2**15``, G = ``v * 64 + 2**15`` (rounded to the nearest
     integer, then clipped to ``0..65535``), B = 1 where valid else 0. So each component is
     stored in steps of 1/64 px and clipped to ``[KITTI_MIN_FLOW, KITTI_MAX_FLOW]`` =
-    ``[-512, 511.984375]`` px; a clipped pixel stays valid (the reader sees the clipped value).
-    Pixels where either component is NaN or infinite are written invalid, with R = G = 2**15.
+    ``[-512, 511.984375]`` px; a clipped pixel stays valid (the reader sees the clipped value)
+    and a warning counts them. Pixels where either component is NaN or infinite are written invalid, with R = G = 2**15.
 
     (The KITTI devkit truncates instead of rounding; rounding halves the worst-case error to
     1/128 px and decodes with the same formula.)
@@ -226,6 +226,12 @@ def write_kitti_png(
         mask &= valid_array.astype(bool)
     encoded = np.rint(field * _KITTI_SCALE + _KITTI_OFFSET)
     encoded[~mask] = _KITTI_OFFSET
+    clipped = int(((encoded < 0) | (encoded > 65535)).any(axis=-1).sum())
+    if clipped:
+        logger.warning(
+            "%s: %d of %d valid pixels exceed the KITTI PNG range [%g, %g] px and are clipped",
+            path, clipped, int(mask.sum()), KITTI_MIN_FLOW, KITTI_MAX_FLOW,
+        )  # fmt: skip
     encoded = np.clip(encoded, 0, 65535).astype(np.uint16)
     # OpenCV orders channels B, G, R: B = valid, G = v, R = u.
     bgr = np.dstack([mask.astype(np.uint16), encoded[..., 1], encoded[..., 0]])

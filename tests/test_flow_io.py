@@ -149,10 +149,13 @@ def test_kitti_png_round_trip_within_half_a_step(tmp_path: Path) -> None:
     np.testing.assert_allclose(independent, decoded, atol=0)
 
 
-def test_kitti_png_clips_to_representable_range(tmp_path: Path) -> None:
+def test_kitti_png_clips_to_representable_range(tmp_path: Path, caplog) -> None:
     flow = np.array([[[1000.0, -1000.0], [511.99, -512.0]]], np.float32)
     path = tmp_path / "clip.png"
     write_kitti_png(path, flow)
+    assert "clip.png: 1 of 2 valid pixels exceed the KITTI PNG range [-512, 511.984] px" in (
+        caplog.text
+    )
     decoded, valid = read_kitti_png(path)
     assert valid.all()
     assert decoded[0, 0, 0] == KITTI_MAX_FLOW == 511.984375
