@@ -27,6 +27,7 @@ from stages.decode import (
     open_video,
 )
 from stages.decoding import reader as reader_module
+from stages.decoding.frame_clock import FrameClock
 from tests.media import (
     corrupt_copy,
     default_suffix,
@@ -260,17 +261,53 @@ def test_a_decoding_error_fails_the_video_after_its_good_frames(
 
 
 @pytest.mark.parametrize(("codec", "suffix"), [("libx264", ".avi"), ("mpeg2video", ".mpg")])
-def test_b_frames_in_containers_without_pts_are_whole_and_in_order(
+def test_b_frames_in_containers_without_pts_are_whole_in_order_and_timed(
     tmp_path: Path, codec: str, suffix: str
 ) -> None:
-    """AVI stores no pts and MPEG-PS not on every packet: with B-frames the decoder's pts jump
-    back though the frames come in display order. That is no damage: every frame is kept,
-    in order, with a warning about the timestamps."""
+    """AVI stores no pts and MPEG-PS not on every packet: with B-frames the decoder's pts come
+    in decode order though the frames come in display order. Every frame is kept, in order,
+    and the timestamps follow the dts once the pts step back (FFmpeg's best-effort rule), so
+    they increase, the flushed last frames included, and a frame rate selection works."""
     path = write_video(tmp_path / f"b{suffix}", num_frames=40, fps=25, codec=codec,
                        options={"bf": "3"})  # fmt: skip
     _, frames, warnings = decode_all(path)
     assert pattern_ids(frames) == list(range(40))
-    assert warnings in ([], ["timestamps are not strictly increasing"])
+    assert warnings == []
+    steps = np.diff([f.pts for f in frames])
+    assert steps.min() > 0 and np.median(steps) == pytest.approx(0.04)
+    _, halved, warnings = decode_all(path, target_fps=12.5)
+    assert pattern_ids(halved) == list(range(0, 40, 2)) and warnings == []
+    for backend in ("opencv", "decord"):  # OpenCV gives the flushed frames 0 ms; decord falls back
+        _, theirs, warnings = decode_all(path, backend=backend)
+        assert [f.pts for f in theirs] == [f.pts for f in frames]
+        assert not [w for w in warnings if "unavailable" not in w]
+
+
+def timestamps(observed: list[tuple[int | None, int | None]], lookahead: int) -> list:
+    """What a :class:`FrameClock` gives frames with these ``(pts, dts)``, timing the first
+    ones after ``lookahead`` frames, as the PyAV backend does."""
+    clock, given = FrameClock(), []
+    for count, frame in enumerate(observed, 1):
+        clock.observe(*frame)
+        if count == lookahead:
+            given += [clock.ticks(*earlier) for earlier in observed[:count]]
+        elif count > lookahead:
+            given.append(clock.ticks(*frame))
+    if len(observed) < lookahead:  # the stream ended first
+        given = [clock.ticks(*frame) for frame in observed]
+    return given
+
+
+def test_the_frame_clock_follows_the_dts_when_the_pts_are_in_decode_order() -> None:
+    # x264 with B-frames in AVI as PyAV decodes it: pts in decode order, no dts when flushing.
+    avi = list(zip([1, 4, 2, 3, 7, 5, 6, 8, None], [2, 3, 4, 5, 6, 7, 8, 9, None], strict=True))
+    assert timestamps(avi, lookahead=4) == [2, 3, 4, 5, 6, 7, 8, 9, 10]
+    # FFmpeg's rule times each frame at once: the switch to the dts repeats a timestamp.
+    assert timestamps(avi, lookahead=1) == [1, 4, 4, 5, 6, 7, 8, 9, 10]
+    # Matroska with B-frames: dts stepping back or missing, pts right: the pts stay the clock.
+    mkv = [(0, 0), (1, 3), (2, 1), (3, 2), (4, None), (5, 6)]
+    assert timestamps(mkv, lookahead=8) == [0, 1, 2, 3, 4, 5]
+    assert FrameClock().ticks(None, None) is None
 
 
 def test_frames_missing_from_a_stream_are_reported(

@@ -5,8 +5,11 @@ backend switches that off so the reader applies the one rotation from the probe;
 refuse, it records what OpenCV applied and the reader rotates by the remainder.
 ``CAP_PROP_POS_MSEC`` after ``read()`` is the frame's pts relative to the stream start, the
 same clock as the other backends; should OpenCV's FFmpeg see another stream start than PyAV's
-(its first pts differs), the file is left to PyAV. OpenCV reports no decode errors: a stream that breaks just
-ends, which the reader notices only when the header declared more frames.
+(its first pts differs), the file is left to PyAV. A frame OpenCV reports at 0 ms after later
+ones has no timestamp there (the last frames of an AVI with B-frames): it continues the clock
+by its last step, as the PyAV backend times such frames. OpenCV reports no decode errors: a
+stream that breaks just ends, which the reader notices only when the header declared more
+frames.
 """
 
 from __future__ import annotations
@@ -67,8 +70,19 @@ class OpenCVBackend:
     def _timed_frames(self) -> Iterator[tuple[float, np.ndarray]]:
         item = self._first
         self._first = None
+        fps = self._probe.fps
+        step = 1 / fps if fps > 0 else 0.0
         while item is not None:
             self._state.decoded += 1
             yield item
             ok, bgr = self._capture.read()
-            item = (self._pts(), bgr) if ok else None
+            if not ok:
+                return
+            previous, pts = item[0], self._pts()
+            if pts == 0.0 and previous > 0.0:
+                # OpenCV reports 0 ms for a frame without a timestamp: the frames flushed
+                # from the decoder at the end of an AVI or MPEG-PS stream with B-frames.
+                pts = self._probe.clock.snap(previous + step)
+            elif pts > previous:
+                step = pts - previous
+            item = (pts, bgr)

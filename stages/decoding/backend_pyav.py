@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Iterator
 
 import av
@@ -10,6 +11,7 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from stages.decoding.backend_base import DecodeState
+from stages.decoding.frame_clock import LOOKAHEAD, FrameClock
 from stages.decoding.probe import StreamProbe
 from stages.decoding.selection import EPS, select_frames
 from stages.decoding.types import DecodeConfig
@@ -23,8 +25,9 @@ class PyAVBackend:
 
     Conversion is FFmpeg's swscale, honouring the stream's colour range (``yuvj*`` full range)
     and colour matrix tags; gray and 10-bit formats come out as 8-bit RGB. Timestamps are the
-    frames' own pts. Frames the decoder flags as corrupt (errors it concealed) are delivered and
-    listed in a warning; a stream that ends in a decoding error or inside a packet (a truncated
+    frames' own pts, or their dts where the pts are in decode order
+    (:mod:`stages.decoding.frame_clock`). Frames the decoder flags as corrupt (errors it
+    concealed) are delivered and listed in a warning; a stream that ends in a decoding error or inside a packet (a truncated
     file) is recorded as cut short (:meth:`DecodeState.cut_short`). A ``start`` time is
     reached by seeking to the keyframe before it; should the container seek past it, the file
     is reopened and decoded from the beginning instead.
@@ -89,36 +92,53 @@ class PyAVBackend:
         fps = self._probe.fps
         step = max(1, round(1 / (fps * clock.time_base))) if fps > 0 else 1
         last_ticks: int | None = None
+        frame_clock = FrameClock()
+        pending: deque[av.VideoFrame] = deque()  # the first frames, until the lookahead is seen
         pts: float | None = None
         corrupt: list[float] = []
         last_packet_corrupt = False
+        failure: av.FFmpegError | None = None
+
+        def timed(frame: av.VideoFrame) -> tuple[float, av.VideoFrame]:
+            nonlocal last_ticks, pts
+            ticks = frame_clock.ticks(frame.pts, frame.dts)
+            if ticks is None:
+                ticks = clock.start_ticks if last_ticks is None else last_ticks + step
+                self._state.warn("frames without a timestamp: pts extrapolated from the fps")
+            last_ticks = int(ticks)
+            pts = clock.seconds(last_ticks)
+            if frame.duration:
+                self._state.frames_end = clock.seconds(last_ticks + int(frame.duration))
+            if frame.is_corrupt:
+                corrupt.append(pts)
+            return pts, frame
+
         try:
-            for packet in self._container.demux(self._stream):
-                if packet.size:  # the final, empty packet only flushes the decoder
-                    last_packet_corrupt = packet.is_corrupt
-                for frame in packet.decode():
-                    self._state.decoded += 1
-                    ticks = frame.pts
-                    if ticks is None:
-                        ticks = clock.start_ticks if last_ticks is None else last_ticks + step
-                        self._state.warn(
-                            "frames without a timestamp: pts extrapolated from the fps"
-                        )
-                    last_ticks = int(ticks)
-                    pts = clock.seconds(last_ticks)
-                    if frame.duration:
-                        self._state.frames_end = clock.seconds(last_ticks + int(frame.duration))
-                    if frame.is_corrupt:
-                        corrupt.append(pts)
-                    yield pts, frame
-            if last_packet_corrupt:  # the demuxer read fewer bytes than the packet declares
+            try:
+                for packet in self._container.demux(self._stream):
+                    if packet.size:  # the final, empty packet only flushes the decoder
+                        last_packet_corrupt = packet.is_corrupt
+                    for frame in packet.decode():
+                        self._state.decoded += 1
+                        frame_clock.observe(frame.pts, frame.dts)
+                        pending.append(frame)
+                        if frame_clock.observed > LOOKAHEAD:
+                            while pending:
+                                yield timed(pending.popleft())
+            except av.FFmpegError as exc:
+                failure = exc
+            while pending:
+                yield timed(pending.popleft())
+            if failure is not None:
+                where = (
+                    "before the first frame"
+                    if pts is None
+                    else f"after the frame at pts {pts:.3f} s"
+                )
+                self._state.cut_short(f"decoding stopped {where}: {failure}")
+            elif last_packet_corrupt:  # the demuxer read fewer bytes than the packet declares
                 where = "" if pts is None else f" after the frame at pts {pts:.3f} s"
                 self._state.cut_short(f"the file ends inside a frame's data{where} (truncated)")
-        except av.FFmpegError as exc:
-            where = (
-                "before the first frame" if pts is None else f"after the frame at pts {pts:.3f} s"
-            )
-            self._state.cut_short(f"decoding stopped {where}: {exc}")
         finally:
             if corrupt:
                 shown = ", ".join(f"{t:.3f}" for t in corrupt[:5])

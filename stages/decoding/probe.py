@@ -15,6 +15,7 @@ from fractions import Fraction
 
 import av
 
+from stages.decoding.frame_clock import LOOKAHEAD, FrameClock
 from stages.decoding.types import DecodeError, StreamHeader
 
 logger = logging.getLogger(__name__)
@@ -167,11 +168,15 @@ def _probe_container(container: av.container.InputContainer, path: str) -> Strea
 
     first = None
     error: str | None = None
+    frame_clock = FrameClock()  # the first frame's pts as the backends will time it
     try:
         for frame in container.decode(stream):
-            first = frame
-            break
-    except Exception as exc:  # decoder or demuxer failure before the first frame
+            frame_clock.observe(frame.pts, frame.dts)
+            if first is None:
+                first = frame
+            if frame_clock.observed >= LOOKAHEAD:
+                break
+    except Exception as exc:  # decoder or demuxer failure (before the first frame: fatal)
         error = str(exc) or type(exc).__name__
     if first is None:
         suffix = f" ({error})" if error else ""
@@ -181,10 +186,11 @@ def _probe_container(container: av.container.InputContainer, path: str) -> Strea
     except Exception as exc:
         raise DecodeError(path, f"cannot convert {first.format.name} to RGB ({exc})") from exc
 
+    first_ticks = frame_clock.ticks(first.pts, first.dts)
     if stream.start_time is not None:
         start_ticks = int(stream.start_time)
-    elif first.pts is not None:
-        start_ticks = int(first.pts)
+    elif first_ticks is not None:
+        start_ticks = first_ticks
     else:
         start_ticks = 0
     clock = StreamClock(time_base=time_base, start_ticks=start_ticks)
@@ -220,7 +226,7 @@ def _probe_container(container: av.container.InputContainer, path: str) -> Strea
         pix_fmt=str(pix_fmt),
         duration=duration,
         clock=clock,
-        first_pts=clock.seconds(int(first.pts)) if first.pts is not None else 0.0,
+        first_pts=clock.seconds(first_ticks) if first_ticks is not None else 0.0,
         track_duration=_track_duration(container, stream),
         container_format=container.format.name,
     )
