@@ -130,9 +130,12 @@ class RAFT(nn.Module):
 
     Build it with :func:`raft_large`, :func:`raft_small` or :func:`gma` (or
     :func:`models.create_model`). Submodules: ``fnet`` (feature encoder), ``cnet`` (context
-    encoder), ``update_block``, and for GMA ``att`` (attention over context features). The
-    sizes (:attr:`hidden_dim`, :attr:`context_dim`, :attr:`corr_levels`, :attr:`corr_radius`)
-    are read from the submodules, so a model cannot be assembled with sizes that disagree.
+    encoder), ``update_block``, and for GMA ``att`` (attention over context features).
+
+    Its sizes are read from the submodules, so a model cannot be assembled with sizes that
+    disagree: ``hidden_dim`` and ``context_dim`` (the GRU's hidden state and the context
+    features, the two parts of the context encoder's output), ``corr_levels`` and
+    ``corr_radius`` (the correlation lookup the motion encoder reads).
     """
 
     def __init__(
@@ -145,11 +148,11 @@ class RAFT(nn.Module):
         att: Attention | None = None,
     ) -> None:
         super().__init__()
-        hidden, context = update_block.gru.hidden_dim, update_block.gru.context_dim
-        if cnet.conv2.out_channels != hidden + context:
+        gru, motion = update_block.gru, update_block.encoder
+        if cnet.conv2.out_channels != gru.hidden_dim + gru.context_dim:
             raise ValueError(
                 f"the context encoder gives {cnet.conv2.out_channels} channels; the update "
-                f"block's GRU takes {hidden} hidden + {context} context channels"
+                f"block's GRU takes {gru.hidden_dim} hidden + {gru.context_dim} context channels"
             )
         if (att is None) != (update_block.aggregator is None):
             raise ValueError(
@@ -160,26 +163,8 @@ class RAFT(nn.Module):
         self.cnet = cnet
         self.update_block = update_block
         self.att = att
-
-    @property
-    def hidden_dim(self) -> int:
-        """Channels of the GRU's hidden state (the first part of the context encoder's map)."""
-        return self.update_block.gru.hidden_dim
-
-    @property
-    def context_dim(self) -> int:
-        """Channels of the context features that enter every GRU step."""
-        return self.update_block.gru.context_dim
-
-    @property
-    def corr_levels(self) -> int:
-        """Levels of the correlation pyramid the motion encoder reads."""
-        return self.update_block.encoder.corr_levels
-
-    @property
-    def corr_radius(self) -> int:
-        """Lookup radius (cells) on each pyramid level."""
-        return self.update_block.encoder.corr_radius
+        self.hidden_dim, self.context_dim = gru.hidden_dim, gru.context_dim
+        self.corr_levels, self.corr_radius = motion.corr_levels, motion.corr_radius
 
     def set_fast_kernels(self, enabled: bool = True) -> RAFT:
         """Switch every submodule between the fast evaluation (default) and the official one.
