@@ -225,6 +225,11 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
         if isinstance(node, list):
             node[_list_index(node, leaf, dotted)] = value
         else:
+            if value is None and isinstance(node.get(leaf), dict):
+                raise ConfigError(
+                    f"cannot set {dotted} to null: it is a section; set its keys "
+                    f"({dotted}.KEY=VALUE) or drop it from the file for its defaults"
+                )
             node[leaf] = value
     return merged
 

@@ -101,8 +101,10 @@ class Inspection:
 
 
 def check_pixels(pixels: Sequence[tuple[int, int]], width: int, height: int) -> None:
-    """Raises ``ValueError`` naming the offending value when a pixel is outside the image or
-    there are more than :data:`MAX_PIXELS`."""
+    """Raises ``ValueError`` naming the offending value when a pixel is outside the image,
+    there are more than :data:`MAX_PIXELS`, or none."""
+    if not len(pixels):
+        raise ValueError("no pixel given: name at least one (x, y), e.g. default_pixel(w, h)")
     if len(pixels) > MAX_PIXELS:
         listed = " ".join(f"{x},{y}" for x, y in pixels)
         raise ValueError(f"{len(pixels)} pixels given ({listed}); at most {MAX_PIXELS}")

@@ -127,3 +127,11 @@ def test_a_leading_zero_is_decimal_in_files_and_with_set(tmp_path) -> None:
     preset.write_text("flow:\n  iters: 012\n")
     assert load_config(preset).flow.iters == 12
     assert load_config(None, parse_set_options(("flow.iters=012",))).flow.iters == 12
+
+
+def test_a_section_set_to_null_is_refused_rather_than_reset(tmp_path) -> None:
+    preset = tmp_path / "preset.yaml"
+    preset.write_text("flow:\n  iters: 4\n")
+    with pytest.raises(ConfigError, match="cannot set flow to null: it is a section"):
+        load_config(preset, parse_set_options(("flow=null",)))
+    assert load_config(preset, parse_set_options(("flow.checkpoint=null",))).flow.iters == 4

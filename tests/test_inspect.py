@@ -196,6 +196,12 @@ def test_bad_pixels_are_refused(parity_dir: Path, tmp_path: Path, pixels, messag
     assert not (tmp_path / "out").exists()
 
 
+def test_the_python_api_refuses_an_empty_pixel_list() -> None:
+    frame = np.zeros((64, 64, 3), np.uint8)
+    with pytest.raises(ValueError, match="no pixel given"):
+        inspect_pair(create_model("raft-small").eval(), frame, frame, pixels=[])
+
+
 def test_video_frame_pair(tmp_path: Path, parity_dir: Path) -> None:
     video = write_video(tmp_path / "clip.mp4", width=96, height=72, num_frames=5)
     first, second = read_video_pair(video, 2)
