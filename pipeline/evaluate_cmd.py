@@ -10,7 +10,7 @@ import numpy as np
 
 from models import PAD_MODES, CheckpointError
 from models.raft import ARCHS
-from stages.training.readers import READER_KINDS, FlowPair, open_reader
+from stages.training.readers import READER_KINDS, FlowPair, FlowReader, open_reader
 from stages.training.textures import find_media, load_media_frames
 from stages.training.validation import (
     VALIDATION_FRAMES_PER_VIDEO,
@@ -131,10 +131,8 @@ def evaluate(
             data = open_reader(dataset, root, split=split, variant=variant)
         except (FileNotFoundError, ValueError) as exc:
             raise click.ClickException(str(exc)) from None
-        if pixels == "all" and data.sparse:
-            raise click.BadParameter(
-                f"{data.title} has ground truth only at its valid pixels", param_hint="--pixels"
-            )
+        if pixels == "all":
+            _require_dense(data)
         info = {"root": str(root), "split": split, "variant": data.variant}
         label = dataset
     else:
@@ -174,3 +172,19 @@ def evaluate(
         raise click.ClickException(str(exc)) from None
     click.echo(result.table())
     click.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
+
+
+def _require_dense(data: FlowReader) -> None:
+    """``--pixels all`` scores the flow files as stored at every pixel: refuse, before any
+    estimate, a data set whose ground truth (or any of its files) is sparse (KITTI PNG)."""
+    if data.sparse:
+        raise click.BadParameter(
+            f"{data.title} has ground truth only at its valid pixels", param_hint="--pixels"
+        )
+    sparse = [pair.flow for pair in data.files if pair.flow.suffix.lower() == ".png"]
+    if sparse:
+        others = f" and {len(sparse) - 1} other(s)" if len(sparse) > 1 else ""
+        raise click.BadParameter(
+            f"{sparse[0]}{others}: sparse ground truth (KITTI PNG), flow only at its valid pixels",
+            param_hint="--pixels",
+        )

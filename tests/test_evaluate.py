@@ -203,6 +203,18 @@ def test_every_pixel_scores_sintel_invalid_pixels_as_raft_validate_sintel(
          "--pixels", "all", "-o", str(tmp_path / "eval-kitti")],
     )  # fmt: skip
     assert run.exit_code == 2 and "only at its valid pixels" in run.output
+    # A folder data set with one KITTI PNG among .flo files: refused before any estimate.
+    folder = tmp_path / "mixed"
+    _shifted_folder(folder, pairs=2, shift=1, height=8, width=10)
+    (folder / "flow" / "p1.flo").unlink()
+    write_kitti_png(folder / "flow" / "p1.png", np.ones((8, 10, 2)), np.ones((8, 10)))
+    run = CliRunner().invoke(
+        main,
+        ["evaluate", "folder", "--root", str(folder), "--model", "dis", "--pixels", "all",
+         "-o", str(tmp_path / "eval-mixed")],
+    )  # fmt: skip
+    assert run.exit_code == 2 and "p1.png: sparse ground truth (KITTI PNG)" in run.output
+    assert not (tmp_path / "eval-mixed").exists()
 
 
 def test_raft_small_with_random_weights_runs_through_the_cli(
