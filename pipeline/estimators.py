@@ -17,6 +17,7 @@ import torch
 from models import RAFT, create_model
 from stages.flow import DisFlow
 from stages.flow_refine import refine_flow, resolve_refine
+from stages.settings import correlation_kind
 
 from .config import FlowConfig
 from .devices import resolve_device, resolve_precision
@@ -50,14 +51,16 @@ class DisEstimator:
 class NetworkEstimator:
     """A RAFT-family network: ``estimate_flow`` on one pair at a time.
 
-    ``corr`` and ``autocast`` are passed on (all-pairs correlation and float32 by default).
+    ``corr`` (``auto`` as ``flow.corr``: on-demand above ``on_demand_above_pixels`` padded
+    pixels) and ``autocast`` (float32 by default) are passed on.
     """
 
     network: RAFT = field(repr=False)
     _: KW_ONLY
     iters: int = 12
     pad_mode: str = "sintel"
-    corr: str = "all-pairs"
+    corr: str = FlowConfig.corr
+    on_demand_above_pixels: int = FlowConfig.on_demand_above_pixels
     autocast: torch.dtype | None = None
     refine: str = "none"
 
@@ -66,12 +69,14 @@ class NetworkEstimator:
 
     @torch.inference_mode()
     def __call__(self, image1: np.ndarray, image2: np.ndarray) -> np.ndarray:
+        height, width = self.network.padder(*image1.shape[:2], mode=self.pad_mode).padded_size
+        corr = correlation_kind(self.corr, height * width, self.on_demand_above_pixels)
         result = self.network.estimate_flow(
             to_model_input(image1, self.device),
             to_model_input(image2, self.device),
             iters=self.iters,
             pad_mode=self.pad_mode,
-            corr=self.corr,
+            corr=corr,
             autocast=self.autocast,
         )
         flow = result.flow[0].permute(1, 2, 0).float().cpu().numpy()  # (H, W, 2)
@@ -99,7 +104,7 @@ def build_estimator(
     iters: int = FlowConfig.iters,
     pad_mode: str = FlowConfig.pad_mode,
     device: str = FlowConfig.device,
-    corr: str = "all-pairs",
+    corr: str = FlowConfig.corr,
     precision: str = FlowConfig.precision,
     refine: str = FlowConfig.refine,
 ) -> DisEstimator | NetworkEstimator:

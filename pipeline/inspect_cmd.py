@@ -7,13 +7,14 @@ from pathlib import Path
 
 import click
 
-from models import CORR_KINDS, PAD_MODES, CheckpointError, create_model
+from models import PAD_MODES, CheckpointError, create_model
 from models.raft import ARCHS
 from models.weights import default_checkpoint
 from stages.decode import DecodeError
+from stages.settings import correlation_kind
 
 from .cli_common import checkpoint_option, device_option, iters_option
-from .config import FlowConfig
+from .config import CORR_CHOICES, FlowConfig
 from .devices import resolve_device
 from .images import read_rgb_pair
 from .inspect import (
@@ -96,7 +97,14 @@ def _load_pair(images: tuple[Path, ...], video: Path | None, frame: int | None):
 @click.option(
     "--pad-mode", type=click.Choice(PAD_MODES), default=FlowConfig.pad_mode, show_default=True
 )
-@click.option("--corr", type=click.Choice(CORR_KINDS), default="all-pairs", show_default=True)
+@click.option(
+    "--corr",
+    type=click.Choice(CORR_CHOICES),
+    default=FlowConfig.corr,
+    show_default=True,
+    help="Correlation volume; auto: on-demand above flow.on_demand_above_pixels padded pixels "
+    "(as run), else all-pairs.",
+)
 @click.option("--gt", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Ground-truth flow (.flo, .npy, KITTI .png): EPE per iteration, true "
               "correspondences in the pictures.")  # fmt: skip
@@ -156,6 +164,10 @@ def inspect(
     try:
         torch_device = resolve_device(device)
         network = create_model(model, checkpoint=weights, device=torch_device)
+        padded_height, padded_width = network.padder(height, width, mode=pad_mode).padded_size
+        corr = correlation_kind(
+            corr, padded_height * padded_width, FlowConfig.on_demand_above_pixels
+        )
         result = inspect_pair(
             network, first, second, pixels=pixels, iters=iters, pad_mode=pad_mode, corr=corr,
             gt=truth,

@@ -32,7 +32,7 @@ from .base import FrameChunk
 from .cpu_workers import CpuWorkers
 from .devices import resolve_device, resolve_precision
 from .flow_refine import refine_flows, resolve_refine
-from .settings import DIS_PRESET_NAMES, FlowConfig
+from .settings import DIS_PRESET_NAMES, FlowConfig, correlation_kind
 
 logger = logging.getLogger(__name__)
 
@@ -338,10 +338,10 @@ class FlowStage:
         return workers, None if self.config.warm_start else workers
 
     def _corr_kind(self, padder: Padder) -> str:
-        if self.config.corr != "auto":
-            return self.config.corr
         height, width = padder.padded_size
-        return "on-demand" if height * width > self.config.on_demand_above_pixels else "all-pairs"
+        return correlation_kind(
+            self.config.corr, height * width, self.config.on_demand_above_pixels
+        )
 
     def _encode_missing(
         self, work: _ChunkWork, batch: int, workers: CpuWorkers | None

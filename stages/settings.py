@@ -151,6 +151,16 @@ class DecodeConfig:
         return (self.target_fps or source_fps) / self.stride
 
 
+def correlation_kind(corr: str, padded_pixels: int, on_demand_above_pixels: int) -> str:
+    """``corr`` with ``auto`` resolved for a padded frame of ``padded_pixels`` pixels:
+    ``on-demand`` above ``on_demand_above_pixels`` (the all-pairs volume grows with the square
+    of the pixel count: its finest level is 0.9 GiB of float32 for 1 Mpx, 4 GiB for Full
+    HD), else ``all-pairs``."""
+    if corr != "auto":
+        return corr
+    return "on-demand" if padded_pixels > on_demand_above_pixels else "all-pairs"
+
+
 @dataclass(frozen=True)
 class FlowConfig:
     """Which flow estimator runs and how (README, "Configuration", has every key's meaning).

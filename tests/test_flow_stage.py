@@ -221,3 +221,22 @@ def test_a_failing_frame_fails_the_chunk_with_its_error(network, monkeypatch) ->
     with pytest.raises(RuntimeError, match="encoder failed on frame 3"):
         _run(stage, _frames(6), chunk_size=8)
     stage.teardown()
+
+
+def test_auto_correlation_is_on_demand_above_the_threshold_for_every_command() -> None:
+    """``flow.corr: auto`` (run) and the estimators of ``pair`` / ``evaluate`` share one rule."""
+    from pipeline.estimators import NetworkEstimator
+    from stages.settings import correlation_kind
+
+    assert correlation_kind("auto", 1001, 1000) == "on-demand"
+    assert correlation_kind("auto", 1000, 1000) == "all-pairs"
+    assert correlation_kind("all-pairs", 10**9, 0) == "all-pairs"
+    torch.manual_seed(0)
+    network = create_model("raft-small").eval()
+    image1, image2 = pattern_frame(0, 64, 48), pattern_frame(1, 64, 48)
+
+    def flow(**options) -> np.ndarray:
+        return NetworkEstimator(network, iters=2, **options)(image1, image2)
+
+    assert np.array_equal(flow(corr="auto", on_demand_above_pixels=0), flow(corr="on-demand"))
+    assert np.array_equal(flow(corr="auto"), flow(corr="all-pairs"))  # 64x64 padded: small
