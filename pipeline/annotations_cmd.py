@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
-import pandas as pd
 
 from .annotations import (
     FinishedVideo,
@@ -32,7 +31,7 @@ from .dataset_splits import (
     read_official_splits,
 )
 from .json_files import write_json
-from .manifest import MANIFEST_CSV, has_manifest
+from .manifest import MANIFEST_CSV, has_manifest, read_manifest_csv
 from .run_start import layout_markers
 
 OPTIONS_FILE = "annotation_options.json"
@@ -250,7 +249,7 @@ def annotations_command(output: Path, list_request: ListRequest) -> None:
             f"the run in {output} wrote no flow JPEGs (output.formats: "
             f"{', '.join(config.output.formats)})"
         )
-    table = pd.read_csv(output / MANIFEST_CSV, keep_default_na=False)
+    table = read_manifest_csv(output)
     videos = [
         FinishedVideo(str(row.video_id), int(row.frames), int(row.pairs), str(row.path))
         for row in table.itertuples()

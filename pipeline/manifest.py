@@ -210,6 +210,15 @@ def read_manifest(out_root: str | Path) -> pd.DataFrame:
     return pd.read_parquet(Path(out_root) / MANIFEST_PARQUET)
 
 
+def read_manifest_csv(out_root: str | Path) -> pd.DataFrame:
+    """The manifest of an output folder from its CSV twin, ``path``, ``video_id`` and
+    ``status`` as written: text, so that the ids of a flat folder of ``001.mp4``,
+    ``002.mp4`` stay ``001``, ``002`` (pandas would read an all-digit column as the integers
+    1, 2, which name no output folder)."""
+    text = {"path": str, "video_id": str, "status": str}
+    return pd.read_csv(Path(out_root) / MANIFEST_CSV, dtype=text, keep_default_na=False)
+
+
 def has_manifest(out_root: str | Path) -> bool:
     root = Path(out_root)
     return (root / MANIFEST_PARQUET).exists() or (root / MANIFEST_CSV).exists()

@@ -12,10 +12,8 @@ import json
 from collections import Counter
 from pathlib import Path
 
-import pandas as pd
-
 from .discovery import VideoJob
-from .manifest import MANIFEST_CSV, has_manifest, read_manifest
+from .manifest import has_manifest, read_manifest, read_manifest_csv
 from .run_start import (
     LATER_SETTINGS,
     Estimator,
@@ -105,8 +103,7 @@ def _previous_rows(out_root: Path) -> list[dict]:
         return read_manifest(out_root).to_dict("records")
     except Exception:  # a damaged Parquet file: try the CSV twin
         try:
-            table = pd.read_csv(out_root / MANIFEST_CSV, keep_default_na=False)
-            return table.to_dict("records")
+            return read_manifest_csv(out_root).to_dict("records")
         except Exception:
             return []
 

@@ -350,3 +350,22 @@ def test_class_numbers_cover_failed_videos_in_a_relative_output_folder(
     result = CliRunner().invoke(main, ["annotations", "out"])
     assert result.exit_code == 0, result.output
     assert not list(Path("out").glob("rawframes_*split*.txt"))
+
+
+def test_annotations_keeps_all_digit_video_ids(tmp_path) -> None:
+    """A flat folder of 001.mkv, 002.mkv: the annotations command lists 001/rawframes, as run
+    does, not the integers pandas reads the manifest's ids as (1/rawframes: no such folder)."""
+    (tmp_path / "in").mkdir()
+    for stem, frames in (("001", 3), ("002", 4)):
+        write_video(tmp_path / "in" / f"{stem}.mkv", width=32, height=32, num_frames=frames)
+    out = tmp_path / "out"
+    _run(tmp_path / "in", out)
+    written_by_run = (out / "rawframes_flow.txt").read_text()
+    result = CliRunner().invoke(main, ["annotations", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "rawframes_flow.txt").read_text() == written_by_run
+    rows = _read_list(out / "rawframes_flow.txt")
+    assert rows == [("001/rawframes", 2, -1), ("002/rawframes", 3, -1)]
+    for frame_dir, total, _ in rows:
+        paths = _frame_paths(out, frame_dir, "{}_{:05d}.jpg", 1, total, flow=True)
+        assert all(p.is_file() for group in paths for p in group), frame_dir

@@ -251,6 +251,26 @@ def test_videos_left_behind_with_another_estimator_refuse_the_run(
     assert _invoke([*dis, str(tmp_path / "in" / "a.mkv"), "--resume"]).exit_code == 0
 
 
+def test_all_digit_ids_are_read_as_text_from_the_csv_manifest(
+    tmp_path: Path, parity_dir: Path
+) -> None:
+    """With a damaged manifest.parquet the run reads manifest.csv: the ids of 001.mkv and
+    002.mkv stay 001 / 002 (read as the integers 1 / 2, they named no folder, and a run with
+    another model went ahead beside the videos left behind)."""
+    for name in ("001", "002"):
+        _video(tmp_path / "in" / f"{name}.mkv")
+    out = tmp_path / "out"
+    dis = ["run", "--model", "dis", "-o", str(out), "--workers", "0", "--no-progress"]
+    assert _invoke([*dis, str(tmp_path / "in")]).exit_code == 0
+    (out / "manifest.parquet").write_bytes(b"not parquet")
+    raft = ["run", str(tmp_path / "in" / "001.mkv"), "-o", str(out), "--model", "raft-small",
+            "--checkpoint", str(parity_dir / "raft_small_random.pth"), "--iters", "1",
+            "--device", "cpu", "--workers", "0", "--no-progress", "--overwrite"]  # fmt: skip
+    refused = _invoke(raft)
+    assert refused.exit_code == 1
+    assert "holds 1 finished video(s) this run does not include (002)" in refused.output
+
+
 # --------------------------------------------------------------------------- start failures
 
 
