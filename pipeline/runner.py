@@ -166,7 +166,7 @@ def process_video(
                 set_large_block_reuse(
                     info.width * info.height <= config.flow.on_demand_above_pixels
                 )
-            fps = config.decode.selected_fps(info.fps or 25.0)  # the previews' frame rate
+            fps = config.decode.selected_fps(info.fps)  # the previews' frame rate
             stages = make_video_stages(config, out_dir, video_id, fps)
             writers = stages[0]
             for stage in stages:

@@ -145,10 +145,19 @@ class DecodeConfig:
             f"decode.keep_incomplete must be true or false, got {self.keep_incomplete!r}",
         )
 
-    def selected_fps(self, source_fps: float) -> float:
-        """The rate of the frames this selection delivers from a ``source_fps`` stream
-        (``target_fps`` or the source's, divided by ``stride``): what the previews play at."""
-        return (self.target_fps or source_fps) / self.stride
+    def selected_fps(self, source_fps: float | None) -> float:
+        """The rate (frames per second) of the frames this selection delivers from a
+        ``source_fps`` stream, divided by ``stride``: what the previews play at.
+
+        ``target_fps`` never duplicates frames, so a target above the source's rate delivers
+        the source's rate. ``source_fps`` 0 or None (unknown): ``target_fps``, else 25.
+        """
+        known = source_fps if source_fps and source_fps > 0 else None
+        if self.target_fps is None:
+            rate = known or 25.0
+        else:
+            rate = min(self.target_fps, known) if known else self.target_fps
+        return rate / self.stride
 
 
 def correlation_kind(corr: str, padded_pixels: int, on_demand_above_pixels: int) -> str:

@@ -118,8 +118,31 @@ def preview_rate(fps: float | None) -> Fraction:
     return Fraction(fps).limit_denominator(1001)
 
 
+# FFmpeg's codes (AVColorSpace, AVColorRange, AVColorPrimaries, AVColorTransferCharacteristic)
+# for what the previews hold: PyAV converts RGB frames that carry no colour tags to yuv420p with
+# libswscale's default, the BT.601 matrix in limited ("tv", 16-235) range; the RGB values are
+# sRGB (BT.709 primaries).
+_SMPTE170M_MATRIX = 6
+_LIMITED_RANGE = 1
+_BT709_PRIMARIES = 1
+_SRGB_TRANSFER = 13
+
+
+def _tag_colours(codec_context) -> None:
+    """Declare the previews' colour encoding in the stream (H.264 VUI, MP4 ``colr``).
+
+    Untagged, a player guesses, and for HD sizes it guesses BT.709: the BT.601 conversion then
+    plays with shifted hues (pure red as (255, 23, 0)), which misreads the flow colour wheel.
+    """
+    codec_context.colorspace = _SMPTE170M_MATRIX
+    codec_context.color_range = _LIMITED_RANGE
+    codec_context.color_primaries = _BT709_PRIMARIES
+    codec_context.color_trc = _SRGB_TRANSFER
+
+
 class Mp4Writer:
-    """Encodes RGB frames ``(H, W, 3)`` uint8 to H.264 MP4 (odd sizes padded to even).
+    """Encodes RGB frames ``(H, W, 3)`` uint8 to H.264 MP4 (odd sizes padded to even), yuv420p
+    with the BT.601 matrix in limited range, which the stream declares.
 
     ``crf``: x264's constant rate factor (lower: better quality, larger file); ``preset``:
     x264's speed / compression trade-off (:data:`PREVIEW_PRESET` by default).
@@ -145,6 +168,7 @@ class Mp4Writer:
         self._stream.width = width + width % 2
         self._stream.height = height + height % 2
         self._stream.pix_fmt = "yuv420p"
+        _tag_colours(self._stream.codec_context)
         # x264's own threads: the calling thread's PyTorch share of the cores (the output stages
         # run side by side, see pipeline.overlap); its default (1.5 per core) spent 1.7x the
         # CPU per frame of one thread on a 2-core machine

@@ -20,7 +20,7 @@ from pipeline.cli import main
 from pipeline.consistency_cmd import _ratio
 from stages.decode import DecodeConfig, open_video
 from tests.conftest import REPO_ROOT
-from tests.media import write_frames
+from tests.media import write_frames, write_video
 
 SIDE = 160  # frames are downscaled to this long side to keep the test fast
 
@@ -174,6 +174,29 @@ def test_occlusion_off_stays_off_with_backward_flow_and_previews_play_at_the_kep
     for preview in ("warped.mp4", "viz.mp4"):  # every 2nd frame: half the source's rate
         with av.open(str(video / preview)) as container:
             assert container.streams.video[0].average_rate == meta["fps"] / 2, preview
+
+
+def test_previews_of_a_target_rate_above_the_source_rate_play_at_the_source_rate(
+    tmp_path: Path,
+) -> None:
+    """``decode.target_fps`` never duplicates frames: 10 fps resampled "to 25" keeps the 10
+    frames a second, and the previews play them in real time, not 2.5x too fast."""
+    video = write_video(tmp_path / "ten.mkv", num_frames=10, fps=10, velocity=(0.5, 0.25))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        main,
+        ["-q", "run", str(video), "-o", str(out), "--model", "dis", "--no-progress",
+         "--workers", "0", "--formats", "viz", "--set", "warp.enabled=true",
+         "--set", "decode.target_fps=25"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    pairs = pd.read_csv(out / "ten" / "pairs.csv")
+    assert len(pairs) == 9 and pairs["pts_t_k"].iloc[-1] == pytest.approx(0.9)
+    for preview in ("warped.mp4", "viz.mp4"):
+        with av.open(str(out / "ten" / preview)) as container:
+            stream = container.streams.video[0]
+            assert stream.average_rate == 10, preview
+            assert stream.frames == len(pairs), preview
 
 
 def test_ratio_of_two_zero_errors_is_one() -> None:

@@ -71,3 +71,21 @@ def test_previews_play_at_the_exact_rate(tmp_path: Path, fps: float, rate: Fract
         assert stream.average_rate == rate
         times = [frame.time for frame in container.decode(stream)]
     assert times[-1] == pytest.approx(9 / rate, abs=1e-3)
+
+
+def test_previews_declare_the_colour_encoding_they_use(tmp_path: Path) -> None:
+    """The stream says BT.601 limited range, the conversion it holds: decoded with the matrix
+    it declares, an HD preview's colours come back; untagged, players decode HD as BT.709."""
+    picture = np.zeros((720, 1280, 3), np.uint8)
+    picture[:, :640] = (255, 0, 0)
+    picture[:, 640:] = (0, 128, 255)
+    writer = Mp4Writer(tmp_path / "preview.mp4", 25.0, crf=10)
+    for _ in range(2):
+        writer.write(picture)
+    with av.open(str(writer.close())) as container:
+        frame = next(container.decode(video=0))
+    assert (frame.colorspace, frame.color_range) == (6, 1)  # SMPTE 170M matrix, limited range
+    luma = np.frombuffer(frame.planes[0], np.uint8).reshape(frame.height, -1)
+    assert luma[360, 320] == pytest.approx(16 + 219 * 0.299, abs=1.5)  # BT.601 luma of red
+    declared = frame.reformat(format="rgb24", src_colorspace="ITU601").to_ndarray()
+    assert np.abs(declared[360, [320, 960]].astype(int) - [(255, 0, 0), (0, 128, 255)]).max() <= 4
