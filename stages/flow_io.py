@@ -201,7 +201,8 @@ def write_kitti_png(
     integer, then clipped to ``0..65535``), B = 1 where valid else 0. So each component is
     stored in steps of 1/64 px and clipped to ``[KITTI_MIN_FLOW, KITTI_MAX_FLOW]`` =
     ``[-512, 511.984375]`` px; a clipped pixel stays valid (the reader sees the clipped value)
-    and a warning counts them. Pixels where either component is NaN or infinite are written invalid, with R = G = 2**15.
+    and a warning counts them. Pixels where either component is NaN or infinite are written
+    invalid, with R = G = 2**15.
 
     (The KITTI devkit truncates instead of rounding; rounding halves the worst-case error to
     1/128 px and decodes with the same formula.)

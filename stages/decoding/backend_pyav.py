@@ -27,10 +27,11 @@ class PyAVBackend:
     and colour matrix tags; gray and 10-bit formats come out as 8-bit RGB. Timestamps are the
     frames' own pts, or their dts where the pts are in decode order
     (:mod:`stages.decoding.frame_clock`). Frames the decoder flags as corrupt (errors it
-    concealed) are delivered and listed in a warning; a stream that ends in a decoding error or inside a packet (a truncated
-    file) is recorded as cut short (:meth:`DecodeState.cut_short`). A ``start`` time is
-    reached by seeking to the keyframe before it; should the container seek past it, the file
-    is reopened and decoded from the beginning instead.
+    concealed) are delivered and listed in a warning; a stream that ends in a decoding error
+    or inside a packet (a truncated file) is recorded as cut short
+    (:meth:`DecodeState.cut_short`). A ``start`` time is reached by seeking to the keyframe
+    before it; should the container seek past it, the file is reopened and decoded from the
+    beginning instead.
     """
 
     name = "pyav"
