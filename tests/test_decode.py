@@ -511,6 +511,48 @@ def test_start_seeks_to_the_same_frames(media: Callable[..., Path]) -> None:
                 assert_same_conversion(got.rgb, want)
 
 
+def test_start_in_an_mpeg_program_stream_gives_the_frames_of_a_whole_decode(
+    tmp_path: Path,
+) -> None:
+    """After a seek, FFmpeg guesses the timestamps of an MPEG-PS stream until the next
+    keyframe (frames off by several intervals, and earlier than ``start``): the stream is
+    decoded from its beginning instead, so a ``start`` keeps the frames and times a whole
+    decode gives."""
+    path = write_video(tmp_path / "b.mpg", num_frames=40, fps=25, codec="mpeg2video",
+                       options={"bf": "2"}, gop_size=10)  # fmt: skip
+    _, everything, _ = decode_all(path)
+    whole = list(zip([f.pts for f in everything], pattern_ids(everything), strict=True))
+    assert [i for _, i in whole] == list(range(40))
+    for start in (0.5, 1.1):
+        _, frames, warnings = decode_all(path, start=start)
+        got = list(zip([f.pts for f in frames], pattern_ids(frames), strict=True))
+        assert got == [(t, i) for t, i in whole if t >= start - 1e-6]
+        assert warnings == []
+
+
+@pytest.mark.usefixtures("fresh_fallback_log")
+@pytest.mark.parametrize(
+    ("codec", "suffix", "options"),
+    [("libx264", ".ts", {"bf": "3"}), ("mpeg2video", ".ts", {"bf": "0"}),
+     ("mpeg2video", ".mpg", {"bf": "2"})],
+)  # fmt: skip
+def test_decord_leaves_mpeg_transport_and_program_streams_to_pyav(
+    tmp_path: Path, codec: str, suffix: str, options: dict[str, str]
+) -> None:
+    """decord seeks these unindexed files to a later keyframe before its first frame and then
+    hands out frame 10 as frame 0: PyAV decodes them, every frame in order."""
+    path = write_video(tmp_path / f"v{suffix}", num_frames=40, fps=25, codec=codec,
+                       options=options, gop_size=10)  # fmt: skip
+    _, reference, _ = decode_all(path)
+    for start in (None, 0.5):
+        info, frames, warnings = decode_all(path, backend="decord", start=start)
+        assert info.backend == "pyav"
+        assert any("decord unavailable" in w and "no index" in w for w in warnings)
+        wanted = [f for f in reference if start is None or f.pts >= start - 1e-6]
+        assert pattern_ids(frames) == pattern_ids(wanted)
+        assert [f.pts for f in frames] == [f.pts for f in wanted]
+
+
 # --------------------------------------------------------------------------- pixels
 
 

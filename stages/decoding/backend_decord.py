@@ -6,6 +6,10 @@ decord 0.6.0 quirks this module works around (found by testing, see tests/test_d
   pts, relative to the stream start, float32). They are snapped back to the stream time base.
   With no known stream start its timestamps are garbage; a first pts that disagrees with PyAV's
   sends the file to PyAV.
+* MPEG transport and program streams (``.ts``, ``.m2ts``, ``.mpg``, ``.vob``) are mis-read:
+  they have no index, and its seek to the first frame lands on a later keyframe, so it hands
+  out frame 10 (say) as frame 0, silently, until a decoding error stops it. These containers
+  are left to PyAV (:data:`UNINDEXED_FORMATS`).
 * Rotated streams are mis-decoded: for a 90/270 display matrix (or ``rotate`` tag) it returns
   4-channel garbage from ``next()`` and raises from ``get_batch``; 180 is rotated silently. Any
   rotated stream is therefore left to PyAV.
@@ -51,6 +55,8 @@ MAX_BATCH = 8
 MAX_READ_AHEAD_BYTES = 256 * 1024 * 1024
 """Largest decoded size (frames x height x width x 3) of a stream decord may decode: its
 unbounded read-ahead can hold all of it at once, whatever range was selected."""
+UNINDEXED_FORMATS = frozenset({"mpegts", "mpeg"})
+"""FFmpeg demuxers (MPEG-TS, MPEG-PS) whose files decord decodes from a wrong position."""
 FAULT_TOLERANCE = "0.000001"
 """decord ``fault_tol``: a fraction so small that the first substituted frame raises."""
 
@@ -90,6 +96,10 @@ class DecordBackend:
         decord = _import_decord()
         if probe.rotation:
             raise BackendUnsupported(f"decord mis-decodes rotated streams ({probe.rotation} deg)")
+        if probe.container_format in UNINDEXED_FORMATS:
+            raise BackendUnsupported(
+                f"decord starts {probe.container_format} files at a later keyframe (no index)"
+            )
         self._probe = probe
         self._state = state
         read_ahead = _decoded_bytes(probe)

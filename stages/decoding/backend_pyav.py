@@ -18,6 +18,10 @@ from stages.decoding.types import DecodeConfig
 
 logger = logging.getLogger(__name__)
 
+NO_SEEK_FORMATS = frozenset({"mpeg"})
+"""FFmpeg demuxers whose frames get wrong timestamps after a seek: a ``start`` is reached by
+decoding from the beginning."""
+
 
 class PyAVBackend:
     """Decodes the stream's packets one by one and converts to ``rgb24`` with one reusable
@@ -31,7 +35,9 @@ class PyAVBackend:
     or inside a packet (a truncated file) is recorded as cut short
     (:meth:`DecodeState.cut_short`). A ``start`` time is reached by seeking to the keyframe
     before it; should the container seek past it, the file is reopened and decoded from the
-    beginning instead.
+    beginning instead. MPEG program streams (``.mpg``, ``.vob``) are always decoded from the
+    beginning: after a seek FFmpeg guesses their frames' timestamps until the next keyframe,
+    off by frames (:data:`NO_SEEK_FORMATS`).
     """
 
     name = "pyav"
@@ -65,6 +71,12 @@ class PyAVBackend:
         decoded_before = self._state.decoded
         start = options.start
         if start is None or start <= self._probe.first_pts + EPS:
+            yield from self._decode()
+            return
+        if self._probe.container_format in NO_SEEK_FORMATS:
+            logger.debug(
+                "%s: no seek in an MPEG program stream; decoding from the start", self._probe.path
+            )
             yield from self._decode()
             return
         clock = self._probe.clock
@@ -123,7 +135,7 @@ class PyAVBackend:
                         self._state.decoded += 1
                         frame_clock.observe(frame.pts, frame.dts)
                         pending.append(frame)
-                        if frame_clock.observed > LOOKAHEAD:
+                        if frame_clock.observed >= LOOKAHEAD:
                             while pending:
                                 yield timed(pending.popleft())
             except av.FFmpegError as exc:
