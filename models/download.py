@@ -72,6 +72,10 @@ def manual_hint(spec: WeightSpec, target: Path) -> str:
         where += f", extract {spec.archive_member} from the zip"
         if spec.mirror is not None:
             where += f" (also in {spec.mirror})"
+    if spec.sha256 is not None:
+        where += f" (its SHA-256 is {spec.sha256.lower()}, checked when it is used)"
+    elif spec.sha256_prefix is not None:
+        where += f" (its SHA-256 starts with {spec.sha256_prefix.lower()}, checked when it is used)"
     return (
         f"To install it by hand, {where} and save it as {target} "
         f"(or give the file's path instead of the name: --checkpoint PATH, or --init-checkpoint "
@@ -150,10 +154,24 @@ def _copy_to_temporary(source: IO[bytes], folder: Path, prefix: str) -> Path:
 
 
 def _fetch_url(url: str, folder: Path) -> Path:
-    """Stream ``url`` into a new temporary file inside ``folder``; return its path."""
+    """Stream ``url`` into a new temporary file inside ``folder``; return its path.
+
+    A body shorter than the ``Content-Length`` the server announced raises ``OSError`` (its
+    temporary file removed): urllib ends a transfer whose connection dropped as if it were
+    complete, and an entry without a published hash would otherwise be cached cut short.
+    """
     request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
     with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response:
-        return _copy_to_temporary(response, folder, ".download-")
+        fetched = _copy_to_temporary(response, folder, ".download-")
+        announced = response.headers.get("Content-Length", "").strip()
+    received = fetched.stat().st_size
+    if announced.isdigit() and received != int(announced):
+        fetched.unlink(missing_ok=True)
+        raise OSError(
+            f"the transfer stopped after {received} of the {announced} bytes the server "
+            f"announced (connection dropped?)"
+        )
+    return fetched
 
 
 def _install_from_archive(

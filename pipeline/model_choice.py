@@ -7,7 +7,13 @@ from dataclasses import dataclass
 
 from models import CheckpointError
 from models.checkpoint_io import infer_architecture, load_checkpoint
-from models.weights import WEIGHTS, auto_order, default_checkpoint, resolve_checkpoint
+from models.weights import (
+    WEIGHTS,
+    auto_order,
+    default_cache_dir,
+    default_checkpoint,
+    resolve_checkpoint,
+)
 
 from .config import FlowConfig
 
@@ -35,7 +41,8 @@ def choose_model(flow: FlowConfig) -> ModelChoice:
     ``auto`` alone never downloads: it takes the first checkpoint of the registry's ``auto`` order
     (:func:`models.weights.auto_order`) that is available locally: an official checkpoint in
     the cache (Sintel-finetuned RAFT first: it generalises best to real video among the released
-    weights), else the model that ships inside the package, else OpenCV DIS with a notice.
+    weights), else the model that ships inside the package, else OpenCV DIS with a notice. A
+    cached checkpoint that fails its published hash is skipped with a warning that names it.
     """
     if flow.model == "dis":
         if flow.checkpoint is not None:
@@ -58,6 +65,8 @@ def choose_model(flow: FlowConfig) -> ModelChoice:
         except CheckpointError as exc:
             if spec.bundled:
                 problems.append(str(exc))
+            elif (default_cache_dir() / spec.file_name).exists():  # there, but fails its hash
+                logger.warning("model 'auto' skips checkpoint %s: %s", spec.name, exc)
             continue
         return ModelChoice(spec.arch, spec.name)
     reason = problems[0] if problems else "no official checkpoint in the cache"

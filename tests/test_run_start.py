@@ -230,6 +230,24 @@ def test_a_damaged_checkpoint_auto_chose_says_where_it_came_from(
     assert "--model raft-small-convex" in result.output and not (tmp_path / "out").exists()
 
 
+def test_a_damaged_hashed_checkpoint_auto_skips_is_named(
+    empty_cache: Path, parity_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A hashed entry that fails its hash is passed over (auto never fails for lack of
+    # weights), but not silently: the user put it there and gets another model instead.
+    spec = next((s for s in auto_order() if not s.bundled and s.sha256_prefix), None)
+    if spec is None:
+        pytest.skip("no auto checkpoint with a published hash")
+    before = choose_model(FlowConfig(model="auto", download=False))
+    shutil.copy(parity_dir / FIXTURE_OF_ARCH[spec.arch], empty_cache / spec.file_name)
+    with caplog.at_level("WARNING"):
+        after = choose_model(FlowConfig(model="auto", download=False))
+    assert (after.model, after.checkpoint) == (before.model, before.checkpoint)
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(spec.name in m and str(empty_cache / spec.file_name) in m for m in warned), warned
+    assert any(f"expected it to start with {spec.sha256_prefix}" in m for m in warned), warned
+
+
 def test_videos_left_behind_with_another_estimator_refuse_the_run(
     tmp_path: Path, parity_dir: Path, two_videos: Path
 ) -> None:

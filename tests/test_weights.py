@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import http.server
 import json
 import os
 import pickle
 import re
 import shlex
+import threading
 import zipfile
 from pathlib import Path
 
@@ -607,6 +609,17 @@ def test_no_download_error_names_url_and_target(tmp_path: Path) -> None:
         W.resolve_checkpoint("tv-raft-small-c-t-v2", cache_dir=tmp_path, download=False)
 
 
+def test_no_download_error_names_the_hash_the_file_must_have(tmp_path: Path) -> None:
+    spec = W.WEIGHTS["tv-raft-small-c-t-v2"]
+    with pytest.raises(CheckpointError) as info:
+        W.resolve_checkpoint(spec.name, cache_dir=tmp_path, download=False)
+    assert f"SHA-256 starts with {spec.sha256_prefix}" in str(info.value)
+    # Where nothing is published the message does not invent a hash.
+    with pytest.raises(CheckpointError) as info:
+        W.resolve_checkpoint("gma-sintel", cache_dir=tmp_path, download=False)
+    assert "SHA-256" not in str(info.value)
+
+
 def test_cache_hit_verifies_hash_without_network(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -684,6 +697,41 @@ def test_download_of_a_web_page_is_not_cached(
     with pytest.raises(CheckpointError, match="did not send a PyTorch checkpoint") as info:
         W.resolve_checkpoint("gma-kitti", cache_dir=cache)
     assert str(cache / "gma-kitti.pth") in str(info.value)
+    assert list(cache.iterdir()) == []
+
+
+def test_download_cut_short_by_the_server_is_not_cached(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A server that announces the whole file and closes the connection after a third of it:
+    # urllib ends such a read without an error. GMA's entries publish no hash, so only the
+    # announced length tells that the file is incomplete.
+    data = tiny_state_file(tmp_path / "weights.pth") + bytes(4096)
+
+    class CutShort(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[: len(data) // 3])
+            self.close_connection = True
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), CutShort)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/gma-sintel.pth"
+        monkeypatch.setitem(W.WEIGHTS, "gma-sintel", custom_spec("gma-sintel", url))
+        cache = tmp_path / "cache"
+        with pytest.raises(CheckpointError, match=f"stopped after {len(data) // 3} of") as info:
+            W.resolve_checkpoint("gma-sintel", cache_dir=cache)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert str(cache / "gma-sintel.pth") in str(info.value)
     assert list(cache.iterdir()) == []
 
 
