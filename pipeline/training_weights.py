@@ -42,8 +42,10 @@ def export_weights(
     ``model.pth`` or ``checkpoints/step_*.pth``). ``target``: the new ``.pth`` (official layout
     with the ``module.`` prefix; float16 tensors with ``half``, which halves the file and loads
     into float32 models unchanged otherwise). The sidecar ``target.with_suffix(".json")`` holds
-    ``provenance`` plus the architecture, dtype, parameter count and the file's SHA-256 (the
-    value a registry entry needs).
+    ``provenance`` plus the architecture, dtype, parameter count (the architecture's learned
+    parameters: BatchNorm running statistics and the aliases the official layout gives some
+    BatchNorm layers are not parameters) and the file's SHA-256 (the value a registry entry
+    needs).
     """
     from models.weights import infer_architecture, load_checkpoint, sha256_file
 
@@ -59,10 +61,17 @@ def export_weights(
         **provenance,
         "architecture": arch,
         "dtype": "float16" if half else "float32",
-        "parameters": int(sum(t.numel() for t in state.values() if t.is_floating_point())),
+        "parameters": parameter_count(arch),
         "file": target.name,
         "bytes": target.stat().st_size,
         "sha256": sha256_file(target),
     }
     write_json(target.with_suffix(".json"), record)
     return record
+
+
+def parameter_count(arch: str) -> int:
+    """Learned parameters of an architecture (``model.parameters()``, as papers count them)."""
+    from models import create_model
+
+    return sum(parameter.numel() for parameter in create_model(arch).parameters())

@@ -488,3 +488,18 @@ def test_a_second_signal_stops_at_once(tmp_path: Path) -> None:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def test_the_sidecar_counts_learned_parameters_not_batchnorm_statistics(
+    parity_dir: Path, tmp_path: Path
+) -> None:
+    """GMA's context encoder has BatchNorm: its running statistics (and the aliases the official
+    layout gives some BatchNorm layers) are tensors of the file but not parameters."""
+    shipped = tmp_path / "gma.pth"
+    result = CliRunner().invoke(
+        main, ["export-model", str(parity_dir / "gma_random.pth"), "-o", str(shipped)]
+    )
+    assert result.exit_code == 0, result.output
+    record = json.loads(shipped.with_suffix(".json").read_text())
+    learned = sum(p.numel() for p in create_model("gma").parameters())
+    assert record["architecture"] == "gma" and record["parameters"] == learned
