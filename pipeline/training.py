@@ -24,6 +24,7 @@ import dataclasses
 import logging
 import math
 import os
+import pickle
 import signal
 import time
 from collections.abc import Iterator
@@ -304,9 +305,9 @@ class Trainer:
                     f"--resume: no {STATE_FILE} in {self.output} (the run saved no state: run "
                     "the same command without --resume to start it)"
                 )
-            try:
-                state = torch.load(state_path, map_location="cpu", weights_only=False)
-            except (RuntimeError, EOFError, ValueError, OSError) as exc:  # truncated / not ours
+            try:  # tensors, numbers, strings: nothing in a state file needs code to load
+                state = torch.load(state_path, map_location="cpu", weights_only=True)
+            except (RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError) as exc:
                 raise TrainingError(
                     f"--resume: {state_path} cannot be read ({str(exc).splitlines()[0]}); "
                     f"the weights in {self.output / 'checkpoints'} can start a new run with "

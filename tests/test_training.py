@@ -503,3 +503,30 @@ def test_the_sidecar_counts_learned_parameters_not_batchnorm_statistics(
     record = json.loads(shipped.with_suffix(".json").read_text())
     learned = sum(p.numel() for p in create_model("gma").parameters())
     assert record["architecture"] == "gma" and record["parameters"] == learned
+
+
+def test_resume_loads_the_state_without_running_code_from_it(tmp_path: Path) -> None:
+    """state.pt is read with ``weights_only``: a file that would run code when unpickled (a
+    state.pt swapped or shared with someone else's run folder) is refused, and runs nothing."""
+    config = _tiny_config(tmp_path / "tiny.yaml", steps=2)
+    run = tmp_path / "run"
+    first = CliRunner().invoke(main, ["train", "--config", str(config), "-o", str(run),
+                                      "--stop-after", "1"])  # fmt: skip
+    assert first.exit_code == 0, first.output
+    marker = tmp_path / "ran"
+    state = torch.load(run / "state.pt", weights_only=True)
+    state["payload"] = _RunsCode(str(marker))
+    torch.save(state, run / "state.pt")
+    second = CliRunner().invoke(main, ["train", "-o", str(run), "--resume"])
+    assert second.exit_code == 1 and "state.pt cannot be read" in second.output
+    assert not marker.exists()
+
+
+class _RunsCode:
+    """Unpickling it creates a file: what a malicious pickle could do."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
