@@ -64,6 +64,7 @@ from .manifest import (
     ManifestRow,
     RunManifest,
     has_manifest,
+    utf8_text,
 )
 from .progress import ShowProgress, progress_bar
 from .resume import check_left_behind, plan_resume
@@ -526,6 +527,6 @@ def summary_lines(results: Sequence[VideoResult], out_root: str | Path) -> list[
         lines.append("not ok:")
         for r in problems:
             name = getattr(r, "rel_path", "") or r.path
-            lines.append(f"  {name}: {r.status}: {r.error_type}: {r.error}")
+            lines.append(utf8_text(f"  {name}: {r.status}: {r.error_type}: {r.error}"))
     lines.append(f"manifest: {Path(out_root) / 'manifest.csv'}")
     return lines

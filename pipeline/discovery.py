@@ -28,8 +28,10 @@ Windows would give them one folder. A top-level name the run writes itself (``ma
 features tables, the annotation lists, ``.motionpipe.lock``; :func:`is_reserved`) is not an id
 either: ``classes.txt.mp4`` becomes ``classes.txt_mp4``, and the leading dots of a hidden input
 listed by name become ``_`` (``.clip.mp4`` -> ``_clip``), since the run's lock and temporary files
-are the dot names at the output root. Only regular files are videos: a FIFO, socket or device
-with a video extension becomes a failed job (opening one would wait forever).
+are the dot names at the output root. A name that is not UTF-8 (Linux allows any bytes) is
+written with its undecodable bytes as ``\\xNN`` in its id and relative path (``caf\\xe9.mkv``
+-> ``caf\\xe9``), so that the manifest can hold them. Only regular files are videos: a FIFO,
+socket or device with a video extension becomes a failed job (opening one would wait forever).
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from stages.decoding.frames_folder import IMAGE_EXTENSIONS, natural_key
+
+from .manifest import utf8_text
 
 logger = logging.getLogger(__name__)
 
@@ -416,5 +420,6 @@ def find_inputs(input_path: str | Path) -> Discovery:
         found = Discovery(given, jobs)
     else:
         found = Discovery(given.parent, _single(given, given.parent))
-    ordered = sorted(found.jobs, key=lambda job: natural_key(job.rel_path))
+    readable = [replace(job, rel_path=utf8_text(job.rel_path)) for job in found.jobs]
+    ordered = sorted(readable, key=lambda job: natural_key(job.rel_path))
     return Discovery(found.root, assign_ids(ordered))

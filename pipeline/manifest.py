@@ -79,6 +79,20 @@ class ManifestRow(Outcome):
     config_hash: str = ""
 
 
+def utf8_text(text: str) -> str:
+    """``text`` as valid UTF-8 text: a file name that is not UTF-8 (Python holds its bytes as
+    lone surrogates) gets its undecodable bytes written ``\\xe9``, which the manifest files,
+    the logs and the terminal can all hold (Arrow and the CSV writer refuse lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:  # a surrogate that stands for no byte
+            return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def relative_outputs(outputs: dict[str, str], out_root: str | Path) -> dict[str, str]:
     """Output paths relative to the output root (POSIX separators) where they lie below it."""
     root = os.path.abspath(out_root)
@@ -96,18 +110,18 @@ def _cells(row: ManifestRow, out_root: str | Path | None) -> dict[str, Any]:
     """A row's table cells; ``seconds`` stays a dict until the table knows every stage."""
     outputs = row.outputs if out_root is None else relative_outputs(row.outputs, out_root)
     return {
-        "path": row.path,
-        "video_id": row.video_id,
+        "path": utf8_text(row.path),
+        "video_id": utf8_text(row.video_id),
         "status": row.status,
         "reused": bool(row.reused),
         "error_type": row.error_type,
-        "error": row.error,
+        "error": utf8_text(row.error),
         "frames": int(row.frames),
         "pairs": int(row.pairs),
         "seconds": row.seconds,
-        "outputs": json.dumps(outputs, sort_keys=True, ensure_ascii=False),
+        "outputs": utf8_text(json.dumps(outputs, sort_keys=True, ensure_ascii=False)),
         "config_hash": row.config_hash,
-        "warnings": json.dumps(row.warnings, ensure_ascii=False),
+        "warnings": utf8_text(json.dumps(row.warnings, ensure_ascii=False)),
     }
 
 

@@ -2,7 +2,8 @@
 
 A finished video (its ``meta.json`` says ``"status": "ok"`` under its own id) is kept when its
 results hash equals the run's (:func:`pipeline.run_start.results_hash`) and its input has the
-size and modification time its ``meta.json`` recorded; every other finished video is redone,
+size and modification time its ``meta.json`` recorded and its output files are all there with
+the sizes recorded (none deleted or cut short since); every other finished video is redone,
 and the reasons are counted in words for the run to report before it starts.
 """
 
@@ -71,6 +72,8 @@ def plan_resume(
             redone[_why_redone(meta, key)] += 1
         elif _input_changed(job, meta):
             redone["the input changed since (size or modification time)"] += 1
+        elif _outputs_changed(out_root, meta):
+            redone["its output files were deleted or changed since"] += 1
         else:
             kept[n] = meta
     return kept, redone
@@ -86,6 +89,26 @@ def _input_changed(job: VideoJob, meta: dict) -> bool:
         return input_fingerprint(job.path) != recorded
     except OSError:
         return True
+
+
+def _outputs_changed(out_root: Path, meta: dict) -> bool:
+    """Whether an output that ``meta.json`` lists is gone or, for a file whose size it recorded,
+    has another size (deleted or cut short after the video finished). A ``meta.json`` whose
+    output paths are not relative to the output root (an older version's) is not checked."""
+    outputs = meta.get("outputs")
+    if "video_absolute" not in meta or not isinstance(outputs, dict):
+        return False
+    sizes = meta.get("output_sizes")
+    sizes = sizes if isinstance(sizes, dict) else {}
+    for name, path in outputs.items():
+        target = out_root / str(path)
+        try:
+            size = target.stat().st_size
+        except OSError:
+            return True
+        if name in sizes and (not target.is_file() or size != sizes[name]):
+            return True
+    return False
 
 
 def _meta_estimator(meta: dict) -> tuple[tuple[str | None, str | None], str]:

@@ -260,6 +260,12 @@ def input_fingerprint(path: str | Path) -> dict[str, int]:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
+def output_sizes(outputs: dict[str, str]) -> dict[str, int]:
+    """Bytes of each output that is a file (folders of images are left out), so that
+    ``--resume`` can tell a finished video whose files were deleted or cut short since."""
+    return {name: os.path.getsize(path) for name, path in outputs.items() if os.path.isfile(path)}
+
+
 def output_root(out_dir: Path, video_id: str) -> Path:
     """The run's output folder, from a video's folder and its id (``OUT/a/b`` and ``a/b``)."""
     depth = len(PurePosixPath(video_id).parts)
@@ -306,6 +312,7 @@ def _write_meta(
         "precision": session.precision,
         "seconds": result.seconds,
         "outputs": {name: relative_path(path, root) for name, path in result.outputs.items()},
+        "output_sizes": output_sizes(result.outputs),
         "summary": result.summary,
         "warnings": result.warnings,
         "config_hash": results_hash(key),

@@ -322,6 +322,53 @@ def test_resume_redoes_inputs_replaced_since(tmp_path: Path) -> None:
     assert meta["input"]["size"] == (folder / "replaced.mkv").stat().st_size
 
 
+def test_resume_redoes_videos_whose_outputs_were_deleted_or_cut_short(tmp_path: Path) -> None:
+    """A finished video whose flow file was deleted, or cut short, after it finished is not
+    reported ``ok`` by ``--resume`` with outputs that are not there: it is computed again."""
+    folder = tmp_path / "in"
+    for name in ("kept.mkv", "deleted.mkv", "cut.mkv"):
+        _video(folder / name, num_frames=3, codec="ffv1")
+    out = tmp_path / "out"
+    base = ["run", str(folder), "-o", str(out), *DIS, "--workers", "0"]
+    assert _invoke(base).exit_code == 0
+    (out / "deleted" / "flow.npy").unlink()
+    with open(out / "cut" / "flow.npy", "r+b") as cut:
+        cut.truncate(100)
+    resumed = _invoke([*base, "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    rows = _manifest(out)
+    assert {path: row["reused"] for path, row in rows.items()} == {
+        "kept.mkv": True,
+        "deleted.mkv": False,
+        "cut.mkv": False,
+    }
+    for row in rows.values():
+        _check_complete(out, row)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="file names that are not UTF-8: Linux")
+def test_file_names_that_are_not_utf8_are_videos_like_any_other(tmp_path: Path) -> None:
+    """Linux file names are bytes: a Latin-1 name (``café.mkv`` copied from an old disk) is a
+    video with a row of its own, not a traceback that stops the batch before any video ran."""
+    folder = tmp_path / "in"
+    latin1 = os.fsdecode(b"caf\xe9.mkv")
+    _video(folder / latin1, num_frames=3, codec="ffv1")
+    _video(folder / "plain.mkv", num_frames=3, codec="ffv1")
+    (folder / os.fsdecode(b"notes\xff.mp4")).write_text("not a video")
+    out = tmp_path / "out"
+    result = _invoke(["run", str(folder), "-o", str(out), *DIS, "--workers", "0"])
+    assert result.exit_code == 1, result.output
+    for table in (read_manifest(out), manifest_module.read_manifest_csv(out)):
+        rows = {row["path"]: row for row in table.to_dict("records")}
+        assert {path: (row["video_id"], row["status"]) for path, row in rows.items()} == {
+            "caf\\xe9.mkv": ("caf\\xe9", "ok"),
+            "notes\\xff.mp4": ("notes\\xff", "failed"),
+            "plain.mkv": ("plain", "ok"),
+        }
+        assert "notes\\xff.mp4" in rows["notes\\xff.mp4"]["error"]
+    _check_complete(out, _manifest(out)["caf\\xe9.mkv"])
+
+
 def test_manifest_files(tmp_path: Path) -> None:
     rows = [
         ManifestRow(
