@@ -7,9 +7,10 @@ from typing import Any
 import click
 import yaml
 
+from models import PAD_MODES
 from stages.flow_refine import REFINE_CHOICES
 
-from .config import EXPLICIT_NULL, FlowConfig, parse_yaml
+from .config import CORR_CHOICES, EXPLICIT_NULL, FlowConfig, parse_yaml
 
 checkpoint_option = click.option(
     "--checkpoint",
@@ -23,6 +24,21 @@ iters_option = click.option(
     "--iters", type=click.IntRange(min=1), default=FlowConfig.iters, show_default=True
 )
 """``--iters``: refinement iterations, by default the ``flow.iters`` default."""
+
+pad_mode_option = click.option(
+    "--pad-mode", type=click.Choice(PAD_MODES), default=FlowConfig.pad_mode, show_default=True
+)
+"""``--pad-mode`` of the commands that run one network on a pair (``pair``, ``inspect``)."""
+
+corr_option = click.option(
+    "--corr",
+    type=click.Choice(CORR_CHOICES),
+    default=FlowConfig.corr,
+    show_default=True,
+    help="Correlation volume; auto: on-demand above flow.on_demand_above_pixels padded pixels "
+    "(as run), else all-pairs.",
+)
+"""``--corr`` of ``pair`` and ``inspect``, with ``flow.corr``'s choices and default."""
 
 device_option = click.option(
     "--device", default=FlowConfig.device, show_default=True, help="auto, cpu, cuda, cuda:1, mps"

@@ -7,14 +7,20 @@ from pathlib import Path
 
 import click
 
-from models import PAD_MODES, CheckpointError, create_model
+from models import CheckpointError, create_model
 from models.raft import ARCHS
 from models.weights import default_checkpoint
 from stages.decode import DecodeError
 from stages.settings import correlation_kind
 
-from .cli_common import checkpoint_option, device_option, iters_option
-from .config import CORR_CHOICES, FlowConfig
+from .cli_common import (
+    checkpoint_option,
+    corr_option,
+    device_option,
+    iters_option,
+    pad_mode_option,
+)
+from .config import FlowConfig
 from .devices import resolve_device
 from .images import read_rgb_pair
 from .inspect import (
@@ -94,17 +100,8 @@ def _load_pair(images: tuple[Path, ...], video: Path | None, frame: int | None):
     help=f"Pixel to trace, input coordinates (repeatable, at most {MAX_PIXELS}). "
     "Default: the image centre.",
 )  # fmt: skip
-@click.option(
-    "--pad-mode", type=click.Choice(PAD_MODES), default=FlowConfig.pad_mode, show_default=True
-)
-@click.option(
-    "--corr",
-    type=click.Choice(CORR_CHOICES),
-    default=FlowConfig.corr,
-    show_default=True,
-    help="Correlation volume; auto: on-demand above flow.on_demand_above_pixels padded pixels "
-    "(as run), else all-pairs.",
-)
+@pad_mode_option
+@corr_option
 @click.option("--gt", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Ground-truth flow (.flo, .npy, KITTI .png): EPE per iteration, true "
               "correspondences in the pictures.")  # fmt: skip

@@ -10,13 +10,13 @@ import click
 import cv2
 import numpy as np
 
-from models import PAD_MODES, CheckpointError
+from models import CheckpointError
 from stages.flow_io import write_flo, write_flow_npy, write_kitti_png
 from stages.flow_viz import flow_to_color, largest_magnitude, legend_panel
 from stages.image_io import write_image
 
-from .cli_common import device_option, iters_option, refine_option
-from .config import CORR_CHOICES, FLOW_MODELS, FlowConfig
+from .cli_common import corr_option, device_option, iters_option, pad_mode_option, refine_option
+from .config import FLOW_MODELS, FlowConfig
 from .devices import PRECISIONS
 from .estimators import build_estimator
 from .example import write_example_clip
@@ -52,17 +52,8 @@ FLOW_FILE_WRITERS = {".flo": write_flo, ".npy": write_flow_npy, ".png": write_ki
     "downloaded into the cache if missing).",
 )
 @iters_option
-@click.option(
-    "--pad-mode", type=click.Choice(PAD_MODES), default=FlowConfig.pad_mode, show_default=True
-)
-@click.option(
-    "--corr",
-    type=click.Choice(CORR_CHOICES),
-    default=FlowConfig.corr,
-    show_default=True,
-    help="Correlation volume; auto: on-demand above flow.on_demand_above_pixels padded pixels "
-    "(as run), else all-pairs.",
-)
+@pad_mode_option
+@corr_option
 @device_option
 @click.option(
     "--precision",

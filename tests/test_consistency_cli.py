@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -153,27 +154,40 @@ def _strict_json(path: Path) -> dict:
     return json.loads(path.read_text(), parse_constant=refuse)
 
 
+def _run_warped(video: Path, out: Path, *options: str) -> Path:
+    """``run`` with DIS and the warp stage on ``video``; its output folder."""
+    result = CliRunner().invoke(
+        main,
+        ["-q", "run", str(video), "-o", str(out), "--model", "dis", "--no-progress",
+         "--workers", "0", "--set", "warp.enabled=true", *options],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return out / video.stem
+
+
+def _previews(folder: Path) -> dict[str, tuple[Fraction, int]]:
+    """Each preview video's ``(frame rate, frame count)``."""
+    streams = {}
+    for preview in ("warped.mp4", "viz.mp4"):
+        with av.open(str(folder / preview)) as container:
+            stream = container.streams.video[0]
+            streams[preview] = (stream.average_rate, stream.frames)
+    return streams
+
+
 def test_occlusion_off_stays_off_with_backward_flow_and_previews_play_at_the_kept_rate(
     copies, tmp_path: Path
 ) -> None:
-    out = tmp_path / "out"
-    result = CliRunner().invoke(
-        main,
-        ["-q", "run", str(copies["source"]), "-o", str(out), "--model", "dis", "--no-progress",
-         "--backward", "--formats", "npy,viz", "--set", "warp.enabled=true",
-         "--set", "warp.occlusion=false", "--set", "decode.stride=2"],
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
-    video = out / "source"
+    video = _run_warped(copies["source"], tmp_path / "out", "--backward", "--formats",
+                        "npy,viz", "--set", "warp.occlusion=false", "--set", "decode.stride=2")  # fmt: skip
     assert (video / "flow_bw.npy").is_file() and not (video / "occlusion").exists()
     table = pd.read_csv(video / "consistency.csv")
     assert table["occluded_fraction"].isna().all()
     meta = _strict_json(video / "meta.json")
     assert meta["summary"]["warp"]["occluded_fraction"] is None  # NaN is written as null
     assert meta["outputs"]["consistency_csv"] == "source/consistency.csv"
-    for preview in ("warped.mp4", "viz.mp4"):  # every 2nd frame: half the source's rate
-        with av.open(str(video / preview)) as container:
-            assert container.streams.video[0].average_rate == meta["fps"] / 2, preview
+    for rate, _ in _previews(video).values():  # every 2nd frame: half the source's rate
+        assert rate == meta["fps"] / 2
 
 
 def test_previews_of_a_target_rate_above_the_source_rate_play_at_the_source_rate(
@@ -181,22 +195,12 @@ def test_previews_of_a_target_rate_above_the_source_rate_play_at_the_source_rate
 ) -> None:
     """``decode.target_fps`` never duplicates frames: 10 fps resampled "to 25" keeps the 10
     frames a second, and the previews play them in real time, not 2.5x too fast."""
-    video = write_video(tmp_path / "ten.mkv", num_frames=10, fps=10, velocity=(0.5, 0.25))
-    out = tmp_path / "out"
-    result = CliRunner().invoke(
-        main,
-        ["-q", "run", str(video), "-o", str(out), "--model", "dis", "--no-progress",
-         "--workers", "0", "--formats", "viz", "--set", "warp.enabled=true",
-         "--set", "decode.target_fps=25"],
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
-    pairs = pd.read_csv(out / "ten" / "pairs.csv")
+    clip = write_video(tmp_path / "ten.mkv", num_frames=10, fps=10, velocity=(0.5, 0.25))
+    video = _run_warped(clip, tmp_path / "out", "--formats", "viz", "--set",
+                        "decode.target_fps=25")  # fmt: skip
+    pairs = pd.read_csv(video / "pairs.csv")
     assert len(pairs) == 9 and pairs["pts_t_k"].iloc[-1] == pytest.approx(0.9)
-    for preview in ("warped.mp4", "viz.mp4"):
-        with av.open(str(out / "ten" / preview)) as container:
-            stream = container.streams.video[0]
-            assert stream.average_rate == 10, preview
-            assert stream.frames == len(pairs), preview
+    assert set(_previews(video).values()) == {(10, len(pairs))}
 
 
 def test_ratio_of_two_zero_errors_is_one() -> None:
