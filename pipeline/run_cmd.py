@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,19 +175,21 @@ def run(
             "which only jpg output writes (--formats jpg)"
         )
     run_files = RunFiles(output, config, lists, progress)
+    terminated: list[int] = []
     try:
-        results = run_batch(
-            jobs,
-            found.root,
-            output,
-            config,
-            execution=Execution(workers, executor, address, timeout, progress),
-            resume=resume,
-            overwrite=overwrite,
-            fail_fast=fail_fast,
-            finish_run=run_files.write,
-            start_run=run_files.clear,
-        )
+        with _terminate_as_interrupt(terminated):
+            results = run_batch(
+                jobs,
+                found.root,
+                output,
+                config,
+                execution=Execution(workers, executor, address, timeout, progress),
+                resume=resume,
+                overwrite=overwrite,
+                fail_fast=fail_fast,
+                finish_run=run_files.write,
+                start_run=run_files.clear,
+            )
     except OutputInUse as exc:
         raise click.UsageError(str(exc)) from None
     except (OutputLocked, RunStartError, WorkerStartupError) as exc:
@@ -192,16 +198,37 @@ def run(
         logger.error("%s", exc)
         results, run_files.failed = exc.results, True
     except KeyboardInterrupt:
+        how = "terminated (SIGTERM)" if terminated else "interrupted"
         click.echo(
-            f"interrupted: {output / 'manifest.csv'} lists what finished; run again with "
+            f"{how}: {output / 'manifest.csv'} lists what finished; run again with "
             "--resume to continue",
             err=True,
         )
-        sys.exit(130)
+        sys.exit(128 + (terminated[0] if terminated else signal.SIGINT))
     for line in summary_lines(results, output):
         click.echo(line)
     if run_files.failed or any(r.status != "ok" for r in results):
         sys.exit(1)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt(received: list[int]) -> Iterator[None]:
+    """SIGTERM (``kill``, a cluster scheduler's time limit) stops the run as Ctrl-C does: the
+    workers are stopped and the manifest written before the process exits (Python's default
+    ends it on the spot). The signal's number is appended to ``received``."""
+
+    def stop(signum: int, frame: object) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers (a library caller's worker thread)
+        return
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass

@@ -582,6 +582,33 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path: Path) -> N
     assert _snapshot(out) == _snapshot(clean)
 
 
+def test_a_terminated_run_stops_as_an_interrupted_one_does(tmp_path: Path) -> None:
+    """SIGTERM (``kill``, a cluster scheduler's time limit) stops the workers and writes the
+    manifest, as Ctrl-C does, instead of ending the process on the spot: exit status 143, a
+    line saying so, finished and pending rows, the lock released; ``--resume`` finishes."""
+    folder = tmp_path / "in"
+    for n in range(4):
+        _video(
+            folder / f"v{n}.mkv", width=128, height=96, num_frames=30, codec="ffv1",
+            pix_fmt="yuv444p",
+        )  # fmt: skip
+    out = tmp_path / "out"
+    args = ["run", str(folder), *DIS, "--formats", "npy", "-o", str(out)]
+    run = subprocess.Popen(_cli(args), cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        assert _wait_for(lambda: any(out.glob("*/meta.json")), 120, 0.002)
+    finally:
+        run.send_signal(signal.SIGTERM)
+        _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 128 + signal.SIGTERM, stderr
+    assert "terminated (SIGTERM)" in stderr and "--resume to continue" in stderr
+    statuses = {r["video_id"]: r["status"] for r in _manifest(out).values()}
+    assert set(statuses.values()) <= {"ok", "pending"} and "pending" in statuses.values()
+    assert not (out / ".motionpipe.lock").exists()
+    assert _invoke([*args, "--resume"]).exit_code == 0
+    assert {r["status"] for r in _manifest(out).values()} == {"ok"}
+
+
 def test_a_ray_cluster_that_cannot_be_reached_touches_nothing(
     small_videos: Path, tmp_path: Path, monkeypatch
 ) -> None:
