@@ -550,30 +550,42 @@ def _snapshot(out: Path) -> dict[str, object]:
     return files
 
 
-@pytest.mark.slow
-def test_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path: Path) -> None:
-    """SIGKILL a real CLI process after its first video, resume, compare with a clean run."""
-    folder = tmp_path / "in"
-    for n in range(3):
+def _working_videos(folder: Path, count: int) -> None:
+    """``count`` lossless 30-frame videos, each long enough to stop a run in the middle of."""
+    for n in range(count):
         _video(
             folder / f"v{n}.mkv", width=128, height=96, num_frames=30, codec="ffv1",
             pix_fmt="yuv444p",
         )  # fmt: skip
-    args = ["run", str(folder), *DIS, "--formats", "npy,flo"]
+
+
+def _signal_after_a_video(args: list[str], out: Path, signum: int) -> tuple[int, str]:
+    """Runs the CLI with ``args`` in a process, sends it ``signum`` as soon as a video of
+    ``out`` has finished; its exit status and stderr. The run must have been stopped mid-way:
+    some rows still ``pending``, none failed."""
+    process = subprocess.Popen(_cli(args), cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        assert _wait_for(lambda: any(out.glob("*/meta.json")), 120, 0.002)
+    finally:
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=120)
+    statuses = {r["video_id"]: r["status"] for r in _manifest(out).values()}
+    assert set(statuses.values()) <= {"ok", "pending"} and "pending" in statuses.values()
+    return process.returncode, stderr
+
+
+@pytest.mark.slow
+def test_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path: Path) -> None:
+    """SIGKILL a real CLI process after its first video, resume, compare with a clean run."""
+    _working_videos(tmp_path / "in", 3)
+    args = ["run", str(tmp_path / "in"), *DIS, "--formats", "npy,flo"]
     clean = tmp_path / "clean"
     assert _invoke([*args, "-o", str(clean), "--workers", "0"]).exit_code == 0
 
     out = tmp_path / "out"
-    killed = subprocess.Popen(_cli([*args, "-o", str(out)]), cwd=REPO_ROOT)
-    try:
-        assert _wait_for(lambda: any(out.glob("*/meta.json")), 120, 0.002)
-    finally:
-        killed.send_signal(signal.SIGKILL)
-        killed.wait()
+    _signal_after_a_video([*args, "-o", str(out)], out, signal.SIGKILL)
     finished = {p.parent.name for p in out.glob("*/meta.json")}
     assert 1 <= len(finished) < 3, "the run was not killed while it was working"
-    statuses = {r["video_id"]: r["status"] for r in _manifest(out).values()}
-    assert set(statuses.values()) <= {"ok", "pending"} and "pending" in statuses.values()
 
     resumed = _invoke([*args, "-o", str(out), "--resume"])
     assert resumed.exit_code == 0, resumed.output
@@ -586,24 +598,12 @@ def test_a_terminated_run_stops_as_an_interrupted_one_does(tmp_path: Path) -> No
     """SIGTERM (``kill``, a cluster scheduler's time limit) stops the workers and writes the
     manifest, as Ctrl-C does, instead of ending the process on the spot: exit status 143, a
     line saying so, finished and pending rows, the lock released; ``--resume`` finishes."""
-    folder = tmp_path / "in"
-    for n in range(4):
-        _video(
-            folder / f"v{n}.mkv", width=128, height=96, num_frames=30, codec="ffv1",
-            pix_fmt="yuv444p",
-        )  # fmt: skip
+    _working_videos(tmp_path / "in", 4)
     out = tmp_path / "out"
-    args = ["run", str(folder), *DIS, "--formats", "npy", "-o", str(out)]
-    run = subprocess.Popen(_cli(args), cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
-    try:
-        assert _wait_for(lambda: any(out.glob("*/meta.json")), 120, 0.002)
-    finally:
-        run.send_signal(signal.SIGTERM)
-        _, stderr = run.communicate(timeout=120)
-    assert run.returncode == 128 + signal.SIGTERM, stderr
+    args = ["run", str(tmp_path / "in"), *DIS, "--formats", "npy", "-o", str(out)]
+    status, stderr = _signal_after_a_video(args, out, signal.SIGTERM)
+    assert status == 128 + signal.SIGTERM, stderr
     assert "terminated (SIGTERM)" in stderr and "--resume to continue" in stderr
-    statuses = {r["video_id"]: r["status"] for r in _manifest(out).values()}
-    assert set(statuses.values()) <= {"ok", "pending"} and "pending" in statuses.values()
     assert not (out / ".motionpipe.lock").exists()
     assert _invoke([*args, "--resume"]).exit_code == 0
     assert {r["status"] for r in _manifest(out).values()} == {"ok"}
