@@ -84,13 +84,9 @@ def utf8_text(text: str) -> str:
     lone surrogates) gets its undecodable bytes written ``\\xe9``, which the manifest files,
     the logs and the terminal can all hold (Arrow and the CSV writer refuse lone surrogates)."""
     try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        try:
-            return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-        except UnicodeEncodeError:  # a surrogate that stands for no byte
-            return text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def relative_outputs(outputs: dict[str, str], out_root: str | Path) -> dict[str, str]:
