@@ -11,7 +11,9 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import socket
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -137,6 +139,10 @@ class RayExecutor(Executor):
             else:
                 options["address"] = address
                 _check_reachable(address)
+            # ray.init replaces the SIGTERM handler (a local instance's ends the process with
+            # status 1 at once): the run's own handler stops it as Ctrl-C does
+            main_thread = threading.current_thread() is threading.main_thread()
+            sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
             try:
                 ray.init(**options)
             except Exception as exc:  # ConnectionError, TimeoutError, RuntimeError, ...
@@ -145,6 +151,9 @@ class RayExecutor(Executor):
                 raise WorkerStartupError(
                     f"cannot {where}: {type(exc).__name__}: {first_line}"
                 ) from None
+            finally:
+                if sigterm is not None:
+                    signal.signal(signal.SIGTERM, sigterm)
             self._started_ray = True
         gpus = int(ray.cluster_resources().get("GPU", 0))
         use_gpus = gpus > 0 and config.flow.device in ("auto", "cuda")

@@ -700,6 +700,65 @@ def test_a_ray_node_lost_mid_video_costs_one_attempt(
         _check_complete(out, row)
 
 
+def _in_session(sid: int) -> list[int]:
+    """The live processes of session ``sid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == sid and fields[0] not in ("Z", "X"):
+                found.append(int(entry.name))
+    return found
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # a shell's background job ignores it
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_ray_run_stops_on_ctrl_c_or_sigterm_mid_video(
+    small_videos: Path, tmp_path: Path, signum: int
+) -> None:
+    """Ctrl-C or SIGTERM while a Ray actor is in the middle of a video stops the run as with
+    local workers (exit 130 / 143, the line saying --resume continues it, the manifest
+    written), at once, and leaves no Ray process behind."""
+    pytest.importorskip("ray")
+    marker = tmp_path / "hanging.json"
+    out = tmp_path / "out"
+    args = ["-q", "run", str(small_videos), "-o", str(out), *DIS, "--executor", "ray",
+            "--address", "local", "--workers", "2"]  # fmt: skip
+    process = subprocess.Popen(
+        cli_command(Failures(hang_once_on="b.mkv", marker=str(marker)), args),
+        cwd=REPO_ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=_default_sigint,
+    )
+    try:
+        assert _wait_for(lambda: marker.exists() and marker.read_text(), 180, 0.05)
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        stopped = _wait_for(lambda: not _in_session(process.pid), 30, 0.1)
+        for pid in _in_session(process.pid):  # only if the assertion below fails
+            os.kill(pid, signal.SIGKILL)
+    assert process.returncode == 128 + signum, stderr
+    how = "interrupted" if signum == signal.SIGINT else "terminated (SIGTERM)"
+    assert how in stderr and "--resume to continue" in stderr, stderr
+    assert stopped, "Ray processes were left behind"
+    assert _manifest(out)["b.mkv"]["status"] == "pending"
+    assert not (out / LOCK_NAME).exists()
+
+
 @pytest.mark.slow
 def test_a_video_that_kills_its_ray_worker_twice_fails_alone(
     small_videos: Path, tmp_path: Path, monkeypatch
