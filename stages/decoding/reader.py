@@ -160,12 +160,10 @@ class VideoReader(ClosingReader):
     def _selected_interval(self) -> float | None:
         """The pts step between the frames this selection delivers from a constant-rate
         stream (``None`` when the rate is unknown)."""
-        opts, rate = self.options, self.info.fps
+        rate = self.info.fps
         if not rate or rate <= 0:
             return None
-        if opts.target_fps:  # resampling up keeps each frame once: the source's spacing
-            rate = min(rate, opts.target_fps)
-        return opts.stride / rate
+        return 1 / self.options.selected_fps(rate)
 
     def _check_after_end(self) -> None:
         if self._transform.size_changes:
